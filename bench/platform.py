@@ -1,0 +1,116 @@
+"""`datarooms up` to healthy, against Synapse alone; RSS of the platform at idle.
+
+Run from the repo root: python bench/platform.py [--quick]
+
+- up_s: median time from spawning `datarooms up` until it reports the platform
+  ready (Synapse healthy, service account checked, state written), on an
+  existing data dir (the everyday case).
+- synapse_s: median time from spawning Synapse alone with the same config
+  until /health answers: the baseline.
+- overhead_s = up_s - synapse_s: what datarooms adds (CLI start, checks, the
+  service account). Target: under 1 s.
+- first_up_s: the very first `up` on an empty data dir (config, keys, DB schema).
+- idle_rss_mb: RSS of `datarooms up` plus its children after a few idle seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+# This script's name shadows the stdlib `platform` module: take bench/ off the
+# import path and load the shared helpers by file.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+_spec = importlib.util.spec_from_file_location("_bench_common", _HERE / "_common.py")
+assert _spec and _spec.loader
+_common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_common)
+emit, machine, median, tree_rss_mb = _common.emit, _common.machine, _common.median, _common.tree_rss_mb
+
+from datarooms.homeserver.embedded import free_port  # noqa: E402
+
+DATAROOMS = str(Path(sys.executable).parent / "datarooms")
+
+
+def time_up(data_dir: Path, port: int, idle_s: float = 0.0) -> tuple[float, float]:
+    state = data_dir / "run" / "state.json"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [DATAROOMS, "--data-dir", str(data_dir), "up", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    while not state.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"datarooms up exited with {proc.returncode}")
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    rss = 0.0
+    if idle_s:
+        time.sleep(idle_s)
+        rss = tree_rss_mb(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    return elapsed, rss
+
+
+def time_synapse(data_dir: Path, port: int) -> float:
+    config = data_dir / "synapse" / "homeserver.yaml"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "synapse.app.homeserver", "-c", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.01)
+            if proc.poll() is not None:
+                raise SystemExit("synapse exited")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
+    args = ap.parse_args()
+    rounds = 2 if args.quick else 5
+    tmp = Path(tempfile.mkdtemp(prefix="bench-platform-"))
+    try:
+        data_dir = tmp / "data"
+        port = free_port()
+        first_up, _ = time_up(data_dir, port)
+        ups, synapses = [], []
+        for i in range(rounds):  # interleave so noise hits both sides alike
+            ups.append(time_up(data_dir, port)[0])
+            synapses.append(time_synapse(data_dir, port))
+            print(f"round {i + 1}: up {ups[-1]:.2f} s, synapse alone {synapses[-1]:.2f} s")
+        _, idle_rss = time_up(data_dir, port, idle_s=5.0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    up_s, syn_s = median(ups), median(synapses)
+    print(f"datarooms up to ready: median {up_s:.2f} s over {rounds}; "
+          f"Synapse alone: {syn_s:.2f} s; overhead {up_s - syn_s:.2f} s; "
+          f"first up {first_up:.2f} s; idle RSS {idle_rss:.0f} MB")
+    emit({
+        "bench": "platform", "up_s": up_s, "synapse_s": syn_s, "overhead_s": up_s - syn_s,
+        "first_up_s": first_up, "idle_rss_mb": idle_rss, "rounds": rounds, **machine(),
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The ``datarooms`` command line. Thin: every command calls the SDK or the platform."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.markup import escape
+
+from datarooms.cli._common import err_console
+from datarooms.cli.app import app
+from datarooms.errors import DataroomsError
+
+
+def main() -> None:
+    """Entry point: run the CLI; print errors as one clear message, never a traceback."""
+    try:
+        app()
+    except DataroomsError as exc:
+        err_console.print("[bold red]error:[/] " + escape(exc.message), highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,260 @@
+"""Top-level commands: up, down, status, user, config, whoami."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from datarooms._logging import configure_logging
+from datarooms.account import resolve_credentials
+from datarooms.cli._common import CliState, console, err_console, run, state
+from datarooms.errors import ConfigError, DataroomsError, PlatformError
+from datarooms.homeserver.admin import register_user
+from datarooms.matrix_http import MatrixHttp
+from datarooms.platform import (
+    Platform,
+    PlatformInfo,
+    live_homeserver_url,
+    platform_status,
+    request_stop,
+)
+
+app = typer.Typer(
+    name="datarooms",
+    help="Sovereign, end-to-end encrypted data rooms on Matrix.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+user_app = typer.Typer(help="Manage Matrix accounts on the homeserver.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+app.add_typer(config_app, name="config")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            "-d",
+            help="Data directory [default: ./.datarooms]",
+            envvar="DATAROOMS_DATA_DIR",
+            show_envvar=True,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Config file [default: <data-dir>/datarooms.toml]",
+            envvar="DATAROOMS_CONFIG",
+            show_envvar=True,
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    ] = None,
+    log_format: Annotated[str, typer.Option("--log-format", help="text or json")] = "text",
+) -> None:
+    ctx.obj = CliState(data_dir=data_dir, config_file=config, log_level=log_level)
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format must be text or json, got {log_format!r}")
+    configure_logging((log_level or "WARNING"), fmt=log_format)
+
+
+# -- up / down / status ---------------------------------------------------------
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="Port of the embedded homeserver")] = None,
+) -> None:
+    """Start the whole local platform and stay in the foreground until Ctrl-C."""
+    st = state(ctx)
+    if port is not None:
+        st.overrides.setdefault("homeserver", {})["port"] = port
+    settings = st.settings()
+    configure_logging(st.log_level or settings.log_level)
+    platform = Platform(settings)
+    info = run(_run_platform(platform))
+    if info is None:
+        err_console.print("interrupted during start-up; everything was stopped")
+        raise typer.Exit(130)
+
+
+async def _run_platform(platform: Platform) -> PlatformInfo | None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with console.status("starting datarooms ...") as status:
+        start = asyncio.create_task(
+            platform.start(progress=lambda msg: status.update(f"{msg} ..."))
+        )
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await start
+            return None
+    info = start.result()
+    _print_running(info)
+    try:
+        await stopper
+    finally:
+        console.print("stopping datarooms ...")
+        await platform.stop()
+        console.print("stopped.")
+    return info
+
+
+def _print_running(info: PlatformInfo) -> None:
+    table = Table(title="datarooms is running", show_header=False, title_justify="left")
+    table.add_row(
+        "homeserver", f"{info.homeserver_url}  ({info.mode}, server name {info.server_name})"
+    )
+    table.add_row("service account", info.service_user)
+    table.add_row("credentials", info.credentials_file)
+    table.add_row("data dir", info.data_dir)
+    if info.homeserver_log:
+        table.add_row("homeserver log", info.homeserver_log)
+    for name, svc in info.services.items():
+        table.add_row(name, ", ".join(f"{k}: {v}" for k, v in svc.items()))
+    table.add_row("pid", str(info.pid))
+    console.print(table)
+    console.print("Press Ctrl-C to stop, or run `datarooms down` from another terminal.")
+    sys.stdout.flush()
+
+
+@app.command()
+def down(
+    ctx: typer.Context,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to stop")] = 60.0,
+) -> None:
+    """Stop the platform started by `datarooms up` on this data directory."""
+    pid = run(request_stop(state(ctx).settings(), timeout=timeout))
+    console.print(f"stopped datarooms (pid {pid}).")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show whether the platform is running on this data directory, and where."""
+    settings = state(ctx).settings()
+    st = run(platform_status(settings))
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "running": st.running,
+                    "pid": st.pid,
+                    "homeserver_healthy": st.homeserver_healthy,
+                    "info": st.info,
+                }
+            )
+        )
+    elif not st.running:
+        console.print(f"datarooms is not running on {settings.data_dir}.")
+    else:
+        info = st.info or {}
+        health = {True: "healthy", False: "NOT answering", None: "unknown"}[st.homeserver_healthy]
+        console.print(f"datarooms is running (pid {st.pid}) on {settings.data_dir}")
+        console.print(f"  homeserver  {info.get('homeserver_url', '?')}  {health}")
+        for name, svc in (info.get("services") or {}).items():
+            console.print(f"  {name:<11} " + ", ".join(f"{k}: {v}" for k, v in svc.items()))
+    if not st.running:
+        raise typer.Exit(3)
+
+
+# -- users ---------------------------------------------------------------------
+
+
+@user_app.command("add")
+def user_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="User name (localpart), e.g. alice")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin")
+    ] = False,
+    admin: Annotated[bool, typer.Option("--admin", help="Make a server admin")] = False,
+) -> None:
+    """Register a user on the homeserver (embedded, or Synapse with a shared secret)."""
+    settings = state(ctx).settings()
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    if password_stdin and not password:
+        raise ConfigError("--password-stdin was given but stdin held no password")
+    secret = _registration_secret(settings)
+    user = run(register_user(live_homeserver_url(settings), secret, name, password, admin=admin))
+    console.print(f"registered {user.user_id}")
+    if not password_stdin:
+        console.print(f"password: {user.password}  (shown once; store it safely)")
+
+
+def _registration_secret(settings: Any) -> str:
+    if settings.homeserver.registration_shared_secret:
+        return str(settings.homeserver.registration_shared_secret)
+    if settings.homeserver.mode == "embedded":
+        from datarooms.homeserver.embedded import EmbeddedSynapse
+
+        secrets_file = EmbeddedSynapse(settings.synapse_dir).secrets_path
+        if secrets_file.exists():
+            return EmbeddedSynapse(settings.synapse_dir).registration_shared_secret
+        raise PlatformError("the embedded homeserver has not been set up yet: run `datarooms up`")
+    raise ConfigError(
+        "registering users on an external homeserver needs its registration shared secret: "
+        "set homeserver.registration_shared_secret "
+        "(DATAROOMS_HOMESERVER_REGISTRATION_SHARED_SECRET)"
+    )
+
+
+@app.command()
+def whoami(ctx: typer.Context) -> None:
+    """Show which Matrix account the CLI acts as, checked against the homeserver."""
+    creds = resolve_credentials(state(ctx).settings())
+
+    async def _who() -> dict[str, Any]:
+        if creds.access_token:
+            async with MatrixHttp(creds.homeserver_url, creds.access_token) as http:
+                return await http.whoami()
+        # Password only: a short-lived login, logged out again so no device is left behind.
+        async with MatrixHttp(creds.homeserver_url) as http:
+            res = await http.login_password(creds.user_id, creds.password)
+            http.access_token = res["access_token"]
+            try:
+                return await http.whoami()
+            finally:
+                await http.request("POST", "/_matrix/client/v3/logout", json={})
+
+    who = run(_who())
+    console.print(
+        f"{who['user_id']} (device {who.get('device_id', '?')}) on {creds.homeserver_url}"
+    )
+
+
+# -- config --------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context) -> None:
+    """Print the effective configuration, with secrets masked."""
+    settings = state(ctx).settings()
+    console.print_json(json.dumps(settings.masked()))
+
+
+__all__ = ["DataroomsError", "app"]

@@ -1,0 +1,1 @@
+"""Embedded homeserver management (Synapse-specific)."""

@@ -1,0 +1,442 @@
+"""An embedded Synapse: config generation, start, health, stop, restart.
+
+This is the only Synapse-specific part of datarooms on the client side of the
+platform. Everything it writes lives in one directory::
+
+    <dir>/homeserver.yaml   rendered on every start from settings + secrets
+    <dir>/secrets.yaml      generated once (mode 0600): shared secret, macaroon key
+    <dir>/signing.key       the server's ed25519 signing key, generated once
+    <dir>/log.config        Python logging config for Synapse
+    <dir>/homeserver.log    Synapse's log
+    <dir>/homeserver.db     SQLite database
+    <dir>/media_store/      uploaded media (ciphertext only, for encrypted rooms)
+
+Files are written atomically (temp file + rename), so an interrupted first
+start never leaves a half-written config behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from datarooms._fs import atomic_write, ensure_writable_dir
+from datarooms.errors import (
+    MissingDependencyError,
+    PortInUseError,
+    SynapseStartError,
+)
+
+log = logging.getLogger(__name__)
+
+#: Rate limits for a local, single-user platform. Synapse's defaults allow about
+#: one room a minute and one message every five seconds after a small burst,
+#: which is right for a public server and wrong for a laptop.
+LOCAL_RATE_LIMITS: dict[str, Any] = {
+    "rc_message": {"per_second": 1000, "burst_count": 10000},
+    "rc_room_creation": {"per_second": 100, "burst_count": 1000},
+    "rc_registration": {"per_second": 100, "burst_count": 1000},
+    "rc_login": {
+        "address": {"per_second": 100, "burst_count": 1000},
+        "account": {"per_second": 100, "burst_count": 1000},
+        "failed_attempts": {"per_second": 100, "burst_count": 1000},
+    },
+    "rc_joins": {
+        "local": {"per_second": 100, "burst_count": 1000},
+        "remote": {"per_second": 100, "burst_count": 1000},
+    },
+    "rc_joins_per_room": {"per_second": 100, "burst_count": 1000},
+    "rc_invites": {
+        "per_room": {"per_second": 100, "burst_count": 1000},
+        "per_user": {"per_second": 100, "burst_count": 1000},
+        "per_issuer": {"per_second": 100, "burst_count": 1000},
+    },
+    "rc_admin_redaction": {"per_second": 100, "burst_count": 1000},
+    "rc_3pid_validation": {"per_second": 10, "burst_count": 100},
+    "rc_media_create": {"per_second": 100, "burst_count": 1000},
+    "rc_key_requests": {"per_second": 1000, "burst_count": 10000},
+}
+
+_HEALTH_POLL_S = 0.05
+_LOG_TAIL_LINES = 40
+
+
+class EmbeddedSynapse:
+    """A Synapse homeserver run as a child process from a directory of its own."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        server_name: str = "localhost",
+        host: str = "127.0.0.1",
+        port: int = 8008,
+        max_upload_size: str = "2G",
+        start_timeout: float = 90.0,
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.directory = Path(directory).absolute()
+        self.server_name = server_name
+        self.host = host
+        self.port = port
+        self.max_upload_size = max_upload_size
+        self.start_timeout = start_timeout
+        self.extra_config = dict(extra_config or {})
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stdout: Any = None
+
+    # -- paths ---------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "homeserver.yaml"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.directory / "secrets.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "homeserver.log"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.directory / "stdout.log"
+
+    @property
+    def database_path(self) -> Path:
+        return self.directory / "homeserver.db"
+
+    @property
+    def media_store_path(self) -> Path:
+        return self.directory / "media_store"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "homeserver.pid"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def registration_shared_secret(self) -> str:
+        return str(self._load_secrets()["registration_shared_secret"])
+
+    # -- preparation -----------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the directory, secrets, signing key and config. Idempotent."""
+        ensure_writable_dir(self.directory)
+        self.media_store_path.mkdir(exist_ok=True)
+        self._load_secrets()
+        signing_key = self.directory / "signing.key"
+        if not signing_key.exists():
+            atomic_write(signing_key, _new_signing_key(), mode=0o600)
+        atomic_write(self.directory / "log.config", yaml.safe_dump(self._log_config()))
+        atomic_write(self.config_path, yaml.safe_dump(self.render_config(), sort_keys=False))
+
+    def render_config(self) -> dict[str, Any]:
+        s = self._load_secrets()
+        d = self.directory
+        config: dict[str, Any] = {
+            "server_name": self.server_name,
+            "pid_file": str(self.pid_file),
+            "report_stats": False,
+            "listeners": [
+                {
+                    "port": self.port,
+                    "bind_addresses": [self.host],
+                    "type": "http",
+                    "tls": False,
+                    "x_forwarded": False,
+                    # `openid` serves /_matrix/federation/v1/openid/userinfo,
+                    # which our bots use to check who is calling them.
+                    "resources": [{"names": ["client", "openid"], "compress": False}],
+                }
+            ],
+            "database": {"name": "sqlite3", "args": {"database": str(self.database_path)}},
+            "log_config": str(d / "log.config"),
+            "media_store_path": str(self.media_store_path),
+            "signing_key_path": str(d / "signing.key"),
+            "registration_shared_secret": s["registration_shared_secret"],
+            "macaroon_secret_key": s["macaroon_secret_key"],
+            "form_secret": s["form_secret"],
+            "enable_registration": False,
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": True,
+            "presence": {"enabled": False},
+            "url_preview_enabled": False,
+            "enable_metrics": False,
+            "max_upload_size": self.max_upload_size,
+            **LOCAL_RATE_LIMITS,
+        }
+        config.update(self.extra_config)
+        return config
+
+    def _log_config(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "formatters": {
+                "precise": {
+                    "format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - "
+                    "%(request)s - %(message)s"
+                }
+            },
+            "handlers": {
+                "file": {
+                    "class": "logging.handlers.RotatingFileHandler",
+                    "formatter": "precise",
+                    "filename": str(self.log_path),
+                    "maxBytes": 20 * 1024 * 1024,
+                    "backupCount": 3,
+                    "filters": ["context"],
+                    "encoding": "utf8",
+                }
+            },
+            "filters": {"context": {"()": "synapse.logging.context.LoggingContextFilter"}},
+            "loggers": {
+                "synapse.storage.SQL": {"level": "WARNING"},
+                "synapse.access.http": {"level": "WARNING"},
+            },
+            "root": {"level": "INFO", "handlers": ["file"]},
+            "disable_existing_loggers": False,
+        }
+
+    def _load_secrets(self) -> dict[str, str]:
+        if self.secrets_path.exists():
+            data = yaml.safe_load(self.secrets_path.read_text())
+            if isinstance(data, dict) and "registration_shared_secret" in data:
+                return {str(k): str(v) for k, v in data.items()}
+        ensure_writable_dir(self.directory)
+        data = {
+            "registration_shared_secret": secrets.token_urlsafe(32),
+            "macaroon_secret_key": secrets.token_urlsafe(32),
+            "form_secret": secrets.token_urlsafe(32),
+        }
+        atomic_write(self.secrets_path, yaml.safe_dump(data), mode=0o600)
+        return data
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start Synapse and wait until ``/health`` answers.
+
+        Raises :class:`PortInUseError`, :class:`DataDirError` or
+        :class:`SynapseStartError` (with the tail of Synapse's log).
+        On any failure, including cancellation, the child is stopped.
+        """
+        if self.running:
+            return
+        _require_synapse()
+        self.prepare()
+        self._stop_stale()
+        check_port_free(self.host, self.port)
+
+        self._stdout = self.stdout_path.open("ab")
+        started = time.monotonic()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
+            cwd=self.directory,
+            stdin=subprocess.DEVNULL,
+            stdout=self._stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, not Synapse
+            preexec_fn=_die_with_parent,
+        )
+        log.info("starting synapse", extra={"pid": self._proc.pid, "port": self.port})
+        try:
+            await self._wait_healthy(started)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "synapse healthy",
+            extra={"pid": self._proc.pid, "seconds": round(time.monotonic() - started, 2)},
+        )
+
+    async def _wait_healthy(self, started: float) -> None:
+        assert self._proc is not None
+        deadline = started + self.start_timeout
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                code = self._proc.poll()
+                if code is not None:
+                    raise SynapseStartError(
+                        f"Synapse exited with code {code} during start-up.\n"
+                        f"Last lines of its log ({self.log_path}):\n{self.log_tail()}"
+                    )
+                if await _healthy(session, self.base_url):
+                    return
+                if time.monotonic() > deadline:
+                    raise SynapseStartError(
+                        f"Synapse did not become healthy within {self.start_timeout:.0f} s.\n"
+                        f"Last lines of its log ({self.log_path}):\n{self.log_tail()}"
+                    )
+                await asyncio.sleep(_HEALTH_POLL_S)
+
+    async def stop(self, timeout: float = 15.0) -> int | None:
+        """Stop Synapse: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        proc = self._proc
+        if proc is None:
+            return None
+        try:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + timeout
+                while proc.poll() is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                if proc.poll() is None:
+                    log.warning("synapse ignored SIGTERM; killing it", extra={"pid": proc.pid})
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    proc.wait()
+            return proc.returncode
+        finally:
+            self._proc = None
+            if self._stdout is not None:
+                self._stdout.close()
+                self._stdout = None
+            with contextlib.suppress(FileNotFoundError):
+                self.pid_file.unlink()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def health(self) -> bool:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            return await _healthy(session, self.base_url)
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        parts = []
+        for path in (self.log_path, self.stdout_path):
+            if path.exists():
+                text = _tail(path, lines)
+                if text.strip():
+                    parts.append(f"--- {path.name} ---\n{text}")
+        return "\n".join(parts) or "(Synapse wrote no log)"
+
+    def _stop_stale(self) -> None:
+        """Stop a Synapse that a killed earlier run of ours left on this directory."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            cmdline = []
+        if str(self.config_path).encode() not in cmdline:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        log.warning("stopping a stale synapse left by an earlier run", extra={"pid": pid})
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+
+
+# -- module helpers --------------------------------------------------------------
+
+
+async def _healthy(session: aiohttp.ClientSession, base_url: str) -> bool:
+    try:
+        async with session.get(f"{base_url}/health") as resp:
+            return resp.status == 200
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return False
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`PortInUseError` if something already listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"port {port} on {host} is already in use by another program. "
+                    "Stop that program, or choose another port with --port or "
+                    "DATAROOMS_HOMESERVER_PORT."
+                ) from None
+            raise PortInUseError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _new_signing_key() -> str:
+    """A Synapse signing key file line: ``ed25519 <key id> <unpadded base64 seed>``."""
+    seed = Ed25519PrivateKey.generate().private_bytes(
+        Encoding.Raw, PrivateFormat.Raw, NoEncryption()
+    )
+    key_id = "a_" + secrets.token_urlsafe(3).replace("-", "x").replace("_", "y")[:4]
+    return f"ed25519 {key_id} {base64.b64encode(seed).decode().rstrip('=')}\n"
+
+
+def _tail(path: Path, lines: int) -> str:
+    with path.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 64 * 1024))
+        data = fh.read().decode("utf8", "replace")
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def _require_synapse() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("synapse") is None:
+        raise MissingDependencyError(
+            "the embedded homeserver needs Synapse, which is not installed. "
+            "Install it with: pip install 'datarooms[synapse]' "
+            "(or set homeserver.mode = 'external' to use a homeserver you run)."
+        )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: have the kernel SIGTERM the child if the parent dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGTERM)

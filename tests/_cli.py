@@ -1,0 +1,86 @@
+"""Run the real `datarooms` command in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DATAROOMS = shutil.which("datarooms", path=str(Path(sys.executable).parent)) or "datarooms"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAROOMS_")}
+    env.update(extra)
+    return env
+
+
+def cli(
+    *args: str, data_dir: Path | None = None, env: dict[str, str] | None = None,
+    input: str | None = None, timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    cmd = [DATAROOMS]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, env=env or clean_env(),
+        input=input, timeout=timeout, check=False,
+    )
+
+
+@dataclass
+class UpProcess:
+    proc: subprocess.Popen[str]
+    data_dir: Path
+
+    def state(self) -> dict[str, object]:
+        return dict(json.loads((self.data_dir / "run" / "state.json").read_text()))
+
+    def wait_running(self, timeout: float = 120) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        state_file = self.data_dir / "run" / "state.json"
+        while time.monotonic() < deadline:
+            if state_file.exists():
+                return self.state()
+            if self.proc.poll() is not None:
+                out, err = self.proc.communicate()
+                raise AssertionError(f"datarooms up exited {self.proc.returncode}:\n{out}\n{err}")
+            time.sleep(0.1)
+        raise AssertionError("datarooms up did not become ready")
+
+    def interrupt(self, timeout: float = 60) -> tuple[int, str, str]:
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_up(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> UpProcess:
+    proc = subprocess.Popen(
+        [DATAROOMS, "--data-dir", str(data_dir), "up", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or clean_env(),
+    )
+    return UpProcess(proc, data_dir)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,450 @@
+// Interop test client: a third-party Matrix client (matrix-js-sdk + its bundled
+// Rust crypto compiled to wasm) driven over a JSON-lines protocol.
+//
+// Protocol (stdin/stdout, one JSON object per line, UTF-8):
+//   request : {"id": <any>, "cmd": "<command>", ...params}
+//   success : {"id": <same>, ...result fields}
+//   failure : {"id": <same>, "error": "<message>"}
+// Requests are handled concurrently; responses may come back out of order.
+// stdout carries ONLY protocol lines. Every log line (ours, matrix-js-sdk's,
+// the Rust crypto tracing output) goes to stderr.
+//
+// Commands: ping, login, join, wait_event, send_event, download_decrypt,
+// upload_encrypted, stop. See the handlers below for parameters.
+//
+// Environment:
+//   INTEROP_JS_LOG_LEVEL  matrix-js-sdk log level (trace|debug|info|warn|error), default "info"
+//   INTEROP_JS_RUST_LOG   Rust crypto tracing level (trace|debug|info|warn|error), default "info"
+
+// ---------------------------------------------------------------------------
+// 1. Keep stdout clean: route every console method to stderr. This has to run
+//    before matrix-js-sdk is loaded (its logger binds console methods).
+// ---------------------------------------------------------------------------
+import { format } from "node:util";
+import { createInterface } from "node:readline";
+
+const writeErr = (...args) => process.stderr.write(format(...args) + "\n");
+for (const m of ["log", "info", "debug", "trace", "warn", "error"]) {
+    console[m] = writeErr;
+}
+
+// ---------------------------------------------------------------------------
+// 2. Node 20 shims. matrix-js-sdk 43 declares engines.node >= 22 and uses
+//    Promise.withResolvers (Node >= 22). Polyfill it *before* importing the SDK,
+//    hence the dynamic import() below. fetch, WebCrypto (globalThis.crypto) and
+//    WebAssembly are native in Node 20. No IndexedDB shim is needed because the
+//    crypto store is in-memory (initRustCrypto({useIndexedDB: false})) and the
+//    sync store is the default MemoryStore.
+// ---------------------------------------------------------------------------
+if (typeof Promise.withResolvers !== "function") {
+    Promise.withResolvers = function withResolvers() {
+        let resolve, reject;
+        const promise = new this((res, rej) => {
+            resolve = res;
+            reject = rej;
+        });
+        return { promise, resolve, reject };
+    };
+}
+if (!globalThis.crypto?.subtle) {
+    globalThis.crypto = (await import("node:crypto")).webcrypto;
+}
+
+const sdk = await import("matrix-js-sdk");
+const { ClientEvent, RoomEvent, MatrixEventEvent, SyncState } = sdk;
+// The global SDK logger isn't re-exported from the package index.
+const { logger } = await import("matrix-js-sdk/lib/logger.js");
+const RustCrypto = await import("@matrix-org/matrix-sdk-crypto-wasm");
+
+logger.setLevel(process.env.INTEROP_JS_LOG_LEVEL || "info", false);
+
+const log = (...args) => writeErr(`[interop-js ${new Date().toISOString()}]`, ...args);
+
+// ---------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------
+function send(obj) {
+    process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+function need(params, ...names) {
+    for (const n of names) {
+        if (params[n] === undefined || params[n] === null) {
+            throw new Error(`missing parameter '${n}'`);
+        }
+    }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function b64encode(bytes, { unpadded = true, urlsafe = false } = {}) {
+    let s = Buffer.from(bytes).toString("base64");
+    if (urlsafe) s = s.replace(/\+/g, "-").replace(/\//g, "_");
+    if (unpadded) s = s.replace(/=+$/, "");
+    return s;
+}
+
+// Tolerant decoder: accepts standard or URL-safe alphabet, padded or not.
+function b64decode(s) {
+    if (typeof s !== "string") throw new Error("expected a base64 string");
+    const std = s.replace(/-/g, "+").replace(/_/g, "/").replace(/=+$/, "");
+    return new Uint8Array(Buffer.from(std + "=".repeat((4 - (std.length % 4)) % 4), "base64"));
+}
+
+function normB64(s) {
+    return String(s).replace(/-/g, "+").replace(/_/g, "/").replace(/=+$/, "");
+}
+
+async function sha256b64(bytes) {
+    return b64encode(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)));
+}
+
+async function aesCtr(op, rawKey, iv, data) {
+    const key = await crypto.subtle.importKey("raw", rawKey, { name: "AES-CTR" }, false, [op]);
+    const fn = op === "encrypt" ? crypto.subtle.encrypt : crypto.subtle.decrypt;
+    return new Uint8Array(await fn.call(crypto.subtle, { name: "AES-CTR", counter: iv, length: 64 }, key, data));
+}
+
+function parseMxc(mxc) {
+    const m = /^mxc:\/\/([^/]+)\/([^/?#]+)$/.exec(mxc || "");
+    if (!m) throw new Error(`not an mxc URL: ${mxc}`);
+    return { server: m[1], mediaId: m[2] };
+}
+
+// Does `actual` contain every field of `expected`? (recursive for objects,
+// exact for arrays and scalars)
+function contains(actual, expected) {
+    if (expected !== null && typeof expected === "object" && !Array.isArray(expected)) {
+        if (actual === null || typeof actual !== "object" || Array.isArray(actual)) return false;
+        return Object.entries(expected).every(([k, v]) => contains(actual[k], v));
+    }
+    return JSON.stringify(actual) === JSON.stringify(expected);
+}
+
+// ---------------------------------------------------------------------------
+// client state
+// ---------------------------------------------------------------------------
+let client = null;
+let homeserverUrl = null;
+let accessToken = null;
+
+function requireClient() {
+    if (!client) throw new Error("not logged in (send 'login' first)");
+    return client;
+}
+
+// Poll + event driven waiting: `check()` returns a truthy value when done.
+function waitFor(check, timeoutMs, describe) {
+    const c = requireClient();
+    return new Promise((resolve, reject) => {
+        let done = false;
+        const events = [ClientEvent.Room, RoomEvent.Timeline, RoomEvent.MyMembership, MatrixEventEvent.Decrypted, ClientEvent.Sync];
+        const finish = (fn, val) => {
+            if (done) return;
+            done = true;
+            clearInterval(poll);
+            clearTimeout(timer);
+            for (const e of events) c.removeListener(e, attempt);
+            fn(val);
+        };
+        const attempt = () => {
+            if (done) return;
+            Promise.resolve()
+                .then(check)
+                .then((v) => v && finish(resolve, v), (err) => finish(reject, err));
+        };
+        const poll = setInterval(attempt, 250);
+        const timer = setTimeout(() => {
+            finish(reject, new Error(`timeout after ${timeoutMs} ms waiting for ${typeof describe === "function" ? describe() : describe}`));
+        }, timeoutMs);
+        for (const e of events) c.on(e, attempt);
+        attempt();
+    });
+}
+
+async function waitJoined(roomId, timeoutMs) {
+    return waitFor(
+        () => {
+            const room = client.getRoom(roomId);
+            return room && room.getMyMembership() === "join" ? room : null;
+        },
+        timeoutMs,
+        () => `room ${roomId} to be joined (membership: ${client.getRoom(roomId)?.getMyMembership() ?? "unknown room"})`,
+    );
+}
+
+async function startLoggedInClient(timeoutMs) {
+    // In-memory Rust crypto store: no IndexedDB needed.
+    await client.initRustCrypto({ useIndexedDB: false });
+    const level = (process.env.INTEROP_JS_RUST_LOG || "info").toLowerCase();
+    const lvl = { trace: 0, debug: 1, info: 2, warn: 3, error: 4 }[level] ?? 2;
+    try {
+        new RustCrypto.Tracing(lvl).turnOn();
+    } catch (e) {
+        log("could not adjust Rust tracing level:", e?.message ?? e);
+    }
+    // Default DeviceIsolationMode is AllDevicesIsolationMode: room keys are
+    // shared with unverified devices, so no verification step is needed.
+    let timer;
+    const prepared = new Promise((resolve, reject) => {
+        const onSync = (state, _prev, data) => {
+            if (state === SyncState.Prepared || state === SyncState.Syncing) {
+                client.removeListener(ClientEvent.Sync, onSync);
+                clearTimeout(timer);
+                resolve();
+            } else if (state === SyncState.Error) {
+                log("sync error (will retry):", data?.error?.message ?? data);
+            }
+        };
+        client.on(ClientEvent.Sync, onSync);
+        timer = setTimeout(() => {
+            client?.removeListener(ClientEvent.Sync, onSync);
+            reject(new Error(`first sync not PREPARED within ${timeoutMs} ms`));
+        }, timeoutMs);
+    });
+    await client.startClient({ initialSyncLimit: 50 });
+    await prepared;
+}
+
+// ---------------------------------------------------------------------------
+// commands
+// ---------------------------------------------------------------------------
+const handlers = {
+    async ping() {
+        return { pong: true, logged_in: !!client, node: process.version };
+    },
+
+    // {homeserver_url, user_id (full MXID or localpart), password, device_id?, timeout_ms?}
+    async login(p) {
+        need(p, "homeserver_url", "user_id", "password");
+        if (client) throw new Error("already logged in");
+        const timeoutMs = p.timeout_ms ?? 60000;
+        const tmp = sdk.createClient({ baseUrl: p.homeserver_url });
+        const resp = await tmp.loginRequest({
+            type: "m.login.password",
+            identifier: { type: "m.id.user", user: p.user_id },
+            password: p.password,
+            initial_device_display_name: "datarooms interop (matrix-js-sdk)",
+            ...(p.device_id ? { device_id: p.device_id } : {}),
+        });
+        homeserverUrl = p.homeserver_url.replace(/\/+$/, "");
+        accessToken = resp.access_token;
+        client = sdk.createClient({
+            baseUrl: homeserverUrl,
+            userId: resp.user_id,
+            deviceId: resp.device_id,
+            accessToken: resp.access_token,
+        });
+        try {
+            await startLoggedInClient(timeoutMs);
+        } catch (e) {
+            try {
+                client.stopClient();
+            } catch {}
+            client = null;
+            throw e;
+        }
+        log(`logged in as ${resp.user_id} device ${resp.device_id}`);
+        return { user_id: resp.user_id, device_id: resp.device_id };
+    },
+
+    // {room_id, timeout_ms?} -> {room_id}
+    async join(p) {
+        need(p, "room_id");
+        const c = requireClient();
+        const room = await c.joinRoom(p.room_id);
+        await waitJoined(room?.roomId ?? p.room_id, p.timeout_ms ?? 30000);
+        return { room_id: room?.roomId ?? p.room_id };
+    },
+
+    // {room_id, type, match?, timeout_ms?} ->
+    //   {event_id, sender, type, content, encrypted}
+    async wait_event(p) {
+        need(p, "room_id", "type");
+        const c = requireClient();
+        const match = p.match ?? {};
+        const timeoutMs = p.timeout_ms ?? 30000;
+        let stats = "";
+        const check = async () => {
+            const room = c.getRoom(p.room_id);
+            if (!room) {
+                stats = "room not known to the client yet";
+                return null;
+            }
+            const events = room.getLiveTimeline().getEvents();
+            let pending = 0;
+            let failed = 0;
+            const types = new Set();
+            for (const ev of events) {
+                if (ev.isBeingDecrypted() || ev.shouldAttemptDecryption?.()) {
+                    pending += 1;
+                    continue;
+                }
+                if (ev.isDecryptionFailure()) {
+                    failed += 1;
+                    continue;
+                }
+                types.add(ev.getType());
+                if (ev.getType() !== p.type) continue;
+                const content = ev.getContent(); // clear content if it was encrypted
+                if (!contains(content, match)) continue;
+                return {
+                    event_id: ev.getId(),
+                    sender: ev.getSender(),
+                    type: ev.getType(),
+                    content,
+                    encrypted: ev.isEncrypted(),
+                    origin_server_ts: ev.getTs(),
+                };
+            }
+            stats = `${events.length} timeline events, types seen=${JSON.stringify([...types])}, being decrypted=${pending}, decryption failures=${failed}`;
+            return null;
+        };
+        return waitFor(check, timeoutMs, () => `event type=${p.type} match=${JSON.stringify(match)} in ${p.room_id} (${stats})`);
+    },
+
+    // {room_id, type, content, timeout_ms?} -> {event_id, encrypted, recipient_devices}
+    async send_event(p) {
+        need(p, "room_id", "type", "content");
+        const c = requireClient();
+        const room = await waitJoined(p.room_id, p.timeout_ms ?? 30000);
+        const cryptoApi = c.getCrypto();
+        const encrypted = await cryptoApi.isEncryptionEnabledInRoom(p.room_id);
+        let recipientDevices = null;
+        if (encrypted) {
+            // Make sure the members' device lists are downloaded before we
+            // encrypt. (The RoomEncryptor also tracks members and runs
+            // /keys/query + /keys/claim itself when sharing the megolm session,
+            // but doing it explicitly here makes failures visible and gives us
+            // a device count for debugging.)
+            await room.loadMembersIfNeeded();
+            const members = (await room.getEncryptionTargetMembers()).map((m) => m.userId);
+            const devices = await cryptoApi.getUserDeviceInfo(members, true);
+            recipientDevices = {};
+            for (const [userId, devs] of devices) recipientDevices[userId] = [...devs.keys()];
+            log(`send_event ${p.type} to ${p.room_id}: recipient devices`, JSON.stringify(recipientDevices));
+        }
+        const resp = await c.sendEvent(p.room_id, p.type, p.content);
+        return { event_id: resp.event_id, encrypted, recipient_devices: recipientDevices };
+    },
+
+    // {mxc_url?, file: EncryptedFile} -> {plaintext_b64, sha256_ok, ciphertext_sha256}
+    async download_decrypt(p) {
+        need(p, "file");
+        requireClient();
+        const file = p.file;
+        const { server, mediaId } = parseMxc(p.mxc_url ?? file.url);
+        const url = `${homeserverUrl}/_matrix/client/v1/media/download/${encodeURIComponent(server)}/${encodeURIComponent(mediaId)}`;
+        const res = await fetch(url, { headers: { Authorization: `Bearer ${accessToken}` } });
+        if (!res.ok) throw new Error(`GET ${url} -> HTTP ${res.status}: ${(await res.text()).slice(0, 500)}`);
+        const ciphertext = new Uint8Array(await res.arrayBuffer());
+        const actual = await sha256b64(ciphertext);
+        const expected = file.hashes?.sha256;
+        const sha256Ok = expected !== undefined && normB64(expected) === actual;
+        if (!file.key?.k) throw new Error("file.key.k missing");
+        if (file.key.alg && file.key.alg !== "A256CTR") throw new Error(`unsupported key alg ${file.key.alg}`);
+        const rawKey = b64decode(file.key.k);
+        const iv = b64decode(file.iv);
+        if (rawKey.length !== 32) throw new Error(`key is ${rawKey.length} bytes, expected 32`);
+        if (iv.length !== 16) throw new Error(`iv is ${iv.length} bytes, expected 16`);
+        const plaintext = await aesCtr("decrypt", rawKey, iv, ciphertext);
+        return { plaintext_b64: b64encode(plaintext, { unpadded: false }), sha256_ok: sha256Ok, ciphertext_sha256: actual };
+    },
+
+    // {room_id, filename, data_b64, mimetype?, body?} -> {event_id, mxc, file}
+    async upload_encrypted(p) {
+        need(p, "room_id", "filename", "data_b64");
+        const c = requireClient();
+        const plaintext = b64decode(p.data_b64);
+        const rawKey = crypto.getRandomValues(new Uint8Array(32));
+        const iv = new Uint8Array(16);
+        crypto.getRandomValues(iv.subarray(0, 8)); // last 8 bytes (counter) stay zero
+        const ciphertext = await aesCtr("encrypt", rawKey, iv, plaintext);
+        const sha = await sha256b64(ciphertext);
+        const upUrl = `${homeserverUrl}/_matrix/media/v3/upload?filename=${encodeURIComponent(p.filename)}`;
+        const res = await fetch(upUrl, {
+            method: "POST",
+            headers: { Authorization: `Bearer ${accessToken}`, "Content-Type": "application/octet-stream" },
+            body: ciphertext,
+        });
+        if (!res.ok) throw new Error(`POST ${upUrl} -> HTTP ${res.status}: ${(await res.text()).slice(0, 500)}`);
+        const mxc = (await res.json()).content_uri;
+        const file = {
+            url: mxc,
+            key: { kty: "oct", alg: "A256CTR", key_ops: ["encrypt", "decrypt"], k: b64encode(rawKey, { urlsafe: true }), ext: true },
+            iv: b64encode(iv),
+            hashes: { sha256: sha },
+            v: "v2",
+        };
+        const content = {
+            msgtype: "m.file",
+            body: p.body ?? p.filename,
+            filename: p.filename,
+            info: { mimetype: p.mimetype ?? "application/octet-stream", size: plaintext.length },
+            file,
+        };
+        const sent = await handlers.send_event({ room_id: p.room_id, type: "m.room.message", content, timeout_ms: p.timeout_ms });
+        return { event_id: sent.event_id, mxc, file, encrypted: sent.encrypted };
+    },
+
+    async stop() {
+        await shutdown(false);
+        return { stopped: true };
+    },
+};
+
+let stopping = false;
+async function shutdown(exit) {
+    if (!stopping) {
+        stopping = true;
+        try {
+            client?.stopClient();
+        } catch (e) {
+            log("stopClient failed:", e);
+        }
+    }
+    if (exit) {
+        // Let stdout drain, then exit (stopClient leaves timers behind).
+        process.stdout.write("", () => process.exit(0));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// main loop
+// ---------------------------------------------------------------------------
+process.on("unhandledRejection", (err) => log("unhandled rejection:", err));
+process.on("uncaughtException", (err) => log("uncaught exception:", err));
+
+const rl = createInterface({ input: process.stdin, crlfDelay: Infinity });
+rl.on("line", async (line) => {
+    if (!line.trim()) return;
+    let req;
+    try {
+        req = JSON.parse(line);
+    } catch (e) {
+        send({ id: null, error: `invalid JSON: ${e.message}` });
+        return;
+    }
+    const { id = null, cmd, ...params } = req;
+    const handler = Object.hasOwn(handlers, cmd) ? handlers[cmd] : null;
+    if (!handler) {
+        send({ id, error: `unknown command: ${cmd}` });
+        return;
+    }
+    const t0 = Date.now();
+    try {
+        const result = await handler(params);
+        send({ ...result, id });
+        log(`${cmd} (id=${id}) ok in ${Date.now() - t0} ms`);
+        if (cmd === "stop") await shutdown(true);
+    } catch (e) {
+        log(`${cmd} (id=${id}) failed:`, e);
+        send({ id, error: e?.message ? String(e.message) : String(e) });
+    }
+});
+rl.on("close", () => {
+    log("stdin closed, exiting");
+    shutdown(true);
+});
+send({ id: null, event: "ready", node: process.version });
+log("ready");

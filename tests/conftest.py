@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from datarooms.homeserver.admin import RegisteredUser
 from datarooms.testing import TestHomeserver
 
 
@@ -18,3 +19,29 @@ def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHomeser
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture
+async def open_client(homeserver: TestHomeserver, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Open SDK clients (each its own device and store); all are closed after the test."""
+    from datarooms import Credentials, DataroomsClient
+
+    opened: list[DataroomsClient] = []
+
+    async def _open(user: RegisteredUser, store: str | None = None) -> DataroomsClient:
+        creds = Credentials(homeserver.base_url, user.user_id, user.access_token)
+        client = await DataroomsClient.open(creds, tmp_path / (store or user.user_id))
+        opened.append(client)
+        return client
+
+    yield _open
+    for client in opened:
+        await client.close()
+
+
+@pytest.fixture
+async def alice_bob(homeserver: TestHomeserver, open_client):  # type: ignore[no-untyped-def]
+    """Two fresh users with one SDK device each."""
+    alice = await open_client(await homeserver.new_user("alice"))
+    bob = await open_client(await homeserver.new_user("bob"))
+    return alice, bob

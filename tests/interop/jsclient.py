@@ -41,7 +41,7 @@ LOCK_HASH_FILE = NODE_MODULES / ".lock-hash"
 
 MIN_NODE_MAJOR = 20
 
-__all__ = ["JsClient", "JsClientError", "JsDepsError", "ensure_js_deps", "JS_DIR"]
+__all__ = ["JS_DIR", "JsClient", "JsClientError", "JsDepsError", "ensure_js_deps"]
 
 
 class JsDepsError(RuntimeError):
@@ -181,7 +181,7 @@ class JsClient:
 
     # -- lifecycle ---------------------------------------------------------
 
-    async def __aenter__(self) -> "JsClient":
+    async def __aenter__(self) -> JsClient:
         await self.start()
         return self
 
@@ -213,7 +213,7 @@ class JsClient:
         self._reader = asyncio.create_task(self._read_loop(), name=f"jsclient-{self.name}-reader")
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.close()
             raise JsClientError(f"[{self.name}] node process did not become ready in {timeout}s{self._tail()}")
         except JsClientError:
@@ -233,7 +233,7 @@ class JsClient:
                 proc.stdin.close()
         try:
             await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._kill(proc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), 5.0)
@@ -336,7 +336,7 @@ class JsClient:
         started = time.monotonic()
         try:
             msg = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._pending.pop(rid, None)
             raise JsClientError(
                 f"[{self.name}] no response to {cmd!r} within {timeout}s{self._tail()}"

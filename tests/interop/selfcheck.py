@@ -37,8 +37,9 @@ import tempfile
 import time
 import traceback
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -237,7 +238,7 @@ class Results:
         try:
             detail = await fn() or ""
             ok = True
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
             if os.environ.get("SELFCHECK_TRACEBACK"):
                 traceback.print_exc()
@@ -418,7 +419,7 @@ async def run(root: Path, verbose: bool) -> bool:
         for c in with_timeout:
             try:
                 await asyncio.wait_for(c, 20)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 print(f"cleanup: {exc}")
         await asyncio.to_thread(syn.stop)
 

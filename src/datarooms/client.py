@@ -1,0 +1,539 @@
+"""DataroomsClient: one Matrix device with end-to-end encryption and a local index.
+
+It wraps matrix-nio's AsyncClient (Olm/Megolm through vodozemac) and adds what
+a data store needs:
+
+- a **persistent device**: the session (token, device id, pickle key) and the
+  crypto store survive restarts, so every Megolm key is kept;
+- a **sync loop** that decrypts and indexes records and room state, and writes
+  the sync position in the same transaction as what it covers;
+- **gap filling**: history this device has not seen (a new device, a newly
+  joined room, a limited sync) is recorded as a gap and paginated in on demand;
+- **late decryption**: events whose keys arrive later are kept and decrypted
+  when they do;
+- a send path that **queries changed device keys before encrypting**, so a
+  reader's new device gets the room key.
+
+The capabilities hang off it: ``client.rooms``, ``client.records``,
+``client.files``, ``client.messages``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    ForwardedRoomKeyEvent,
+    LocalProtocolError,
+    MegolmEvent,
+    RoomKeyEvent,
+    RoomMessagesError,
+    RoomSendError,
+    SyncError,
+    SyncResponse,
+)
+from nio.api import MessageDirection
+from nio.exceptions import EncryptionError
+
+from datarooms import events as ev
+from datarooms._fs import atomic_write
+from datarooms.account import Credentials
+from datarooms.errors import (
+    AccessDeniedError,
+    ConfigError,
+    HomeserverError,
+    NotFoundError,
+)
+from datarooms.index import LocalIndex, PendingEvent, Record, SyncBatch
+from datarooms.matrix_http import MatrixHttp
+from datarooms.messaging import Messages
+from datarooms.records import Records
+from datarooms.room_files import Files
+from datarooms.rooms import Rooms
+from datarooms.timeline import RoomEvent, is_error, record_from_event, room_event
+
+log = logging.getLogger(__name__)
+
+_SYNC_TIMEOUT_MS = 30_000
+_GAP_PAGE = 100
+
+
+@dataclass
+class _Session:
+    homeserver_url: str
+    user_id: str
+    device_id: str
+    access_token: str
+    pickle_key: str
+
+    def __repr__(self) -> str:
+        return f"_Session(user_id={self.user_id!r}, device_id={self.device_id!r})"
+
+
+class DataroomsClient:
+    """A device of one Matrix account, with a local index. Use :meth:`open`."""
+
+    def __init__(self, nio: AsyncClient, index: LocalIndex, store_dir: Path) -> None:
+        self.nio = nio
+        self.index = index
+        self.store_dir = store_dir
+        self.rooms = Rooms(self)
+        self.records = Records(self)
+        self.files = Files(self)
+        self.messages = Messages(self)
+        self._sync_lock = asyncio.Lock()
+        self._gap_locks: dict[str, asyncio.Lock] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._synced = asyncio.Condition()
+        self._sync_count = 0
+        self._subscribers: set[tuple[str | None, asyncio.Queue[RoomEvent]]] = set()
+        self._closed = False
+
+    # -- opening and closing ---------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        credentials: Credentials,
+        store_dir: Path | str,
+        *,
+        device_name: str = "datarooms",
+        initial_sync: bool = True,
+    ) -> DataroomsClient:
+        """Open (or create) this device's session and stores, then catch up with the server.
+
+        ``store_dir`` holds the session, the crypto store and the index: keep it
+        private and back it up; losing it loses the keys this device holds.
+        """
+        store = Path(store_dir)
+        store.mkdir(parents=True, exist_ok=True, mode=0o700)
+        session = await _load_or_create_session(credentials, store, device_name)
+        config = AsyncClientConfig(
+            encryption_enabled=True,
+            store_sync_tokens=False,  # the index stores the position, after processing
+            pickle_key=session.pickle_key,
+            request_timeout=60,
+            max_timeouts=5,
+        )
+        crypto_dir = store / "crypto"
+        crypto_dir.mkdir(exist_ok=True, mode=0o700)
+        nio = AsyncClient(
+            session.homeserver_url,
+            session.user_id,
+            device_id=session.device_id,
+            store_path=str(crypto_dir),
+            config=config,
+        )
+        nio.restore_login(session.user_id, session.device_id, session.access_token)
+        index = LocalIndex(store / "index.db")
+        client = cls(nio, index, store)
+        try:
+            if nio.should_upload_keys:
+                await client._check(await nio.keys_upload(), "upload device keys")
+            if initial_sync:
+                await client.sync_once(full_state=True)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.stop_sync()
+        await self.nio.close()
+        self.index.close()
+
+    async def __aenter__(self) -> DataroomsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def user_id(self) -> str:
+        return str(self.nio.user_id)
+
+    @property
+    def device_id(self) -> str:
+        return str(self.nio.device_id)
+
+    @property
+    def homeserver_url(self) -> str:
+        return str(self.nio.homeserver)
+
+    @property
+    def access_token(self) -> str:
+        return str(self.nio.access_token)
+
+    def http(self) -> MatrixHttp:
+        """Raw Matrix HTTP for endpoints nio lacks, authenticated as this device."""
+        return MatrixHttp(self.homeserver_url, self.access_token)
+
+    # -- sync ----------------------------------------------------------------
+
+    async def sync_once(self, *, timeout_ms: int = 0, full_state: bool = False) -> None:
+        """One sync round: fetch, decrypt, index, persist the position, notify.
+
+        While the background loop runs, this waits for the loop's next round instead.
+        """
+        if self._loop_task is not None and not self._loop_task.done() and not full_state:
+            await self.wait_for_sync()
+            return
+        async with self._sync_lock:
+            await self._sync_round(timeout_ms, full_state)
+
+    async def _sync_round(self, timeout_ms: int, full_state: bool) -> None:
+        since = self.nio.next_batch or self.index.sync_token or None
+        if since is None:
+            # Synapse answers an identical /sync from its response cache for up to two
+            # minutes (sync_response_cache_duration); a device re-doing its initial sync
+            # (e.g. after losing its index) would get the stale answer. The timeout is
+            # part of the cache key and means nothing for an initial sync: vary it.
+            timeout_ms = 1 + secrets.randbelow(1000)
+        resp = await self.nio.sync(timeout=timeout_ms, since=since, full_state=full_state)
+        if isinstance(resp, SyncError):
+            raise HomeserverError(
+                f"sync failed: {resp.status_code or ''} {resp.message}", errcode=resp.status_code
+            )
+        await self._maintain_keys()
+        batch = self._batch_from_sync(resp)
+        got_keys = any(
+            isinstance(e, (RoomKeyEvent, ForwardedRoomKeyEvent)) for e in resp.to_device_events
+        )
+        late = self._decrypt_pending() if got_keys else []
+        batch.records.extend(r for r, _ in late)
+        batch.resolved.extend(e.event_id for _, e in late)
+        self.index.apply(batch, sync_token=resp.next_batch)
+        self._dispatch(self._events_from_sync(resp) + [e for _, e in late])
+        async with self._synced:
+            self._sync_count += 1
+            self._synced.notify_all()
+
+    async def wait_for_sync(self, timeout: float = 60.0) -> None:
+        """Wait until the background loop completes its next round."""
+        async with self._synced:
+            start = self._sync_count
+            await asyncio.wait_for(
+                self._synced.wait_for(lambda: self._sync_count > start), timeout
+            )
+
+    def start_sync(self) -> None:
+        """Keep syncing in the background (long-poll) until :meth:`stop_sync` or close."""
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._sync_loop(), name="datarooms-sync")
+
+    async def stop_sync(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _sync_loop(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                async with self._sync_lock:
+                    await self._sync_round(_SYNC_TIMEOUT_MS, False)
+                delay = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sync failed; retrying", extra={"error": str(exc), "delay_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _maintain_keys(self) -> None:
+        nio = self.nio
+        if nio.should_upload_keys:
+            await self._check(await nio.keys_upload(), "upload one-time keys")
+        if nio.should_query_keys:
+            await self._check(await nio.keys_query(), "query device keys")
+        if nio.should_claim_keys:
+            await self._check(
+                await nio.keys_claim(nio.get_users_for_key_claiming()), "claim one-time keys"
+            )
+        await nio.send_to_device_messages()
+
+    async def _check(self, resp: Any, what: str) -> Any:
+        if is_error(resp):
+            raise HomeserverError(f"could not {what}: {resp.message}", errcode=resp.status_code)
+        return resp
+
+    # -- turning sync responses into index batches ------------------------------
+
+    def _batch_from_sync(self, resp: SyncResponse) -> SyncBatch:
+        batch = SyncBatch([], [], [], [], [], [])
+        for room_id, info in resp.rooms.join.items():
+            known = self.index.knows_room(room_id)
+            newest = self.index.newest_ts(room_id)
+            for e in info.state:
+                self._collect_state(batch, room_id, e.source)
+            self._collect_timeline(batch, room_id, info.timeline.events)
+            prev = info.timeline.prev_batch
+            if prev and (not known or info.timeline.limited):
+                # History we have not seen: a room new to this device, or a gap.
+                batch.gaps.append((room_id, prev, 0 if not known else (newest or 0)))
+        return batch
+
+    def _collect_state(self, batch: SyncBatch, room_id: str, source: dict[str, Any]) -> None:
+        if "state_key" in source and isinstance(source.get("content"), dict):
+            batch.state.append(
+                (room_id, source["type"], source["state_key"], source["content"],
+                 str(source.get("sender", "")))
+            )
+
+    def _collect_timeline(self, batch: SyncBatch, room_id: str, events: list[Any]) -> None:
+        for e in events:
+            source = getattr(e, "source", None)
+            if not isinstance(source, dict) or "event_id" not in source:
+                continue
+            sender, ts = source.get("sender", ""), int(source.get("origin_server_ts", 0))
+            batch.activity.append((room_id, sender, ts))
+            if isinstance(e, MegolmEvent):
+                batch.pending.append(
+                    PendingEvent(e.event_id, room_id, e.session_id, ts, e.source)
+                )
+                continue
+            self._collect_state(batch, room_id, source)
+            etype = source.get("type")
+            if etype == "m.room.redaction":
+                redacts = source.get("redacts") or source.get("content", {}).get("redacts")
+                if isinstance(redacts, str):
+                    batch.redactions.append((room_id, redacts))
+            elif etype == ev.RECORD:
+                record = record_from_event(room_id, source, getattr(e, "decrypted", False))
+                if record is not None:
+                    batch.records.append(record)
+
+    def _decrypt_pending(self, room_id: str | None = None) -> list[tuple[Record | None, RoomEvent]]:
+        """Try again to decrypt events that arrived before their keys."""
+        out: list[tuple[Record | None, RoomEvent]] = []
+        for p in self.index.pending():
+            if room_id is not None and p.room_id != room_id:
+                continue
+            try:
+                megolm = MegolmEvent.from_dict(p.source)
+                megolm.room_id = p.room_id
+                decrypted = self.nio.decrypt_event(megolm)
+            except EncryptionError:  # still no key
+                continue
+            source = getattr(decrypted, "source", None)
+            if not isinstance(source, dict):
+                continue
+            record = (
+                record_from_event(p.room_id, source, True)
+                if source.get("type") == ev.RECORD
+                else None
+            )
+            out.append((record, room_event(p.room_id, source, encrypted=True)))
+        return out
+
+    def retry_decryption(self, room_id: str | None = None) -> int:
+        """Decrypt pending events now that keys may have arrived (e.g. a backup restore)."""
+        late = self._decrypt_pending(room_id)
+        if late:
+            batch = SyncBatch([r for r, _ in late if r], [], [e.event_id for _, e in late],
+                              [], [], [])
+            self.index.apply(batch)
+        return len(late)
+
+    async def fill_gaps(
+        self, room_id: str, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Paginate in history this device has not seen yet; return events read."""
+        lock = self._gap_locks.setdefault(room_id, asyncio.Lock())
+        total = 0
+        async with lock:
+            for gap_id, _room, token, stop_ts in self.index.gaps(room_id):
+                while True:
+                    resp = await self.nio.room_messages(
+                        room_id, start=token, direction=MessageDirection.back, limit=_GAP_PAGE
+                    )
+                    if isinstance(resp, RoomMessagesError):
+                        raise HomeserverError(
+                            f"reading the history of {room_id} failed: {resp.message}",
+                            errcode=resp.status_code,
+                        )
+                    batch = SyncBatch([], [], [], [], [], [])
+                    self._collect_timeline(batch, room_id, resp.chunk)
+                    oldest = min((a[2] for a in batch.activity), default=None)
+                    finished = (
+                        not resp.chunk
+                        or not resp.end
+                        or (oldest is not None and stop_ts and oldest < stop_ts)
+                    )
+                    self.index.apply_gap_page(gap_id, batch, None if finished else resp.end)
+                    total += len(resp.chunk)
+                    if progress:
+                        progress(total)
+                    if finished:
+                        break
+                    token = resp.end
+        return total
+
+    # -- events to subscribers -------------------------------------------------
+
+    def _events_from_sync(self, resp: SyncResponse) -> list[RoomEvent]:
+        out = []
+        for room_id, info in resp.rooms.join.items():
+            for e in info.timeline.events:
+                source = getattr(e, "source", None)
+                if isinstance(source, dict) and "event_id" in source:
+                    out.append(
+                        room_event(
+                            room_id,
+                            source,
+                            encrypted=isinstance(e, MegolmEvent) or getattr(e, "decrypted", False),
+                            decrypted=not isinstance(e, MegolmEvent),
+                        )
+                    )
+        return out
+
+    def _dispatch(self, room_events: list[RoomEvent]) -> None:
+        for event in room_events:
+            for room_filter, queue in list(self._subscribers):
+                if room_filter is None or room_filter == event.room_id:
+                    queue.put_nowait(event)
+
+    async def subscribe(self, room_id: str | None = None) -> AsyncIterator[RoomEvent]:
+        """Live events (of one room, or all), as they arrive. Starts the sync loop."""
+        queue: asyncio.Queue[RoomEvent] = asyncio.Queue()
+        entry = (room_id, queue)
+        self._subscribers.add(entry)
+        self.start_sync()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(entry)
+
+    # -- sending -------------------------------------------------------------
+
+    async def ensure_room(self, room_id: str) -> None:
+        """Make sure nio knows the room (we are in it); sync once if needed."""
+        if room_id not in self.nio.rooms:
+            await self.sync_once()
+        if room_id not in self.nio.rooms:
+            raise NotFoundError(
+                f"room {room_id} is unknown to {self.user_id}: not a member, or it does not exist"
+            )
+
+    async def send(
+        self, room_id: str, event_type: str, content: dict[str, Any], *, txn_id: str | None = None
+    ) -> str:
+        """Send an event, encrypted if the room is (it always is for data rooms).
+
+        Changed device lists are queried first, so every current device of every
+        member gets the room key. Returns the event id.
+        """
+        await self.ensure_room(room_id)
+        if self.nio.should_query_keys:
+            await self._check(await self.nio.keys_query(), "query device keys")
+        room = self.nio.rooms[room_id]
+        if event_type == "m.reaction" and room.encrypted:
+            # nio sends reactions in the clear; the spec encrypts them like any event.
+            await self._share_key_if_needed(room_id)
+            event_type, content = self.nio.encrypt(room_id, event_type, content)
+        try:
+            resp = await self.nio.room_send(
+                room_id, event_type, content, tx_id=txn_id, ignore_unverified_devices=True
+            )
+        except LocalProtocolError as exc:
+            raise HomeserverError(f"cannot send to {room_id}: {exc}") from exc
+        if isinstance(resp, RoomSendError):
+            if resp.status_code == "M_FORBIDDEN":
+                raise AccessDeniedError(
+                    f"{self.user_id} may not send {event_type} to {room_id}: {resp.message}"
+                )
+            raise HomeserverError(
+                f"sending to {room_id} failed: {resp.status_code}: {resp.message}",
+                errcode=resp.status_code,
+            )
+        return str(resp.event_id)
+
+    async def _share_key_if_needed(self, room_id: str) -> None:
+        olm = self.nio.olm
+        if olm is not None and olm.should_share_group_session(room_id):
+            await self.nio.share_group_session(room_id, ignore_unverified_devices=True)
+
+
+# -- sessions -------------------------------------------------------------------
+
+
+async def _load_or_create_session(
+    creds: Credentials, store: Path, device_name: str
+) -> _Session:
+    path = store / "session.json"
+    session: _Session | None = None
+    if path.exists():
+        try:
+            session = _Session(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"the session file {path} is damaged: {exc}") from exc
+        if creds.user_id and session.user_id != creds.user_id:
+            raise ConfigError(
+                f"the store {store} belongs to {session.user_id}, not {creds.user_id}; "
+                "use another store directory for another account"
+            )
+        session.homeserver_url = creds.homeserver_url or session.homeserver_url
+        try:
+            async with MatrixHttp(session.homeserver_url, session.access_token) as http:
+                await http.whoami()
+            return session
+        except HomeserverError as exc:
+            if exc.errcode != "M_UNKNOWN_TOKEN":
+                raise
+            if not creds.password:
+                raise ConfigError(
+                    f"the access token of device {session.device_id} is no longer valid and "
+                    "no password is configured to log in again"
+                ) from None
+            # Log in again on the SAME device, so its crypto store stays valid.
+            async with MatrixHttp(session.homeserver_url) as http:
+                res = await http.login_password(
+                    session.user_id, creds.password, device_id=session.device_id
+                )
+            session.access_token = res["access_token"]
+    else:
+        pickle_key = secrets.token_urlsafe(32)
+        if creds.access_token:
+            async with MatrixHttp(creds.homeserver_url, creds.access_token) as http:
+                who = await http.whoami()
+            if not who.get("device_id"):
+                raise ConfigError("the access token is not bound to a device; log in instead")
+            session = _Session(
+                creds.homeserver_url, who["user_id"], who["device_id"], creds.access_token,
+                pickle_key,
+            )
+        elif creds.password and creds.user_id:
+            async with MatrixHttp(creds.homeserver_url) as http:
+                res = await http.login_password(
+                    creds.user_id, creds.password, device_name=device_name
+                )
+            session = _Session(
+                creds.homeserver_url, res["user_id"], res["device_id"], res["access_token"],
+                pickle_key,
+            )
+        else:
+            raise ConfigError("credentials need an access token, or a user id and password")
+    atomic_write(path, json.dumps(vars(session)), mode=0o600)
+    return session

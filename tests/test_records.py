@@ -7,13 +7,7 @@ import pytest
 from datarooms import AccessDeniedError, DataroomsClient, NotFoundError, ValidationError
 
 
-async def _shared_room(alice: DataroomsClient, bob: DataroomsClient, access: str = "read") -> str:
-    room = await alice.rooms.create("device", name="pump-7")
-    await alice.rooms.grant(room.room_id, bob.user_id, access)  # type: ignore[arg-type]
-    await bob.sync_once()
-    await bob.rooms.join(room.room_id)
-    await alice.sync_once()
-    return room.room_id
+from tests._rooms import shared_room as _shared_room
 
 
 async def test_put_get_history_across_users(alice_bob) -> None:  # type: ignore[no-untyped-def]

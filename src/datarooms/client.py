@@ -451,8 +451,7 @@ class DataroomsClient:
         room = self.nio.rooms[room_id]
         if event_type == "m.reaction" and room.encrypted:
             # nio sends reactions in the clear; the spec encrypts them like any event.
-            await self._share_key_if_needed(room_id)
-            event_type, content = self.nio.encrypt(room_id, event_type, content)
+            return await self._send_encrypted_raw(room_id, event_type, content, txn_id)
         try:
             resp = await self.nio.room_send(
                 room_id, event_type, content, tx_id=txn_id, ignore_unverified_devices=True
@@ -470,10 +469,32 @@ class DataroomsClient:
             )
         return str(resp.event_id)
 
-    async def _share_key_if_needed(self, room_id: str) -> None:
+    async def _send_encrypted_raw(
+        self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str | None
+    ) -> str:
         olm = self.nio.olm
         if olm is not None and olm.should_share_group_session(room_id):
             await self.nio.share_group_session(room_id, ignore_unverified_devices=True)
+        enc_type, enc_content = self.nio.encrypt(room_id, event_type, content)
+        # The spec copies m.relates_to outside the ciphertext so servers can
+        # aggregate; for an annotation that shows the server what was written (its
+        # `key`), and Synapse refuses an annotation without one. So reactions carry
+        # their relation only inside the ciphertext. See docs/security.md.
+        enc_content.pop("m.relates_to", None)
+        txn = txn_id or secrets.token_hex(16)
+        async with self.http() as http:
+            try:
+                res = await http.request(
+                    "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/{enc_type}/{txn}",
+                    json=enc_content,
+                )
+            except HomeserverError as exc:
+                if exc.errcode == "M_FORBIDDEN":
+                    raise AccessDeniedError(
+                        f"{self.user_id} may not send {event_type} to {room_id}"
+                    ) from None
+                raise
+        return str(res["event_id"])
 
 
 # -- sessions -------------------------------------------------------------------

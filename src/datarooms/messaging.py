@@ -103,6 +103,7 @@ class Messages:
         if not 1 <= limit <= 1000:
             raise ValidationError("limit must be between 1 and 1000")
         await self._c.ensure_room(room_id)
+        await self._c.sync_once()  # receive pending room keys before decrypting
         resp = await self._c.nio.room_messages(
             room_id, start=None, direction=MessageDirection.back, limit=limit
         )

@@ -308,6 +308,7 @@ class Rooms:
     async def review(self, room_id: str) -> list[MemberAccess]:
         """Who has access: members and invitees, their power, devices and last activity."""
         await self._c.ensure_room(room_id)
+        await self._c.sync_once()  # membership and power as the server has them now
         room = self._c.nio.rooms[room_id]
         nio = self._c.nio
         if nio.should_query_keys:

@@ -1,0 +1,55 @@
+"""The homeserver never sees plaintext: scan its database and media store for markers."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+from datarooms.testing import TestHomeserver
+from tests._rooms import shared_room
+
+
+def _scan(hs: TestHomeserver, markers: list[str]) -> list[str]:
+    # Fold the WAL into the main file so a byte scan sees every committed row.
+    with sqlite3.connect(hs.synapse.database_path) as db:
+        db.execute("PRAGMA wal_checkpoint(FULL)")
+    hits = []
+    files = [p for p in hs.synapse.directory.rglob("*") if p.is_file()]
+    for path in files:
+        if path.suffix == ".log":
+            continue  # Synapse's own log never holds event contents; checked separately
+        blob = path.read_bytes()
+        for m in markers:
+            for form in (m.encode(), m.encode("utf-16-le")):
+                if form in blob:
+                    hits.append(f"{m} in {path}")
+    return hits
+
+
+async def test_no_plaintext_on_the_homeserver(  # type: ignore[no-untyped-def]
+    alice_bob, homeserver: TestHomeserver, tmp_path: Path
+) -> None:
+    alice, bob = alice_bob
+    room = await shared_room(alice, bob, "write", kind="collaboration")
+    tag = uuid.uuid4().hex[:12]
+    markers = {k: f"MARKER-{k}-{tag}" for k in
+               ("record", "key", "message", "reply", "edit", "reaction", "file", "filename")}
+    await alice.records.put(room, markers["key"], {"reading": markers["record"]})
+    root = await alice.messages.send(room, markers["message"])
+    await bob.messages.reply(room, root, markers["reply"])
+    await alice.messages.edit(room, root, markers["edit"])
+    await bob.messages.react(room, root, markers["reaction"][:60])
+    src = tmp_path / f"{markers['filename']}.txt"
+    src.write_text((markers["file"] + "\n") * 1000)
+    ref = await alice.files.put(room, src)
+    await bob.sync_once()
+    # Sanity: the data is really there and readable by members.
+    assert (await bob.records.get(room, markers["key"])).value == {"reading": markers["record"]}
+    assert markers["file"].encode() in await bob.files.read(room, ref.event_id)
+
+    hits = _scan(homeserver, list(markers.values()))
+    assert hits == [], hits
+    # The scan can find things: a marker in (unencrypted) room state is found.
+    await alice.rooms.create("project", name=f"PLAIN-STATE-{tag}")
+    assert _scan(homeserver, [f"PLAIN-STATE-{tag}"]), "the scan must be able to see plaintext"

@@ -215,14 +215,25 @@ class DataroomsClient:
             )
         await self._maintain_keys()
         batch = self._batch_from_sync(resp)
+        self.index.apply(batch, sync_token=resp.next_batch)
+        events = self._events_from_sync(resp)
         got_keys = any(
             isinstance(e, (RoomKeyEvent, ForwardedRoomKeyEvent)) for e in resp.to_device_events
         )
-        late = self._decrypt_pending() if got_keys else []
-        batch.records.extend(r for r, _ in late)
-        batch.resolved.extend(e.event_id for _, e in late)
-        self.index.apply(batch, sync_token=resp.next_batch)
-        self._dispatch(self._events_from_sync(resp) + [e for _, e in late])
+        if batch.pending or got_keys:
+            if batch.pending:
+                # Another process on this same device (e.g. `datarooms send` beside
+                # `datarooms tail`) may have created the session: look in the store.
+                self._merge_sessions_from_store()
+            late = self._decrypt_pending()
+            if late:
+                self.index.apply(
+                    SyncBatch([r for r, _ in late if r], [], [e.event_id for _, e in late],
+                              [], [], [])
+                )
+                by_id = {e.event_id: e for _, e in late}
+                events = [by_id.pop(e.event_id, e) for e in events] + list(by_id.values())
+        self._dispatch(events)
         async with self._synced:
             self._sync_count += 1
             self._synced.notify_all()
@@ -347,8 +358,16 @@ class DataroomsClient:
             out.append((record, room_event(p.room_id, source, encrypted=True)))
         return out
 
+    def _merge_sessions_from_store(self) -> None:
+        olm, store = self.nio.olm, self.nio.store
+        if olm is None or store is None:
+            return
+        for session in store.load_inbound_group_sessions():
+            olm.inbound_group_store.add(session)
+
     def retry_decryption(self, room_id: str | None = None) -> int:
         """Decrypt pending events now that keys may have arrived (e.g. a backup restore)."""
+        self._merge_sessions_from_store()
         late = self._decrypt_pending(room_id)
         if late:
             batch = SyncBatch([r for r, _ in late if r], [], [e.event_id for _, e in late],

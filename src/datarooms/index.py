@@ -242,6 +242,16 @@ class LocalIndex:
             for r in rows
         }
 
+    def twin_values(self, room_id: str) -> dict[str, Any]:
+        """``{key: latest value}``, built in SQLite and decoded once (the fast path)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT json_group_object(key, json(value)) FROM latest WHERE room_id = ?",
+                (room_id,),
+            ).fetchone()
+        result: dict[str, Any] = json.loads(row[0]) if row and row[0] else {}
+        return result
+
     def latest(self, room_id: str, key: str) -> Record | None:
         with self._lock:
             r = self._db.execute(
@@ -406,7 +416,16 @@ def _insert_records(db: sqlite3.Connection, records: list[Record]) -> list[Recor
             (rec.event_id, rec.room_id, rec.key, rec.txn, rec.sender, rec.ts, value, rec.schema),
         )
         if cur.rowcount == 0:
-            continue  # already indexed (same event, or same txn retried)
+            # Already indexed (same event, or same txn retried). The writer indexes its
+            # own write at once with its own clock; the server's timestamp, when sync
+            # brings it, wins, so every device orders versions alike.
+            moved = db.execute(
+                "UPDATE records SET ts = ? WHERE event_id = ? AND ts != ?",
+                (rec.ts, rec.event_id, rec.ts),
+            )
+            if moved.rowcount:
+                _recompute_latest(db, rec.room_id, rec.key)
+            continue
         db.execute(
             """
             INSERT INTO latest VALUES (?, ?, ?, ?, ?, ?, ?, 1)
@@ -434,8 +453,11 @@ def _redact(db: sqlite3.Connection, room_id: str, event_id: str) -> None:
     ).fetchone()
     if row is None:
         return
-    key = row[0]
     db.execute("DELETE FROM records WHERE event_id = ?", (event_id,))
+    _recompute_latest(db, room_id, row[0])
+
+
+def _recompute_latest(db: sqlite3.Connection, room_id: str, key: str) -> None:
     db.execute("DELETE FROM latest WHERE room_id = ? AND key = ?", (room_id, key))
     db.execute(
         """

@@ -183,7 +183,7 @@ class Records:
     async def twin(self, room_id: str) -> dict[str, Any]:
         """The twin's current state: ``{key: latest value}``."""
         await self._ready(room_id)
-        return {k: r.value for k, r in self._c.index.twin(room_id).items()}
+        return self._c.index.twin_values(room_id)
 
     async def latest(self, room_id: str) -> dict[str, Record]:
         """Like :meth:`twin`, with each key's full latest record."""

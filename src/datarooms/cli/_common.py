@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,8 @@ from datarooms.config import Settings, load_settings
 
 T = TypeVar("T")
 
-console = Console(soft_wrap=True)
+# Piped output is read by scripts: do not fold tables to 80 columns.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 err_console = Console(stderr=True, soft_wrap=True)
 
 

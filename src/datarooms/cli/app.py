@@ -15,6 +15,7 @@ from rich.table import Table
 
 from datarooms._logging import configure_logging
 from datarooms.account import resolve_credentials
+from datarooms.cli import data as data_commands
 from datarooms.cli._common import CliState, console, err_console, run, state
 from datarooms.errors import ConfigError, DataroomsError, PlatformError
 from datarooms.homeserver.admin import register_user
@@ -256,5 +257,7 @@ def config_show(ctx: typer.Context) -> None:
     settings = state(ctx).settings()
     console.print_json(json.dumps(settings.masked()))
 
+
+data_commands.register(app)
 
 __all__ = ["DataroomsError", "app"]

@@ -64,6 +64,50 @@ class PlatformContext:
     service_account: Credentials
     homeserver: EmbeddedSynapse | None
 
+    @property
+    def server_name(self) -> str:
+        return self.service_account.user_id.split(":", 1)[1]
+
+    async def ensure_account(self, localpart: str, displayname: str | None = None) -> Credentials:
+        """The account of a bot or agent: registered on first use, kept in
+        ``<data_dir>/accounts/<localpart>.json`` (mode 0600), re-checked on later starts.
+
+        Registration uses the embedded homeserver's shared secret, or
+        ``homeserver.registration_shared_secret`` for an external Synapse.
+        """
+        path = self.settings.data_dir / "accounts" / f"{localpart}.json"
+        stored = read_credentials(path)
+        if stored is not None:
+            stored = Credentials(self.homeserver_url, stored.user_id, stored.access_token,
+                                 stored.device_id, stored.password)
+            creds = await _check_or_login(stored)
+        else:
+            secret = self.settings.homeserver.registration_shared_secret or (
+                self.homeserver.registration_shared_secret if self.homeserver else ""
+            )
+            if not secret:
+                raise PlatformError(
+                    f"cannot create the account {localpart!r} on the external homeserver: "
+                    "set homeserver.registration_shared_secret"
+                )
+            user = await register_user(self.homeserver_url, secret, localpart,
+                                       displayname=displayname)
+            creds = Credentials(self.homeserver_url, user.user_id, user.access_token,
+                                user.device_id, user.password)
+            await override_ratelimit(self.homeserver_url, self.service_account.access_token,
+                                     user.user_id)
+        write_credentials(path, creds)
+        return creds
+
+    def device_store(self, user_id: str) -> Path:
+        """Where a bot's or agent's device (session, crypto store, index) lives."""
+        return device_store_dir(self.settings, user_id)
+
+
+def device_store_dir(settings: Settings, user_id: str) -> Path:
+    """``<data_dir>/devices/<user_id>``: one E2EE device per account on this machine."""
+    return settings.data_dir / "devices" / user_id
+
 
 @dataclass
 class PlatformInfo:

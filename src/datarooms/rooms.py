@@ -22,6 +22,7 @@ the next write starts a session the revoked user never receives.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -218,11 +219,11 @@ class Rooms:
     async def leave(self, room_id: str) -> None:
         await self._c.nio.room_leave(check_room_id(room_id))
 
-    def invites(self) -> list[str]:
+    def invites(self) -> builtins.list[str]:
         """Rooms this user is invited to (as of the last sync)."""
         return list(self._c.nio.invited_rooms)
 
-    def list(self) -> list[DataRoom]:
+    def list(self) -> builtins.list[DataRoom]:
         """Joined rooms, with their kind where they are data rooms."""
         out = []
         for rid, room in self._c.nio.rooms.items():
@@ -305,7 +306,7 @@ class Rooms:
             except HomeserverError as exc:
                 raise _as_access_error(exc, room_id) from None
 
-    async def review(self, room_id: str) -> list[MemberAccess]:
+    async def review(self, room_id: str) -> builtins.list[MemberAccess]:
         """Who has access: members and invitees, their power, devices and last activity."""
         await self._c.ensure_room(room_id)
         await self._c.sync_once()  # membership and power as the server has them now

@@ -30,7 +30,7 @@ from datarooms.config import Settings
 from datarooms.errors import ValidationError
 from datarooms.events import ROOM_KINDS
 from datarooms.matrix_http import MatrixHttp
-from datarooms.platform import live_homeserver_url
+from datarooms.platform import device_store_dir, live_homeserver_url
 from datarooms.rooms import Access
 
 T = TypeVar("T")
@@ -39,11 +39,6 @@ room_app = typer.Typer(help="Create data rooms and control access to them.", no_
 file_app = typer.Typer(help="Encrypted files in rooms.", no_args_is_help=True)
 
 RoomArg = Annotated[str, typer.Argument(help="Room id (!...) or alias (#...)")]
-
-
-def device_store(settings: Settings, user_id: str) -> Path:
-    """Where the CLI keeps its device (session, crypto store, index) for an account."""
-    return settings.data_dir / "devices" / user_id
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +51,7 @@ async def open_client(settings: Settings) -> AsyncIterator[DataroomsClient]:
         async with MatrixHttp(creds.homeserver_url, creds.access_token) as http:
             creds = replace(creds, user_id=(await http.whoami())["user_id"])
     client = await DataroomsClient.open(
-        creds, device_store(settings, creds.user_id), device_name="datarooms CLI"
+        creds, device_store_dir(settings, creds.user_id), device_name="datarooms CLI"
     )
     try:
         yield client

@@ -34,7 +34,12 @@ _spec = importlib.util.spec_from_file_location("_bench_common", _HERE / "_common
 assert _spec and _spec.loader
 _common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_common)
-emit, machine, median, tree_rss_mb = _common.emit, _common.machine, _common.median, _common.tree_rss_mb
+emit, machine, median, tree_rss_mb = (
+    _common.emit,
+    _common.machine,
+    _common.median,
+    _common.tree_rss_mb,
+)
 
 from datarooms.homeserver.embedded import free_port  # noqa: E402
 
@@ -46,7 +51,8 @@ def time_up(data_dir: Path, port: int, idle_s: float = 0.0) -> tuple[float, floa
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [DATAROOMS, "--data-dir", str(data_dir), "up", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     while not state.exists():
         if proc.poll() is not None:
@@ -67,7 +73,8 @@ def time_synapse(data_dir: Path, port: int) -> float:
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "synapse.app.homeserver", "-c", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         while True:
@@ -103,13 +110,23 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     up_s, syn_s = median(ups), median(synapses)
-    print(f"datarooms up to ready: median {up_s:.2f} s over {rounds}; "
-          f"Synapse alone: {syn_s:.2f} s; overhead {up_s - syn_s:.2f} s; "
-          f"first up {first_up:.2f} s; idle RSS {idle_rss:.0f} MB")
-    emit({
-        "bench": "platform", "up_s": up_s, "synapse_s": syn_s, "overhead_s": up_s - syn_s,
-        "first_up_s": first_up, "idle_rss_mb": idle_rss, "rounds": rounds, **machine(),
-    })
+    print(
+        f"datarooms up to ready: median {up_s:.2f} s over {rounds}; "
+        f"Synapse alone: {syn_s:.2f} s; overhead {up_s - syn_s:.2f} s; "
+        f"first up {first_up:.2f} s; idle RSS {idle_rss:.0f} MB"
+    )
+    emit(
+        {
+            "bench": "platform",
+            "up_s": up_s,
+            "synapse_s": syn_s,
+            "overhead_s": up_s - syn_s,
+            "first_up_s": first_up,
+            "idle_rss_mb": idle_rss,
+            "rounds": rounds,
+            **machine(),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -22,15 +22,23 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def cli(
-    *args: str, data_dir: Path | None = None, env: dict[str, str] | None = None,
-    input: str | None = None, timeout: float = 120,
+    *args: str,
+    data_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     cmd = [DATAROOMS]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
     return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, env=env or clean_env(),
-        input=input, timeout=timeout, check=False,
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        env=env or clean_env(),
+        input=input,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -68,7 +76,10 @@ class UpProcess:
 def start_up(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> UpProcess:
     proc = subprocess.Popen(
         [DATAROOMS, "--data-dir", str(data_dir), "up", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or clean_env(),
     )
     return UpProcess(proc, data_dir)
 

@@ -67,7 +67,10 @@ async def test_cli_rooms_records_files_messages(  # type: ignore[no-untyped-def]
     # tail prints a message sent while it runs.
     proc = subprocess.Popen(
         [DATAROOMS, "--data-dir", str(data_dir), "tail", room, "--json", "--recent", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         time.sleep(3)  # let tail start its sync loop
@@ -85,8 +88,9 @@ async def test_cli_rooms_records_files_messages(  # type: ignore[no-untyped-def]
             seen.append(json.loads(line))
             if any(e["content"].get("body") == "hello from the CLI" for e in seen):
                 break
-        assert any(e["content"].get("body") == "hello from the CLI" and e["encrypted"]
-                   for e in seen), seen
+        assert any(
+            e["content"].get("body") == "hello from the CLI" and e["encrypted"] for e in seen
+        ), seen
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -26,14 +26,15 @@ async def test_up_register_down_restart_keeps_data(data_dir: Path) -> None:
         state = up.wait_running()
         url = f"http://127.0.0.1:{port}"
         assert state["homeserver_url"] == url
-        creds = (data_dir / "credentials.json")
+        creds = data_dir / "credentials.json"
         assert creds.stat().st_mode & 0o077 == 0, "credentials must be private to the owner"
 
         st = cli("status", data_dir=data_dir)
         assert st.returncode == 0 and "healthy" in st.stdout
 
-        added = cli("user", "add", "carol", "--password-stdin", data_dir=data_dir,
-                    input="s3cret-pass\n")
+        added = cli(
+            "user", "add", "carol", "--password-stdin", data_dir=data_dir, input="s3cret-pass\n"
+        )
         assert added.returncode == 0, added.stderr
         assert "@carol:localhost" in added.stdout
         assert await _login(url, "carol", "s3cret-pass") == "@carol:localhost"
@@ -105,7 +106,7 @@ def test_synapse_failing_to_start_shows_its_log(data_dir: Path) -> None:
     assert "Synapse exited" in res.stderr
     assert "homeserver.log" in res.stderr or "stdout.log" in res.stderr
     assert "not a database" in res.stderr  # the log tail names the cause
-    assert "Traceback (most recent call last):\n  File \"/" not in res.stderr.split("---")[0]
+    assert 'Traceback (most recent call last):\n  File "/' not in res.stderr.split("---")[0]
 
 
 def test_ctrl_c_during_startup_leaves_nothing_behind(data_dir: Path) -> None:
@@ -173,7 +174,7 @@ def test_bad_config_is_a_clear_error(data_dir: Path, env: dict[str, str], messag
 
 def test_unknown_key_in_config_file(data_dir: Path) -> None:
     data_dir.mkdir()
-    (data_dir / "datarooms.toml").write_text('[homeserver]\nprot = 9000\n')
+    (data_dir / "datarooms.toml").write_text("[homeserver]\nprot = 9000\n")
     res = cli("config", "show", data_dir=data_dir)
     assert res.returncode == 1
     assert "unknown setting(s) prot" in res.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 
 from datarooms import AccessDeniedError, DataroomsClient, NotFoundError, ValidationError
-
-
 from tests._rooms import shared_room as _shared_room
 
 
@@ -115,7 +113,7 @@ async def test_new_device_backfills_history(  # type: ignore[no-untyped-def]
     (tmp_path / bob.user_id / "index.db").unlink()
     for suffix in ("-wal", "-shm"):
         (tmp_path / bob.user_id / f"index.db{suffix}").unlink(missing_ok=True)
-    from datarooms import Credentials, DataroomsClient
+    from datarooms import Credentials
 
     session = __import__("json").loads((tmp_path / bob.user_id / "session.json").read_text())
     bob2 = await DataroomsClient.open(

@@ -33,8 +33,10 @@ async def test_no_plaintext_on_the_homeserver(  # type: ignore[no-untyped-def]
     alice, bob = alice_bob
     room = await shared_room(alice, bob, "write", kind="collaboration")
     tag = uuid.uuid4().hex[:12]
-    markers = {k: f"MARKER-{k}-{tag}" for k in
-               ("record", "key", "message", "reply", "edit", "reaction", "file", "filename")}
+    markers = {
+        k: f"MARKER-{k}-{tag}"
+        for k in ("record", "key", "message", "reply", "edit", "reaction", "file", "filename")
+    }
     await alice.records.put(room, markers["key"], {"reading": markers["record"]})
     root = await alice.messages.send(room, markers["message"])
     await bob.messages.reply(room, root, markers["reply"])

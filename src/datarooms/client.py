@@ -228,8 +228,9 @@ class DataroomsClient:
             late = self._decrypt_pending()
             if late:
                 self.index.apply(
-                    SyncBatch([r for r, _ in late if r], [], [e.event_id for _, e in late],
-                              [], [], [])
+                    SyncBatch(
+                        [r for r, _ in late if r], [], [e.event_id for _, e in late], [], [], []
+                    )
                 )
                 by_id = {e.event_id: e for _, e in late}
                 events = [by_id.pop(e.event_id, e) for e in events] + list(by_id.values())
@@ -242,9 +243,7 @@ class DataroomsClient:
         """Wait until the background loop completes its next round."""
         async with self._synced:
             start = self._sync_count
-            await asyncio.wait_for(
-                self._synced.wait_for(lambda: self._sync_count > start), timeout
-            )
+            await asyncio.wait_for(self._synced.wait_for(lambda: self._sync_count > start), timeout)
 
     def start_sync(self) -> None:
         """Keep syncing in the background (long-poll) until :meth:`stop_sync` or close."""
@@ -308,8 +307,13 @@ class DataroomsClient:
     def _collect_state(self, batch: SyncBatch, room_id: str, source: dict[str, Any]) -> None:
         if "state_key" in source and isinstance(source.get("content"), dict):
             batch.state.append(
-                (room_id, source["type"], source["state_key"], source["content"],
-                 str(source.get("sender", "")))
+                (
+                    room_id,
+                    source["type"],
+                    source["state_key"],
+                    source["content"],
+                    str(source.get("sender", "")),
+                )
             )
 
     def _collect_timeline(self, batch: SyncBatch, room_id: str, events: list[Any]) -> None:
@@ -320,9 +324,7 @@ class DataroomsClient:
             sender, ts = source.get("sender", ""), int(source.get("origin_server_ts", 0))
             batch.activity.append((room_id, sender, ts))
             if isinstance(e, MegolmEvent):
-                batch.pending.append(
-                    PendingEvent(e.event_id, room_id, e.session_id, ts, e.source)
-                )
+                batch.pending.append(PendingEvent(e.event_id, room_id, e.session_id, ts, e.source))
                 continue
             self._collect_state(batch, room_id, source)
             etype = source.get("type")
@@ -370,14 +372,13 @@ class DataroomsClient:
         self._merge_sessions_from_store()
         late = self._decrypt_pending(room_id)
         if late:
-            batch = SyncBatch([r for r, _ in late if r], [], [e.event_id for _, e in late],
-                              [], [], [])
+            batch = SyncBatch(
+                [r for r, _ in late if r], [], [e.event_id for _, e in late], [], [], []
+            )
             self.index.apply(batch)
         return len(late)
 
-    async def fill_gaps(
-        self, room_id: str, progress: Callable[[int], None] | None = None
-    ) -> int:
+    async def fill_gaps(self, room_id: str, progress: Callable[[int], None] | None = None) -> int:
         """Paginate in history this device has not seen yet; return events read."""
         lock = self._gap_locks.setdefault(room_id, asyncio.Lock())
         total = 0
@@ -504,7 +505,8 @@ class DataroomsClient:
         async with self.http() as http:
             try:
                 res = await http.request(
-                    "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/{enc_type}/{txn}",
+                    "PUT",
+                    f"/_matrix/client/v3/rooms/{room_id}/send/{enc_type}/{txn}",
                     json=enc_content,
                 )
             except HomeserverError as exc:
@@ -519,9 +521,7 @@ class DataroomsClient:
 # -- sessions -------------------------------------------------------------------
 
 
-async def _load_or_create_session(
-    creds: Credentials, store: Path, device_name: str
-) -> _Session:
+async def _load_or_create_session(creds: Credentials, store: Path, device_name: str) -> _Session:
     path = store / "session.json"
     session: _Session | None = None
     if path.exists():
@@ -561,7 +561,10 @@ async def _load_or_create_session(
             if not who.get("device_id"):
                 raise ConfigError("the access token is not bound to a device; log in instead")
             session = _Session(
-                creds.homeserver_url, who["user_id"], who["device_id"], creds.access_token,
+                creds.homeserver_url,
+                who["user_id"],
+                who["device_id"],
+                creds.access_token,
                 pickle_key,
             )
         elif creds.password and creds.user_id:
@@ -570,7 +573,10 @@ async def _load_or_create_session(
                     creds.user_id, creds.password, device_name=device_name
                 )
             session = _Session(
-                creds.homeserver_url, res["user_id"], res["device_id"], res["access_token"],
+                creds.homeserver_url,
+                res["user_id"],
+                res["device_id"],
+                res["access_token"],
                 pickle_key,
             )
         else:

@@ -55,7 +55,7 @@ RECORD_SCHEMA: dict[str, Any] = {
 ROOM_INFO_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://datarooms.io/schemas/io.datarooms.room.json",
-    "title": "io.datarooms.room (state, state_key \"\")",
+    "title": 'io.datarooms.room (state, state_key "")',
     "description": "What a data room is for. Room state is NOT encrypted: nothing sensitive here.",
     "type": "object",
     "required": ["kind", "version"],

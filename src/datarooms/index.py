@@ -293,12 +293,11 @@ class LocalIndex:
             args.append(limit)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [Record(room_id, key, json.loads(r[0]), r[1], r[2], r[3], r[4], r[5], r[6])
-                for r in rows]
+        return [
+            Record(room_id, key, json.loads(r[0]), r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows
+        ]
 
-    def between(
-        self, room_id: str, since: int, until: int, *, limit: int = 1000
-    ) -> list[Record]:
+    def between(self, room_id: str, since: int, until: int, *, limit: int = 1000) -> list[Record]:
         """Records of every key written in ``[since, until)`` (server time, ms), oldest first."""
         with self._lock:
             rows = self._db.execute(
@@ -306,8 +305,7 @@ class LocalIndex:
                 "WHERE room_id = ? AND ts >= ? AND ts < ? ORDER BY ts, event_id LIMIT ?",
                 (room_id, since, until, limit),
             ).fetchall()
-        return [Record(room_id, r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6])
-                for r in rows]
+        return [Record(room_id, r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     def count(self, room_id: str) -> int:
         with self._lock:

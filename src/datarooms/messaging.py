@@ -113,8 +113,12 @@ class Messages:
         for e in reversed(resp.chunk):
             source: dict[str, Any] | None = getattr(e, "source", None)
             if isinstance(source, dict) and "event_id" in source:
-                out.append(room_event(room_id, source,
-                                       encrypted=isinstance(e, MegolmEvent)
-                                       or getattr(e, "decrypted", False),
-                                       decrypted=not isinstance(e, MegolmEvent)))
+                out.append(
+                    room_event(
+                        room_id,
+                        source,
+                        encrypted=isinstance(e, MegolmEvent) or getattr(e, "decrypted", False),
+                        decrypted=not isinstance(e, MegolmEvent),
+                    )
+                )
         return out

@@ -78,8 +78,13 @@ class PlatformContext:
         path = self.settings.data_dir / "accounts" / f"{localpart}.json"
         stored = read_credentials(path)
         if stored is not None:
-            stored = Credentials(self.homeserver_url, stored.user_id, stored.access_token,
-                                 stored.device_id, stored.password)
+            stored = Credentials(
+                self.homeserver_url,
+                stored.user_id,
+                stored.access_token,
+                stored.device_id,
+                stored.password,
+            )
             creds = await _check_or_login(stored)
         else:
             secret = self.settings.homeserver.registration_shared_secret or (
@@ -90,12 +95,15 @@ class PlatformContext:
                     f"cannot create the account {localpart!r} on the external homeserver: "
                     "set homeserver.registration_shared_secret"
                 )
-            user = await register_user(self.homeserver_url, secret, localpart,
-                                       displayname=displayname)
-            creds = Credentials(self.homeserver_url, user.user_id, user.access_token,
-                                user.device_id, user.password)
-            await override_ratelimit(self.homeserver_url, self.service_account.access_token,
-                                     user.user_id)
+            user = await register_user(
+                self.homeserver_url, secret, localpart, displayname=displayname
+            )
+            creds = Credentials(
+                self.homeserver_url, user.user_id, user.access_token, user.device_id, user.password
+            )
+            await override_ratelimit(
+                self.homeserver_url, self.service_account.access_token, user.user_id
+            )
         write_credentials(path, creds)
         return creds
 

@@ -89,9 +89,16 @@ class Records:
         if is_error(resp):
             raise error_from_response(resp, f"publishing schema {name!r} in {room_id}")
         # Read our own write: keep the index current without waiting for sync.
-        self._c.index.apply(SyncBatch([], [], [], [(room_id, ev.SCHEMA, name,
-                                                     {"schema": schema}, self._c.user_id)],
-                                        [], []))
+        self._c.index.apply(
+            SyncBatch(
+                [],
+                [],
+                [],
+                [(room_id, ev.SCHEMA, name, {"schema": schema}, self._c.user_id)],
+                [],
+                [],
+            )
+        )
 
     async def schema(self, room_id: str, name: str) -> dict[str, Any]:
         """The room's schema ``name``, from the local index, else from the homeserver."""
@@ -145,8 +152,14 @@ class Records:
             )
         event_id = await self._c.send(room_id, ev.RECORD, content, txn_id=txn)
         record = Record(
-            room_id=room_id, key=key, value=value, event_id=event_id, sender=self._c.user_id,
-            ts=int(time.time() * 1000), txn=txn, schema=schema,
+            room_id=room_id,
+            key=key,
+            value=value,
+            event_id=event_id,
+            sender=self._c.user_id,
+            ts=int(time.time() * 1000),
+            txn=txn,
+            schema=schema,
         )
         self._c.index.add_records([record])
         latest = self._c.index.latest(room_id, key)
@@ -154,9 +167,7 @@ class Records:
 
     async def _validate(self, room_id: str, schema_name: str, value: Any) -> None:
         schema = await self.schema(room_id, schema_name)
-        errors = sorted(
-            Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path)
-        )
+        errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
         if errors:
             first = errors[0]
             where = "/".join(str(p) for p in first.path) or "(the value)"

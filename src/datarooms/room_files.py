@@ -97,13 +97,18 @@ class Files:
                     f"cannot decrypt {event_id}: this device has no key for it ({exc})"
                 ) from None
         content = getattr(event, "source", {}).get("content", {})
-        if content.get("msgtype") not in ("m.file", "m.image", "m.video", "m.audio") or \
-                "file" not in content:
+        if (
+            content.get("msgtype") not in ("m.file", "m.image", "m.video", "m.audio")
+            or "file" not in content
+        ):
             raise NotFoundError(f"event {event_id} does not carry an encrypted file")
         info = content.get("info") or {}
         return FileRef(
-            room_id, event_id, str(content.get("filename") or content.get("body") or "file"),
-            int(info.get("size", 0)), str(info.get("mimetype", "application/octet-stream")),
+            room_id,
+            event_id,
+            str(content.get("filename") or content.get("body") or "file"),
+            int(info.get("size", 0)),
+            str(info.get("mimetype", "application/octet-stream")),
             EncryptedFile.from_json(content["file"]),
         )
 
@@ -126,5 +131,6 @@ class Files:
     async def read(self, room_id: str, event_id: str) -> bytes:
         """Download, verify and decrypt a small file into memory."""
         ref = await self.ref(room_id, event_id)
-        return await download_decrypted_bytes(self._c.homeserver_url, self._c.access_token,
-                                              ref.file)
+        return await download_decrypted_bytes(
+            self._c.homeserver_url, self._c.access_token, ref.file
+        )

@@ -177,8 +177,11 @@ class Rooms:
                     "state_key": "",
                     "content": {"history_visibility": "shared"},
                 },
-                {"type": "m.room.guest_access", "state_key": "",
-                 "content": {"guest_access": "forbidden"}},
+                {
+                    "type": "m.room.guest_access",
+                    "state_key": "",
+                    "content": {"guest_access": "forbidden"},
+                },
                 {"type": ev.ROOM_INFO, "state_key": "", "content": info},
             ],
             power_level_override=_power_levels(kind, {u: p for u, p in levels.items() if u != me}),
@@ -195,7 +198,8 @@ class Rooms:
         full_alias = None
         if alias_name:
             full_alias = (
-                entity_alias(did, server_of(me)) if alias is True and did
+                entity_alias(did, server_of(me))
+                if alias is True and did
                 else f"#{alias_name}:{server_of(me)}"
             )
         return DataRoom(room_id, kind, name, full_alias, did, purpose)
@@ -229,8 +233,14 @@ class Rooms:
         for rid, room in self._c.nio.rooms.items():
             info = self._c.index.state(rid, ev.ROOM_INFO) or {}
             out.append(
-                DataRoom(rid, str(info.get("kind", "")), room.display_name,
-                         room.canonical_alias, info.get("did"), info.get("purpose"))
+                DataRoom(
+                    rid,
+                    str(info.get("kind", "")),
+                    room.display_name,
+                    room.canonical_alias,
+                    info.get("did"),
+                    info.get("purpose"),
+                )
             )
         return out
 
@@ -239,8 +249,14 @@ class Rooms:
         if room is None:
             raise NotFoundError(f"room {room_id} is unknown to {self._c.user_id}")
         info = self._c.index.state(room_id, ev.ROOM_INFO) or {}
-        return DataRoom(room_id, str(info.get("kind", "")), room.display_name,
-                        room.canonical_alias, info.get("did"), info.get("purpose"))
+        return DataRoom(
+            room_id,
+            str(info.get("kind", "")),
+            room.display_name,
+            room.canonical_alias,
+            info.get("did"),
+            info.get("purpose"),
+        )
 
     async def resolve(self, room: str) -> str:
         """A room id for a room id or alias."""
@@ -320,8 +336,12 @@ class Rooms:
         for uid, member in sorted(room.users.items()):
             power = POWER["admin"] if uid in creators else room.power_levels.get_user_level(uid)
             devices = [
-                DeviceInfo(d.id, d.display_name, nio.olm.is_device_verified(d) if nio.olm
-                           else False, d.ed25519)
+                DeviceInfo(
+                    d.id,
+                    d.display_name,
+                    nio.olm.is_device_verified(d) if nio.olm else False,
+                    d.ed25519,
+                )
                 for d in nio.device_store.active_user_devices(uid)
             ]
             out.append(

@@ -62,7 +62,9 @@ def _lock_hash() -> str:
 
 
 def _node_major(node: str) -> int:
-    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [node, "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     return int(out.lstrip("v").split(".")[0])
 
 
@@ -90,7 +92,9 @@ def ensure_js_deps(*, force: bool = False, timeout: float = 600.0) -> bool:
     except (subprocess.SubprocessError, ValueError, OSError) as exc:
         raise JsDepsError(f"could not determine node version ({node}): {exc}") from exc
     if major < MIN_NODE_MAJOR:
-        raise JsDepsError(f"Node.js >= {MIN_NODE_MAJOR} required, found major version {major} at {node}")
+        raise JsDepsError(
+            f"Node.js >= {MIN_NODE_MAJOR} required, found major version {major} at {node}"
+        )
 
     want = _lock_hash()
 
@@ -118,7 +122,9 @@ def ensure_js_deps(*, force: bool = False, timeout: float = 600.0) -> bool:
                     cmd, cwd=JS_DIR, capture_output=True, text=True, timeout=timeout
                 )
             except subprocess.TimeoutExpired as exc:
-                raise JsDepsError(f"`{' '.join(cmd)}` timed out after {timeout}s in {JS_DIR}") from exc
+                raise JsDepsError(
+                    f"`{' '.join(cmd)}` timed out after {timeout}s in {JS_DIR}"
+                ) from exc
             if proc.returncode != 0:
                 raise JsDepsError(
                     f"`{' '.join(cmd)}` failed in {JS_DIR} (exit {proc.returncode}):\n"
@@ -215,7 +221,9 @@ class JsClient:
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except TimeoutError:
             await self.close()
-            raise JsClientError(f"[{self.name}] node process did not become ready in {timeout}s{self._tail()}")
+            raise JsClientError(
+                f"[{self.name}] node process did not become ready in {timeout}s{self._tail()}"
+            ) from None
         except JsClientError:
             await self.close()
             raise
@@ -293,7 +301,11 @@ class JsClient:
                     continue
                 rid = msg.get("id")
                 if rid is None:
-                    if msg.get("event") == "ready" and self._ready is not None and not self._ready.done():
+                    if (
+                        msg.get("event") == "ready"
+                        and self._ready is not None
+                        and not self._ready.done()
+                    ):
                         self._ready.set_result(msg)
                     elif "error" in msg:
                         self._write_log(f"[jsclient.py] protocol error: {msg['error']}\n".encode())
@@ -311,7 +323,9 @@ class JsClient:
             with contextlib.suppress(Exception):
                 self._log_file.write(data)
 
-    async def request(self, cmd: str, *, timeout: float | None = None, **params: Any) -> dict[str, Any]:
+    async def request(
+        self, cmd: str, *, timeout: float | None = None, **params: Any
+    ) -> dict[str, Any]:
         """Send one command; return the result dict (without ``id``).
 
         Raises JsClientError on an error response, timeout or process death.
@@ -331,7 +345,9 @@ class JsClient:
                 await proc.stdin.drain()
         except (BrokenPipeError, ConnectionResetError) as exc:
             self._pending.pop(rid, None)
-            raise JsClientError(f"[{self.name}] cannot write to node process: {exc}{self._tail()}") from exc
+            raise JsClientError(
+                f"[{self.name}] cannot write to node process: {exc}{self._tail()}"
+            ) from exc
         timeout = self.default_timeout if timeout is None else timeout
         started = time.monotonic()
         try:
@@ -343,7 +359,8 @@ class JsClient:
             ) from None
         if "error" in msg:
             raise JsClientError(
-                f"[{self.name}] {cmd} failed after {time.monotonic() - started:.1f}s: {msg['error']}"
+                f"[{self.name}] {cmd} failed after {time.monotonic() - started:.1f}s: "
+                f"{msg['error']}"
             )
         msg.pop("id", None)
         return msg
@@ -368,7 +385,9 @@ class JsClient:
         return res
 
     async def join(self, room_id: str, *, timeout: float = 30.0) -> dict[str, Any]:
-        return await self.request("join", room_id=room_id, timeout_ms=int(timeout * 1000), timeout=timeout + 10)
+        return await self.request(
+            "join", room_id=room_id, timeout_ms=int(timeout * 1000), timeout=timeout + 10
+        )
 
     async def wait_event(
         self,
@@ -392,8 +411,12 @@ class JsClient:
         self, room_id: str, type: str, content: dict[str, Any], *, timeout: float = 60.0
     ) -> dict[str, Any]:
         return await self.request(
-            "send_event", room_id=room_id, type=type, content=content,
-            timeout_ms=int(timeout * 1000), timeout=timeout + 10,
+            "send_event",
+            room_id=room_id,
+            type=type,
+            content=content,
+            timeout_ms=int(timeout * 1000),
+            timeout=timeout + 10,
         )
 
     async def download_decrypt(

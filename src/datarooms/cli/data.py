@@ -105,8 +105,9 @@ def room_create(
     """Create an encrypted data room."""
 
     async def go(c: DataroomsClient) -> None:
-        room = await c.rooms.create(kind, name=name, topic=topic, did=did, purpose=purpose,
-                                    alias=alias)
+        room = await c.rooms.create(
+            kind, name=name, topic=topic, did=did, purpose=purpose, alias=alias
+        )
         console.print(room.room_id)
         if room.alias:
             console.print(f"alias: {room.alias}")
@@ -151,8 +152,14 @@ def room_members(ctx: typer.Context, room: RoomArg) -> None:
             devices = ", ".join(
                 f"{d.device_id}{' (verified)' if d.verified else ''}" for d in m.devices
             )
-            table.add_row(m.user_id, m.membership, m.access, str(m.power), devices or "-",
-                          _ts(m.last_active_ts))
+            table.add_row(
+                m.user_id,
+                m.membership,
+                m.access,
+                str(m.power),
+                devices or "-",
+                _ts(m.last_active_ts),
+            )
         console.print(table)
 
     with_client(ctx, go)
@@ -179,8 +186,9 @@ def room_grant(
 
 
 @room_app.command("revoke")
-def room_revoke(ctx: typer.Context, room: RoomArg,
-                user: Annotated[str, typer.Argument(help="@user:server")]) -> None:
+def room_revoke(
+    ctx: typer.Context, room: RoomArg, user: Annotated[str, typer.Argument(help="@user:server")]
+) -> None:
     """Remove a user; later writes use a key they never get."""
 
     async def go(c: DataroomsClient) -> None:
@@ -257,8 +265,15 @@ def history(
 
 
 def _record_json(r: Any) -> dict[str, Any]:
-    return {"key": r.key, "value": r.value, "version": r.version, "event_id": r.event_id,
-            "sender": r.sender, "ts": r.ts, "schema": r.schema}
+    return {
+        "key": r.key,
+        "value": r.value,
+        "version": r.version,
+        "event_id": r.event_id,
+        "sender": r.sender,
+        "ts": r.ts,
+        "schema": r.schema,
+    }
 
 
 # -- files ---------------------------------------------------------------------
@@ -266,14 +281,20 @@ def _record_json(r: Any) -> dict[str, Any]:
 
 def _progress() -> Progress:
     return Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-        TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
 
 
 @file_app.command("put")
-def file_put(ctx: typer.Context, room: RoomArg,
-             path: Annotated[Path, typer.Argument(help="File to upload")]) -> None:
+def file_put(
+    ctx: typer.Context, room: RoomArg, path: Annotated[Path, typer.Argument(help="File to upload")]
+) -> None:
     """Encrypt and upload a file into a room (streamed, with progress)."""
     if not path.is_file():
         raise ValidationError(f"{path} is not a file")
@@ -281,10 +302,12 @@ def file_put(ctx: typer.Context, room: RoomArg,
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)
         with _progress() as progress:
-            task = progress.add_task(f"encrypting + uploading {path.name}",
-                                     total=path.stat().st_size)
-            ref = await c.files.put(rid, path,
-                                    progress=lambda d, t: progress.update(task, completed=d))
+            task = progress.add_task(
+                f"encrypting + uploading {path.name}", total=path.stat().st_size
+            )
+            ref = await c.files.put(
+                rid, path, progress=lambda d, t: progress.update(task, completed=d)
+            )
         console.print(f"{ref.event_id}  {ref.name}  {ref.size} bytes")
 
     with_client(ctx, go)
@@ -304,8 +327,9 @@ def file_get(
         ref = await c.files.ref(rid, event_id)
         with _progress() as progress:
             task = progress.add_task(f"downloading {ref.name}", total=ref.size or None)
-            out = await c.files.get(rid, event_id, dest,
-                                    progress=lambda d, t: progress.update(task, completed=d))
+            out = await c.files.get(
+                rid, event_id, dest, progress=lambda d, t: progress.update(task, completed=d)
+            )
         console.print(f"wrote {out}")
 
     with_client(ctx, go)
@@ -314,8 +338,9 @@ def file_get(
 # -- messages ------------------------------------------------------------------
 
 
-def send(ctx: typer.Context, room: RoomArg,
-         text: Annotated[str, typer.Argument(help="Message text")]) -> None:
+def send(
+    ctx: typer.Context, room: RoomArg, text: Annotated[str, typer.Argument(help="Message text")]
+) -> None:
     """Send an encrypted text message."""
 
     async def go(c: DataroomsClient) -> None:
@@ -358,9 +383,20 @@ def tail(
 
 def _print_event(e: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"event_id": e.event_id, "sender": e.sender, "type": e.type,
-                          "ts": e.ts, "encrypted": e.encrypted, "decrypted": e.decrypted,
-                          "content": e.content}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "event_id": e.event_id,
+                    "sender": e.sender,
+                    "type": e.type,
+                    "ts": e.ts,
+                    "encrypted": e.encrypted,
+                    "decrypted": e.decrypted,
+                    "content": e.content,
+                }
+            ),
+            flush=True,
+        )
         return
     if not e.decrypted:
         what = "[cannot decrypt yet: no key on this device]"

@@ -29,6 +29,10 @@ async def test_sdk_and_matrix_js_sdk_read_each_other(  # type: ignore[no-untyped
     js_user = await homeserver.new_user("jsbob")
     async with JsClient() as js:
         await js.login(homeserver.base_url, js_user.user_id, js_user.password)
+        # Under our default trust policy, room keys go to cross-signed devices only:
+        # matrix-js-sdk sets up its own cross-signing, as Element does.
+        boot = await js.bootstrap_cross_signing(js_user.password)
+        assert boot["ready"] is True
         room = await alice.rooms.create("collaboration", name="interop")
         await alice.rooms.grant(room.room_id, js_user.user_id, "write")
         await js.join(room.room_id)
@@ -40,6 +44,9 @@ async def test_sdk_and_matrix_js_sdk_read_each_other(  # type: ignore[no-untyped
         assert got["encrypted"] is True
         assert got["content"]["value"] == {"c": 21.5, "unit": "C"}
         assert got["event_id"] == rec.event_id
+        # matrix-js-sdk (Rust crypto) sees our device as cross-signed by its owner.
+        seen = await js.device_status(alice.user_id, alice.device_id)
+        assert seen["known"] and seen["signed_by_owner"] is True, seen
 
         msg_id = await alice.messages.send(rid, "hello from datarooms")
         got = await js.wait_event(rid, "m.room.message", match={"body": "hello from datarooms"})

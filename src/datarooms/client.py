@@ -35,11 +35,9 @@ from nio import (
     AsyncClient,
     AsyncClientConfig,
     ForwardedRoomKeyEvent,
-    LocalProtocolError,
     MegolmEvent,
     RoomKeyEvent,
     RoomMessagesError,
-    RoomSendError,
     SyncError,
     SyncResponse,
 )
@@ -56,6 +54,7 @@ from datarooms.errors import (
     NotFoundError,
 )
 from datarooms.index import LocalIndex, PendingEvent, Record, SyncBatch
+from datarooms.keys import KeyManager, TrustPolicy
 from datarooms.matrix_http import MatrixHttp
 from datarooms.messaging import Messages
 from datarooms.records import Records
@@ -84,7 +83,13 @@ class _Session:
 class DataroomsClient:
     """A device of one Matrix account, with a local index. Use :meth:`open`."""
 
-    def __init__(self, nio: AsyncClient, index: LocalIndex, store_dir: Path) -> None:
+    def __init__(
+        self,
+        nio: AsyncClient,
+        index: LocalIndex,
+        store_dir: Path,
+        trust: TrustPolicy = "cross-signed",
+    ) -> None:
         self.nio = nio
         self.index = index
         self.store_dir = store_dir
@@ -92,6 +97,8 @@ class DataroomsClient:
         self.records = Records(self)
         self.files = Files(self)
         self.messages = Messages(self)
+        self.keys = KeyManager(self, trust)
+        self._share_locks: dict[str, asyncio.Lock] = {}
         self._sync_lock = asyncio.Lock()
         self._gap_locks: dict[str, asyncio.Lock] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -110,11 +117,18 @@ class DataroomsClient:
         *,
         device_name: str = "datarooms",
         initial_sync: bool = True,
+        trust: TrustPolicy = "cross-signed",
+        cross_sign: bool = True,
     ) -> DataroomsClient:
         """Open (or create) this device's session and stores, then catch up with the server.
 
         ``store_dir`` holds the session, the crypto store and the index: keep it
-        private and back it up; losing it loses the keys this device holds.
+        private. With key backup on (``keys.setup_recovery()``), a lost store is
+        recovered on a new device with the recovery key.
+
+        ``trust`` decides which devices receive room keys (see datarooms.keys);
+        ``cross_sign`` makes sure the account has cross-signing keys and signs
+        this device with them when it can.
         """
         store = Path(store_dir)
         store.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -137,12 +151,16 @@ class DataroomsClient:
         )
         nio.restore_login(session.user_id, session.device_id, session.access_token)
         index = LocalIndex(store / "index.db")
-        client = cls(nio, index, store)
+        client = cls(nio, index, store, trust)
         try:
             if nio.should_upload_keys:
                 await client._check(await nio.keys_upload(), "upload device keys")
+            if cross_sign:
+                await client.keys.bootstrap()
             if initial_sync:
                 await client.sync_once(full_state=True)
+            if client.keys.backup_enabled:
+                await client.keys.backup_pending()
         except BaseException:
             await client.close()
             raise
@@ -220,6 +238,8 @@ class DataroomsClient:
         got_keys = any(
             isinstance(e, (RoomKeyEvent, ForwardedRoomKeyEvent)) for e in resp.to_device_events
         )
+        if got_keys and self.keys.backup_enabled:
+            await self.keys.backup_pending()
         if batch.pending or got_keys:
             if batch.pending:
                 # Another process on this same device (e.g. `datarooms send` beside
@@ -462,53 +482,50 @@ class DataroomsClient:
     ) -> str:
         """Send an event, encrypted if the room is (it always is for data rooms).
 
-        Changed device lists are queried first, so every current device of every
-        member gets the room key. Returns the event id.
+        In an encrypted room the Megolm session is prepared by us, never by nio:
+        members are synced and changed device lists queried first (so every
+        current device is known), the trust policy decides which devices get
+        the key, the session is backed up when backup is on, and only then is
+        the event encrypted, under the same lock, and sent. Returns the event id.
         """
         await self.ensure_room(room_id)
-        if self.nio.should_query_keys:
-            await self._check(await self.nio.keys_query(), "query device keys")
         room = self.nio.rooms[room_id]
-        if event_type == "m.reaction" and room.encrypted:
-            # nio sends reactions in the clear; the spec encrypts them like any event.
-            return await self._send_encrypted_raw(room_id, event_type, content, txn_id)
-        try:
-            resp = await self.nio.room_send(
-                room_id, event_type, content, tx_id=txn_id, ignore_unverified_devices=True
-            )
-        except LocalProtocolError as exc:
-            raise HomeserverError(f"cannot send to {room_id}: {exc}") from exc
-        if isinstance(resp, RoomSendError):
-            if resp.status_code == "M_FORBIDDEN":
-                raise AccessDeniedError(
-                    f"{self.user_id} may not send {event_type} to {room_id}: {resp.message}"
-                )
-            raise HomeserverError(
-                f"sending to {room_id} failed: {resp.status_code}: {resp.message}",
-                errcode=resp.status_code,
-            )
-        return str(resp.event_id)
+        if not room.encrypted:
+            return await self._send_plain(room_id, event_type, content, txn_id)
+        lock = self._share_locks.setdefault(room_id, asyncio.Lock())
+        async with lock:
+            await self._prepare_session(room_id)
+            try:
+                enc_type, enc_content = self.nio.encrypt(room_id, event_type, content)
+            except Exception:  # the session was invalidated meanwhile: prepare a new one
+                await self._prepare_session(room_id)
+                enc_type, enc_content = self.nio.encrypt(room_id, event_type, content)
+        if event_type == "m.reaction":
+            # The spec copies m.relates_to outside the ciphertext so servers can
+            # aggregate; for an annotation that shows the server what was written
+            # (its `key`), and Synapse refuses an annotation without one. So
+            # reactions carry their relation only inside the ciphertext.
+            enc_content.pop("m.relates_to", None)
+        return await self._put_event(room_id, event_type, enc_type, enc_content, txn_id)
 
-    async def _send_encrypted_raw(
+    async def _send_plain(
         self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str | None
     ) -> str:
-        olm = self.nio.olm
-        if olm is not None and olm.should_share_group_session(room_id):
-            await self.nio.share_group_session(room_id, ignore_unverified_devices=True)
-        enc_type, enc_content = self.nio.encrypt(room_id, event_type, content)
-        # The spec copies m.relates_to outside the ciphertext so servers can
-        # aggregate; for an annotation that shows the server what was written (its
-        # `key`), and Synapse refuses an annotation without one. So reactions carry
-        # their relation only inside the ciphertext. See docs/security.md.
-        enc_content.pop("m.relates_to", None)
+        return await self._put_event(room_id, event_type, event_type, content, txn_id)
+
+    async def _put_event(
+        self,
+        room_id: str,
+        event_type: str,
+        wire_type: str,
+        content: dict[str, Any],
+        txn_id: str | None,
+    ) -> str:
         txn = txn_id or secrets.token_hex(16)
+        path = f"/_matrix/client/v3/rooms/{room_id}/send/{wire_type}/{txn}"
         async with self.http() as http:
             try:
-                res = await http.request(
-                    "PUT",
-                    f"/_matrix/client/v3/rooms/{room_id}/send/{enc_type}/{txn}",
-                    json=enc_content,
-                )
+                res = await http.request("PUT", path, json=content)
             except HomeserverError as exc:
                 if exc.errcode == "M_FORBIDDEN":
                     raise AccessDeniedError(
@@ -516,6 +533,25 @@ class DataroomsClient:
                     ) from None
                 raise
         return str(res["event_id"])
+
+    async def _prepare_session(self, room_id: str) -> None:
+        """Called under the room's share lock. See :meth:`send`."""
+        nio = self.nio
+        olm = nio.olm
+        if olm is None:
+            return
+        room = nio.rooms[room_id]
+        if not room.members_synced:
+            await self._check(await nio.joined_members(room_id), "list room members")
+        if nio.should_query_keys:
+            await self._check(await nio.keys_query(), "query device keys")
+        if olm.should_share_group_session(room_id):
+            await self.keys.apply_trust(room_id)
+            missing = nio.get_missing_sessions(room_id)
+            if missing:
+                await self._check(await nio.keys_claim(missing), "claim one-time keys")
+            await nio.share_group_session(room_id, ignore_unverified_devices=True)
+        await self.keys.backup_outbound(room_id)
 
 
 # -- sessions -------------------------------------------------------------------

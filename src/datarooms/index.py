@@ -77,6 +77,18 @@ _MIGRATIONS: list[str] = [
         stop_ts INTEGER NOT NULL
     );
     """,
+    # v2: key backup and trusted identities
+    """
+    CREATE TABLE backed_up (
+        session_id TEXT PRIMARY KEY,
+        version    TEXT NOT NULL
+    );
+    CREATE TABLE identities (
+        user_id    TEXT PRIMARY KEY,
+        master_key TEXT NOT NULL,
+        changed_to TEXT
+    );
+    """,
 ]
 
 
@@ -226,6 +238,47 @@ class LocalIndex:
                 "SELECT 1 FROM room_state WHERE room_id = ? LIMIT 1", (room_id,)
             ).fetchone()
         return row is not None
+
+    # -- keys -----------------------------------------------------------------
+
+    def backed_up(self, version: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT session_id FROM backed_up WHERE version = ?", (version,)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def mark_backed_up(self, version: str, session_ids: Iterable[str]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO backed_up VALUES (?, ?) ON CONFLICT DO UPDATE "
+                "SET version = excluded.version",
+                [(sid, version) for sid in session_ids],
+            )
+
+    def identity(self, user_id: str) -> tuple[str, str | None] | None:
+        """(trusted master key, a different master key seen since, if any)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT master_key, changed_to FROM identities WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_identity(self, user_id: str, master_key: str, changed_to: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO identities VALUES (?, ?, ?) ON CONFLICT DO UPDATE "
+                "SET master_key = excluded.master_key, changed_to = excluded.changed_to",
+                (user_id, master_key, changed_to),
+            )
+
+    def changed_identities(self) -> dict[str, tuple[str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT user_id, master_key, changed_to FROM identities "
+                "WHERE changed_to IS NOT NULL"
+            ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     # -- reads ----------------------------------------------------------------
 

@@ -448,5 +448,11 @@ class JsClient:
             timeout=timeout + 10,
         )
 
+    async def bootstrap_cross_signing(self, password: str) -> dict[str, Any]:
+        return await self.request("bootstrap_cross_signing", password=password, timeout=60)
+
+    async def device_status(self, user_id: str, device_id: str) -> dict[str, Any]:
+        return await self.request("device_status", user_id=user_id, device_id=device_id, timeout=30)
+
     async def stop(self) -> None:
         await self.close()

@@ -387,6 +387,41 @@ const handlers = {
         return { event_id: sent.event_id, mxc, file, encrypted: sent.encrypted };
     },
 
+    // {password} -> {master_key}: create and upload cross-signing keys, sign this device
+    async bootstrap_cross_signing(p) {
+        need(p, "password");
+        const c = requireClient();
+        const crypto = c.getCrypto();
+        await crypto.bootstrapCrossSigning({
+            authUploadDeviceSigningKeys: async (makeRequest) => {
+                await makeRequest({
+                    type: "m.login.password",
+                    identifier: { type: "m.id.user", user: c.getUserId() },
+                    password: p.password,
+                });
+            },
+        });
+        const status = await crypto.getCrossSigningStatus();
+        const keys = await crypto.getCrossSigningKeyId();
+        return { ready: await crypto.isCrossSigningReady(), status, master_key: keys };
+    },
+
+    // {user_id, device_id} -> how matrix-js-sdk sees that device's trust
+    async device_status(p) {
+        need(p, "user_id", "device_id");
+        const c = requireClient();
+        const crypto = c.getCrypto();
+        await crypto.getUserDeviceInfo([p.user_id], true);
+        const st = await crypto.getDeviceVerificationStatus(p.user_id, p.device_id);
+        if (!st) return { known: false };
+        return {
+            known: true,
+            signed_by_owner: st.signedByOwner,
+            cross_signing_verified: st.crossSigningVerified,
+            locally_verified: st.localVerified,
+        };
+    },
+
     async stop() {
         await shutdown(false);
         return { stopped: true };

@@ -80,6 +80,8 @@ class AccountSettings:
 class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     log_level: str = "INFO"
+    #: Which devices receive room keys: all, cross-signed (the spec's advice) or verified.
+    trust_policy: str = "cross-signed"
     homeserver: HomeserverSettings = field(default_factory=HomeserverSettings)
     account: AccountSettings = field(default_factory=AccountSettings)
     #: The file these settings were read from, if any.
@@ -110,7 +112,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "homeserver": HomeserverSettings,
     "account": AccountSettings,
 }
-_TOP_LEVEL = {"data_dir", "log_level"}
+_TOP_LEVEL = {"data_dir", "log_level", "trust_policy"}
 
 
 def load_settings(
@@ -252,6 +254,10 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"homeserver.url must start with http:// or https://, got {hs.url!r}")
     if not 0 < hs.port < 65536:
         raise ConfigError(f"homeserver.port must be between 1 and 65535, got {hs.port}")
+    if s.trust_policy not in ("all", "cross-signed", "verified"):
+        raise ConfigError(
+            f"trust_policy must be all, cross-signed or verified, got {s.trust_policy!r}"
+        )
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
     if s.account.user_id and not (s.account.user_id.startswith("@") and ":" in s.account.user_id):

@@ -17,6 +17,7 @@ from datarooms._logging import configure_logging
 from datarooms.account import resolve_credentials
 from datarooms.cli import data as data_commands
 from datarooms.cli._common import CliState, console, err_console, run, state
+from datarooms.cli.keys import keys_app
 from datarooms.errors import ConfigError, DataroomsError, PlatformError
 from datarooms.homeserver.admin import register_user
 from datarooms.matrix_http import MatrixHttp
@@ -259,5 +260,6 @@ def config_show(ctx: typer.Context) -> None:
 
 
 data_commands.register(app)
+app.add_typer(keys_app, name="keys")
 
 __all__ = ["DataroomsError", "app"]

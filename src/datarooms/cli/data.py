@@ -51,7 +51,10 @@ async def open_client(settings: Settings) -> AsyncIterator[DataroomsClient]:
         async with MatrixHttp(creds.homeserver_url, creds.access_token) as http:
             creds = replace(creds, user_id=(await http.whoami())["user_id"])
     client = await DataroomsClient.open(
-        creds, device_store_dir(settings, creds.user_id), device_name="datarooms CLI"
+        creds,
+        device_store_dir(settings, creds.user_id),
+        device_name="datarooms CLI",
+        trust=settings.trust_policy,  # type: ignore[arg-type]
     )
     try:
         yield client

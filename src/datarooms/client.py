@@ -60,7 +60,13 @@ from datarooms.messaging import Messages
 from datarooms.records import Records
 from datarooms.room_files import Files
 from datarooms.rooms import Rooms
-from datarooms.timeline import RoomEvent, is_error, record_from_event, room_event
+from datarooms.timeline import (
+    RoomEvent,
+    from_nio_event,
+    is_error,
+    record_from_event,
+    room_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -433,20 +439,12 @@ class DataroomsClient:
     # -- events to subscribers -------------------------------------------------
 
     def _events_from_sync(self, resp: SyncResponse) -> list[RoomEvent]:
-        out = []
-        for room_id, info in resp.rooms.join.items():
-            for e in info.timeline.events:
-                source = getattr(e, "source", None)
-                if isinstance(source, dict) and "event_id" in source:
-                    out.append(
-                        room_event(
-                            room_id,
-                            source,
-                            encrypted=isinstance(e, MegolmEvent) or getattr(e, "decrypted", False),
-                            decrypted=not isinstance(e, MegolmEvent),
-                        )
-                    )
-        return out
+        return [
+            ev
+            for room_id, info in resp.rooms.join.items()
+            for ev in (from_nio_event(room_id, e) for e in info.timeline.events)
+            if ev is not None
+        ]
 
     def _dispatch(self, room_events: list[RoomEvent]) -> None:
         for event in room_events:

@@ -9,13 +9,13 @@ reactions included (nio alone would send those in the clear).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from nio import MegolmEvent, RoomMessagesError
+from nio import RoomMessagesError
 from nio.api import MessageDirection
 
 from datarooms.errors import ValidationError
-from datarooms.timeline import RoomEvent, error_from_response, is_error, room_event
+from datarooms.timeline import RoomEvent, error_from_response, from_nio_event, is_error
 
 if TYPE_CHECKING:
     from datarooms.client import DataroomsClient
@@ -109,16 +109,5 @@ class Messages:
         )
         if isinstance(resp, RoomMessagesError):
             raise error_from_response(resp, f"reading {room_id}")
-        out = []
-        for e in reversed(resp.chunk):
-            source: dict[str, Any] | None = getattr(e, "source", None)
-            if isinstance(source, dict) and "event_id" in source:
-                out.append(
-                    room_event(
-                        room_id,
-                        source,
-                        encrypted=isinstance(e, MegolmEvent) or getattr(e, "decrypted", False),
-                        decrypted=not isinstance(e, MegolmEvent),
-                    )
-                )
-        return out
+        events = (from_nio_event(room_id, e) for e in reversed(resp.chunk))
+        return [e for e in events if e is not None]

@@ -78,6 +78,22 @@ def room_event(
     )
 
 
+def from_nio_event(room_id: str, event: Any) -> RoomEvent | None:
+    """A nio timeline event (decrypted by nio where it could be) as a RoomEvent."""
+    from nio import MegolmEvent
+
+    source = getattr(event, "source", None)
+    if not isinstance(source, dict) or "event_id" not in source:
+        return None
+    undecrypted = isinstance(event, MegolmEvent)
+    return room_event(
+        room_id,
+        source,
+        encrypted=undecrypted or bool(getattr(event, "decrypted", False)),
+        decrypted=not undecrypted,
+    )
+
+
 def error_from_response(resp: Any, what: str) -> Exception:
     """Turn a nio error response into our exception, with a message that says what failed."""
     code = getattr(resp, "status_code", None)

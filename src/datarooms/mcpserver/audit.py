@@ -1,0 +1,129 @@
+"""The audit trail: one structured record per tool call or resource read by an agent.
+
+Records go to the ``datarooms.audit`` logger at INFO, with these fields (never
+arguments, message contents, record values, tokens or error texts, which could
+carry contents):
+
+=============  =================================================================
+``audit``      ``tool_call``, ``resource_read`` or ``auth``
+``agent``      the agent's name (``-`` for an unauthenticated HTTP request)
+``user_id``    the agent's Matrix user id
+``tool``       the tool name (or the resource URI template for resource reads)
+``room``       the room id acted on, ``*`` for all rooms, or ``-``
+``decision``   ``allowed`` or ``denied``
+``capability`` the missing capability when denied (e.g. ``access:write``)
+``outcome``    ``ok`` or ``error`` (for allowed calls)
+``errcode``    the error code when the outcome is an error (``DR_NOT_FOUND``, ...)
+``transport``  ``stdio`` or ``http``
+``duration_ms`` how long the call took
+=============  =================================================================
+
+:func:`open_audit_file` adds a JSON-lines file as a second destination.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datarooms._logging import JsonFormatter, RedactingFilter
+
+AUDIT_LOGGER = "datarooms.audit"
+log = logging.getLogger(AUDIT_LOGGER)
+
+
+@dataclass
+class AuditRecord:
+    kind: str
+    agent: str
+    user_id: str
+    tool: str
+    transport: str
+    room: str = "-"
+    decision: str = "allowed"
+    capability: str = "-"
+    outcome: str = "ok"
+    errcode: str = "-"
+    started: float = field(default_factory=time.perf_counter)
+
+    def deny(self, capability: str) -> None:
+        self.decision = "denied"
+        self.capability = capability
+        self.outcome = "error"
+        self.errcode = "DR_CAPABILITY"
+
+    def fail(self, errcode: str) -> None:
+        self.outcome = "error"
+        self.errcode = errcode
+
+    def emit(self) -> None:
+        duration = round((time.perf_counter() - self.started) * 1000, 1)
+        log.info(
+            "%s %s by %s: %s",
+            self.kind, self.tool, self.agent, self.decision,
+            extra={
+                "audit": self.kind,
+                "agent": self.agent,
+                "user_id": self.user_id,
+                "tool": self.tool,
+                "room": self.room,
+                "decision": self.decision,
+                "capability": self.capability,
+                "outcome": self.outcome,
+                "errcode": self.errcode,
+                "transport": self.transport,
+                "duration_ms": duration,
+            },
+        )
+
+
+_current: contextvars.ContextVar[AuditRecord | None] = contextvars.ContextVar(
+    "datarooms_mcp_audit", default=None
+)
+
+
+def current() -> AuditRecord | None:
+    return _current.get()
+
+
+def begin(record: AuditRecord) -> contextvars.Token[AuditRecord | None]:
+    return _current.set(record)
+
+
+def end(token: contextvars.Token[AuditRecord | None]) -> None:
+    _current.reset(token)
+
+
+def note_room(room: str) -> None:
+    """Tell the audit record of the running call which room it acts on."""
+    rec = _current.get()
+    if rec is not None:
+        rec.room = room
+
+
+def auth_denied(reason: str, transport: str = "http") -> None:
+    """An HTTP request whose bearer token matched no agent."""
+    rec = AuditRecord("auth", "-", "-", "-", transport)
+    rec.deny(reason)
+    rec.emit()
+
+
+def open_audit_file(path: Path) -> logging.Handler:
+    """Append audit records to ``path`` as JSON lines; returns the handler to remove later."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.INFO)
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    return handler
+
+
+def close_audit_file(handler: logging.Handler) -> None:
+    log.removeHandler(handler)
+    handler.close()

@@ -1,0 +1,217 @@
+"""Who is calling: Matrix OpenID tokens, verified with the caller's homeserver.
+
+A caller gets a token from its own homeserver
+(``POST /_matrix/client/v3/user/{userId}/openid/request_token``) and sends it as
+``Authorization: Bearer <token>``, with ``X-Matrix-Server-Name: <server name>``
+saying which homeserver issued it (the bot's own server when absent).
+
+The bot asks that homeserver who the token belongs to
+(``GET /_matrix/federation/v1/openid/userinfo``), and accepts the answer only for
+a user *of that server*: a homeserver can vouch for its own users, no one else's.
+
+Federation discovery (``.well-known``, SRV) is not done here: the bot knows the
+homeservers it trusts from a mapping ``{server_name: base_url}``, which by
+default holds just its own homeserver.
+
+Verified tokens are cached (keyed by a SHA-256 of the token, never the token
+itself) for ``cache_seconds``; the userinfo answer does not say when a token
+expires, and Synapse's tokens live one hour, so keep ``cache_seconds`` well
+under that. Rejected tokens are remembered for a few seconds, so a flood of bad
+tokens does not become a flood of requests to the homeserver. Concurrent
+requests with the same new token share one verification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from datarooms.errors import HomeserverError, ValidationError
+from datarooms.ids import server_of
+from datarooms.ids import user_id as check_user_id
+from datarooms.statebot.errors import UnauthorizedError
+
+log = logging.getLogger(__name__)
+
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,1024}$")
+_SERVER_NAME = re.compile(
+    r"^[A-Za-z0-9.\-]{1,255}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
+USERINFO_PATH = "/_matrix/federation/v1/openid/userinfo"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A verified Matrix user."""
+
+    user_id: str
+
+    @property
+    def server_name(self) -> str:
+        return server_of(self.user_id)
+
+
+class OpenIdVerifier:
+    """Verify OpenID tokens against the homeservers of a mapping, with a cache."""
+
+    def __init__(
+        self,
+        homeservers: Mapping[str, str],
+        *,
+        default_server: str,
+        cache_seconds: float = 300.0,
+        negative_cache_seconds: float = 5.0,
+        max_entries: int = 10_000,
+        timeout: float = 10.0,
+        on_result: Callable[[str], None] | None = None,
+    ) -> None:
+        if not homeservers:
+            raise ValueError("the state bot needs at least one trusted homeserver")
+        self.homeservers = {name: url.rstrip("/") for name, url in homeservers.items()}
+        self.default_server = default_server
+        self.cache_seconds = cache_seconds
+        self.negative_cache_seconds = negative_cache_seconds
+        self.max_entries = max_entries
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._cache: OrderedDict[bytes, tuple[float, Caller | None]] = OrderedDict()
+        self._inflight: dict[bytes, asyncio.Future[Caller]] = {}
+        self._on_result = on_result or (lambda _r: None)
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def verify(self, token: str | None, server_name: str | None) -> Caller:
+        """The caller the token belongs to; :class:`UnauthorizedError` if none."""
+        if not token:
+            self._on_result("missing")
+            raise UnauthorizedError(
+                "no OpenID token: send 'Authorization: Bearer <token>' with a token from "
+                "POST /_matrix/client/v3/user/{userId}/openid/request_token on your homeserver",
+                errcode="M_MISSING_TOKEN",
+            )
+        server = server_name or self.default_server
+        if not _TOKEN.match(token):
+            self._on_result("rejected")
+            raise UnauthorizedError("the OpenID token is malformed")
+        if not _SERVER_NAME.match(server):
+            self._on_result("rejected")
+            raise UnauthorizedError("X-Matrix-Server-Name is not a Matrix server name")
+        base = self.homeservers.get(server)
+        if base is None:
+            self._on_result("rejected")
+            raise UnauthorizedError(
+                f"the state bot does not know the homeserver {server!r}; it verifies tokens "
+                f"of: {', '.join(sorted(self.homeservers))}"
+            )
+        cache_key = hashlib.sha256(f"{server}\0{token}".encode()).digest()
+        now = time.monotonic()
+        hit = self._cache.get(cache_key)
+        if hit is not None:
+            expires, caller = hit
+            if expires > now:
+                self._cache.move_to_end(cache_key)
+                if caller is None:
+                    self._on_result("rejected")
+                    raise UnauthorizedError(_UNKNOWN)
+                self._on_result("cached")
+                return caller
+            del self._cache[cache_key]
+        pending = self._inflight.get(cache_key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Caller] = asyncio.get_running_loop().create_future()
+        self._inflight[cache_key] = future
+        try:
+            caller = await self._ask(base, server, token)
+        except UnauthorizedError as exc:
+            self._remember(cache_key, None, self.negative_cache_seconds)
+            self._on_result("rejected")
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters get it, nobody else must
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        else:
+            self._remember(cache_key, caller, self.cache_seconds)
+            self._on_result("verified")
+            future.set_result(caller)
+            return caller
+        finally:
+            self._inflight.pop(cache_key, None)
+
+    def _remember(self, key: bytes, caller: Caller | None, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        self._cache[key] = (time.monotonic() + ttl, caller)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+
+    async def _ask(self, base: str, server: str, token: str) -> Caller:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            # The token goes in the query, as the federation API defines; this URL is
+            # never logged.
+            async with self._session.get(
+                base + USERINFO_PATH, params={"access_token": token}
+            ) as resp:
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = None
+                status = resp.status
+        except aiohttp.ClientError as exc:
+            raise HomeserverError(
+                f"cannot verify the OpenID token: the homeserver {server} at {base} "
+                f"did not answer ({type(exc).__name__})"
+            ) from None
+        except TimeoutError:
+            raise HomeserverError(
+                f"cannot verify the OpenID token: the homeserver {server} did not answer in time"
+            ) from None
+        if status in (401, 403, 404):
+            raise UnauthorizedError(_UNKNOWN)
+        if status != 200 or not isinstance(body, dict):
+            raise HomeserverError(
+                f"cannot verify the OpenID token: the homeserver {server} answered HTTP {status}"
+            )
+        sub = body.get("sub")
+        try:
+            user = check_user_id(sub) if isinstance(sub, str) else None
+        except ValidationError:
+            user = None
+        if user is None:
+            raise UnauthorizedError(f"the homeserver {server} answered no valid user for the token")
+        if server_of(user) != server:
+            log.warning(
+                "a homeserver vouched for a user of another server",
+                extra={"server": server, "user_id": user},
+            )
+            raise UnauthorizedError(
+                f"the homeserver {server} vouched for {user}, who is not one of its users"
+            )
+        return Caller(user)
+
+
+_UNKNOWN = (
+    "the OpenID token is unknown or expired: request a new one from your homeserver "
+    "(POST /_matrix/client/v3/user/{userId}/openid/request_token)"
+)

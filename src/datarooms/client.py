@@ -250,7 +250,7 @@ class DataroomsClient:
             if batch.pending:
                 # Another process on this same device (e.g. `datarooms send` beside
                 # `datarooms tail`) may have created the session: look in the store.
-                self._merge_sessions_from_store()
+                self._merge_sessions_from_store({p.session_id for p in batch.pending})
             late = self._decrypt_pending()
             if late:
                 self.index.apply(
@@ -386,16 +386,37 @@ class DataroomsClient:
             out.append((record, room_event(p.room_id, source, encrypted=True)))
         return out
 
-    def _merge_sessions_from_store(self) -> None:
+    def _merge_sessions_from_store(self, session_ids: set[str]) -> None:
+        """Load these Megolm sessions from the crypto store if another process on this
+        same device (e.g. `datarooms send` beside `datarooms tail`) created them."""
         olm, store = self.nio.olm, self.nio.store
-        if olm is None or store is None:
+        if olm is None or store is None or not session_ids:
             return
-        for session in store.load_inbound_group_sessions():
-            olm.inbound_group_store.add(session)
+        from nio.crypto.sessions import InboundGroupSession
+        from nio.store.models import MegolmInboundSessions
+
+        with store.database.bind_ctx(store.models):
+            rows = list(
+                MegolmInboundSessions.select().where(
+                    MegolmInboundSessions.session_id.in_(sorted(session_ids))
+                )
+            )
+            for row in rows:
+                if olm.inbound_group_store.get(row.room_id, row.sender_key, row.session_id):
+                    continue
+                session = InboundGroupSession.from_pickle(
+                    row.session,
+                    row.fp_key,
+                    row.sender_key,
+                    row.room_id,
+                    store.pickle_key,
+                    [chain.sender_key for chain in row.forwarded_chains],
+                )
+                olm.inbound_group_store.add(session)
 
     def retry_decryption(self, room_id: str | None = None) -> int:
         """Decrypt pending events now that keys may have arrived (e.g. a backup restore)."""
-        self._merge_sessions_from_store()
+        self._merge_sessions_from_store({p.session_id for p in self.index.pending()})
         late = self._decrypt_pending(room_id)
         if late:
             batch = SyncBatch(

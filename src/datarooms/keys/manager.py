@@ -15,7 +15,9 @@ Keys are data: losing a Megolm session loses what it encrypted. So:
 - the **trust policy** decides which devices receive room keys: ``all``,
   ``cross-signed`` (the spec's recommendation, the default) or ``verified``;
 - a user's identity (master key) is trusted on first use; a change is recorded
-  and surfaced, and that user's devices get no keys until it is accepted.
+  and surfaced, and that user's devices get no keys until it is accepted;
+- ``keys.verification`` verifies another device interactively (SAS, emoji or
+  decimal; to-device or in a room), see :mod:`datarooms.keys.verification`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from datarooms.keys.backup import ALGORITHM as BACKUP_ALGORITHM
 from datarooms.keys.backup import MEGOLM, BackupKey, encrypt_session, session_payload
 from datarooms.keys.recovery import decode_recovery_key, encode_recovery_key, new_key
 from datarooms.keys.signing import SigningKey, canonical_json, decode_b64, verify_json
+from datarooms.keys.verification import Verifier
 
 if TYPE_CHECKING:
     from datarooms.client import DataroomsClient
@@ -75,6 +78,24 @@ class KeyStatus:
     local_sessions: int
     trust_policy: str
     changed_identities: list[str] = field(default_factory=list)
+    #: Devices (of any user) this device has verified interactively (SAS).
+    verified_devices: int = 0
+
+
+@dataclass
+class DeviceTrust:
+    """How this device sees one device of a user."""
+
+    user_id: str
+    device_id: str
+    display_name: str
+    ed25519: str
+    #: Verified here by SAS (``keys verify``).
+    verified: bool
+    #: Signed by its owner's self-signing key, under the identity trusted here.
+    cross_signed: bool
+    #: Gets room keys under the current trust policy.
+    trusted: bool
 
 
 class KeyManager:
@@ -87,6 +108,8 @@ class KeyManager:
         self._secrets: dict[str, str] = self._load_secrets()
         self._backup_lock = asyncio.Lock()
         self._backed: tuple[str, set[str]] | None = None  # (version, session ids), cached
+        #: Interactive verification (SAS); hooked into the client's sync from here on.
+        self.verification = Verifier(client)
 
     # -- local secrets (mode 0600, beside the crypto store) ----------------------
 
@@ -242,6 +265,58 @@ class KeyManager:
             for dev, keys in res.get("device_keys", {}).get(user_id, {}).items()
             if verify_json(keys, user_id, spub, spub)
         }
+
+    async def devices(self, user_id: str) -> list[DeviceTrust]:
+        """Every device of ``user_id`` with valid keys, and whether it is verified/trusted."""
+        nio = self._c.nio
+        olm = nio.olm
+        if olm is None:
+            return []
+        await self.verification._query(user_id)  # nio's device store, fresh
+        res = await self.query_keys([user_id])
+        signed = self.cross_signed_devices(user_id, res)
+        out = []
+        for d in sorted(nio.device_store.active_user_devices(user_id), key=lambda d: d.id):
+            if (user_id, d.id) == (self._c.user_id, self._c.device_id):
+                continue
+            verified = bool(olm.is_device_verified(d))
+            cross = d.id in signed
+            trusted = self.trust == "all" or verified or (self.trust == "cross-signed" and cross)
+            out.append(
+                DeviceTrust(
+                    user_id, d.id, d.display_name or "", d.ed25519, verified, cross, trusted
+                )
+            )
+        return out
+
+    async def verified_identity(
+        self, user_id: str, master_key: str, master_obj: dict[str, Any]
+    ) -> None:
+        """A user's master key was verified interactively (its MAC checked in a SAS flow).
+
+        That is the out-of-band check :meth:`accept_identity` asks for: a pending
+        change to this key is accepted, a first sight is recorded. When this device
+        holds our user-signing key, the master key is signed with it and the
+        signature published, as other clients do (they then show the user as verified).
+        """
+        known = self._c.index.identity(user_id)
+        if known is None or known[0] != master_key:
+            self._c.index.set_identity(user_id, master_key)
+        usk = self._key("user_signing")
+        if usk is None or user_id == self._c.user_id:
+            return
+        signed = usk.sign_json(
+            {k: v for k, v in master_obj.items() if k != "unsigned"}, self._c.user_id
+        )
+        try:
+            resp = await self._request(
+                "POST", "/_matrix/client/v3/keys/signatures/upload", {user_id: {master_key: signed}}
+            )
+        except HomeserverError as exc:
+            log.warning("could not publish a user-signing signature", extra={"error": str(exc)})
+            return
+        if resp.get("failures"):
+            log.warning("a user-signing signature was refused", extra={"user": user_id})
 
     def accept_identity(self, user_id: str) -> None:
         """Trust a user's new cross-signing identity (after checking it out of band)."""
@@ -459,6 +534,7 @@ class KeyManager:
         olm, store = self._c.nio.olm, self._c.nio.store
         assert olm is not None and store is not None
         imported: list[str] = []
+        to_save: list[InboundGroupSession] = []
         for i, (room_id, sid, entry) in enumerate(entries, 1):
             try:
                 payload = key.decrypt(entry["session_data"])
@@ -479,11 +555,19 @@ class KeyManager:
             if session.id != sid:
                 log.warning("skipping a backed-up session with a wrong id", extra={"session": sid})
                 continue
-            if olm.inbound_group_store.add(session):
-                store.save_inbound_group_session(session)
             imported.append(sid)
+            held = olm.inbound_group_store.get(room_id, session.sender_key, sid)
+            # Never replace a copy that can decrypt from an earlier message.
+            if held is None or held.first_known_index > session.first_known_index:
+                to_save.append(session)
             if progress and (i % 100 == 0 or i == len(entries)):
                 progress(i, len(entries))
+        # One transaction for the whole import (a commit per session is ~5x slower).
+        with store.database.bind_ctx(store.models), store.database.atomic():
+            for session in to_save:
+                store.save_inbound_group_session(session)
+        for session in to_save:
+            olm.inbound_group_store.add(session)
         self._c.index.mark_backed_up(version, imported)
         self._backed = None
         self._c.retry_decryption()
@@ -512,7 +596,14 @@ class KeyManager:
             local_sessions=len(self._own_sessions()),
             trust_policy=self.trust,
             changed_identities=sorted(self._c.index.changed_identities()),
+            verified_devices=self._verified_count(),
         )
+
+    def _verified_count(self) -> int:
+        olm = self._c.nio.olm
+        if olm is None:
+            return 0
+        return sum(1 for d in self._c.nio.device_store if olm.is_device_verified(d))
 
 
 def _only_key(key_obj: dict[str, Any]) -> str:

@@ -81,7 +81,7 @@ class SigningKey:
 
 
 def verify_json(obj: dict[str, Any], user_id: str, key_id: str, public_key: str) -> bool:
-    """Does ``obj`` carry a valid signature by ``public_key`` under ``user_id``/``ed25519:key_id``?"""
+    """Is ``obj`` validly signed by ``public_key`` (as ``user_id``, ``ed25519:key_id``)?"""
     sig = obj.get("signatures", {}).get(user_id, {}).get(f"ed25519:{key_id}")
     if not isinstance(sig, str):
         return False

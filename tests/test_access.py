@@ -84,3 +84,31 @@ async def test_room_kinds_and_entity_alias(alice_bob) -> None:  # type: ignore[n
         await alice.rooms.create("entity", did="ixo:entity:1")
     with pytest.raises(ValidationError, match="alias for this room is taken"):
         await alice.rooms.create("entity", did=did, alias=True)
+
+
+async def test_never_sends_in_the_clear(alice_bob) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = alice_bob
+    # With the sync loop running, create + put at once: the put must still be encrypted.
+    alice.start_sync()
+    room = await alice.rooms.create("project")
+    rec = await alice.records.put(room.room_id, "k", "secret")
+    raw = await _raw_event(alice, room.room_id, rec.event_id)
+    assert raw["type"] == "m.room.encrypted"
+    await alice.stop_sync()
+    # A room that is not encrypted is refused outright.
+    resp = await alice.nio.room_create(name="plain room")
+    await alice.sync_once()
+    with pytest.raises(AccessDeniedError, match="not end-to-end encrypted"):
+        await alice.records.put(resp.room_id, "k", "would leak")
+    with pytest.raises(AccessDeniedError, match="not end-to-end encrypted"):
+        await alice.messages.send(resp.room_id, "would leak")
+
+
+async def test_write_right_after_grant_reaches_the_invitee(alice_bob) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = alice_bob
+    room = (await alice.rooms.create("device")).room_id
+    await alice.rooms.grant(room, bob.user_id, "read")
+    await alice.records.put(room, "k", "written before any sync")  # no sync in between
+    await bob.sync_once()
+    await bob.rooms.join(room)
+    assert (await bob.records.get(room, "k")).value == "written before any sync"

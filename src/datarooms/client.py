@@ -216,10 +216,13 @@ class DataroomsClient:
     async def sync_once(self, *, timeout_ms: int = 0, full_state: bool = False) -> None:
         """One sync round: fetch, decrypt, index, persist the position, notify.
 
-        While the background loop runs, this waits for the loop's next round instead.
+        While the background loop runs, this waits (at most 2 s) for the loop's next
+        round instead: the loop's long-poll returns within milliseconds of anything
+        new on the server, so a quiet 2 s means there was nothing to catch up on.
         """
         if self._loop_task is not None and not self._loop_task.done() and not full_state:
-            await self.wait_for_sync()
+            with contextlib.suppress(TimeoutError):
+                await self.wait_for_sync(timeout=2.0)
             return
         async with self._sync_lock:
             await self._sync_round(timeout_ms, full_state)
@@ -508,9 +511,7 @@ class DataroomsClient:
         the event encrypted, under the same lock, and sent. Returns the event id.
         """
         await self.ensure_room(room_id)
-        room = self.nio.rooms[room_id]
-        if not room.encrypted:
-            return await self._send_plain(room_id, event_type, content, txn_id)
+        await self._require_encrypted(room_id)
         lock = self._share_locks.setdefault(room_id, asyncio.Lock())
         async with lock:
             await self._prepare_session(room_id)
@@ -527,10 +528,29 @@ class DataroomsClient:
             enc_content.pop("m.relates_to", None)
         return await self._put_event(room_id, event_type, enc_type, enc_content, txn_id)
 
-    async def _send_plain(
-        self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str | None
-    ) -> str:
-        return await self._put_event(room_id, event_type, event_type, content, txn_id)
+    async def _require_encrypted(self, room_id: str) -> None:
+        """Never send in the clear. nio learns a room is encrypted from sync, which may
+        not have delivered ``m.room.encryption`` yet: ask the server before trusting
+        a "not encrypted"."""
+        room = self.nio.rooms[room_id]
+        if room.encrypted:
+            return
+        async with self.http() as http:
+            try:
+                content = await http.request(
+                    "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.encryption/"
+                )
+            except HomeserverError as exc:
+                if exc.errcode != "M_NOT_FOUND":
+                    raise
+                content = None
+        if not content or content.get("algorithm") != "m.megolm.v1.aes-sha2":
+            raise AccessDeniedError(
+                f"room {room_id} is not end-to-end encrypted; datarooms does not send "
+                "anything to a room in the clear"
+            )
+        room.encrypted = True
+        self.nio.encrypted_rooms.add(room_id)
 
     async def _put_event(
         self,

@@ -195,6 +195,12 @@ class Rooms:
             )
         room_id = str(resp.room_id)
         await self._wait_known(room_id)
+        # It was created with m.room.encryption in its initial state.
+        self._c.nio.rooms[room_id].encrypted = True
+        self._c.nio.encrypted_rooms.add(room_id)
+        for user in levels:
+            if user != me:
+                self._now_member(room_id, user)
         full_alias = None
         if alias_name:
             full_alias = (
@@ -286,6 +292,18 @@ class Rooms:
             resp = await self._c.nio.room_invite(room_id, user)
             if is_error(resp):
                 raise error_from_response(resp, f"inviting {user} to {room_id}")
+            self._now_member(room_id, user)
+
+    def _now_member(self, room_id: str, user: str) -> None:
+        """Make a new invitee known at once, so the next write shares the key with them
+        without waiting for sync (history visibility is ``shared``)."""
+        nio = self._c.nio
+        room = nio.rooms[room_id]
+        if user not in room.users:
+            room.add_member(user, None, None, invited=True)
+        if nio.olm is not None:
+            nio.olm.users_for_key_query.add(user)
+            nio.invalidate_outbound_session(room_id)
 
     async def revoke(self, room_id: str, user: str, reason: str = "access revoked") -> None:
         """Remove ``user``: kick them and rotate the room key so later writes are unreadable."""

@@ -8,6 +8,7 @@ import hmac
 import json
 import os
 import shutil
+from urllib.parse import quote
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ async def test_put_is_acknowledged_after_backup(alice_bob) -> None:  # type: ign
         sid = raw["content"]["session_id"]
         version = alice.keys.backup_version
         backed = await http.request(
-            "GET", f"/_matrix/client/v3/room_keys/keys/{room}/{sid}?version={version}"
+            "GET", f"/_matrix/client/v3/room_keys/keys/{room}/{quote(sid, safe='')}?version={version}"
         )
     assert backed["first_message_index"] == 0
     payload = alice.keys.backup_key.decrypt(backed["session_data"])  # type: ignore[union-attr]

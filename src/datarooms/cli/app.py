@@ -18,12 +18,16 @@ from datarooms.account import resolve_credentials
 from datarooms.cli import data as data_commands
 from datarooms.cli._common import CliState, console, err_console, run, state
 from datarooms.cli.keys import keys_app
+from datarooms.config import Settings
 from datarooms.errors import ConfigError, DataroomsError, PlatformError
 from datarooms.homeserver.admin import register_user
 from datarooms.matrix_http import MatrixHttp
+from datarooms.mcpserver.cli import agents_app
+from datarooms.mcpserver.cli import mcp as mcp_command
 from datarooms.platform import (
     Platform,
     PlatformInfo,
+    Service,
     live_homeserver_url,
     platform_status,
     request_stop,
@@ -90,11 +94,18 @@ def up(
         st.overrides.setdefault("homeserver", {})["port"] = port
     settings = st.settings()
     configure_logging(st.log_level or settings.log_level)
-    platform = Platform(settings)
+    platform = Platform(settings, services=platform_services(settings))
     info = run(_run_platform(platform))
     if info is None:
         err_console.print("interrupted during start-up; everything was stopped")
         raise typer.Exit(130)
+
+
+def platform_services(settings: Settings) -> list[Service]:
+    """The services `datarooms up` runs after the homeserver, in start order."""
+    from datarooms.mcpserver import McpService
+
+    return [McpService()]
 
 
 async def _run_platform(platform: Platform) -> PlatformInfo | None:
@@ -261,5 +272,7 @@ def config_show(ctx: typer.Context) -> None:
 
 data_commands.register(app)
 app.add_typer(keys_app, name="keys")
+app.command()(mcp_command)
+app.add_typer(agents_app, name="agents")
 
 __all__ = ["DataroomsError", "app"]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datarooms._logging import JsonFormatter, RedactingFilter
+from datarooms.errors import ConfigError
 
 AUDIT_LOGGER = "datarooms.audit"
 log = logging.getLogger(AUDIT_LOGGER)
@@ -111,19 +112,41 @@ def auth_denied(reason: str, transport: str = "http") -> None:
     rec.emit()
 
 
+class _ToProcessLog(logging.Handler):
+    """Passes audit records on to the process log, at the process log's own level."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        root = logging.getLogger()
+        if record.levelno >= root.getEffectiveLevel():
+            root.handle(record)
+
+
 def open_audit_file(path: Path) -> logging.Handler:
-    """Append audit records to ``path`` as JSON lines; returns the handler to remove later."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    """Append every audit record to ``path`` as JSON lines (whatever the process log level);
+    returns the handler to pass to :func:`close_audit_file`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot open the MCP audit log {path}: {exc.strerror or exc}; "
+            "set [mcp] audit_log in agents.toml"
+        ) from None
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter())
-    handler.setLevel(logging.INFO)
+    if not any(isinstance(h, _ToProcessLog) for h in log.handlers):
+        log.addHandler(_ToProcessLog())
     log.addHandler(handler)
-    if log.level == logging.NOTSET or log.level > logging.INFO:
-        log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     return handler
 
 
 def close_audit_file(handler: logging.Handler) -> None:
     log.removeHandler(handler)
     handler.close()
+    if not any(isinstance(h, logging.FileHandler) for h in log.handlers):
+        for h in [h for h in log.handlers if isinstance(h, _ToProcessLog)]:
+            log.removeHandler(h)
+        log.setLevel(logging.NOTSET)
+        log.propagate = True

@@ -84,6 +84,9 @@ def agents_add(
     console.print(f"added agent {name} (@{agent_localpart(name)}:{server}) to {path}")
     if token:
         console.print(f"bearer token (shown once; store it safely): {token}")
+    if not (room or kind or did):
+        err_console.print("note: it may use no room yet; add --room, --kind or --did "
+                          "(edit agents.toml, or remove and add it again)")
     console.print(
         "Grant it rooms with `datarooms room grant ROOM @" + agent_localpart(name) + ":" + server
         + " read|write`; restart `datarooms up` to bring a new agent online."

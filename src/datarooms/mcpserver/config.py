@@ -336,7 +336,8 @@ def add_agent(
 def remove_agent(path: Path, name: str) -> None:
     text = _existing(path, name)
     start, end = _section(text, name)
-    new_text = (text[:start].rstrip("\n") + "\n" + text[end:].lstrip("\n")).lstrip("\n")
+    head, tail = text[:start].rstrip("\n"), text[end:].lstrip("\n")
+    new_text = head + ("\n\n" if head and tail else "\n" if head else "") + tail
     _validated_write(path, new_text)
 
 

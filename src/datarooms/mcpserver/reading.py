@@ -21,7 +21,13 @@ from datarooms.client import DataroomsClient
 from datarooms.errors import ValidationError
 from datarooms.index import Record
 from datarooms.rooms import POWER, access_for_power
-from datarooms.timeline import RoomEvent, error_from_response, is_error, room_event
+from datarooms.timeline import (
+    RoomEvent,
+    error_from_response,
+    from_nio_event,
+    is_error,
+    room_event,
+)
 
 _PAGE = 100
 #: At most this many events are scanned for one read (20 pages).
@@ -164,24 +170,21 @@ async def read_timeline(
     token: str | None = None
     scanned = 0
     more = False
+    # The first page fits the common case (the latest few events) without decrypting more.
+    page = min(_PAGE, limit + 10)
     while scanned < MAX_SCAN:
         resp = await client.nio.room_messages(
-            room_id, start=token, direction=MessageDirection.back, limit=_PAGE
+            room_id, start=token, direction=MessageDirection.back, limit=page
         )
+        page = _PAGE
         if isinstance(resp, RoomMessagesError):
             raise error_from_response(resp, f"reading {room_id}")
         done = not resp.chunk or not resp.end
         for raw in resp.chunk:
             scanned += 1
-            source: dict[str, Any] | None = getattr(raw, "source", None)
-            if not isinstance(source, dict) or "event_id" not in source:
+            e = from_nio_event(room_id, raw)
+            if e is None:
                 continue
-            undecrypted = isinstance(raw, MegolmEvent)
-            e = room_event(
-                room_id, source,
-                encrypted=undecrypted or bool(getattr(raw, "decrypted", False)),
-                decrypted=not undecrypted,
-            )
             if until_ms is not None and e.ts >= until_ms:
                 continue
             if since_ms is not None and e.ts < since_ms:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 #: How many live events an agent's buffer keeps for wait_for_messages.
 EVENT_BUFFER = 1000
 _ALIAS_RETRY_S = 30.0
+#: How long a send waits for the room's encryption state to reach this device.
+ENCRYPTION_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class AgentRuntime:
         self._arrived = asyncio.Condition()
         self._pump: asyncio.Task[None] | None = None
         self._alias_tried = 0.0
+        self._epoch = secrets.token_hex(4)
         #: Re-reads agents.toml so policy changes and removals apply without a restart.
         self.watcher: ConfigWatcher | None = None
         self.removed = False
@@ -147,6 +151,17 @@ class AgentRuntime:
             did if isinstance(did, str) else None,
         )
 
+    async def facts_after_join(self, room_id: str, timeout: float = 5.0) -> RoomFacts:
+        """A just-joined room's facts, once its room info state has reached this device."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        facts = self.facts(room_id)
+        while facts.kind is None and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await self.client.wait_for_sync(timeout=min(1.0, deadline - loop.time()))
+            facts = self.facts(room_id)
+        return facts
+
     def local_alias(self, alias: str) -> str | None:
         """The room id of an alias, from what this device knows (no homeserver call)."""
         if alias in self.policy.resolved:
@@ -183,8 +198,11 @@ class AgentRuntime:
         audit.note_room(rid)
         return rid
 
-    async def room(self, room: str) -> str:
-        """Resolve, check the policy, and require membership. Returns the room id."""
+    async def room(self, room: str, *, sends: bool = False) -> str:
+        """Resolve, check the policy, and require membership. Returns the room id.
+
+        ``sends``: the call sends timeline events, which must be end-to-end encrypted.
+        """
         rid = await self.room_id_of(room)
         self.policy.check_room(self.facts(rid))
         if rid not in self.client.nio.rooms:
@@ -196,29 +214,77 @@ class AgentRuntime:
             raise NotFoundError(
                 f"agent {self.name!r} ({self.user_id}) is not in room {rid}; {hint}"
             )
+        if sends:
+            await self.until_encrypted(rid)
         return rid
+
+    def encrypted(self, room_id: str) -> bool:
+        room = self.client.nio.rooms.get(room_id)
+        return bool(room is not None and room.encrypted) or \
+            self.client.index.state(room_id, "m.room.encryption") is not None
+
+    async def until_encrypted(self, room_id: str, timeout: float = ENCRYPTION_WAIT_S) -> None:
+        """Wait until this device knows the room is encrypted; refuse to send otherwise.
+
+        Right after a room is created or joined, the background sync loop may have
+        delivered the room before its ``m.room.encryption`` state: nio would then send
+        in the clear. An agent never sends cleartext timeline events.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.encrypted(room_id):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ValidationError(
+                    f"room {room_id} is not end-to-end encrypted (as far as this device knows); "
+                    "agents only send encrypted events"
+                )
+            with contextlib.suppress(TimeoutError):
+                await self.client.wait_for_sync(timeout=min(remaining, 1.0))
 
     def rooms_in_scope(self) -> list[str]:
         return [rid for rid in self.client.nio.rooms if self.policy.room_allowed(self.facts(rid))]
 
     # -- live events -------------------------------------------------------------
 
-    @property
-    def cursor(self) -> int:
-        return self._seq
+    def cursor(self, seq: int | None = None) -> str:
+        """An opaque position in the agent's live events (valid while this server runs)."""
+        return f"{self._epoch}.{self._seq if seq is None else seq}"
+
+    def parse_cursor(self, cursor: str | None) -> tuple[int, bool]:
+        """The sequence number after which to return events; True if the cursor is from an
+        earlier run of the server (events in between cannot be replayed)."""
+        if cursor is None:
+            return self._seq, False
+        epoch, _, seq = cursor.partition(".")
+        if not seq.isdigit():
+            raise ValidationError(
+                f"invalid cursor {cursor!r}: pass back a cursor this tool returned"
+            )
+        if epoch != self._epoch:
+            return self._seq, True
+        return int(seq), False
 
     async def _follow(self) -> None:
-        async for event in self.client.subscribe(None):
-            async with self._arrived:
-                self._seq += 1
-                self._events.append(BufferedEvent(self._seq, event))
-                self._arrived.notify_all()
+        try:
+            async for event in self.client.subscribe(None):
+                async with self._arrived:
+                    self._seq += 1
+                    self._events.append(BufferedEvent(self._seq, event))
+                    self._arrived.notify_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("following live events stopped", extra={"agent": self.name})
 
     async def wait_events(
-        self, after: int, room_id: str | None, timeout: float, *, include_own: bool
-    ) -> tuple[list[BufferedEvent], int]:
-        """Events after cursor ``after`` (in scope, of ``room_id`` if given), waiting up to
-        ``timeout`` seconds for the first. Returns them and the new cursor."""
+        self, after: int, room_id: str | None, timeout: float, *, include_own: bool,
+        limit: int = 100,
+    ) -> tuple[list[BufferedEvent], int, bool]:
+        """Up to ``limit`` events after sequence number ``after`` (in scope, of ``room_id``
+        if given), waiting up to ``timeout`` seconds for the first. Returns them, the
+        sequence number to continue after, and whether older events were already dropped
+        from the buffer (a gap)."""
 
         def matching() -> list[BufferedEvent]:
             out = []
@@ -236,7 +302,11 @@ class AgentRuntime:
             return out
 
         async with self._arrived:
+            gap = bool(self._events) and self._events[0].seq > after + 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait_for(lambda: bool(matching())), timeout)
             found = matching()
-            return found, self._seq
+            if len(found) > limit:
+                found = found[:limit]
+                return found, found[-1].seq, gap
+            return found, self._seq, gap

@@ -24,6 +24,7 @@ from datarooms.client import DataroomsClient
 from datarooms.errors import HomeserverError, NotFoundError, ValidationError
 from datarooms.files import download_decrypted, download_decrypted_bytes
 from datarooms.ids import user_id as check_user_id
+from datarooms.index import SyncBatch
 from datarooms.mcpserver import audit
 from datarooms.mcpserver.policy import CapabilityDenied
 from datarooms.mcpserver.reading import (
@@ -129,6 +130,10 @@ class AgentTools:
     async def join_room(self, room: RoomArg) -> dict[str, Any]:
         """Join a room this agent was invited to (by id or alias). Needed before reading it."""
         policy = self.rt.policy
+        if not room.startswith(("!", "#")):
+            raise ValidationError(
+                f"room must be a room id (!opaque:server) or an alias (#name:server), got {room!r}"
+            )
         explicit = False
         if room.startswith("#"):
             explicit = policy.alias_allowed(room)
@@ -147,10 +152,12 @@ class AgentTools:
                 )
         rid = await self._c.rooms.join(room)
         audit.note_room(rid)
-        if not explicit and not policy.room_allowed(self.rt.facts(rid)):
+        if not explicit:
             # Kind and DID are only readable from inside: check now, and leave if outside.
-            await self._c.rooms.leave(rid)
-            policy.check_room(self.rt.facts(rid))
+            facts = await self.rt.facts_after_join(rid)
+            if not policy.room_allowed(facts):
+                await self._c.rooms.leave(rid)
+                policy.check_room(facts)
         return {"room_id": rid, "joined": True}
 
     async def leave_room(self, room: RoomArg) -> dict[str, Any]:
@@ -174,6 +181,7 @@ class AgentTools:
         writers: list[str] = [check_user_id(u) for u in invite or []]
         r = await self._c.rooms.create("collaboration", name=name, topic=topic, writers=writers)
         audit.note_room(r.room_id)
+        await self.rt.until_encrypted(r.room_id)
         return _room_json(r, self.rt)
 
     async def create_data_room(
@@ -194,6 +202,7 @@ class AgentTools:
         self.rt.policy.check_new_room(kind, did)
         r = await self._c.rooms.create(kind, name=name, did=did, purpose=purpose, alias=alias)
         audit.note_room(r.room_id)
+        await self.rt.until_encrypted(r.room_id)
         return _room_json(r, self.rt)
 
     async def invite_user(
@@ -201,7 +210,7 @@ class AgentTools:
         room: RoomArg,
         user_id: Annotated[str, Field(description="Matrix user id, @name:server")],
         access: Annotated[Literal["read", "write"], Field(
-            description="read: may read; write: may also write")] = "write",
+            description="read: may read; write: may also write")],
     ) -> dict[str, Any]:
         """Invite a user into a room with read or write access (needs admin power in the
         room, e.g. a room this agent created)."""
@@ -248,7 +257,7 @@ class AgentTools:
         self,
         room: Annotated[str | None, Field(
             description="Only this room (id or alias); omit for all of the agent's rooms")] = None,
-        after: Annotated[int | None, Field(
+        after: Annotated[str | None, Field(
             description="The cursor a previous call returned; omit to wait for new events "
                         "from now on")] = None,
         timeout_seconds: Annotated[float, Field(description="Wait at most this long", ge=0,
@@ -257,20 +266,27 @@ class AgentTools:
         = False,
     ) -> dict[str, Any]:
         """Wait for new events (messages, records, reactions, ...) in the agent's rooms and
-        return them with a cursor. Pass the cursor as `after` next time so nothing is missed."""
+        return them (at most 100) with a cursor. Pass the cursor as `after` next time so
+        nothing is missed."""
         rid = None
         if room is not None:
             rid = await self.rt.room(room)
         else:
             audit.note_room("*")
         timeout = min(timeout_seconds, self.rt.settings.max_wait_seconds)
-        start = self.rt.cursor if after is None else after
-        found, cursor = await self.rt.wait_events(start, rid, timeout, include_own=include_own)
-        return {
+        start, reset = self.rt.parse_cursor(after)
+        found, seq, gap = await self.rt.wait_events(start, rid, timeout,
+                                                   include_own=include_own)
+        out: dict[str, Any] = {
             "events": [{"room_id": b.event.room_id, **event_json(b.event)} for b in found],
-            "cursor": cursor,
+            "cursor": self.rt.cursor(seq),
             "timed_out": not found,
         }
+        if reset or gap:
+            out["missed"] = ("the server restarted since that cursor" if reset else
+                             "events older than the buffer were dropped")
+            out["catch_up_with"] = "read_messages"
+        return out
 
     async def send_message(
         self,
@@ -280,7 +296,7 @@ class AgentTools:
             description="Post in the thread rooted at this event id")] = None,
     ) -> dict[str, Any]:
         """Send an end-to-end encrypted text message to a room (optionally into a thread)."""
-        rid = await self.rt.room(room)
+        rid = await self.rt.room(room, sends=True)
         if thread_root:
             event_id = await self._c.messages.thread_reply(rid, thread_root, text)
         else:
@@ -289,7 +305,7 @@ class AgentTools:
 
     async def reply(self, room: RoomArg, event_id: EventArg, text: TextArg) -> dict[str, Any]:
         """Reply to a message (encrypted)."""
-        rid = await self.rt.room(room)
+        rid = await self.rt.room(room, sends=True)
         return {"room_id": rid, "event_id": await self._c.messages.reply(rid, event_id, text)}
 
     async def react(
@@ -300,14 +316,14 @@ class AgentTools:
                                   min_length=1, max_length=64)],
     ) -> dict[str, Any]:
         """React to a message (encrypted, like every event here)."""
-        rid = await self.rt.room(room)
+        rid = await self.rt.room(room, sends=True)
         return {"room_id": rid, "event_id": await self._c.messages.react(rid, event_id, key)}
 
     async def edit_message(
         self, room: RoomArg, event_id: EventArg, text: TextArg
     ) -> dict[str, Any]:
         """Replace the text of one of this agent's own messages."""
-        rid = await self.rt.room(room)
+        rid = await self.rt.room(room, sends=True)
         return {"room_id": rid, "event_id": await self._c.messages.edit(rid, event_id, text)}
 
     async def redact_event(
@@ -340,7 +356,7 @@ class AgentTools:
         """Write a new version of a record (end-to-end encrypted; history is kept).
         Records are the data of a data room: a twin's current state is the latest version
         of every key."""
-        rid = await self.rt.room(room)
+        rid = await self.rt.room(room, sends=True)
         return record_json(
             await self._c.records.put(rid, key, value, schema=schema, txn_id=txn_id)
         )
@@ -413,7 +429,7 @@ class AgentTools:
                 source = base64.b64decode(content_base64, validate=True)
             except (binascii.Error, ValueError):
                 raise ValidationError("content_base64 is not valid base64") from None
-        rid = await self.rt.room(room)
+        rid = await self.rt.room(room, sends=True)
         ref = await self._c.files.put(rid, source, filename=filename, mimetype=mimetype)
         return {"room_id": rid, "event_id": ref.event_id, "name": ref.name, "size": ref.size,
                 "mimetype": ref.mimetype}
@@ -552,6 +568,10 @@ class AgentTools:
         resp = await self._c.nio.room_put_state(rid, STATE_EVENT, content, key)
         if is_error(resp):
             raise error_from_response(resp, f"setting state {key!r} in {rid}")
+        # Read our own write: the index has it now, not only after the next sync.
+        self._c.index.apply(
+            SyncBatch([], [], [], [(rid, STATE_EVENT, key, content, self.rt.user_id)], [], [])
+        )
         return {"room_id": rid, "key": key, "event_id": str(resp.event_id)}
 
     def _check_acl(self, rid: str, key: str, mode: Literal["read", "write"]) -> None:

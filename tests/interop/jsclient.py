@@ -454,5 +454,62 @@ class JsClient:
     async def device_status(self, user_id: str, device_id: str) -> dict[str, Any]:
         return await self.request("device_status", user_id=user_id, device_id=device_id, timeout=30)
 
+    # -- interactive verification (SAS) --------------------------------------
+    # A flow is named by its flow_id: the to-device transaction id, or the event
+    # id of the in-room request. Requests describe themselves as
+    # {flow_id, other_user, other_device, room_id, initiated_by_me, phase, cancellation_code}.
+
+    async def request_verification(
+        self, user_id: str, device_id: str | None = None, room_id: str | None = None
+    ) -> dict[str, Any]:
+        """Ask to verify: to-device (``device_id``) or in-room (``room_id``)."""
+        where = {"room_id": room_id} if room_id else {"device_id": device_id}
+        return await self.request("request_verification", user_id=user_id, timeout=30, **where)
+
+    async def wait_verification_request(self, *, timeout: float = 60.0) -> dict[str, Any]:
+        """The next incoming request (each is returned once)."""
+        return await self.request(
+            "wait_verification_request", timeout_ms=int(timeout * 1000), timeout=timeout + 10
+        )
+
+    async def accept_verification(self, flow_id: str) -> dict[str, Any]:
+        return await self.request("accept_verification", flow_id=flow_id, timeout=30)
+
+    async def start_verification(self, flow_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Send the SAS start (waits for the ready first)."""
+        return await self.request(
+            "start_verification",
+            flow_id=flow_id,
+            timeout_ms=int(timeout * 1000),
+            timeout=timeout + 10,
+        )
+
+    async def sas(self, flow_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Accept the SAS and wait for it: {emoji: [[symbol, name]...], decimal: [n, n, n]}."""
+        return await self.request(
+            "sas", flow_id=flow_id, timeout_ms=int(timeout * 1000), timeout=timeout + 10
+        )
+
+    async def sas_confirm(self, flow_id: str) -> dict[str, Any]:
+        return await self.request("sas_confirm", flow_id=flow_id, timeout=30)
+
+    async def sas_mismatch(self, flow_id: str) -> dict[str, Any]:
+        return await self.request("sas_mismatch", flow_id=flow_id, timeout=30)
+
+    async def cancel_verification(self, flow_id: str) -> dict[str, Any]:
+        return await self.request("cancel_verification", flow_id=flow_id, timeout=30)
+
+    async def wait_verification(
+        self, flow_id: str, phase: str = "done", *, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Wait for phase "done" or "cancelled" (fails at once if it ends the other way)."""
+        return await self.request(
+            "wait_verification",
+            flow_id=flow_id,
+            phase=phase,
+            timeout_ms=int(timeout * 1000),
+            timeout=timeout + 10,
+        )
+
     async def stop(self) -> None:
         await self.close()

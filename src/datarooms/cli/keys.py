@@ -1,11 +1,13 @@
-"""`datarooms keys ...`: cross-signing, recovery key, backup, restore."""
+"""`datarooms keys ...`: cross-signing, recovery key, backup, restore, verification."""
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import sys
 from typing import Annotated
 
+import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
@@ -13,8 +15,11 @@ from datarooms.cli._common import console, err_console
 from datarooms.cli.data import with_client
 from datarooms.client import DataroomsClient
 from datarooms.errors import ValidationError
+from datarooms.keys import Verification, VerificationCancelled
 
-keys_app = typer.Typer(help="Cross-signing, recovery key, key backup.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Cross-signing, recovery key, key backup, device verification.", no_args_is_help=True
+)
 
 
 @keys_app.command("status")
@@ -35,6 +40,7 @@ def keys_status(ctx: typer.Context) -> None:
             f"{st.backed_up_sessions} of {st.local_sessions} local sessions backed up)"
         )
         console.print(f"trust policy     {st.trust_policy}")
+        console.print(f"verified devices {st.verified_devices} (by SAS, from this device)")
         for user in st.changed_identities:
             console.print(
                 f"[yellow]identity changed[/] {user}: their devices get no keys until you accept it"
@@ -114,5 +120,102 @@ def keys_trust(
     async def go(c: DataroomsClient) -> None:
         c.keys.accept_identity(user)
         console.print(f"accepted the new identity of {user}")
+
+    with_client(ctx, go)
+
+
+@keys_app.command("devices")
+def keys_devices(
+    ctx: typer.Context,
+    user: Annotated[str, typer.Argument(help="@user:server whose devices to list")],
+) -> None:
+    """A user's devices: verified here (SAS), cross-signed, and whether they get room keys."""
+
+    async def go(c: DataroomsClient) -> None:
+        devices = await c.keys.devices(user)
+        if not devices:
+            console.print(f"no devices with valid keys known for {user}")
+            return
+        yes = {True: "yes", False: "no"}
+        console.print(f"{'device':<14}{'verified':<10}{'cross-signed':<14}{'gets keys':<11}ed25519")
+        for d in devices:
+            console.print(
+                f"{d.device_id:<14}{yes[d.verified]:<10}{yes[d.cross_signed]:<14}"
+                f"{yes[d.trusted]:<11}{d.ed25519}  {d.display_name}",
+                markup=False,
+            )
+
+    with_client(ctx, go)
+
+
+@keys_app.command("verify")
+def keys_verify(
+    ctx: typer.Context,
+    user: Annotated[
+        str | None,
+        typer.Argument(help="@user:server to verify (with --incoming: only accept theirs)"),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Argument(help="Their device id (default: ask all their devices)")
+    ] = None,
+    room: Annotated[
+        str | None, typer.Option("--room", help="Verify in this room instead of to-device")
+    ] = None,
+    incoming: Annotated[
+        bool, typer.Option("--incoming", help="Wait for a request from the other side")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the other side at each step")
+    ] = 300.0,
+) -> None:
+    """Verify another device interactively: compare emoji (or numbers), answer y/n.
+
+    On a match both devices are marked verified (the trust policy `verified` then
+    shares room keys with it). Exits 1 if the codes differ or the other side cancels.
+    """
+    if not incoming and user is None:
+        raise ValidationError("give the user to verify, or --incoming to wait for a request")
+    if incoming and (device is not None or room is not None):
+        raise ValidationError("--incoming takes at most a user: the request says the rest")
+
+    async def go(c: DataroomsClient) -> None:
+        verifier = c.keys.verification
+        v: Verification
+        if incoming:
+            err_console.print(
+                f"waiting for a verification request{f' from {user}' if user else ''}…"
+            )
+            v = await verifier.wait_request(user, timeout=timeout)
+            err_console.print(
+                f"request from {v.other_user} (device {v.other_device}, {v.transport}); accepting"
+            )
+            await v.accept()
+            await v.start()  # either side may start; if both do, the spec picks one
+        else:
+            assert user is not None
+            v = await verifier.request(user, device, room_id=room)
+            err_console.print(
+                f"asked {user} to verify ({v.transport}); waiting for them to accept…"
+            )
+        await v.wait_for_sas(timeout)
+        console.print(f"Compare with the other screen ({v.other_user}, device {v.other_device}):")
+        console.print("  " + "   ".join(e.symbol for e in v.emojis()))
+        console.print("  " + "   ".join(e.description for e in v.emojis()))
+        console.print("  " + "  ".join(f"{n:04d}" for n in v.decimals()))
+        sys.stdout.flush()
+        try:
+            match = await asyncio.to_thread(
+                typer.confirm, "Do they match exactly?", default=False, err=True
+            )
+        except click.exceptions.Abort:  # no answer (end of input, Ctrl-C)
+            await v.cancel("no answer")
+            raise VerificationCancelled("m.user", "no answer", True) from None
+        if not match:
+            await v.mismatch()
+            raise VerificationCancelled("m.mismatched_sas", "you said the codes differ", True)
+        await v.confirm()
+        err_console.print("waiting for the other side to confirm…")
+        await v.done(timeout)
+        console.print(f"[green]verified[/] {v.other_user} device {v.other_device}")
 
     with_client(ctx, go)

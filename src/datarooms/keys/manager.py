@@ -289,6 +289,31 @@ class KeyManager:
             )
         return out
 
+    async def sign_own_device(self, device_id: str) -> bool:
+        """Cross-sign another device of our account (after verifying it interactively).
+
+        Needs the self-signing key on this device. Returns whether a signature was
+        published (False: no key here, or the device is signed already).
+        """
+        me = self._c.user_id
+        ssk = self._key("self_signing")
+        if ssk is None:
+            return False
+        res = await self.query_keys([me])
+        device = res.get("device_keys", {}).get(me, {}).get(device_id)
+        if device is None:
+            raise NotFoundError(f"this account has no device {device_id}")
+        if verify_json(device, me, ssk.public, ssk.public):
+            return False
+        signed = ssk.sign_json(device, me)
+        resp = await self._request(
+            "POST", "/_matrix/client/v3/keys/signatures/upload", {me: {device_id: signed}}
+        )
+        if resp.get("failures"):
+            raise HomeserverError(f"signing device {device_id} was refused: {resp['failures']}")
+        log.info("cross-signed another device of this account", extra={"device": device_id})
+        return True
+
     async def verified_identity(
         self, user_id: str, master_key: str, master_obj: dict[str, Any]
     ) -> None:

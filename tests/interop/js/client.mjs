@@ -10,7 +10,10 @@
 // the Rust crypto tracing output) goes to stderr.
 //
 // Commands: ping, login, join, wait_event, send_event, download_decrypt,
-// upload_encrypted, stop. See the handlers below for parameters.
+// upload_encrypted, bootstrap_cross_signing, device_status, stop; interactive
+// verification (SAS): request_verification, wait_verification_request,
+// accept_verification, start_verification, sas, sas_confirm, sas_mismatch,
+// cancel_verification, wait_verification. See the handlers below for parameters.
 //
 // Environment:
 //   INTEROP_JS_LOG_LEVEL  matrix-js-sdk log level (trace|debug|info|warn|error), default "info"
@@ -54,6 +57,9 @@ const sdk = await import("matrix-js-sdk");
 const { ClientEvent, RoomEvent, MatrixEventEvent, SyncState } = sdk;
 // The global SDK logger isn't re-exported from the package index.
 const { logger } = await import("matrix-js-sdk/lib/logger.js");
+const { CryptoEvent, VerificationPhase, VerifierEvent, VerificationRequestEvent } = await import(
+    "matrix-js-sdk/lib/crypto-api/index.js"
+);
 const RustCrypto = await import("@matrix-org/matrix-sdk-crypto-wasm");
 
 logger.setLevel(process.env.INTEROP_JS_LOG_LEVEL || "info", false);
@@ -127,6 +133,64 @@ function contains(actual, expected) {
 let client = null;
 let homeserverUrl = null;
 let accessToken = null;
+
+// Interactive verification: every request (ours or theirs) by flow id
+// (to-device transaction id, or the event id of the in-room request).
+const verifications = new Map();
+const incomingVerifications = []; // flow ids not yet handed out by wait_verification_request
+const sasPromises = new Map(); // flow id -> verifier.verify() promise (settled)
+
+function phaseName(phase) {
+    return Object.keys(VerificationPhase).find((k) => VerificationPhase[k] === phase)?.toLowerCase() ?? String(phase);
+}
+
+function describeRequest(req) {
+    return {
+        flow_id: req.transactionId,
+        other_user: req.otherUserId,
+        other_device: req.otherDeviceId ?? null,
+        room_id: req.roomId ?? null,
+        initiated_by_me: req.initiatedByMe,
+        phase: phaseName(req.phase),
+        cancellation_code: req.cancellationCode ?? null,
+    };
+}
+
+function getVerification(flowId) {
+    const req = verifications.get(flowId);
+    if (!req) throw new Error(`unknown verification flow ${flowId} (known: ${[...verifications.keys()].join(", ")})`);
+    return req;
+}
+
+// Wait until `check(req)` is truthy, re-checking on every change of the request.
+function waitRequest(req, check, timeoutMs, describe) {
+    return new Promise((resolve, reject) => {
+        let done = false;
+        const finish = (fn, v) => {
+            if (done) return;
+            done = true;
+            clearTimeout(timer);
+            clearInterval(poll);
+            req.off(VerificationRequestEvent.Change, attempt);
+            fn(v);
+        };
+        const attempt = () => {
+            try {
+                const v = check(req);
+                if (v) finish(resolve, v);
+            } catch (e) {
+                finish(reject, e);
+            }
+        };
+        const poll = setInterval(attempt, 250);
+        const timer = setTimeout(
+            () => finish(reject, new Error(`timeout after ${timeoutMs} ms waiting for ${describe} (phase ${phaseName(req.phase)})`)),
+            timeoutMs,
+        );
+        req.on(VerificationRequestEvent.Change, attempt);
+        attempt();
+    });
+}
 
 function requireClient() {
     if (!client) throw new Error("not logged in (send 'login' first)");
@@ -234,6 +298,11 @@ const handlers = {
             userId: resp.user_id,
             deviceId: resp.device_id,
             accessToken: resp.access_token,
+        });
+        client.on(CryptoEvent.VerificationRequestReceived, (req) => {
+            log(`verification request received: ${req.transactionId} from ${req.otherUserId}`);
+            verifications.set(req.transactionId, req);
+            incomingVerifications.push(req.transactionId);
         });
         try {
             await startLoggedInClient(timeoutMs);
@@ -420,6 +489,142 @@ const handlers = {
             cross_signing_verified: st.crossSigningVerified,
             locally_verified: st.localVerified,
         };
+    },
+
+    // {user_id, device_id?, room_id?} -> request description. To-device to one
+    // device (device_id), or in-room (room_id: the spec's verification of another user).
+    async request_verification(p) {
+        need(p, "user_id");
+        const crypto = requireClient().getCrypto();
+        let req;
+        if (p.room_id) {
+            await crypto.getUserDeviceInfo([p.user_id], true);
+            req = await crypto.requestVerificationDM(p.user_id, p.room_id);
+        } else {
+            need(p, "device_id");
+            await crypto.getUserDeviceInfo([p.user_id], true);
+            req = await crypto.requestDeviceVerification(p.user_id, p.device_id);
+        }
+        verifications.set(req.transactionId, req);
+        return describeRequest(req);
+    },
+
+    // {timeout_ms?} -> the next incoming request (each returned once)
+    async wait_verification_request(p) {
+        requireClient();
+        const timeoutMs = p.timeout_ms ?? 30000;
+        const deadline = Date.now() + timeoutMs;
+        while (incomingVerifications.length === 0) {
+            if (Date.now() > deadline) throw new Error(`no verification request within ${timeoutMs} ms`);
+            await sleep(100);
+        }
+        return describeRequest(getVerification(incomingVerifications.shift()));
+    },
+
+    // {flow_id} -> sends m.key.verification.ready
+    async accept_verification(p) {
+        need(p, "flow_id");
+        const req = getVerification(p.flow_id);
+        await req.accept();
+        return describeRequest(req);
+    },
+
+    // {flow_id} -> sends m.key.verification.start (m.sas.v1)
+    async start_verification(p) {
+        need(p, "flow_id");
+        const req = getVerification(p.flow_id);
+        await waitRequest(
+            req,
+            (r) => {
+                if (r.phase === VerificationPhase.Cancelled) throw new Error(`cancelled: ${r.cancellationCode}`);
+                return r.phase === VerificationPhase.Ready;
+            },
+            p.timeout_ms ?? 30000,
+            "phase ready",
+        );
+        await req.startVerification("m.sas.v1");
+        return describeRequest(req);
+    },
+
+    // {flow_id, timeout_ms?} -> {emoji: [[symbol, name] x7], decimal: [n, n, n]}.
+    // Waits for the SAS verifier, calls verify() on it (which accepts an incoming
+    // start), and waits until the SAS can be shown.
+    async sas(p) {
+        need(p, "flow_id");
+        const req = getVerification(p.flow_id);
+        const timeoutMs = p.timeout_ms ?? 30000;
+        const verifier = await waitRequest(
+            req,
+            (r) => {
+                if (r.phase === VerificationPhase.Cancelled) throw new Error(`cancelled: ${r.cancellationCode}`);
+                return r.verifier;
+            },
+            timeoutMs,
+            "a verifier (phase started)",
+        );
+        if (!sasPromises.has(p.flow_id)) {
+            const settled = verifier.verify().then(
+                () => ({ ok: true }),
+                (e) => ({ ok: false, error: String(e?.message ?? e) }),
+            );
+            sasPromises.set(p.flow_id, settled);
+        }
+        const callbacks = await new Promise((resolve, reject) => {
+            const ready = verifier.getShowSasCallbacks();
+            if (ready) return resolve(ready);
+            const timer = setTimeout(() => reject(new Error(`no SAS within ${timeoutMs} ms`)), timeoutMs);
+            verifier.once(VerifierEvent.ShowSas, (cb) => {
+                clearTimeout(timer);
+                resolve(cb);
+            });
+        });
+        return { emoji: callbacks.sas.emoji ?? null, decimal: callbacks.sas.decimal ?? null };
+    },
+
+    // {flow_id} -> the user says the SAS matches (sends the MAC)
+    async sas_confirm(p) {
+        need(p, "flow_id");
+        const cb = getVerification(p.flow_id).verifier?.getShowSasCallbacks();
+        if (!cb) throw new Error("no SAS is shown for this flow (call 'sas' first)");
+        await cb.confirm();
+        return { confirmed: true };
+    },
+
+    // {flow_id} -> the user says the SAS differs (cancels with m.mismatched_sas)
+    async sas_mismatch(p) {
+        need(p, "flow_id");
+        const cb = getVerification(p.flow_id).verifier?.getShowSasCallbacks();
+        if (!cb) throw new Error("no SAS is shown for this flow (call 'sas' first)");
+        cb.mismatch();
+        return { mismatched: true };
+    },
+
+    // {flow_id} -> cancels the request (m.user)
+    async cancel_verification(p) {
+        need(p, "flow_id");
+        const req = getVerification(p.flow_id);
+        await req.cancel();
+        return describeRequest(req);
+    },
+
+    // {flow_id, phase: "done"|"cancelled", timeout_ms?} -> request description
+    async wait_verification(p) {
+        need(p, "flow_id", "phase");
+        const req = getVerification(p.flow_id);
+        const want = p.phase === "done" ? VerificationPhase.Done : VerificationPhase.Cancelled;
+        await waitRequest(
+            req,
+            (r) => {
+                if (r.phase === want) return true;
+                if (r.phase === VerificationPhase.Done || r.phase === VerificationPhase.Cancelled) {
+                    throw new Error(`flow ended in phase ${phaseName(r.phase)} (code ${r.cancellationCode}), not ${p.phase}`);
+                }
+                return false;
+            },
+            p.timeout_ms ?? 30000,
+            `phase ${p.phase}`,
+        );
+        return describeRequest(req);
     },
 
     async stop() {

@@ -52,12 +52,18 @@ async def test_user_add_on_external_synapse_with_shared_secret(
 async def test_up_in_external_mode_starts_no_synapse(
     homeserver: TestHomeserver, data_dir: Path
 ) -> None:
-    user = await homeserver.new_user("svc")
+    user = await homeserver.new_user("svc", admin=True)
     env = clean_env(
         DATAROOMS_HOMESERVER_MODE="external",
         DATAROOMS_HOMESERVER_URL=homeserver.base_url,
         DATAROOMS_ACCOUNT_USER_ID=user.user_id,
         DATAROOMS_ACCOUNT_ACCESS_TOKEN=user.access_token,
+    )
+    # The bots need accounts of their own: without a way to register them, a clear error.
+    res = cli("up", data_dir=data_dir, env=env)
+    assert res.returncode == 1 and "registration_shared_secret" in res.stderr
+    env["DATAROOMS_HOMESERVER_REGISTRATION_SHARED_SECRET"] = (
+        homeserver.synapse.registration_shared_secret
     )
     up = start_up(data_dir, env=env)
     try:
@@ -66,6 +72,8 @@ async def test_up_in_external_mode_starts_no_synapse(
         assert state["synapse_pid"] is None
         assert state["service_user"] == user.user_id
         assert not (data_dir / "synapse").exists()
+        services = state["services"]
+        assert isinstance(services, dict) and "statebot" in services and "mcp" in services
     finally:
         up.interrupt()
         up.kill()

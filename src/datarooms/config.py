@@ -86,6 +86,13 @@ class Settings:
     account: AccountSettings = field(default_factory=AccountSettings)
     #: The file these settings were read from, if any.
     config_file: Path | None = None
+    #: Raw settings of the platform's services (``[statebot]``, ``[mcp]``, ...), each
+    #: validated by its service: see :data:`SERVICE_SECTIONS` and docs/configuration.md.
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """The raw ``[name]`` table of a service (file values, then env overrides)."""
+        return self.sections.get(name, {})
 
     @property
     def credentials_file(self) -> Path:
@@ -113,6 +120,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "account": AccountSettings,
 }
 _TOP_LEVEL = {"data_dir", "log_level", "trust_policy"}
+#: Tables that belong to the platform's services; each service validates its own.
+SERVICE_SECTIONS = ("statebot", "mcp", "roomsbot", "devchain", "telemetry")
 
 
 def load_settings(
@@ -147,8 +156,13 @@ def load_settings(
 
     top: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    services: dict[str, dict[str, Any]] = {}
     for key, value in file_data.items():
-        if key in _SECTIONS:
+        if key in SERVICE_SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{cfg_path}: [{key}] must be a table")
+            services.setdefault(key, {}).update(value)
+        elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{cfg_path}: [{key}] must be a table")
             sections[key].update(value)
@@ -157,7 +171,7 @@ def load_settings(
         else:
             raise ConfigError(
                 f"{cfg_path}: unknown setting {key!r}; known: "
-                + ", ".join(sorted(_TOP_LEVEL | set(_SECTIONS)))
+                + ", ".join(sorted(_TOP_LEVEL | set(_SECTIONS) | set(SERVICE_SECTIONS)))
             )
 
     for name, raw in env.items():
@@ -170,6 +184,8 @@ def load_settings(
         section, _, fname = rest.partition("_")
         if section in _SECTIONS and fname:
             sections[section][fname] = raw
+        elif section in SERVICE_SECTIONS and fname:
+            services.setdefault(section, {})[fname] = raw
         # Other DATAROOMS_* variables belong to other tools; ignore them.
 
     for section, values in (overrides or {}).items():
@@ -177,7 +193,9 @@ def load_settings(
 
     top["data_dir"] = resolved_dd
     built = {name: _build(cls, sections[name], f"[{name}]") for name, cls in _SECTIONS.items()}
-    settings: Settings = _build(Settings, {**top, **built, "config_file": cfg_path}, "settings")
+    settings: Settings = _build(
+        Settings, {**top, **built, "config_file": cfg_path, "sections": services}, "settings"
+    )
     _check(settings)
     return settings
 

@@ -32,6 +32,8 @@ from datarooms.platform import (
     platform_status,
     request_stop,
 )
+from datarooms.statebot.cli import state_app
+from datarooms.statebot.cli import statebot as statebot_command
 
 app = typer.Typer(
     name="datarooms",
@@ -104,8 +106,11 @@ def up(
 def platform_services(settings: Settings) -> list[Service]:
     """The services `datarooms up` runs after the homeserver, in start order."""
     from datarooms.mcpserver import McpService
+    from datarooms.statebot import StateBotService
 
-    return [McpService()]
+    mcp = settings.section("mcp")
+    mcp_port = int(mcp["port"]) if "port" in mcp else None
+    return [StateBotService(), McpService(port=mcp_port)]
 
 
 async def _run_platform(platform: Platform) -> PlatformInfo | None:
@@ -274,5 +279,7 @@ data_commands.register(app)
 app.add_typer(keys_app, name="keys")
 app.command()(mcp_command)
 app.add_typer(agents_app, name="agents")
+app.add_typer(state_app, name="state")
+app.command()(statebot_command)
 
 __all__ = ["DataroomsError", "app"]

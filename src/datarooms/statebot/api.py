@@ -42,7 +42,7 @@ ROOM_ID_PATTERN = f"^{_ROOM_ID}$"
 ROOM_PATTERN = f"^(?:{_ROOM_ID}|#[^:\\s/]+:{_SERVER})$"
 USER_ID_PATTERN = r"^@[a-z0-9._=/+-]+:[A-Za-z0-9.:\[\]-]+$"
 KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
-PATH_PATTERN = r"^(?:/[^\x00]*)?$"
+PATH_PATTERN = r"^(?:/[\s\S]*)?$"
 
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN, max_length=255)]
 RoomIdParam = Annotated[
@@ -88,7 +88,7 @@ class SetStateRequest(_Model):
         "JSON)."
     )
     path: str = Field(
-        "", max_length=1024, pattern=PATH_PATTERN,
+        "", max_length=1024, json_schema_extra={"pattern": PATH_PATTERN},
         description="JSON Pointer (RFC 6901) into the key's value; empty for the whole "
         "value; `/list/-` appends. Missing objects on the way are created.",
     )
@@ -193,6 +193,35 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _COMMON = (400, 401, 403, 404, 413, 502)
 
 
+# -- authentication -------------------------------------------------------------------
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A Matrix OpenID token from POST "
+    "/_matrix/client/v3/user/{userId}/openid/request_token on the caller's homeserver",
+)
+
+
+async def _caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    server_name: Annotated[
+        str | None,
+        Header(
+            alias="X-Matrix-Server-Name",
+            max_length=255,
+            description="Server name of the homeserver that issued the token "
+            "(default: the bot's own)",
+        ),
+    ] = None,
+) -> Caller:
+    verifier: OpenIdVerifier = request.app.state.verifier
+    return await verifier.verify(credentials.credentials if credentials else None, server_name)
+
+
+Auth = Annotated[Caller, Depends(_caller)]
+
+
 # -- the app ----------------------------------------------------------------------
 
 
@@ -215,28 +244,7 @@ def create_app(
         ),
         responses={400: {"model": ErrorResponse}},
     )
-    bearer = HTTPBearer(
-        auto_error=False,
-        description="A Matrix OpenID token from POST "
-        "/_matrix/client/v3/user/{userId}/openid/request_token on the caller's homeserver",
-    )
-
-    async def caller(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-        server_name: Annotated[
-            str | None,
-            Header(
-                alias="X-Matrix-Server-Name",
-                max_length=255,
-                description="Server name of the homeserver that issued the token "
-                "(default: the bot's own)",
-            ),
-        ] = None,
-    ) -> Caller:
-        return await verifier.verify(credentials.credentials if credentials else None,
-                                     server_name)
-
-    Auth = Annotated[Caller, Depends(caller)]
+    app.state.verifier = verifier
 
     # -- errors --
 
@@ -323,7 +331,7 @@ def create_app(
         key: KeyParam,
         path: Annotated[
             str,
-            Query(max_length=1024, pattern=PATH_PATTERN,
+            Query(max_length=1024, json_schema_extra={"pattern": PATH_PATTERN},
                   description="JSON Pointer into the value (RFC 6901); empty: the whole value"),
         ] = "",
     ) -> StateResponse:
@@ -388,9 +396,21 @@ def _validation_error(exc: RequestValidationError) -> dict[str, str]:
         where = ".".join(loc[1:]) if len(loc) > 1 else (loc[0] if loc else "request")
         if loc[:1] == ["body"] and len(loc) == 1:
             where = "the body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        msg = str(err.get("msg", "invalid"))
+        if kind == "string_pattern_mismatch":
+            names = set(loc)
+            if names & {"room_id", "room"}:
+                msg = "not a Matrix room id (expected !opaque:server; or #alias:server to join)"
+            elif names & {"read", "write"}:
+                msg = "not a Matrix user id (expected @name:server)"
+            elif "key" in names:
+                msg = "a state key may not contain control characters"
+        parts.append(f"{where}: {msg}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return {"errcode": errcode, "error": "; ".join(parts) + more}
+
+
+_DOC_PATHS = frozenset({"/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"})
 
 
 class BodyLimitAndMetrics:
@@ -430,7 +450,10 @@ class BodyLimitAndMetrics:
             await self.app(scope, replay, send_counted)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None)
+            if template is None:  # the docs and OpenAPI routes; anything else stays unnamed
+                path = str(scope.get("path", ""))
+                template = path if path in _DOC_PATHS else "unmatched"
             method = str(scope.get("method", ""))
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(

@@ -110,13 +110,15 @@ class OpenIdVerifier:
             raise UnauthorizedError("the OpenID token is malformed")
         if not _SERVER_NAME.match(server):
             self._on_result("rejected")
-            raise UnauthorizedError("X-Matrix-Server-Name is not a Matrix server name")
+            raise UnauthorizedError("X-Matrix-Server-Name is not a Matrix server name",
+                                    errcode="DR_UNKNOWN_HOMESERVER")
         base = self.homeservers.get(server)
         if base is None:
             self._on_result("rejected")
             raise UnauthorizedError(
                 f"the state bot does not know the homeserver {server!r}; it verifies tokens "
-                f"of: {', '.join(sorted(self.homeservers))}"
+                f"of: {', '.join(sorted(self.homeservers))}",
+                errcode="DR_UNKNOWN_HOMESERVER",
             )
         cache_key = hashlib.sha256(f"{server}\0{token}".encode()).digest()
         now = time.monotonic()
@@ -133,7 +135,11 @@ class OpenIdVerifier:
             del self._cache[cache_key]
         pending = self._inflight.get(cache_key)
         if pending is not None:
-            return await asyncio.shield(pending)
+            # Someone is already asking the homeserver about this token: share the answer.
+            await asyncio.wait({pending})
+            if pending.cancelled():  # that request went away mid-way: ask ourselves
+                return await self.verify(token, server_name)
+            return pending.result()
         future: asyncio.Future[Caller] = asyncio.get_running_loop().create_future()
         self._inflight[cache_key] = future
         try:
@@ -141,12 +147,13 @@ class OpenIdVerifier:
         except UnauthorizedError as exc:
             self._remember(cache_key, None, self.negative_cache_seconds)
             self._on_result("rejected")
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters get it, nobody else must
+            _settle(future, exc)
+            raise
+        except asyncio.CancelledError:
+            future.cancel()
             raise
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
+            _settle(future, exc)
             raise
         else:
             self._remember(cache_key, caller, self.cache_seconds)
@@ -209,6 +216,11 @@ class OpenIdVerifier:
                 f"the homeserver {server} vouched for {user}, who is not one of its users"
             )
         return Caller(user)
+
+
+def _settle(future: asyncio.Future[Caller], exc: BaseException) -> None:
+    future.set_exception(exc)
+    future.exception()  # retrieved: only concurrent waiters see it, no "never retrieved" warning
 
 
 _UNKNOWN = (

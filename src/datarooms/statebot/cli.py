@@ -114,7 +114,11 @@ async def _room_id(settings: Settings, room: str) -> str:
     if not room.startswith("#"):
         raise ValidationError(f"{room!r} is neither a room id (!...) nor an alias (#...)")
     creds = resolve_credentials(settings)
-    async with MatrixHttp(_homeserver_url(settings), creds.access_token or None) as http:
+    if not creds.access_token:
+        raise ValidationError(
+            f"cannot resolve the alias {room} without an access token; give the room id (!...)"
+        )
+    async with MatrixHttp(_homeserver_url(settings), creds.access_token) as http:
         try:
             res = await http.request(
                 "GET", f"/_matrix/client/v3/directory/room/{quote(room, safe='')}"

@@ -37,7 +37,14 @@ from datarooms.errors import (
 )
 from datarooms.matrix_http import MatrixHttp
 from datarooms.statebot.access import Acl
-from datarooms.statebot.errors import StateBotError, TooLargeError, UnauthorizedError
+from datarooms.statebot.errors import (
+    BadPathError,
+    BotPowerError,
+    StateBotError,
+    TooLargeError,
+    UnauthorizedError,
+    UnknownRoomError,
+)
 from datarooms.statebot.handler import KeyInfo, SetResult, StateValue
 
 if TYPE_CHECKING:
@@ -259,7 +266,13 @@ def _error(status: int, body: Any) -> DataroomsError:
         404: NotFoundError,
         413: TooLargeError,
     }
-    cls = classes.get(status)
+    by_code: dict[str, type[DataroomsError]] = {
+        "DR_BOT_POWER": BotPowerError,
+        "DR_UNKNOWN_ROOM": UnknownRoomError,
+        "DR_BAD_PATH": BadPathError,
+    }
+    cls = by_code.get(errcode) if status in classes else None
+    cls = cls or classes.get(status)
     if cls is None:
         return StateBotError(message, errcode=errcode, status=status)
     return cls(message, errcode=errcode)

@@ -21,12 +21,12 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from nio import SyncResponse
+from nio import JoinError, SyncResponse
 
 from datarooms.client import DataroomsClient
 from datarooms.errors import (
@@ -36,7 +36,7 @@ from datarooms.errors import (
     NotFoundError,
     ValidationError,
 )
-from datarooms.ids import is_room_alias
+from datarooms.ids import is_room_alias, server_of
 from datarooms.ids import room_id as check_room_id
 from datarooms.ids import user_id as check_user_id
 from datarooms.index import Record, SyncBatch
@@ -124,8 +124,16 @@ def secure_ref(content: Any) -> dict[str, Any] | None:
 class StateHandler:
     """Everything the REST API can do, for a verified :class:`Caller`."""
 
-    def __init__(self, client: DataroomsClient, http: MatrixHttp | None = None) -> None:
+    def __init__(
+        self,
+        client: DataroomsClient,
+        http: MatrixHttp | None = None,
+        *,
+        trusted_servers: Iterable[str] = (),
+    ) -> None:
         self.client = client
+        #: Homeservers whose rooms the bot may join when asked (its own, at least).
+        self.trusted_servers = {server_of(client.user_id), *trusted_servers}
         self.http = http or MatrixHttp(client.homeserver_url, client.access_token)
         self._own_http = http is None
         self._locks = _KeyedLocks()
@@ -181,25 +189,37 @@ class StateHandler:
         return view
 
     async def join(self, caller: Caller, room: str) -> str:
-        """Have the bot join a room it was invited to (or a public one); return its id."""
+        """Have the bot join a room it was invited to (or a public one); return its id.
+
+        Only rooms on trusted homeservers: the bot never reaches out to a server it
+        does not know because someone asked it to.
+        """
         if not isinstance(room, str) or not (room.startswith("!") or is_room_alias(room)):
             raise ValidationError(f"{room!r} is neither a room id (!...) nor an alias (#...)")
         if room.startswith("!"):
             room = check_room_id(room)
             if room in self.client.nio.rooms and room not in self._left:
                 return room
-        log.info("joining a room", extra={"room": room, "asked_by": caller.user_id})
-        try:
-            room_id = await self.client.rooms.join(room)
-        except AccessDeniedError:
+        invited = room in self.client.nio.invited_rooms
+        server = room.split(":", 1)[1] if ":" in room else None
+        if not invited and server is not None and server not in self.trusted_servers:
             raise AccessDeniedError(
-                f"the state bot ({self.bot_id}) may not join {room}: invite it first",
+                f"the state bot joins rooms on the homeservers it trusts only "
+                f"({', '.join(sorted(self.trusted_servers))}), or rooms it was invited to; "
+                f"invite {self.bot_id} to {room} first",
                 errcode="M_FORBIDDEN",
-            ) from None
-        except NotFoundError:
-            raise UnknownRoomError(f"there is no room {room}") from None
-        except HomeserverError as exc:
-            raise _client_error(exc, f"joining {room}") from None
+            )
+        log.info("joining a room", extra={"room": room, "asked_by": caller.user_id})
+        resp = await self.client.nio.join(room)
+        if isinstance(resp, JoinError):
+            raise _join_error(resp, room, self.bot_id)
+        room_id = str(resp.room_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while room_id not in self.client.nio.rooms and loop.time() < deadline:
+            await self.client.sync_once()
+        if room_id not in self.client.nio.rooms:
+            raise HomeserverError(f"the state bot joined {room_id} but it did not appear in sync")
         self._left.discard(room_id)
         return room_id
 
@@ -514,6 +534,23 @@ def _power_message(bot: str, room_id: str, have: int, need: int, what: str) -> s
         f"the state bot ({bot}) has power {have} in {room_id} but needs {need} to write "
         f"{what}; a room admin must raise it, e.g. `datarooms room grant {room_id} {bot} admin`"
     )
+
+
+def _join_error(resp: JoinError, room: str, bot: str) -> DataroomsError:
+    code = resp.status_code or "M_UNKNOWN"
+    transport = getattr(resp, "transport_response", None)
+    status = int(getattr(transport, "status", 0) or 0)
+    if code == "M_FORBIDDEN":
+        return AccessDeniedError(
+            f"the state bot ({bot}) may not join {room}: invite it first ({resp.message})",
+            errcode=code,
+        )
+    if code == "M_NOT_FOUND" or status == 404:
+        return UnknownRoomError(f"there is no room {room} the state bot can join ({resp.message})")
+    if 400 <= status < 500 and status != 429:
+        return ValidationError(f"the homeserver refused to join {room}: {resp.message}",
+                               errcode=code)
+    return HomeserverError(f"joining {room} failed: {code}: {resp.message}", errcode=code)
 
 
 def _client_error(exc: HomeserverError, what: str) -> DataroomsError:

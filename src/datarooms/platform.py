@@ -101,9 +101,15 @@ class PlatformContext:
             creds = Credentials(
                 self.homeserver_url, user.user_id, user.access_token, user.device_id, user.password
             )
-            await override_ratelimit(
-                self.homeserver_url, self.service_account.access_token, user.user_id
-            )
+            try:
+                await override_ratelimit(
+                    self.homeserver_url, self.service_account.access_token, user.user_id
+                )
+            except HomeserverError as exc:  # not a server admin on an external homeserver
+                log.warning(
+                    "could not lift rate limits for a bot account; it will be throttled",
+                    extra={"user": user.user_id, "error": exc.message},
+                )
         write_credentials(path, creds)
         return creds
 

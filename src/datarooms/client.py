@@ -60,6 +60,7 @@ from datarooms.messaging import Messages
 from datarooms.records import Records
 from datarooms.room_files import Files
 from datarooms.rooms import Rooms
+from datarooms.telemetry import Telemetry
 from datarooms.timeline import (
     RoomEvent,
     from_nio_event,
@@ -104,6 +105,7 @@ class DataroomsClient:
         self.files = Files(self)
         self.messages = Messages(self)
         self.keys = KeyManager(self, trust)
+        self.telemetry = Telemetry(self)  # lazy: opens nothing until used
         self._share_locks: dict[str, asyncio.Lock] = {}
         self._sync_lock = asyncio.Lock()
         self._gap_locks: dict[str, asyncio.Lock] = {}
@@ -176,6 +178,7 @@ class DataroomsClient:
         if self._closed:
             return
         self._closed = True
+        await self.telemetry.close()
         await self.stop_sync()
         await self.nio.close()
         self.index.close()

@@ -78,8 +78,102 @@ SCHEMA_EVENT_SCHEMA: dict[str, Any] = {
     "properties": {"schema": {"type": "object"}},
 }
 
+#: A batch of telemetry samples (timeline event, always end-to-end encrypted);
+#: the payload encoding is in docs/telemetry.md.
+TELEMETRY_BATCH = "io.datarooms.telemetry.batch"
+
+TELEMETRY_BATCH_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://datarooms.io/schemas/io.datarooms.telemetry.batch.json",
+    "title": "io.datarooms.telemetry.batch (decrypted content)",
+    "description": "A batch of time-series samples from one writer. Sent as an m.room.encrypted event; this is the content of the decrypted event. The samples are in the payload, encoded as described in docs/telemetry.md, either inline (data) or in an encrypted media upload (file). Readers keep one copy per (sender, stream, seq).",
+    "type": "object",
+    "required": ["v", "stream", "seq", "n", "t0", "t1", "enc"],
+    "properties": {
+        "v": {"const": 1},
+        "stream": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_-]{1,64}$",
+            "description": "The writer's outbox stream id: random, fixed for the life of the writer's outbox.",
+        },
+        "seq": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Batch number in the stream, from 1. A resent batch keeps its seq.",
+        },
+        "n": {"type": "integer", "minimum": 1, "maximum": 1000000},
+        "t0": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 9007199254740991,
+            "description": "The earliest sample time in the batch (ms since the epoch).",
+        },
+        "t1": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 9007199254740991,
+            "description": "The latest sample time in the batch (ms since the epoch).",
+        },
+        "enc": {
+            "const": "dr-tlm1+zlib",
+            "description": "The payload encoding (docs/telemetry.md).",
+        },
+        "data": {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "The payload, inline: unpadded standard base64.",
+        },
+        "file": {
+            "type": "object",
+            "description": "The payload as an encrypted attachment: the Matrix EncryptedFile object (v2, AES-256-CTR, SHA-256 of the ciphertext).",
+            "required": ["url", "key", "iv", "hashes", "v"],
+        },
+        "size": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Length of the payload in bytes (with file).",
+        },
+    },
+    "oneOf": [{"required": ["data"]}, {"required": ["file", "size"]}],
+}
+
+
+#: The entity a room or space belongs to (state event, state_key ""), set by the rooms bot.
+ENTITY = "io.datarooms.entity"
+
+ENTITY_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://datarooms.io/schemas/io.datarooms.entity.json",
+    "title": 'io.datarooms.entity (state, state_key "")',
+    "description": "The entity a room or space belongs to. Room state is NOT encrypted; "
+    "everything here is public on the chain anyway.",
+    "type": "object",
+    "required": ["did", "controllers", "source", "version"],
+    "properties": {
+        "did": {"type": "string"},
+        "type": {"type": ["string", "null"], "description": "IXO entity type, if known"},
+        "controllers": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Controller DIDs (owner first)",
+        },
+        "source": {
+            "enum": ["chain", "request"],
+            "description": "chain: from the entity's registration; request: created "
+            "on demand before the bot saw the chain",
+        },
+        "chain_id": {"type": "string"},
+        "height": {"type": "integer"},
+        "tx_hash": {"type": "string"},
+        "version": {"const": 1},
+    },
+}
+
+
 ALL_SCHEMAS = {
     RECORD: RECORD_SCHEMA,
     ROOM_INFO: ROOM_INFO_SCHEMA,
     SCHEMA: SCHEMA_EVENT_SCHEMA,
+    TELEMETRY_BATCH: TELEMETRY_BATCH_SCHEMA,
+    ENTITY: ENTITY_SCHEMA,
 }

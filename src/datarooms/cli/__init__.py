@@ -1,4 +1,8 @@
-"""The ``datarooms`` command line. Thin: every command calls the SDK or the platform."""
+"""The ``datarooms`` command line. Thin: every command calls the SDK or the platform.
+
+The app is imported when :func:`main` runs, so that modules of this package
+(shared helpers) can be imported by the services' own CLI modules without a cycle.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,14 @@ import sys
 
 from rich.markup import escape
 
-from datarooms.cli._common import err_console
-from datarooms.cli.app import app
 from datarooms.errors import DataroomsError
 
 
 def main() -> None:
     """Entry point: run the CLI; print errors as one clear message, never a traceback."""
+    from datarooms.cli._common import err_console
+    from datarooms.cli.app import app
+
     try:
         app()
     except DataroomsError as exc:
@@ -23,4 +28,4 @@ def main() -> None:
         sys.exit(130)
 
 
-__all__ = ["app", "main"]
+__all__ = ["main"]

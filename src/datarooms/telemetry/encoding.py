@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import sys
 import zlib
@@ -57,6 +58,7 @@ MAX_TS = 2**53 - 1
 #: Decimal scales tried for the exact integer coding of values.
 MAX_SCALE = 9
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SAFE_INT = 2**53
 _MASK = 2**64 - 1
 _HEADER = struct.Struct("<4sI")
@@ -117,7 +119,7 @@ def check_metric(metric: object) -> str:
         raise ValidationError(
             f"metric {metric[:40]!r}... is longer than {MAX_METRIC_LENGTH} characters"
         )
-    if any(ord(c) < 32 or ord(c) == 127 for c in metric):
+    if _CONTROL.search(metric):
         raise ValidationError(f"metric {metric!r} contains control characters")
     return metric
 
@@ -172,8 +174,11 @@ def _deltas(seq: Sequence[int]) -> list[int]:
 def _decimals(v: float) -> int:
     for k in range(MAX_SCALE + 1):
         p = _POW10[k]
-        q = round(v * p)
-        if abs(q) < _SAFE_INT and q / p == v:
+        scaled = v * p
+        if not -_SAFE_INT < scaled < _SAFE_INT:
+            return -1  # too big for an exact integer (and bigger with every k)
+        q = round(scaled)
+        if q / p == v:
             return k
     return -1
 
@@ -194,9 +199,15 @@ def choose_scale(values: Sequence[float]) -> tuple[int, list[int] | None]:
         guess = max(guess, k)
     for k in range(guess, MAX_SCALE + 1):
         p = _POW10[k]
-        q = list(map(round, map(mul, values, repeat(p))))
-        if max(q) < _SAFE_INT and min(q) > -_SAFE_INT and list(map(truediv, q, repeat(p))) == list(
-            values
+        try:
+            q = list(map(round, map(mul, values, repeat(p))))
+        except OverflowError:  # a value too big for any scale
+            return -1, None
+        if (
+            max(q) < _SAFE_INT
+            and min(q) > -_SAFE_INT
+            and list(map(truediv, q, repeat(p)))
+            == (values if isinstance(values, list) else list(values))
         ):
             return k, q
         if k >= guess + 2:
@@ -205,7 +216,7 @@ def choose_scale(values: Sequence[float]) -> tuple[int, list[int] | None]:
 
 
 def encode_batch(
-    series: Iterable[tuple[SeriesKey, Sequence[int], Sequence[float]]], *, level: int = 6
+    series: Iterable[tuple[SeriesKey, Sequence[int], Sequence[float]]], *, level: int = 4
 ) -> tuple[bytes, int]:
     """Encode and compress; returns ``(payload, sample count)``.
 
@@ -243,7 +254,12 @@ def encode_batch(
         val_arr.byteswap()
     head = json.dumps({"series": header}, separators=(",", ":"), ensure_ascii=False).encode()
     raw = b"".join(
-        (_HEADER.pack(MAGIC, len(head)), head, _planar(ts_arr.tobytes()), _planar(val_arr.tobytes()))
+        (
+            _HEADER.pack(MAGIC, len(head)),
+            head,
+            _planar(ts_arr.tobytes()),
+            _planar(val_arr.tobytes()),
+        )
     )
     return zlib.compress(raw, level), n
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -22,7 +23,8 @@ class Sample(NamedTuple):
     tags: Mapping[str, str] = EMPTY_TAGS
 
 
-class Bucket(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Bucket:
     """Aggregates of one time bucket ``[start, start + step)``."""
 
     start: int
@@ -35,7 +37,8 @@ class Bucket(NamedTuple):
     last_ts: int
 
 
-class SeriesInfo(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class SeriesInfo:
     """One series (a metric with one set of tags) in a room, as indexed on this device."""
 
     metric: str
@@ -63,31 +66,20 @@ def group_samples(samples: Iterable[SampleLike], chunk: int) -> list[tuple[int, 
     :class:`ValidationError` naming the first bad sample; nothing is appended then.
     """
     out: list[tuple[int, Grouped]] = []
-    groups: Grouped = {}
+    # Untagged series are keyed by the metric alone while grouping (cheaper), tagged
+    # ones by (metric, tags); _finish gives every key the (metric, tags) form.
+    groups: dict[Any, tuple[list[int], list[float]]] = {}
     count = 0
     now: int | None = None
-    tag_cache: dict[int, tuple[Mapping[str, str], str]] = {}
+    # Tags by object identity, checked by value (a dict may be mutated between samples).
+    tag_cache: dict[int, tuple[dict[str, str], str]] = {}
     for i, s in enumerate(samples):
         try:
-            if isinstance(s, tuple):
-                if len(s) == 3:
-                    ts, metric, value = s
-                    tags: Any = None
-                elif len(s) == 4:
-                    ts, metric, value, tags = s
-                else:
-                    raise ValidationError(
-                        f"a sample tuple is (ts, metric, value[, tags]), got {len(s)} items"
-                    )
-            elif isinstance(s, Mapping):
-                ts, metric, value, tags = s.get("ts"), s.get("metric"), s.get("value"), s.get("tags")
-                if "metric" not in s or "value" not in s:
-                    raise ValidationError("a sample needs 'metric' and 'value'")
+            if type(s) is tuple and len(s) == 3:
+                ts, metric, value = s
+                tags: Any = None
             else:
-                raise ValidationError(
-                    f"a sample is a Sample, a (ts, metric, value[, tags]) tuple or a mapping, "
-                    f"got {type(s).__name__}"
-                )
+                ts, metric, value, tags = _unpack(s)
             if ts is None:
                 if now is None:
                     now = now_ms()
@@ -100,14 +92,14 @@ def group_samples(samples: Iterable[SampleLike], chunk: int) -> list[tuple[int, 
                 value = check_value(value)
             if tags:
                 cached = tag_cache.get(id(tags))
-                if cached is not None and cached[0] is tags:
+                if cached is not None and cached[0] == tags:
                     tag_json = cached[1]
                 else:
                     tag_json = canonical_tags(tags)
-                    tag_cache[id(tags)] = (tags, tag_json)
-                key = (metric, tag_json)
+                    tag_cache[id(tags)] = (dict(tags), tag_json)
+                key: Any = (metric, tag_json)
             else:
-                key = (metric, "")
+                key = metric
             col = groups.get(key)
             if col is None:
                 check_metric(metric)
@@ -120,8 +112,29 @@ def group_samples(samples: Iterable[SampleLike], chunk: int) -> list[tuple[int, 
             raise ValidationError(f"sample #{i} is malformed: {exc}") from None
         count += 1
         if count >= chunk:
-            out.append((count, groups))
+            out.append((count, _finish(groups)))
             groups, count = {}, 0
     if count:
-        out.append((count, groups))
+        out.append((count, _finish(groups)))
     return out
+
+
+def _unpack(s: object) -> tuple[Any, Any, Any, Any]:
+    if isinstance(s, tuple):
+        if len(s) == 3:
+            return s[0], s[1], s[2], None
+        if len(s) == 4:
+            return s[0], s[1], s[2], s[3]
+        raise ValidationError(f"a sample tuple is (ts, metric, value[, tags]), got {len(s)} items")
+    if isinstance(s, Mapping):
+        if "metric" not in s or "value" not in s:
+            raise ValidationError("a sample needs 'metric' and 'value'")
+        return s.get("ts"), s["metric"], s["value"], s.get("tags")
+    raise ValidationError(
+        "a sample is a Sample, a (ts, metric, value[, tags]) tuple or a mapping, "
+        f"got {type(s).__name__}"
+    )
+
+
+def _finish(groups: dict[Any, tuple[list[int], list[float]]]) -> Grouped:
+    return {(k, "") if type(k) is str else k: v for k, v in groups.items()}

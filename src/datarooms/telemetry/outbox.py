@@ -54,11 +54,14 @@ Durability = Literal["full", "process"]
 #: Series-grouped samples of one pending row: ``{(metric, tags): ([ts...], [value...])}``.
 Grouped = dict[tuple[str, str], tuple[list[int], list[float]]]
 
+#: What the sealer takes: (room, row ids, grouped samples, origins (append time, n)).
+Taken = tuple[str, list[int], list[Grouped], list[tuple[float, int]]]
+
 _MIGRATIONS = [
     """
     CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE pending (
-        id   INTEGER PRIMARY KEY,
+        id   INTEGER PRIMARY KEY AUTOINCREMENT,
         room TEXT NOT NULL,
         n    INTEGER NOT NULL,
         at   REAL NOT NULL,
@@ -140,9 +143,7 @@ class Outbox:
             with contextlib.suppress(OSError):
                 os.chmod(self.path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "PRAGMA synchronous=" + ("FULL" if durability == "full" else "NORMAL")
-            )
+            self._db.execute("PRAGMA synchronous=" + ("FULL" if durability == "full" else "NORMAL"))
             self._lock = threading.RLock()
             self._migrate()
             self.stream = self._init_stream()
@@ -310,15 +311,14 @@ class Outbox:
                         self._last_row = int(last or self._last_row)
             if failure is not None:
                 self.release(total)
+                error = DataroomsError(
+                    f"writing the telemetry outbox {self.path} failed: {failure}"
+                )
                 for it in items:
-                    it.future.set_exception(
-                        DataroomsError(
-                            f"writing the telemetry outbox {self.path} failed: {failure}"
-                        )
-                    )
+                    _resolve(it.future, error)
                 continue
             for it in items:
-                it.future.set_result(None)
+                _resolve(it.future, None)
             hook = self.on_commit
             if hook is not None:
                 try:
@@ -328,7 +328,7 @@ class Outbox:
 
     # -- sealing --------------------------------------------------------------------------
 
-    def take_unsealed(self, max_samples: int) -> tuple[str, list[int], list[Grouped], list[tuple[float, int]]] | None:
+    def take_unsealed(self, max_samples: int) -> Taken | None:
         """The oldest pending rows of one room, up to ``max_samples`` (at least one row).
 
         Returns ``(room, row ids, grouped samples, origins)`` or None. Only the
@@ -363,10 +363,23 @@ class Outbox:
         t1: int,
         payload: bytes,
         origins: list[tuple[float, int]],
-    ) -> SealedBatch:
-        """Turn pending rows into a batch with the next ``seq``, atomically."""
+    ) -> SealedBatch | None:
+        """Turn pending rows into a batch with the next ``seq``, atomically.
+
+        None (and nothing changes) if some of the rows are gone meanwhile (discarded).
+        """
         with self._lock:
             with self._tx() as db:
+                chunks = [row_ids[i : i + 500] for i in range(0, len(row_ids), 500)]
+                present = sum(
+                    db.execute(
+                        f"SELECT count(*) FROM pending WHERE id IN ({','.join('?' * len(c))})",  # noqa: S608
+                        c,
+                    ).fetchone()[0]
+                    for c in chunks
+                )
+                if present != len(row_ids):
+                    return None
                 seq = int(
                     db.execute("SELECT value FROM meta WHERE name = 'next_seq'").fetchone()[0]
                 )
@@ -376,11 +389,10 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
                     (seq, room, n, t0, t1, payload, marshal.dumps(origins), time.time()),
                 )
-                for i in range(0, len(row_ids), 500):
-                    chunk = row_ids[i : i + 500]
+                for c in chunks:
                     db.execute(
-                        f"DELETE FROM pending WHERE id IN ({','.join('?' * len(chunk))})",  # noqa: S608
-                        chunk,
+                        f"DELETE FROM pending WHERE id IN ({','.join('?' * len(c))})",  # noqa: S608
+                        c,
                     )
                 oldest = db.execute("SELECT min(at) FROM pending").fetchone()[0]
             with self._space:
@@ -391,20 +403,34 @@ class Outbox:
 
     # -- sending ---------------------------------------------------------------------------
 
+    def resync(self) -> None:
+        """Recount pending samples from the database (after a concurrent discard)."""
+        with self._lock:
+            n, oldest = self._db.execute(
+                "SELECT coalesce(sum(n), 0), min(at) FROM pending"
+            ).fetchone()
+            with self._space:
+                self._unsealed = int(n)
+                self._oldest = float(oldest) if oldest is not None else None
+
     def sealed_batches(
         self, limit: int, *, exclude: set[int], skip_rooms: set[str]
     ) -> list[SealedBatch]:
         """The oldest sealed batches not in ``exclude`` and not for ``skip_rooms``."""
         out: list[SealedBatch] = []
         with self._lock:
-            for seq, room, n, t0, t1, payload, file in self._db.execute(
-                "SELECT seq, room, n, t0, t1, payload, file FROM batches ORDER BY seq"
-            ):
-                if seq in exclude or room in skip_rooms:
-                    continue
-                out.append(SealedBatch(int(seq), room, int(n), int(t0), int(t1), payload, file))
-                if len(out) >= limit:
-                    break
+            chosen = [
+                int(seq)
+                for seq, room in self._db.execute("SELECT seq, room FROM batches ORDER BY seq")
+                if seq not in exclude and room not in skip_rooms
+            ][:limit]
+            for seq in chosen:
+                row = self._db.execute(
+                    "SELECT room, n, t0, t1, payload, file FROM batches WHERE seq = ?", (seq,)
+                ).fetchone()
+                if row is not None:
+                    room, n, t0, t1, payload, file = row
+                    out.append(SealedBatch(seq, room, int(n), int(t0), int(t1), payload, file))
         return out
 
     def max_sealed_seq(self) -> int:
@@ -467,6 +493,16 @@ class Outbox:
         return {str(r[0]): int(r[1]) for r in rows}
 
 
+def _resolve(future: Future[None], error: BaseException | None) -> None:
+    """Settle an append's future; one its caller cancelled just stays cancelled."""
+    if not future.set_running_or_notify_cancel():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 def _take_lock(path: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -488,4 +524,3 @@ def _take_lock(path: Path) -> int:
 def marshal_rows(groups: Grouped) -> bytes:
     """The private pending-row format (see the module docstring)."""
     return marshal.dumps(groups)
-

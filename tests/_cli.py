@@ -19,7 +19,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAROOMS_")}
     # Services of `datarooms up` on free ports, so tests never collide with each
     # other or with a platform the developer is running.
-    env.update(DATAROOMS_STATEBOT_PORT="0", DATAROOMS_MCP_PORT="0")
+    env.update(
+        DATAROOMS_STATEBOT_PORT="0",
+        DATAROOMS_MCP_PORT="0",
+        DATAROOMS_ROOMSBOT_PORT="0",
+        DATAROOMS_CHAIN_PORT="0",
+    )
     env.update(extra)
     return env
 

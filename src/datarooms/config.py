@@ -121,7 +121,7 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 _TOP_LEVEL = {"data_dir", "log_level", "trust_policy"}
 #: Tables that belong to the platform's services; each service validates its own.
-SERVICE_SECTIONS = ("statebot", "mcp", "roomsbot", "devchain", "telemetry")
+SERVICE_SECTIONS = ("statebot", "mcp", "roomsbot", "chain", "devchain", "telemetry")
 
 
 def load_settings(

@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -205,7 +205,7 @@ class Platform:
         settings: Settings,
         *,
         services: Sequence[Service] = (),
-        synapse_extra_config: dict[str, Any] | None = None,
+        synapse_extra_config: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.services = list(services)
@@ -229,6 +229,10 @@ class Platform:
             hs = s.homeserver
             if hs.mode == "embedded":
                 say("starting the embedded homeserver (Synapse)")
+                # Computed only now: it may write files (the rooms bot's registration)
+                # into the data dir, which is known to be writable and ours here.
+                extra = self._synapse_extra
+                extra_config = extra() if callable(extra) else extra
                 self.homeserver = EmbeddedSynapse(
                     s.synapse_dir,
                     server_name=hs.server_name,
@@ -236,7 +240,7 @@ class Platform:
                     port=hs.port,
                     max_upload_size=hs.max_upload_size,
                     start_timeout=hs.start_timeout,
-                    extra_config=self._synapse_extra,
+                    extra_config=extra_config,
                 )
                 await self.homeserver.start()
                 url = self.homeserver.base_url

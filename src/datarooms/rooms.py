@@ -83,7 +83,8 @@ def access_for_power(power: int) -> Access:
     return "read"
 
 
-def _power_levels(kind: str, levels: dict[str, int]) -> dict[str, Any]:
+def power_levels(kind: str, levels: dict[str, int]) -> dict[str, Any]:
+    """The power levels of a data room of ``kind`` with these user levels."""
     # Since room version 12 the creator's power is unbounded and implicit: it
     # must not be listed in ``users``.
     admin, write = POWER["admin"], POWER["write"]
@@ -184,7 +185,7 @@ class Rooms:
                 },
                 {"type": ev.ROOM_INFO, "state_key": "", "content": info},
             ],
-            power_level_override=_power_levels(kind, {u: p for u, p in levels.items() if u != me}),
+            power_level_override=power_levels(kind, {u: p for u, p in levels.items() if u != me}),
         )
         if isinstance(resp, RoomCreateError):
             if resp.status_code == "M_ROOM_IN_USE":

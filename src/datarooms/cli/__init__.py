@@ -23,6 +23,12 @@ def main() -> None:
     except DataroomsError as exc:
         err_console.print("[bold red]error:[/] " + escape(exc.message), highlight=False)
         sys.exit(1)
+    except OSError as exc:  # a file or socket problem nothing above turned into a message
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        err_console.print(
+            "[bold red]error:[/] " + escape(f"{exc.strerror or exc}{where}"), highlight=False
+        )
+        sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

@@ -32,8 +32,10 @@ from datarooms.platform import (
     platform_status,
     request_stop,
 )
+from datarooms.roomsbot.cli import devchain_command, entity_app, roomsbot_command
 from datarooms.statebot.cli import state_app
 from datarooms.statebot.cli import statebot as statebot_command
+from datarooms.telemetry.cli import telemetry_app
 
 app = typer.Typer(
     name="datarooms",
@@ -96,7 +98,11 @@ def up(
         st.overrides.setdefault("homeserver", {})["port"] = port
     settings = st.settings()
     configure_logging(st.log_level or settings.log_level)
-    platform = Platform(settings, services=platform_services(settings))
+    platform = Platform(
+        settings,
+        services=platform_services(settings),
+        synapse_extra_config=lambda: synapse_extra_config(settings),
+    )
     info = run(_run_platform(platform))
     if info is None:
         err_console.print("interrupted during start-up; everything was stopped")
@@ -106,11 +112,27 @@ def up(
 def platform_services(settings: Settings) -> list[Service]:
     """The services `datarooms up` runs after the homeserver, in start order."""
     from datarooms.mcpserver import McpService
+    from datarooms.roomsbot.service import DevchainService, RoomsBotService
     from datarooms.statebot import StateBotService
 
     mcp = settings.section("mcp")
     mcp_port = int(mcp["port"]) if "port" in mcp else None
-    return [StateBotService(), McpService(port=mcp_port)]
+    services: list[Service] = []
+    if settings.homeserver.mode == "embedded":
+        # The rooms bot is an application service: datarooms loads its registration
+        # into the embedded Synapse. On an external homeserver its admin loads it
+        # (docs/roomsbot.md) and you run `datarooms roomsbot` yourself.
+        services += [DevchainService(), RoomsBotService()]
+    return [*services, StateBotService(), McpService(port=mcp_port)]
+
+
+def synapse_extra_config(settings: Settings) -> dict[str, Any]:
+    """What the embedded Synapse must load before it starts (the rooms bot's registration)."""
+    if settings.homeserver.mode != "embedded":
+        return {}
+    from datarooms.roomsbot.service import appservice_synapse_config
+
+    return appservice_synapse_config(settings)
 
 
 async def _run_platform(platform: Platform) -> PlatformInfo | None:
@@ -280,6 +302,10 @@ app.add_typer(keys_app, name="keys")
 app.command()(mcp_command)
 app.add_typer(agents_app, name="agents")
 app.add_typer(state_app, name="state")
+app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(entity_app, name="entity")
+app.command("roomsbot")(roomsbot_command)
+app.command("devchain")(devchain_command)
 app.command()(statebot_command)
 
 __all__ = ["DataroomsError", "app"]

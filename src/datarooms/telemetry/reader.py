@@ -38,6 +38,7 @@ from nio.exceptions import EncryptionError
 
 from datarooms.errors import DataroomsError, HomeserverError, ValidationError
 from datarooms.files import EncryptedFile, TamperedFileError, download_decrypted_bytes
+from datarooms.telemetry._aio import cancel_and_wait, wait_event
 from datarooms.telemetry.encoding import decode_batch
 from datarooms.telemetry.index import DecodedBatch, PendingBatch, TelemetryIndex
 from datarooms.telemetry.model import Sample
@@ -112,11 +113,7 @@ class TelemetryReader:
         tasks = list(self._followers.values())
         if self._watcher is not None:
             tasks.append(self._watcher)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(tasks)
         self._followers.clear()
         self._watcher = None
         if self._session is not None:
@@ -330,9 +327,7 @@ class TelemetryReader:
         task = self._followers.pop(room_id, None)
         self._triggers.pop(room_id, None)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
 
     async def _watch(self) -> None:
         async for event in self._c.subscribe():
@@ -366,8 +361,7 @@ class TelemetryReader:
             recent = time.time() * 1000 - 60_000
             fresh = any(p.ts > recent for p in self.index.pending(room_id))
             wait = min(self.poll_s, 2.0) if fresh else self.poll_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(trigger.wait(), wait)
+            await wait_event(trigger, wait)
 
     def _dispatch(self, batches: list[DecodedBatch]) -> int:
         total = 0

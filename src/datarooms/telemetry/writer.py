@@ -45,6 +45,7 @@ from datarooms.errors import (
     ValidationError,
 )
 from datarooms.files import upload_encrypted
+from datarooms.telemetry._aio import cancel_and_wait, wait_event
 from datarooms.telemetry.encoding import ENCODING, SeriesKey, encode_batch
 from datarooms.telemetry.outbox import Outbox, SealedBatch
 from datarooms.telemetry.schema import INLINE_LIMIT_BYTES, INLINE_MAX_BYTES, TELEMETRY_BATCH
@@ -199,12 +200,7 @@ class TelemetryWriter:
             return
         self._closed = True
         self.outbox.on_commit = None
-        tasks = self._tasks + list(self._in_flight.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(self._tasks + list(self._in_flight.values()))
         self._tasks = []
         self._in_flight.clear()
         if self._session is not None:
@@ -267,7 +263,8 @@ class TelemetryWriter:
                     )
                 )
 
-        await asyncio.wait_for(wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await wait()
 
     def _raise_blocked(self) -> bool:
         now = time.monotonic()
@@ -320,8 +317,7 @@ class TelemetryWriter:
             timeout = None
             if ob.unsealed_samples > 0 and oldest is not None:
                 timeout = max(0.0, oldest + cfg.flush_interval - now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._seal_wake.wait(), timeout)
+            await wait_event(self._seal_wake, timeout)
 
     def _seal_one(self) -> SealedBatch | None:
         taken = self.outbox.take_unsealed(self.config.max_batch_samples)
@@ -357,8 +353,7 @@ class TelemetryWriter:
             timeout = None
             if skip:
                 timeout = max(0.05, min(at for at, _ in self._blocked.values()) - now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._send_wake.wait(), timeout)
+            await wait_event(self._send_wake, timeout)
 
     def _done(self, seq: int, _task: object = None) -> None:
         self._in_flight.pop(seq, None)

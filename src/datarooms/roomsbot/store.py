@@ -1,0 +1,279 @@
+"""The rooms bot's own state, in SQLite: entity → rooms, the chain height, seen transactions.
+
+The homeserver is the source of truth for which rooms exist (an entity's aliases are
+claimed atomically when its rooms are created); this store is what makes the common
+case cheap: an entity already recorded here needs no request to the homeserver.
+
+Schema changes are versioned migrations (``meta.schema_version``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datarooms.chain.entity import SkippedEvent
+
+_MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE entities (
+        did TEXT PRIMARY KEY,
+        entity_type TEXT,
+        controllers TEXT NOT NULL,
+        members TEXT NOT NULL,
+        source TEXT NOT NULL,
+        chain_id TEXT,
+        height INTEGER,
+        tx_hash TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE rooms (
+        did TEXT NOT NULL REFERENCES entities(did),
+        kind TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        alias TEXT NOT NULL UNIQUE,
+        PRIMARY KEY (did, kind)
+    );
+    CREATE TABLE as_txns (txn_id TEXT PRIMARY KEY, events INTEGER NOT NULL, at REAL NOT NULL);
+    CREATE TABLE skipped (
+        tx_hash TEXT NOT NULL, reason TEXT NOT NULL, height INTEGER NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (tx_hash, reason)
+    );
+    CREATE TABLE cursor (name TEXT PRIMARY KEY, height INTEGER NOT NULL);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class RoomRef:
+    room_id: str
+    alias: str
+
+
+@dataclass(frozen=True)
+class EntityFacts:
+    """What is known about an entity: from the chain, or only its DID (on request)."""
+
+    did: str
+    type: str | None = None
+    controllers: tuple[str, ...] = ()
+    source: str = "request"  # "chain" | "request"
+    chain_id: str | None = None
+    height: int | None = None
+    tx_hash: str | None = None
+
+    def merged(self, newer: EntityFacts) -> EntityFacts:
+        """These facts updated by ``newer``: chain facts win; controllers accumulate."""
+        controllers = tuple(dict.fromkeys([*self.controllers, *newer.controllers]))
+        if newer.source == "chain" or self.source != "chain":
+            return EntityFacts(
+                self.did,
+                newer.type or self.type,
+                controllers,
+                "chain" if "chain" in (self.source, newer.source) else newer.source,
+                newer.chain_id or self.chain_id,
+                newer.height or self.height,
+                newer.tx_hash or self.tx_hash,
+            )
+        return EntityFacts(
+            self.did,
+            self.type or newer.type,
+            controllers,
+            self.source,
+            self.chain_id,
+            self.height,
+            self.tx_hash,
+        )
+
+    def content(self) -> dict[str, object]:
+        """The ``io.datarooms.entity`` state content."""
+        out: dict[str, object] = {
+            "did": self.did,
+            "type": self.type,
+            "controllers": list(self.controllers),
+            "source": self.source,
+            "version": 1,
+        }
+        if self.chain_id:
+            out["chain_id"] = self.chain_id
+        if self.height is not None:
+            out["height"] = self.height
+        if self.tx_hash:
+            out["tx_hash"] = self.tx_hash
+        return out
+
+
+@dataclass(frozen=True)
+class EntityRecord:
+    facts: EntityFacts
+    #: Matrix users invited with admin power (the controllers that map to a user).
+    members: tuple[str, ...]
+    space: RoomRef
+    rooms: dict[str, RoomRef] = field(default_factory=dict)
+
+    @property
+    def did(self) -> str:
+        return self.facts.did
+
+    @property
+    def room_id(self) -> str:
+        """The entity room (the one with IXO's alias)."""
+        return self.rooms["entity"].room_id
+
+
+class Store:
+    """One SQLite file. Not shared between processes that write (one bot per data dir)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        self._txns_recorded = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        for n, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in script.split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(n),),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- entities ----------------------------------------------------------------
+
+    def get(self, did: str) -> EntityRecord | None:
+        row = self._db.execute(
+            "SELECT did, entity_type, controllers, members, source, chain_id, height, tx_hash "
+            "FROM entities WHERE did = ?",
+            (did,),
+        ).fetchone()
+        if row is None:
+            return None
+        rooms = {
+            kind: RoomRef(room_id, alias)
+            for kind, room_id, alias in self._db.execute(
+                "SELECT kind, room_id, alias FROM rooms WHERE did = ?", (did,)
+            )
+        }
+        space = rooms.pop("space", None)
+        if space is None or "entity" not in rooms:
+            return None
+        facts = EntityFacts(
+            row[0], row[1], tuple(json.loads(row[2])), row[4], row[5], row[6], row[7]
+        )
+        return EntityRecord(facts, tuple(json.loads(row[3])), space, rooms)
+
+    def did_for_alias(self, alias: str) -> str | None:
+        row = self._db.execute("SELECT did FROM rooms WHERE alias = ?", (alias,)).fetchone()
+        return str(row[0]) if row else None
+
+    def save(self, record: EntityRecord) -> None:
+        f = record.facts
+        now = time.time()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT INTO entities (did, entity_type, controllers, members, source, chain_id,"
+                " height, tx_hash, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(did) DO UPDATE SET entity_type=excluded.entity_type,"
+                " controllers=excluded.controllers, members=excluded.members,"
+                " source=excluded.source, chain_id=excluded.chain_id, height=excluded.height,"
+                " tx_hash=excluded.tx_hash, updated_at=excluded.updated_at",
+                (
+                    f.did,
+                    f.type,
+                    json.dumps(list(f.controllers)),
+                    json.dumps(list(record.members)),
+                    f.source,
+                    f.chain_id,
+                    f.height,
+                    f.tx_hash,
+                    now,
+                    now,
+                ),
+            )
+            for kind, ref in [("space", record.space), *record.rooms.items()]:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO rooms (did, kind, room_id, alias) VALUES (?,?,?,?)",
+                    (f.did, kind, ref.room_id, ref.alias),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM entities").fetchone()[0])
+
+    def dids(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT did FROM entities ORDER BY created_at")]
+
+    # -- the chain cursor (a watcher CursorStore) ------------------------------------
+
+    def load_height(self) -> int | None:
+        row = self._db.execute("SELECT height FROM cursor WHERE name = 'chain'").fetchone()
+        return int(row[0]) if row else None
+
+    def save_height(self, height: int) -> None:
+        self._db.execute(
+            "INSERT INTO cursor (name, height) VALUES ('chain', ?) "
+            "ON CONFLICT(name) DO UPDATE SET height = excluded.height",
+            (height,),
+        )
+
+    def record_skip(self, skipped: SkippedEvent) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO skipped (tx_hash, reason, height, at) VALUES (?,?,?,?)",
+            (skipped.tx_hash, skipped.reason[:2000], skipped.height, time.time()),
+        )
+
+    def skipped(self, limit: int = 20) -> list[SkippedEvent]:
+        return [
+            SkippedEvent(h, t, r)
+            for t, r, h in self._db.execute(
+                "SELECT tx_hash, reason, height FROM skipped ORDER BY at DESC LIMIT ?", (limit,)
+            )
+        ]
+
+    def skipped_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM skipped").fetchone()[0])
+
+    # -- appservice transactions -------------------------------------------------------
+
+    def txn_seen(self, txn_id: str) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM as_txns WHERE txn_id = ?", (txn_id,)).fetchone()
+            is not None
+        )
+
+    def record_txn(self, txn_id: str, events: int) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO as_txns (txn_id, events, at) VALUES (?,?,?)",
+            (txn_id, events, time.time()),
+        )
+        self._txns_recorded += 1
+        if self._txns_recorded % 1000 == 1:
+            # Keep a week of transaction ids: the homeserver retries for far less than that.
+            self._db.execute("DELETE FROM as_txns WHERE at < ?", (time.time() - 7 * 86400,))

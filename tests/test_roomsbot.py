@@ -388,7 +388,8 @@ async def test_rest_api(env: Env, caplog: pytest.LogCaptureFixture) -> None:
         json_body={"did": did},
         headers={"X-Matrix-Server-Name": "evil.example"},
     )
-    assert status == 403 and res["errcode"] == "M_FORBIDDEN"
+    # The same answer as the state bot's (one shared OpenID verifier).
+    assert status == 401 and res["errcode"] == "DR_UNKNOWN_HOMESERVER"
 
     status, res = await call("GET", f"{env.url}/rooms/{did}", token=token)
     assert status == 404 and res["errcode"] == "M_NOT_FOUND"

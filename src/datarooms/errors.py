@@ -46,6 +46,13 @@ class NotFoundError(DataroomsError):
     http_status = 404
 
 
+class UnauthorizedError(DataroomsError):
+    """No credentials, or credentials the caller's homeserver does not vouch for."""
+
+    errcode = "M_UNKNOWN_TOKEN"
+    http_status = 401
+
+
 class AccessDeniedError(DataroomsError):
     errcode = "DR_FORBIDDEN"
     http_status = 403

@@ -8,7 +8,7 @@ Appservice endpoints (called by the homeserver, authenticated with the ``hs_toke
 - ``GET /_matrix/app/v1/users/{userId}``, ``POST /_matrix/app/v1/ping``.
 
 REST endpoints (called by people and programs, authenticated with a Matrix OpenID token,
-see :mod:`datarooms.roomsbot.auth`):
+see :mod:`datarooms.openid`):
 
 - ``POST /rooms/source``: the rooms of a DID, created if missing; optionally invite (or,
   for the bot's own users, join) a user. ``POST /room/source`` is IXO's form of the same.
@@ -38,10 +38,10 @@ from datarooms.errors import (
     AccessDeniedError,
     DataroomsError,
     NotFoundError,
+    UnauthorizedError,
     ValidationError,
 )
 from datarooms.ids import user_id as check_user_id
-from datarooms.roomsbot.auth import UnauthorizedError
 from datarooms.roomsbot.entity_rooms import SPACE, did_from_localpart, parse_alias
 from datarooms.roomsbot.store import EntityFacts, EntityRecord
 
@@ -220,7 +220,8 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         x_matrix_server_name: Annotated[str | None, Header(max_length=255)] = None,
     ) -> str:
-        return await bot.verifier.verify(request.headers.get("authorization"), x_matrix_server_name)
+        token = credentials.credentials if credentials is not None else None
+        return (await bot.verifier.verify(token, x_matrix_server_name)).user_id
 
     def homeserver(request: Request) -> None:
         header = request.headers.get("authorization", "")

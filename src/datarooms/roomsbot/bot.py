@@ -18,8 +18,8 @@ from datarooms.chain.rpc import CometRpc
 from datarooms.chain.watcher import ChainWatcher, EntityRejected
 from datarooms.errors import HomeserverError, PlatformError, PortInUseError, ValidationError
 from datarooms.matrix_http import MatrixHttp
+from datarooms.openid import OpenIdVerifier
 from datarooms.roomsbot.api import answer_alias_query, create_app
-from datarooms.roomsbot.auth import OpenIdVerifier
 from datarooms.roomsbot.entity_rooms import EntityRooms
 from datarooms.roomsbot.metrics import Metrics
 from datarooms.roomsbot.registration import Registration
@@ -68,9 +68,11 @@ class RoomsBot:
             metrics=self.metrics,
         )
         self.verifier = OpenIdVerifier(
-            self.homeserver_url,
-            registration.server_name,
-            trusted=self.settings.trusted_homeserver_urls,
+            {
+                registration.server_name: self.homeserver_url,
+                **self.settings.trusted_homeserver_urls,
+            },
+            default_server=registration.server_name,
         )
         self.rpc: CometRpc | None = None
         self.watcher: ChainWatcher | None = None

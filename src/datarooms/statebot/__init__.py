@@ -12,8 +12,8 @@ local cache of room state kept current by sync. See docs/statebot.md.
 
 from __future__ import annotations
 
+from datarooms.openid import Caller, OpenIdVerifier
 from datarooms.statebot.access import Acl
-from datarooms.statebot.auth import Caller, OpenIdVerifier
 from datarooms.statebot.client import OpenIdTokens, StateBotClient
 from datarooms.statebot.errors import (
     BadPathError,

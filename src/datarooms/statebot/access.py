@@ -94,8 +94,10 @@ class RoomView:
         return None if content is None else Acl.from_content(content)
 
     def acls(self) -> dict[str, Acl]:
-        return {k: Acl.from_content(c) for k, c in self.index.state_of_type(self.room_id,
-                                                                             sev.ACL).items()}
+        return {
+            k: Acl.from_content(c)
+            for k, c in self.index.state_of_type(self.room_id, sev.ACL).items()
+        }
 
     @property
     def power_levels(self) -> dict[str, Any] | None:

@@ -24,8 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from datarooms.errors import DataroomsError
+from datarooms.openid import Caller, OpenIdVerifier
 from datarooms.statebot import events as sev
-from datarooms.statebot.auth import Caller, OpenIdVerifier
 from datarooms.statebot.handler import StateHandler
 from datarooms.statebot.metrics import Metrics
 
@@ -47,13 +47,16 @@ PATH_PATTERN = r"^(?:/[\s\S]*)?$"
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN, max_length=255)]
 RoomIdParam = Annotated[
     str,
-    Path(description="Room id, e.g. `!abc:example.org`", pattern=ROOM_ID_PATTERN,
-         max_length=255),
+    Path(description="Room id, e.g. `!abc:example.org`", pattern=ROOM_ID_PATTERN, max_length=255),
 ]
 KeyParam = Annotated[
     str,
-    Path(description="The state key (the `state_key` of the `ixo.room.state` event)",
-         pattern=KEY_PATTERN, min_length=1, max_length=sev.MAX_KEY_LENGTH),
+    Path(
+        description="The state key (the `state_key` of the `ixo.room.state` event)",
+        pattern=KEY_PATTERN,
+        min_length=1,
+        max_length=sev.MAX_KEY_LENGTH,
+    ),
 ]
 
 
@@ -88,7 +91,9 @@ class SetStateRequest(_Model):
         "JSON)."
     )
     path: str = Field(
-        "", max_length=1024, json_schema_extra={"pattern": PATH_PATTERN},
+        "",
+        max_length=1024,
+        json_schema_extra={"pattern": PATH_PATTERN},
         description="JSON Pointer (RFC 6901) into the key's value; empty for the whole "
         "value; `/list/-` appends. Missing objects on the way are created.",
     )
@@ -137,10 +142,10 @@ class KeysResponse(_Model):
 
 
 class AclRequest(_Model):
-    read: list[UserId] = Field(max_length=sev.MAX_ACL_ENTRIES,
-                               description="Who may read the key")
-    write: list[UserId] = Field(max_length=sev.MAX_ACL_ENTRIES,
-                                description="Who may write the key (and read it)")
+    read: list[UserId] = Field(max_length=sev.MAX_ACL_ENTRIES, description="Who may read the key")
+    write: list[UserId] = Field(
+        max_length=sev.MAX_ACL_ENTRIES, description="Who may write the key (and read it)"
+    )
 
 
 class AclResponse(_Model):
@@ -284,12 +289,20 @@ def create_app(
     async def health() -> HealthResponse:
         """Liveness: the bot's account and device, rooms, and whether it has synced."""
         c = handler.client
-        return HealthResponse(status="ok", user_id=c.user_id, device_id=c.device_id,
-                              rooms=len(handler.joined_rooms()), synced=synced())
+        return HealthResponse(
+            status="ok",
+            user_id=c.user_id,
+            device_id=c.device_id,
+            rooms=len(handler.joined_rooms()),
+            synced=synced(),
+        )
 
-    @app.get("/metrics", tags=["service"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}},
-                              "description": "Prometheus text format"}})
+    @app.get(
+        "/metrics",
+        tags=["service"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
     async def prometheus() -> Response:
         """Prometheus metrics (``statebot_*``)."""
         body, content_type = metrics.render()
@@ -297,82 +310,125 @@ def create_app(
 
     # -- rooms --
 
-    @app.get("/v1/rooms/{room_id}", tags=["rooms"], response_model=RoomStatusResponse,
-             responses=_errors(*_COMMON))
+    @app.get(
+        "/v1/rooms/{room_id}",
+        tags=["rooms"],
+        response_model=RoomStatusResponse,
+        responses=_errors(*_COMMON),
+    )
     async def room_status(who: Auth, room_id: RoomIdParam) -> RoomStatusResponse:
         """The bot's and the caller's power in a room, and whether the bot can write there."""
         s = handler.status(who, room_id)
         return RoomStatusResponse(**vars(s))
 
-    @app.post("/v1/rooms/{room}/join", tags=["rooms"], response_model=JoinResponse,
-              responses=_errors(*_COMMON))
+    @app.post(
+        "/v1/rooms/{room}/join",
+        tags=["rooms"],
+        response_model=JoinResponse,
+        responses=_errors(*_COMMON),
+    )
     async def join(
         who: Auth,
-        room: Annotated[str, Path(description="Room id, or alias (`#` as %23)",
-                                  pattern=ROOM_PATTERN, max_length=255)],
+        room: Annotated[
+            str,
+            Path(
+                description="Room id, or alias (`#` as %23)", pattern=ROOM_PATTERN, max_length=255
+            ),
+        ],
     ) -> JoinResponse:
         """Have the bot join a room: invite it first (a Matrix invite), then call this."""
         return JoinResponse(room_id=await handler.join(who, room))
 
     # -- state --
 
-    @app.get("/v1/rooms/{room_id}/state", tags=["state"], response_model=KeysResponse,
-             responses=_errors(*_COMMON))
+    @app.get(
+        "/v1/rooms/{room_id}/state",
+        tags=["state"],
+        response_model=KeysResponse,
+        responses=_errors(*_COMMON),
+    )
     async def list_keys(who: Auth, room_id: RoomIdParam) -> KeysResponse:
         """The keys of a room, with what the caller may do with each."""
         keys = handler.keys(who, room_id)
         return KeysResponse(room_id=room_id, keys=[KeyInfoModel(**vars(k)) for k in keys])
 
-    @app.get("/v1/rooms/{room_id}/state/{key:path}", tags=["state"],
-             response_model=StateResponse, responses=_errors(*_COMMON))
+    @app.get(
+        "/v1/rooms/{room_id}/state/{key:path}",
+        tags=["state"],
+        response_model=StateResponse,
+        responses=_errors(*_COMMON),
+    )
     async def get_state(
         who: Auth,
         room_id: RoomIdParam,
         key: KeyParam,
         path: Annotated[
             str,
-            Query(max_length=1024, json_schema_extra={"pattern": PATH_PATTERN},
-                  description="JSON Pointer into the value (RFC 6901); empty: the whole value"),
+            Query(
+                max_length=1024,
+                json_schema_extra={"pattern": PATH_PATTERN},
+                description="JSON Pointer into the value (RFC 6901); empty: the whole value",
+            ),
         ] = "",
     ) -> StateResponse:
         """A key's value, or the part of it at a JSON Pointer."""
         v = await handler.get(who, room_id, key, path)
-        return StateResponse(room_id=v.room_id, key=v.key, path=v.path, value=v.value,
-                             secure=v.secure)
+        return StateResponse(
+            room_id=v.room_id, key=v.key, path=v.path, value=v.value, secure=v.secure
+        )
 
-    @app.put("/v1/rooms/{room_id}/state/{key:path}", tags=["state"],
-             response_model=SetStateResponse, responses=_errors(*_COMMON))
+    @app.put(
+        "/v1/rooms/{room_id}/state/{key:path}",
+        tags=["state"],
+        response_model=SetStateResponse,
+        responses=_errors(*_COMMON),
+    )
     async def set_state(
         who: Auth, room_id: RoomIdParam, key: KeyParam, body: SetStateRequest
     ) -> SetStateResponse:
         """Merge (or replace) a value at a path of a key."""
-        r = await handler.set(who, room_id, key, body.value, path=body.path, mode=body.mode,
-                              secure=body.secure)
+        r = await handler.set(
+            who, room_id, key, body.value, path=body.path, mode=body.mode, secure=body.secure
+        )
         metrics.writes.labels("secure" if r.secure else "clear").inc()
-        return SetStateResponse(room_id=r.room_id, key=r.key, event_id=r.event_id,
-                                secure=r.secure, record_event_id=r.record_event_id)
+        return SetStateResponse(
+            room_id=r.room_id,
+            key=r.key,
+            event_id=r.event_id,
+            secure=r.secure,
+            record_event_id=r.record_event_id,
+        )
 
     # -- ACLs --
 
-    @app.get("/v1/rooms/{room_id}/acl/{key:path}", tags=["acl"], response_model=AclResponse,
-             responses=_errors(*_COMMON))
+    @app.get(
+        "/v1/rooms/{room_id}/acl/{key:path}",
+        tags=["acl"],
+        response_model=AclResponse,
+        responses=_errors(*_COMMON),
+    )
     async def get_acl(who: Auth, room_id: RoomIdParam, key: KeyParam) -> AclResponse:
         """The read and write lists of a key (404 if it has no ACL)."""
         acl = handler.get_acl(who, room_id, key)
-        return AclResponse(room_id=room_id, key=key, read=list(acl.read), write=list(acl.write),
-                           event_id=None)
+        return AclResponse(
+            room_id=room_id, key=key, read=list(acl.read), write=list(acl.write), event_id=None
+        )
 
-    @app.put("/v1/rooms/{room_id}/acl/{key:path}", tags=["acl"], response_model=AclResponse,
-             responses=_errors(*_COMMON))
+    @app.put(
+        "/v1/rooms/{room_id}/acl/{key:path}",
+        tags=["acl"],
+        response_model=AclResponse,
+        responses=_errors(*_COMMON),
+    )
     async def set_acl(
         who: Auth, room_id: RoomIdParam, key: KeyParam, body: AclRequest
     ) -> AclResponse:
         """Replace the ACL of a key. Needs the power the room asks for `ixo.room.state.acl`."""
-        event_id, acl = await handler.set_acl(who, room_id, key, list(body.read),
-                                              list(body.write))
+        event_id, acl = await handler.set_acl(who, room_id, key, list(body.read), list(body.write))
         metrics.writes.labels("acl").inc()
-        return AclResponse(room_id=room_id, key=key, read=list(acl.read), write=list(acl.write),
-                           event_id=event_id)
+        return AclResponse(
+            room_id=room_id, key=key, read=list(acl.read), write=list(acl.write), event_id=event_id
+        )
 
     return app
 
@@ -456,9 +512,7 @@ class BodyLimitAndMetrics:
                 template = path if path in _DOC_PATHS else "unmatched"
             method = str(scope.get("method", ""))
             self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         for name, value in scope.get("headers", ()):
@@ -495,12 +549,16 @@ class BodyLimitAndMetrics:
 
 async def _send_error(send: Send, status: int, errcode: str, error: str) -> None:
     body = json.dumps({"errcode": errcode, "error": error}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

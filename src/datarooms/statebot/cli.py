@@ -56,8 +56,12 @@ def _state_options(
     ctx: typer.Context,
     url: Annotated[
         str | None,
-        typer.Option("--url", help="The state bot's URL [default: the running one]",
-                     envvar="DATAROOMS_STATEBOT_URL", show_envvar=True),
+        typer.Option(
+            "--url",
+            help="The state bot's URL [default: the running one]",
+            envvar="DATAROOMS_STATEBOT_URL",
+            show_envvar=True,
+        ),
     ] = None,
 ) -> None:
     ctx.meta["statebot_url"] = url
@@ -84,16 +88,19 @@ async def open_bot(settings: Settings, url: str | None) -> AsyncIterator[StateBo
     creds = resolve_credentials(settings)
     hs = _homeserver_url(settings)
     if creds.access_token:
-        bot = StateBotClient.for_access_token(bot_url(settings, url), hs, creds.access_token,
-                                              creds.user_id or None)
+        bot = StateBotClient.for_access_token(
+            bot_url(settings, url), hs, creds.access_token, creds.user_id or None
+        )
         async with bot:
             yield bot
         return
     # Password only: use the CLI's persistent device (no new device per command).
     from datarooms.cli.data import open_client
 
-    async with open_client(settings) as client, \
-            StateBotClient.for_client(bot_url(settings, url), client) as bot:
+    async with (
+        open_client(settings) as client,
+        StateBotClient.for_client(bot_url(settings, url), client) as bot,
+    ):
         yield bot
 
 
@@ -171,9 +178,11 @@ def set_(
     ] = False,
     secure: Annotated[
         bool | None,
-        typer.Option("--secure/--clear",
-                     help="Keep the value out of room state (encrypted record) / in the clear "
-                     "[default: as the key is now]"),
+        typer.Option(
+            "--secure/--clear",
+            help="Keep the value out of room state (encrypted record) / in the clear "
+            "[default: as the key is now]",
+        ),
     ] = None,
     text: Annotated[bool, typer.Option("--text", help="Take the value as text, not JSON")] = False,
 ) -> None:
@@ -182,10 +191,12 @@ def set_(
 
     async def go(bot: StateBotClient) -> None:
         room_id = await _room_id(state(ctx).settings(), room)
-        res = await bot.set(room_id, key, parsed, path=path,
-                            mode="replace" if replace_ else "merge", secure=secure)
-        console.print(f"set {key!r} in {room_id}" + (" (secure)" if res.secure else "")
-                      + f": {res.event_id}")
+        res = await bot.set(
+            room_id, key, parsed, path=path, mode="replace" if replace_ else "merge", secure=secure
+        )
+        console.print(
+            f"set {key!r} in {room_id}" + (" (secure)" if res.secure else "") + f": {res.event_id}"
+        )
 
     _with_bot(ctx, go)
 
@@ -201,9 +212,7 @@ def acl(
     write: Annotated[
         list[str] | None, typer.Option("--write", "-w", help="May write (repeat for more)")
     ] = None,
-    empty: Annotated[
-        bool, typer.Option("--empty", help="Set an ACL that lists nobody")
-    ] = False,
+    empty: Annotated[bool, typer.Option("--empty", help="Set an ACL that lists nobody")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Show a key's ACL; with --read/--write (or --empty), replace it with exactly those lists."""
@@ -216,8 +225,9 @@ def acl(
         if as_json:
             print(json.dumps(None if current is None else current.to_content()))
         elif current is None:
-            console.print(f"{key!r} has no ACL: every member may read it; writing it needs "
-                          "power in the room")
+            console.print(
+                f"{key!r} has no ACL: every member may read it; writing it needs power in the room"
+            )
         else:
             console.print(f"read:  {', '.join(current.read) or '(nobody)'}")
             console.print(f"write: {', '.join(current.write) or '(nobody)'}")
@@ -233,8 +243,9 @@ def keys(ctx: typer.Context, room: RoomArg) -> None:
         room_id = await _room_id(state(ctx).settings(), room)
         table = Table("key", "secure", "acl", "read", "write")
         for k in await bot.keys(room_id):
-            table.add_row(k.key, *("yes" if b else "" for b in
-                                   (k.secure, k.has_acl, k.readable, k.writable)))
+            table.add_row(
+                k.key, *("yes" if b else "" for b in (k.secure, k.has_acl, k.readable, k.writable))
+            )
         console.print(table)
 
     _with_bot(ctx, go)
@@ -306,8 +317,10 @@ async def _run_alone(settings: Settings, overrides: dict[str, Any]) -> None:
         loop.add_signal_handler(sig, stop.set)
     info = await service.start(platform)
     try:
-        console.print(f"state bot {info['user']} listening on {info['url']} "
-                      f"(docs: {info['docs']}). Ctrl-C stops it.")
+        console.print(
+            f"state bot {info['user']} listening on {info['url']} "
+            f"(docs: {info['docs']}). Ctrl-C stops it."
+        )
         sys.stdout.flush()
         await stop.wait()
     finally:

@@ -106,12 +106,17 @@ class StateBotClient:
     @classmethod
     def for_client(cls, url: str, client: DataroomsClient, **kwargs: Any) -> StateBotClient:
         """Act as the user of an SDK device."""
-        return cls(url, OpenIdTokens(client.homeserver_url, client.access_token, client.user_id),
-                   **kwargs)
+        return cls(
+            url, OpenIdTokens(client.homeserver_url, client.access_token, client.user_id), **kwargs
+        )
 
     @classmethod
     def for_access_token(
-        cls, url: str, homeserver_url: str, access_token: str, user_id: str | None = None,
+        cls,
+        url: str,
+        homeserver_url: str,
+        access_token: str,
+        user_id: str | None = None,
         **kwargs: Any,
     ) -> StateBotClient:
         """Act as the user of a Matrix access token (its user id is looked up if not given)."""
@@ -152,8 +157,10 @@ class StateBotClient:
 
     async def keys(self, room_id: str) -> list[KeyInfo]:
         res = await self._call("GET", f"/v1/rooms/{_q(room_id)}/state")
-        return [KeyInfo(k["key"], k["secure"], k["has_acl"], k["readable"], k["writable"])
-                for k in res["keys"]]
+        return [
+            KeyInfo(k["key"], k["secure"], k["has_acl"], k["readable"], k["writable"])
+            for k in res["keys"]
+        ]
 
     async def entry(self, room_id: str, key: str, path: str = "") -> StateValue:
         """The value at ``path`` of ``key``, with whether it is secure."""
@@ -180,8 +187,9 @@ class StateBotClient:
         if secure is not None:
             body["secure"] = secure
         res = await self._call("PUT", f"/v1/rooms/{_q(room_id)}/state/{_q(key)}", json=body)
-        return SetResult(res["room_id"], res["key"], res["event_id"], res["secure"],
-                         res.get("record_event_id"))
+        return SetResult(
+            res["room_id"], res["key"], res["event_id"], res["secure"], res.get("record_event_id")
+        )
 
     async def get_acl(self, room_id: str, key: str) -> Acl | None:
         """The ACL of ``key``, or None if it has none."""
@@ -193,12 +201,13 @@ class StateBotClient:
             raise
         return Acl(tuple(res["read"]), tuple(res["write"]))
 
-    async def set_acl(
-        self, room_id: str, key: str, *, read: list[str], write: list[str]
-    ) -> str:
+    async def set_acl(self, room_id: str, key: str, *, read: list[str], write: list[str]) -> str:
         """Replace the ACL of ``key``; return the event id."""
-        res = await self._call("PUT", f"/v1/rooms/{_q(room_id)}/acl/{_q(key)}",
-                               json={"read": list(read), "write": list(write)})
+        res = await self._call(
+            "PUT",
+            f"/v1/rooms/{_q(room_id)}/acl/{_q(key)}",
+            json={"read": list(read), "write": list(write)},
+        )
         return str(res["event_id"])
 
     # -- transport -------------------------------------------------------------
@@ -242,8 +251,12 @@ class StateBotClient:
             if status < 400:
                 return body
             error = _error(status, body)
-            if auth and attempt == 0 and isinstance(error, UnauthorizedError) \
-                    and error.errcode == "M_UNKNOWN_TOKEN":
+            if (
+                auth
+                and attempt == 0
+                and isinstance(error, UnauthorizedError)
+                and error.errcode == "M_UNKNOWN_TOKEN"
+            ):
                 self.tokens.invalidate()  # expired early, or revoked: try a fresh one once
                 continue
             raise error

@@ -6,14 +6,13 @@ and the REST layer answers each with its ``http_status``.
 
 from __future__ import annotations
 
-from datarooms.errors import AccessDeniedError, DataroomsError, NotFoundError, ValidationError
-
-
-class UnauthorizedError(DataroomsError):
-    """No OpenID token, or one the caller's homeserver does not vouch for."""
-
-    errcode = "M_UNKNOWN_TOKEN"
-    http_status = 401
+from datarooms.errors import (
+    AccessDeniedError,
+    DataroomsError,
+    NotFoundError,
+    UnauthorizedError,
+    ValidationError,
+)
 
 
 class TooLargeError(ValidationError):

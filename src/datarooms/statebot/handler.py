@@ -41,11 +41,11 @@ from datarooms.ids import room_id as check_room_id
 from datarooms.ids import user_id as check_user_id
 from datarooms.index import Record, SyncBatch
 from datarooms.matrix_http import MatrixHttp
+from datarooms.openid import Caller
 from datarooms.rooms import ENCRYPTION
 from datarooms.statebot import events as sev
 from datarooms.statebot import values
 from datarooms.statebot.access import Acl, RoomView, dedupe
-from datarooms.statebot.auth import Caller
 from datarooms.statebot.errors import BotPowerError, TooLargeError, UnknownRoomError
 
 log = logging.getLogger(__name__)
@@ -289,8 +289,13 @@ class StateHandler:
             raise NotFoundError(f"room {room_id} has no state key {key!r}")
         ref = secure_ref(content)
         value = await self._secure_value(view, key, ref) if ref is not None else content
-        return StateValue(room_id, key, values.format_path(tokens),
-                          values.get_at(value, tokens, key=key), ref is not None)
+        return StateValue(
+            room_id,
+            key,
+            values.format_path(tokens),
+            values.get_at(value, tokens, key=key),
+            ref is not None,
+        )
 
     async def _secure_value(self, view: RoomView, key: str, ref: dict[str, Any]) -> Any:
         record_key, event_id = ref.get("record"), ref.get("event_id")
@@ -394,8 +399,11 @@ class StateHandler:
                 f"the member {sev.SECURE!r} is reserved for references to secure values"
             )
         values.check_json(new, canonical=True)
-        values.check_size(values.encoded_size(new), self._content_limit(view.room_id, key),
-                          f"the value of key {key!r}")
+        values.check_size(
+            values.encoded_size(new),
+            self._content_limit(view.room_id, key),
+            f"the value of key {key!r}",
+        )
         self._check_bot_power(view, sev.STATE)
         event_id = await self._put_state(view.room_id, sev.STATE, key, new)
         return SetResult(view.room_id, key, event_id, False)
@@ -451,8 +459,11 @@ class StateHandler:
                 errcode="M_FORBIDDEN",
             )
         content = acl.to_content()
-        values.check_size(values.encoded_size(content), self._content_limit(room_id, key),
-                          f"the ACL of key {key!r}")
+        values.check_size(
+            values.encoded_size(content),
+            self._content_limit(room_id, key),
+            f"the ACL of key {key!r}",
+        )
         self._check_bot_power(view, sev.ACL)
         event_id = await self._put_state(room_id, sev.ACL, key, content)
         log.info("acl set", extra={"room": room_id, "key": key, "by": caller.user_id})
@@ -471,8 +482,10 @@ class StateHandler:
             raise BotPowerError(_power_message(self.bot_id, view.room_id, have, need, what))
 
     async def _fresh_state(self, room_id: str, event_type: str, key: str) -> Any:
-        path = f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/state/" \
-               f"{quote(event_type, safe='')}/{quote(key, safe='')}"
+        path = (
+            f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/state/"
+            f"{quote(event_type, safe='')}/{quote(key, safe='')}"
+        )
         try:
             return await self.http.request("GET", path)
         except HomeserverError as exc:
@@ -483,8 +496,10 @@ class StateHandler:
     async def _put_state(
         self, room_id: str, event_type: str, key: str, content: dict[str, Any]
     ) -> str:
-        path = f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/state/" \
-               f"{quote(event_type, safe='')}/{quote(key, safe='')}"
+        path = (
+            f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/state/"
+            f"{quote(event_type, safe='')}/{quote(key, safe='')}"
+        )
         try:
             res = await self.http.request("PUT", path, json=content)
         except HomeserverError as exc:
@@ -548,8 +563,9 @@ def _join_error(resp: JoinError, room: str, bot: str) -> DataroomsError:
     if code == "M_NOT_FOUND" or status == 404:
         return UnknownRoomError(f"there is no room {room} the state bot can join ({resp.message})")
     if 400 <= status < 500 and status != 429:
-        return ValidationError(f"the homeserver refused to join {room}: {resp.message}",
-                               errcode=code)
+        return ValidationError(
+            f"the homeserver refused to join {room}: {resp.message}", errcode=code
+        )
     return HomeserverError(f"joining {room} failed: {code}: {resp.message}", errcode=code)
 
 
@@ -561,8 +577,7 @@ def _client_error(exc: HomeserverError, what: str) -> DataroomsError:
     if code in ("M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM", "M_BAD_ALIAS"):
         return ValidationError(f"{what}: the homeserver refused it: {exc.message}", errcode=code)
     if code == "M_FORBIDDEN":
-        return AccessDeniedError(f"{what}: the homeserver refused it: {exc.message}",
-                                 errcode=code)
+        return AccessDeniedError(f"{what}: the homeserver refused it: {exc.message}", errcode=code)
     if code == "M_NOT_FOUND":
         return NotFoundError(f"{what}: not found: {exc.message}", errcode=code)
     return exc

@@ -23,19 +23,29 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "statebot_requests", "HTTP requests answered, by route and status",
-            ["method", "route", "status"], registry=r,
+            "statebot_requests",
+            "HTTP requests answered, by route and status",
+            ["method", "route", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "statebot_request_duration_seconds", "Time to answer a request, by route",
-            ["method", "route"], buckets=_BUCKETS, registry=r,
+            "statebot_request_duration_seconds",
+            "Time to answer a request, by route",
+            ["method", "route"],
+            buckets=_BUCKETS,
+            registry=r,
         )
         self.auth = Counter(
-            "statebot_auth", "OpenID token checks: cached, verified, rejected, missing",
-            ["result"], registry=r,
+            "statebot_auth",
+            "OpenID token checks: cached, verified, rejected, missing",
+            ["result"],
+            registry=r,
         )
         self.writes = Counter(
-            "statebot_writes", "State events written: clear, secure, acl", ["kind"], registry=r,
+            "statebot_writes",
+            "State events written: clear, secure, acl",
+            ["kind"],
+            registry=r,
         )
         self.rooms = Gauge("statebot_rooms_joined", "Rooms the bot is in", registry=r)
         self.token_cache = Gauge(

@@ -38,9 +38,9 @@ from datarooms.errors import (
     PortInUseError,
 )
 from datarooms.ids import server_of
+from datarooms.openid import Caller, OpenIdVerifier
 from datarooms.platform import PlatformContext
 from datarooms.statebot.api import MAX_BODY_BYTES, build_asgi
-from datarooms.statebot.auth import Caller, OpenIdVerifier
 from datarooms.statebot.handler import StateHandler
 from datarooms.statebot.metrics import Metrics
 
@@ -104,8 +104,10 @@ class StateBotConfig:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"statebot port must be between 0 and 65535, got {self.port}")
         if self.token_cache_seconds < 0 or self.token_cache_seconds > 3600:
-            raise ConfigError("statebot token_cache_seconds must be between 0 and 3600 "
-                              "(OpenID tokens live one hour)")
+            raise ConfigError(
+                "statebot token_cache_seconds must be between 0 and 3600 "
+                "(OpenID tokens live one hour)"
+            )
         for name, url in self.homeservers.items():
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 raise ConfigError(
@@ -173,11 +175,14 @@ class StateBot:
             cache_seconds=self.config.token_cache_seconds,
             on_result=lambda result: self.metrics.auth.labels(result).inc(),
         )
-        self.metrics.watch(lambda: len(self.handler.joined_rooms()),
-                           lambda: self.verifier.cache_size)
+        self.metrics.watch(
+            lambda: len(self.handler.joined_rooms()), lambda: self.verifier.cache_size
+        )
         self.app: FastAPI
         self.app, self._asgi = build_asgi(
-            self.handler, self.verifier, self.metrics,
+            self.handler,
+            self.verifier,
+            self.metrics,
             synced=lambda: client.index.sync_token is not None,
             max_body_bytes=self.config.max_body_bytes,
         )
@@ -223,8 +228,9 @@ class StateBot:
             proxy_headers=False,
         )
         self._server = _Server(config)
-        self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]),
-                                               name="statebot-http")
+        self._serve_task = asyncio.create_task(
+            self._server.serve(sockets=[sock]), name="statebot-http"
+        )
         while not self._server.started:
             if self._serve_task.done():
                 exc = self._serve_task.exception()
@@ -266,16 +272,19 @@ class StateBot:
                     continue
                 self._tried_invites.add(room_id)
                 if ":" not in inviter or server_of(inviter) not in trusted:
-                    log.info("ignoring an invite from an untrusted server",
-                             extra={"room": room_id, "inviter": inviter})
+                    log.info(
+                        "ignoring an invite from an untrusted server",
+                        extra={"room": room_id, "inviter": inviter},
+                    )
                     continue
                 try:
                     await self.handler.join(Caller(inviter), room_id)
-                    log.info("joined a room on invite", extra={"room": room_id,
-                                                                 "inviter": inviter})
+                    log.info("joined a room on invite", extra={"room": room_id, "inviter": inviter})
                 except DataroomsError as exc:
-                    log.warning("could not join a room on invite",
-                                extra={"room": room_id, "error": exc.message})
+                    log.warning(
+                        "could not join a room on invite",
+                        extra={"room": room_id, "error": exc.message},
+                    )
             with contextlib.suppress(TimeoutError):
                 await self.client.wait_for_sync(timeout=300)
 
@@ -297,8 +306,9 @@ def _bind(host: str, port: int) -> socket.socket:
                 f"port {port} on {host} is already in use by another program; give the state "
                 f"bot another port ({ENV_PREFIX}PORT, or --port for `datarooms statebot`)"
             ) from None
-        raise PlatformError(f"the state bot cannot listen on {host}:{port}: {exc.strerror}") \
-            from None
+        raise PlatformError(
+            f"the state bot cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
     return sock
 
 
@@ -353,8 +363,7 @@ class StateBotService:
         if self._overrides:
             config = replace(config, **self._overrides)
             config.check()
-        creds = await platform.ensure_account(config.localpart,
-                                              displayname="datarooms state bot")
+        creds = await platform.ensure_account(config.localpart, displayname="datarooms state bot")
         store = platform.device_store(creds.user_id)
         lock = _DeviceLock(store / "statebot.lock")
         lock.acquire()

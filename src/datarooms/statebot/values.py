@@ -94,9 +94,7 @@ def get_at(value: Any, tokens: list[str], *, key: str = "") -> Any:
     for i, tok in enumerate(tokens):
         if isinstance(node, dict):
             if tok not in node:
-                raise NotFoundError(
-                    f"key {key!r} has no value at {format_path(tokens[: i + 1])}"
-                )
+                raise NotFoundError(f"key {key!r} has no value at {format_path(tokens[: i + 1])}")
             node = node[tok]
         elif isinstance(node, list):
             idx = _index(tokens, i, len(node), append=False)
@@ -143,7 +141,8 @@ def put_at(current: Any, tokens: list[str], value: Any, mode: Mode) -> Any:
                     node.pop(tok, None)
                 else:
                     node[tok] = (
-                        merge_patch(node.get(tok), value) if mode == "merge"
+                        merge_patch(node.get(tok), value)
+                        if mode == "merge"
                         else copy.deepcopy(value)
                     )
                 break
@@ -159,8 +158,11 @@ def put_at(current: Any, tokens: list[str], value: Any, mode: Mode) -> Any:
                     f"array of {len(node)} items (use '-' to append)"
                 )
             if last:
-                new = merge_patch(node[idx] if idx < len(node) else None, value) \
-                    if mode == "merge" else copy.deepcopy(value)
+                new = (
+                    merge_patch(node[idx] if idx < len(node) else None, value)
+                    if mode == "merge"
+                    else copy.deepcopy(value)
+                )
                 if idx == len(node):
                     node.append(new)
                 else:

@@ -34,10 +34,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from datarooms.errors import HomeserverError, ValidationError
+from datarooms.errors import HomeserverError, UnauthorizedError, ValidationError
 from datarooms.ids import server_of
 from datarooms.ids import user_id as check_user_id
-from datarooms.statebot.errors import UnauthorizedError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +73,7 @@ class OpenIdVerifier:
         on_result: Callable[[str], None] | None = None,
     ) -> None:
         if not homeservers:
-            raise ValueError("the state bot needs at least one trusted homeserver")
+            raise ValueError("OpenID verification needs at least one trusted homeserver")
         self.homeservers = {name: url.rstrip("/") for name, url in homeservers.items()}
         self.default_server = default_server
         self.cache_seconds = cache_seconds
@@ -110,8 +109,9 @@ class OpenIdVerifier:
             raise UnauthorizedError("the OpenID token is malformed")
         if not _SERVER_NAME.match(server):
             self._on_result("rejected")
-            raise UnauthorizedError("X-Matrix-Server-Name is not a Matrix server name",
-                                    errcode="DR_UNKNOWN_HOMESERVER")
+            raise UnauthorizedError(
+                "X-Matrix-Server-Name is not a Matrix server name", errcode="DR_UNKNOWN_HOMESERVER"
+            )
         base = self.homeservers.get(server)
         if base is None:
             self._on_result("rejected")

@@ -454,6 +454,46 @@ class JsClient:
     async def device_status(self, user_id: str, device_id: str) -> dict[str, Any]:
         return await self.request("device_status", user_id=user_id, device_id=device_id, timeout=30)
 
+    # -- key backup ------------------------------------------------------------
+
+    async def restore_backup_with_recovery_key(
+        self, recovery_key: str, *, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Unlock secret storage with ``recovery_key``, load the backup key, restore.
+
+        Returns {version, algorithm, restored: {total, imported}, trust: {trusted,
+        matches_decryption_key}, check (checkKeyBackupAndEnable), active_version}.
+        """
+        return await self.request(
+            "restore_backup_with_recovery_key", recovery_key=recovery_key, timeout=timeout
+        )
+
+    async def cross_signing_from_secret_storage(self) -> dict[str, Any]:
+        """Import cross-signing keys from secret storage (after the recovery key was given).
+
+        Returns {ready, status, device_signed_by_owner, backup_trust: {trusted,
+        matches_decryption_key}}.
+        """
+        return await self.request("cross_signing_from_secret_storage", timeout=60)
+
+    async def setup_key_backup(self, *, timeout: float = 60.0) -> dict[str, Any]:
+        """New secret storage + key backup: {recovery_key, key_id, version, ready}."""
+        return await self.request(
+            "setup_key_backup", timeout_ms=int((timeout - 5) * 1000), timeout=timeout
+        )
+
+    async def wait_backup_sessions(
+        self, version: str, min_sessions: int, *, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Wait until backup ``version`` holds ``min_sessions``: {sessions: {room: [ids]}}."""
+        return await self.request(
+            "wait_backup_sessions",
+            version=version,
+            min_sessions=min_sessions,
+            timeout_ms=int(timeout * 1000),
+            timeout=timeout + 10,
+        )
+
     # -- interactive verification (SAS) --------------------------------------
     # A flow is named by its flow_id: the to-device transaction id, or the event
     # id of the in-room request. Requests describe themselves as

@@ -69,6 +69,11 @@ TOOLS: dict[str, ToolSpec] = {
     # keyed room state (IXO's ixo.room.state)
     "get_state": ToolSpec("read"),
     "set_state": ToolSpec("write"),
+    # telemetry (end-to-end encrypted time series)
+    "telemetry_series": ToolSpec("read"),
+    "query_telemetry": ToolSpec("read"),
+    "aggregate_telemetry": ToolSpec("read"),
+    "append_telemetry": ToolSpec("write"),
 }
 
 

@@ -288,6 +288,8 @@ def _instructions(rt: AgentRuntime) -> str:
         "Start with list_rooms. Records are versioned key/value data (put_record, get_record, "
         "get_twin, record_history); messages use read_messages, send_message, reply and "
         "wait_for_messages (pass back its cursor).",
+        "Telemetry is time series: telemetry_series lists a room's metrics, query_telemetry "
+        "returns raw samples, aggregate_telemetry per-bucket count/min/max/mean/last.",
         "Calls outside these capabilities fail with DR_CAPABILITY and name what is missing.",
     ]
     if p.description:

@@ -10,7 +10,9 @@
 // the Rust crypto tracing output) goes to stderr.
 //
 // Commands: ping, login, join, wait_event, send_event, download_decrypt,
-// upload_encrypted, bootstrap_cross_signing, device_status, stop; interactive
+// upload_encrypted, bootstrap_cross_signing, device_status, stop; key backup:
+// restore_backup_with_recovery_key, cross_signing_from_secret_storage, setup_key_backup,
+// wait_backup_sessions; interactive
 // verification (SAS): request_verification, wait_verification_request,
 // accept_verification, start_verification, sas, sas_confirm, sas_mismatch,
 // cancel_verification, wait_verification. See the handlers below for parameters.
@@ -57,7 +59,7 @@ const sdk = await import("matrix-js-sdk");
 const { ClientEvent, RoomEvent, MatrixEventEvent, SyncState } = sdk;
 // The global SDK logger isn't re-exported from the package index.
 const { logger } = await import("matrix-js-sdk/lib/logger.js");
-const { CryptoEvent, VerificationPhase, VerifierEvent, VerificationRequestEvent } = await import(
+const { CryptoEvent, VerificationPhase, VerifierEvent, VerificationRequestEvent, decodeRecoveryKey } = await import(
     "matrix-js-sdk/lib/crypto-api/index.js"
 );
 const RustCrypto = await import("@matrix-org/matrix-sdk-crypto-wasm");
@@ -133,6 +135,31 @@ function contains(actual, expected) {
 let client = null;
 let homeserverUrl = null;
 let accessToken = null;
+
+// Secret storage keys this client may use (the app's getSecretStorageKey /
+// cacheSecretStorageKey callbacks, as Element implements them): keys cached by
+// bootstrapSecretStorage, by key id; and one key the user typed in (a recovery
+// key), handed out for the account's default secret storage key.
+const ssssKeyCache = new Map();
+let typedSsssKey = null;
+const cryptoCallbacks = {
+    async getSecretStorageKey({ keys }, name) {
+        for (const id of Object.keys(keys)) {
+            if (ssssKeyCache.has(id)) return [id, ssssKeyCache.get(id)];
+        }
+        if (!typedSsssKey) {
+            log(`getSecretStorageKey(${name}): no key known for ${Object.keys(keys)}`);
+            return null;
+        }
+        const defaultId = await client.secretStorage.getDefaultKeyId();
+        const id = defaultId && Object.hasOwn(keys, defaultId) ? defaultId : Object.keys(keys)[0];
+        log(`getSecretStorageKey(${name}): using the recovery key for key id ${id}`);
+        return [id, typedSsssKey];
+    },
+    cacheSecretStorageKey(keyId, _keyInfo, key) {
+        ssssKeyCache.set(keyId, key);
+    },
+};
 
 // Interactive verification: every request (ours or theirs) by flow id
 // (to-device transaction id, or the event id of the in-room request).
@@ -298,6 +325,7 @@ const handlers = {
             userId: resp.user_id,
             deviceId: resp.device_id,
             accessToken: resp.access_token,
+            cryptoCallbacks,
         });
         client.on(CryptoEvent.VerificationRequestReceived, (req) => {
             log(`verification request received: ${req.transactionId} from ${req.otherUserId}`);
@@ -625,6 +653,100 @@ const handlers = {
             `phase ${p.phase}`,
         );
         return describeRequest(req);
+    },
+
+    // {recovery_key} -> {version, restored: {total, imported}, trust, check, active_version}
+    // Unlock secret storage with a recovery key (spec base58 format), load the
+    // backup decryption key (m.megolm_backup.v1) from it and restore every room key.
+    async restore_backup_with_recovery_key(p) {
+        need(p, "recovery_key");
+        const crypto = requireClient().getCrypto();
+        typedSsssKey = decodeRecoveryKey(p.recovery_key);
+        const info = await crypto.getKeyBackupInfo();
+        if (!info?.version) throw new Error("no key backup on the server");
+        const trust = await crypto.isKeyBackupTrusted(info);
+        await crypto.loadSessionBackupPrivateKeyFromSecretStorage();
+        const res = await crypto.restoreKeyBackup();
+        const check = await crypto.checkKeyBackupAndEnable();
+        return {
+            version: info.version,
+            algorithm: info.algorithm,
+            restored: { total: res.total, imported: res.imported },
+            trust: { trusted: trust.trusted, matches_decryption_key: trust.matchesDecryptionKey },
+            check: check
+                ? { version: check.backupInfo?.version ?? null, trusted: check.trustInfo.trusted, matches_decryption_key: check.trustInfo.matchesDecryptionKey }
+                : null,
+            active_version: await crypto.getActiveSessionBackupVersion(),
+        };
+    },
+
+    // {} -> {ready, status, device_signed_by_owner, backup_trust}: import the
+    // cross-signing keys from secret storage (needs the recovery key first:
+    // restore_backup_with_recovery_key), which signs this device, then re-check
+    // whether the server's key backup is trusted.
+    async cross_signing_from_secret_storage(p) {
+        const c = requireClient();
+        const crypto = c.getCrypto();
+        await crypto.bootstrapCrossSigning({});
+        // The device signature goes out with the outgoing requests; our own
+        // device list is then re-queried. Wait (a while) until it shows.
+        const signed = async () =>
+            (await crypto.getDeviceVerificationStatus(c.getUserId(), c.getDeviceId()))?.signedByOwner;
+        await waitFor(signed, p.timeout_ms ?? 15000, "this device to be signed by its owner").catch((e) => log(e.message));
+        const me = await crypto.getDeviceVerificationStatus(c.getUserId(), c.getDeviceId());
+        const info = await crypto.getKeyBackupInfo();
+        const trust = info ? await crypto.isKeyBackupTrusted(info) : null;
+        return {
+            ready: await crypto.isCrossSigningReady(),
+            status: await crypto.getCrossSigningStatus(),
+            device_signed_by_owner: me?.signedByOwner ?? null,
+            backup_trust: trust && { trusted: trust.trusted, matches_decryption_key: trust.matchesDecryptionKey },
+        };
+    },
+
+    // {timeout_ms?} -> {recovery_key, key_id, version}: new secret storage (a new
+    // recovery key) holding the cross-signing keys and a new key backup's key.
+    async setup_key_backup(p) {
+        const c = requireClient();
+        const crypto = c.getCrypto();
+        const key = await crypto.createRecoveryKeyFromPassphrase();
+        await crypto.bootstrapSecretStorage({ createSecretStorageKey: async () => key, setupNewKeyBackup: true });
+        const version = await waitFor(
+            async () => await crypto.getActiveSessionBackupVersion(),
+            p.timeout_ms ?? 30000,
+            "an active key backup",
+        );
+        return {
+            recovery_key: key.encodedPrivateKey,
+            key_id: await c.secretStorage.getDefaultKeyId(),
+            version,
+            ready: await crypto.isSecretStorageReady(),
+        };
+    },
+
+    // {version, min_sessions, timeout_ms?} -> {sessions: {room_id: [session ids]}}:
+    // wait until the server's backup holds at least min_sessions sessions.
+    async wait_backup_sessions(p) {
+        need(p, "version", "min_sessions");
+        requireClient();
+        const url = `${homeserverUrl}/_matrix/client/v3/room_keys/keys?version=${encodeURIComponent(p.version)}`;
+        let seen = 0;
+        return waitFor(
+            async () => {
+                const res = await fetch(url, { headers: { Authorization: `Bearer ${accessToken}` } });
+                if (!res.ok) throw new Error(`GET ${url} -> HTTP ${res.status}: ${(await res.text()).slice(0, 500)}`);
+                const rooms = (await res.json()).rooms ?? {};
+                const sessions = {};
+                seen = 0;
+                for (const [roomId, r] of Object.entries(rooms)) {
+                    sessions[roomId] = Object.keys(r.sessions ?? {});
+                    seen += sessions[roomId].length;
+                }
+                return seen >= p.min_sessions ? { sessions } : null;
+            },
+            p.timeout_ms ?? 30000,
+            () => `${p.min_sessions} sessions in backup ${p.version} (have ${seen})`,
+        );
     },
 
     async stop() {

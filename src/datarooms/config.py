@@ -82,6 +82,9 @@ class Settings:
     log_level: str = "INFO"
     #: Which devices receive room keys: all, cross-signed (the spec's advice) or verified.
     trust_policy: str = "cross-signed"
+    #: Which services `datarooms up` starts: "all", "none", or a comma-separated list of
+    #: devchain, roomsbot, statebot, mcp.
+    services: str = "all"
     homeserver: HomeserverSettings = field(default_factory=HomeserverSettings)
     account: AccountSettings = field(default_factory=AccountSettings)
     #: The file these settings were read from, if any.
@@ -119,7 +122,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "homeserver": HomeserverSettings,
     "account": AccountSettings,
 }
-_TOP_LEVEL = {"data_dir", "log_level", "trust_policy"}
+_TOP_LEVEL = {"data_dir", "log_level", "trust_policy", "services"}
+#: The services `datarooms up` can run, in start order.
+PLATFORM_SERVICES = ("devchain", "roomsbot", "statebot", "mcp")
 #: Tables that belong to the platform's services; each service validates its own.
 SERVICE_SECTIONS = ("statebot", "mcp", "roomsbot", "chain", "devchain", "telemetry")
 
@@ -272,6 +277,12 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"homeserver.url must start with http:// or https://, got {hs.url!r}")
     if not 0 < hs.port < 65536:
         raise ConfigError(f"homeserver.port must be between 1 and 65535, got {hs.port}")
+    wanted = {x.strip() for x in s.services.split(",") if x.strip()}
+    if not wanted <= {"all", "none", *PLATFORM_SERVICES}:
+        raise ConfigError(
+            f"services must be all, none or a list of {', '.join(PLATFORM_SERVICES)}; "
+            f"got {s.services!r}"
+        )
     if s.trust_policy not in ("all", "cross-signed", "verified"):
         raise ConfigError(
             f"trust_policy must be all, cross-signed or verified, got {s.trust_policy!r}"

@@ -16,10 +16,10 @@ from datarooms.errors import DataroomsError
 def main() -> None:
     """Entry point: run the CLI; print errors as one clear message, never a traceback."""
     from datarooms.cli._common import err_console
-    from datarooms.cli.app import app
+    from datarooms.cli.app import click_command
 
     try:
-        app()
+        click_command().main(prog_name="datarooms")
     except DataroomsError as exc:
         err_console.print("[bold red]error:[/] " + escape(exc.message), highlight=False)
         sys.exit(1)

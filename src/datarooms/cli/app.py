@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import signal
 import sys
@@ -18,12 +19,10 @@ from datarooms.account import resolve_credentials
 from datarooms.cli import data as data_commands
 from datarooms.cli._common import CliState, console, err_console, run, state
 from datarooms.cli.keys import keys_app
-from datarooms.config import Settings
+from datarooms.config import PLATFORM_SERVICES, Settings
 from datarooms.errors import ConfigError, DataroomsError, PlatformError
 from datarooms.homeserver.admin import register_user
 from datarooms.matrix_http import MatrixHttp
-from datarooms.mcpserver.cli import agents_app
-from datarooms.mcpserver.cli import mcp as mcp_command
 from datarooms.platform import (
     Platform,
     PlatformInfo,
@@ -32,10 +31,6 @@ from datarooms.platform import (
     platform_status,
     request_stop,
 )
-from datarooms.roomsbot.cli import devchain_command, entity_app, roomsbot_command
-from datarooms.statebot.cli import state_app
-from datarooms.statebot.cli import statebot as statebot_command
-from datarooms.telemetry.cli import telemetry_app
 
 app = typer.Typer(
     name="datarooms",
@@ -117,18 +112,33 @@ def platform_services(settings: Settings) -> list[Service]:
 
     mcp = settings.section("mcp")
     mcp_port = int(mcp["port"]) if "port" in mcp else None
+    wanted = _wanted_services(settings)
     services: list[Service] = []
     if settings.homeserver.mode == "embedded":
         # The rooms bot is an application service: datarooms loads its registration
         # into the embedded Synapse. On an external homeserver its admin loads it
         # (docs/roomsbot.md) and you run `datarooms roomsbot` yourself.
-        services += [DevchainService(), RoomsBotService()]
-    return [*services, StateBotService(), McpService(port=mcp_port)]
+        if "devchain" in wanted:
+            services.append(DevchainService())
+        if "roomsbot" in wanted:
+            services.append(RoomsBotService())
+    if "statebot" in wanted:
+        services.append(StateBotService())
+    if "mcp" in wanted:
+        services.append(McpService(port=mcp_port))
+    return services
+
+
+def _wanted_services(settings: Settings) -> set[str]:
+    names = {x.strip() for x in settings.services.split(",") if x.strip()}
+    if "all" in names:
+        return set(PLATFORM_SERVICES)
+    return names - {"none"}
 
 
 def synapse_extra_config(settings: Settings) -> dict[str, Any]:
     """What the embedded Synapse must load before it starts (the rooms bot's registration)."""
-    if settings.homeserver.mode != "embedded":
+    if settings.homeserver.mode != "embedded" or "roomsbot" not in _wanted_services(settings):
         return {}
     from datarooms.roomsbot.service import appservice_synapse_config
 
@@ -299,13 +309,54 @@ def config_show(ctx: typer.Context) -> None:
 
 data_commands.register(app)
 app.add_typer(keys_app, name="keys")
-app.command()(mcp_command)
-app.add_typer(agents_app, name="agents")
-app.add_typer(state_app, name="state")
-app.add_typer(telemetry_app, name="telemetry")
-app.add_typer(entity_app, name="entity")
-app.command("roomsbot")(roomsbot_command)
-app.command("devchain")(devchain_command)
-app.command()(statebot_command)
+
+#: The services' commands, imported only when used, so that `datarooms up` and the
+#: core commands do not pay for importing every service (mcp, FastAPI, ...).
+#: name -> (module, attribute, "group" for a Typer app | "command" for a function).
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "telemetry": ("datarooms.telemetry.cli", "telemetry_app", "group"),
+    "state": ("datarooms.statebot.cli", "state_app", "group"),
+    "statebot": ("datarooms.statebot.cli", "statebot", "command"),
+    "entity": ("datarooms.roomsbot.cli", "entity_app", "group"),
+    "roomsbot": ("datarooms.roomsbot.cli", "roomsbot_command", "command"),
+    "devchain": ("datarooms.roomsbot.cli", "devchain_command", "command"),
+    "mcp": ("datarooms.mcpserver.cli", "mcp", "command"),
+    "agents": ("datarooms.mcpserver.cli", "agents_app", "group"),
+}
+
+
+def click_command() -> Any:
+    """The root command, with the services' commands loaded on first use."""
+    group: Any = typer.main.get_group(app)
+    known = group.get_command
+    listed = group.list_commands
+
+    def get_command(ctx: Any, name: str) -> Any:
+        cmd = known(ctx, name)
+        if cmd is None and name in LAZY_COMMANDS:
+            cmd = _load(name, *LAZY_COMMANDS[name])
+            group.add_command(cmd, name)
+        return cmd
+
+    def list_commands(ctx: Any) -> list[str]:
+        return [*listed(ctx), *(n for n in LAZY_COMMANDS if n not in group.commands)]
+
+    group.get_command = get_command
+    group.list_commands = list_commands
+    return group
+
+
+def _load(name: str, module: str, attr: str, kind: str) -> Any:
+    obj = getattr(importlib.import_module(module), attr)
+    cmd: Any
+    if kind == "group":
+        cmd = typer.main.get_group(obj)
+    else:
+        single = typer.Typer()
+        single.command(name=name)(obj)
+        cmd = typer.main.get_command(single)
+    cmd.name = name
+    return cmd
+
 
 __all__ = ["DataroomsError", "app"]

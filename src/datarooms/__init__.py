@@ -1,9 +1,15 @@
-"""datarooms: sovereign, end-to-end encrypted data rooms and messaging on Matrix."""
+"""datarooms: sovereign, end-to-end encrypted data rooms and messaging on Matrix.
+
+The SDK's names are re-exported here and imported on first use, so that tools
+which need only a little of the package (``datarooms up``) start fast.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from datarooms.account import Credentials, resolve_credentials
-from datarooms.client import DataroomsClient
 from datarooms.config import Settings, load_settings
 from datarooms.errors import (
     AccessDeniedError,
@@ -12,15 +18,40 @@ from datarooms.errors import (
     HomeserverError,
     NotFoundError,
     PlatformError,
+    UnauthorizedError,
     ValidationError,
 )
-from datarooms.files import EncryptedFile, TamperedFileError
-from datarooms.index import Record
-from datarooms.room_files import FileRef
-from datarooms.rooms import DataRoom, MemberAccess
-from datarooms.timeline import RoomEvent
+
+if TYPE_CHECKING:
+    from datarooms.client import DataroomsClient
+    from datarooms.files import EncryptedFile, TamperedFileError
+    from datarooms.index import Record
+    from datarooms.room_files import FileRef
+    from datarooms.rooms import DataRoom, MemberAccess
+    from datarooms.timeline import RoomEvent
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "DataroomsClient": "datarooms.client",
+    "EncryptedFile": "datarooms.files",
+    "TamperedFileError": "datarooms.files",
+    "Record": "datarooms.index",
+    "FileRef": "datarooms.room_files",
+    "DataRoom": "datarooms.rooms",
+    "MemberAccess": "datarooms.rooms",
+    "RoomEvent": "datarooms.timeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'datarooms' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AccessDeniedError",
@@ -39,6 +70,7 @@ __all__ = [
     "RoomEvent",
     "Settings",
     "TamperedFileError",
+    "UnauthorizedError",
     "ValidationError",
     "__version__",
     "load_settings",

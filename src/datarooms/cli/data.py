@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.progress import (
@@ -25,13 +25,15 @@ from rich.table import Table
 
 from datarooms.account import resolve_credentials
 from datarooms.cli._common import console, run, state
-from datarooms.client import DataroomsClient
 from datarooms.config import Settings
 from datarooms.errors import ValidationError
 from datarooms.events import ROOM_KINDS
 from datarooms.matrix_http import MatrixHttp
 from datarooms.platform import device_store_dir, live_homeserver_url
-from datarooms.rooms import Access
+
+if TYPE_CHECKING:
+    from datarooms.client import DataroomsClient
+    from datarooms.rooms import Access
 
 T = TypeVar("T")
 
@@ -50,6 +52,8 @@ async def open_client(settings: Settings) -> AsyncIterator[DataroomsClient]:
     if not creds.user_id:
         async with MatrixHttp(creds.homeserver_url, creds.access_token) as http:
             creds = replace(creds, user_id=(await http.whoami())["user_id"])
+    from datarooms.client import DataroomsClient
+
     client = await DataroomsClient.open(
         creds,
         device_store_dir(settings, creds.user_id),

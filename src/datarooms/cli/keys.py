@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
@@ -13,9 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
 from datarooms.cli._common import console, err_console
 from datarooms.cli.data import with_client
-from datarooms.client import DataroomsClient
 from datarooms.errors import ValidationError
 from datarooms.keys import Verification, VerificationCancelled
+
+if TYPE_CHECKING:
+    from datarooms.client import DataroomsClient
 
 keys_app = typer.Typer(
     help="Cross-signing, recovery key, key backup, device verification.", no_args_is_help=True

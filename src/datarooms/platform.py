@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -26,11 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from datarooms._fs import atomic_write, ensure_writable_dir
+from datarooms._fs import ProcessLock, atomic_write, ensure_writable_dir
 from datarooms.account import Credentials, read_credentials, write_credentials
 from datarooms.config import Settings
 from datarooms.errors import (
-    AlreadyRunningError,
     HomeserverError,
     NotRunningError,
     PlatformError,
@@ -138,63 +136,16 @@ class PlatformInfo:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-class PlatformLock:
-    """An exclusive, crash-safe lock on a data directory."""
+class PlatformLock(ProcessLock):
+    """One ``datarooms up`` per data directory."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            pid = _read_pid(self.path)
-            raise AlreadyRunningError(
-                f"datarooms is already running on {self.path.parent.parent} "
-                f"(pid {pid if pid else 'unknown'}). Stop it with `datarooms down` "
-                "or use another --data-dir.",
-                pid=pid,
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.fsync(fd)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    @staticmethod
-    def holder(path: Path) -> int | None:
-        """The pid holding the lock, or None if nobody does."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _read_pid(path) or -1
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
+        data_dir = path.parent.parent
+        super().__init__(
+            path,
+            what=f"datarooms on {data_dir}",
+            hint="Stop it with `datarooms down` or use another --data-dir.",
+        )
 
 
 class Platform:

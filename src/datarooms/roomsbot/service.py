@@ -14,18 +14,16 @@ Where they run is recorded in ``<data_dir>/run/devchain.json`` and
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
-from datarooms._fs import atomic_write
+from datarooms._fs import ProcessLock, atomic_write
 from datarooms.chain.devchain import DevChain
 from datarooms.chain.devchain_rpc import DevChainServer
 from datarooms.config import Settings
-from datarooms.errors import AlreadyRunningError
 from datarooms.platform import PlatformContext
 from datarooms.roomsbot.bot import RoomsBot
 from datarooms.roomsbot.registration import Registration, load_registration, write_registration
@@ -120,33 +118,6 @@ def chain_url(settings: Settings, chain: ChainSettings) -> str:
     return running_url(settings, "devchain") or f"http://{chain.host}:{chain.port}"
 
 
-class _DirLock:
-    """An exclusive lock on a directory's lock file; dies with the process."""
-
-    def __init__(self, path: Path, what: str) -> None:
-        self.path = path
-        self.what = what
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunningError(
-                f"another {self.what} is already running on {self.path.parent}", pid=None
-            ) from None
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
 class DevchainService:
     """Runs the embedded devchain (chain.mode = devchain); nothing in external mode."""
 
@@ -199,7 +170,7 @@ class RoomsBotService:
         self._settings = roomsbot
         self._chain = chain
         self.bot: RoomsBot | None = None
-        self._lock: _DirLock | None = None
+        self._lock: ProcessLock | None = None
         self._run_file: Path | None = None
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
@@ -207,7 +178,10 @@ class RoomsBotService:
         cs = self._chain or load_chain_settings()
         settings = platform.settings
         reg = load_registration(registration_path(settings), platform.server_name)
-        lock = _DirLock(roomsbot_dir(settings.data_dir) / "roomsbot.lock", "rooms bot")
+        lock = ProcessLock(
+            roomsbot_dir(settings.data_dir) / "roomsbot.lock",
+            what=f"a rooms bot on {settings.data_dir}",
+        )
         lock.acquire()
         try:
             watch = chain_url(settings, cs) if cs.watch else None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -27,11 +26,10 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from datarooms._fs import atomic_write
+from datarooms._fs import ProcessLock, atomic_write
 from datarooms.client import DataroomsClient
 from datarooms.config import Settings
 from datarooms.errors import (
-    AlreadyRunningError,
     ConfigError,
     DataroomsError,
     PlatformError,
@@ -312,40 +310,6 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _DeviceLock:
-    """One state bot per device store: a second one would fight over its sync position."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                pid = int(os.read(fd, 32).decode().strip() or 0) or None
-            except ValueError:
-                pid = None
-            os.close(fd)
-            raise AlreadyRunningError(
-                f"the state bot is already running with the device in {self.path.parent} "
-                f"(pid {pid or 'unknown'}); stop it first (`datarooms down`, or Ctrl-C)",
-                pid=pid,
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
 class StateBotService:
     """The platform service ``statebot``: start with :meth:`start`, stop with :meth:`stop`."""
 
@@ -355,7 +319,7 @@ class StateBotService:
         self._config = config
         self._overrides = overrides
         self.bot: StateBot | None = None
-        self._lock: _DeviceLock | None = None
+        self._lock: ProcessLock | None = None
         self._run_file: Path | None = None
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
@@ -365,7 +329,11 @@ class StateBotService:
             config.check()
         creds = await platform.ensure_account(config.localpart, displayname="datarooms state bot")
         store = platform.device_store(creds.user_id)
-        lock = _DeviceLock(store / "statebot.lock")
+        lock = ProcessLock(
+            store / "statebot.lock",
+            what=f"the state bot with the device in {store}",
+            hint="Stop it first (`datarooms down`, or Ctrl-C).",
+        )
         lock.acquire()
         try:
             client = await DataroomsClient.open(creds, store, device_name="datarooms state bot")

@@ -87,7 +87,7 @@ async def test_room_kinds_and_entity_alias(alice_bob) -> None:  # type: ignore[n
 
 
 async def test_never_sends_in_the_clear(alice_bob) -> None:  # type: ignore[no-untyped-def]
-    alice, bob = alice_bob
+    alice, _ = alice_bob
     # With the sync loop running, create + put at once: the put must still be encrypted.
     alice.start_sync()
     room = await alice.rooms.create("project")

@@ -8,8 +8,8 @@ import hmac
 import json
 import os
 import shutil
-from urllib.parse import quote
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from cryptography.hazmat.primitives import hashes, padding
@@ -94,7 +94,8 @@ async def test_put_is_acknowledged_after_backup(alice_bob) -> None:  # type: ign
         sid = raw["content"]["session_id"]
         version = alice.keys.backup_version
         backed = await http.request(
-            "GET", f"/_matrix/client/v3/room_keys/keys/{room}/{quote(sid, safe='')}?version={version}"
+            "GET",
+            f"/_matrix/client/v3/room_keys/keys/{room}/{quote(sid, safe='')}?version={version}",
         )
     assert backed["first_message_index"] == 0
     payload = alice.keys.backup_key.decrypt(backed["session_data"])  # type: ignore[union-attr]
@@ -102,13 +103,13 @@ async def test_put_is_acknowledged_after_backup(alice_bob) -> None:  # type: ign
 
 
 async def test_wrong_recovery_keys_are_refused(alice_bob) -> None:  # type: ignore[no-untyped-def]
-    alice, bob = alice_bob
+    alice, _ = alice_bob
     key = await alice.keys.setup_recovery()
     other = encode_recovery_key(os.urandom(32))
     with pytest.raises(ValidationError, match="does not belong"):
         await alice.keys.unlock(other)
     typo = key[:-1] + ("a" if key[-1] != "a" else "b")
-    with pytest.raises(ValidationError, match="typo|not a recovery key"):
+    with pytest.raises(ValidationError, match=r"typo|not a recovery key"):
         await alice.keys.unlock(typo)
     with pytest.raises(ValidationError, match="invalid character"):
         await alice.keys.unlock("0OIl " * 12)

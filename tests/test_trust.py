@@ -33,12 +33,8 @@ async def test_unsigned_device_gets_no_room_keys(  # type: ignore[no-untyped-def
 ) -> None:
     alice, bob = alice_bob
     room = await shared_room(alice, bob)
-    # Bob logs in a second device that is NOT cross-signed (it does not hold his keys).
-    bob_user_pw = None
-    async with bob.http() as http:
-        # A fresh access token for a new device of Bob's, via the admin login API.
-        pass
-    second = await homeserver.new_user("solo")  # an account whose device never cross-signs
+    # An account whose device never cross-signs itself.
+    second = await homeserver.new_user("solo")
     solo = await DataroomsClient.open(
         Credentials(homeserver.base_url, second.user_id, second.access_token),
         tmp_path / "solo", cross_sign=False,
@@ -62,9 +58,8 @@ async def test_unsigned_device_gets_no_room_keys(  # type: ignore[no-untyped-def
         # With the policy "all", the same device does get the next session.
         alice.keys.trust = "all"
         alice.nio.invalidate_outbound_session(room)
-        rec2 = await alice.records.put(room, "k2", "for everyone")
+        await alice.records.put(room, "k2", "for everyone")
         await solo.sync_once()
         assert (await solo.records.get(room, "k2")).value == "for everyone"
     finally:
         await solo.close()
-    del bob_user_pw

@@ -64,7 +64,10 @@ class AuditRecord:
         duration = round((time.perf_counter() - self.started) * 1000, 1)
         log.info(
             "%s %s by %s: %s",
-            self.kind, self.tool, self.agent, self.decision,
+            self.kind,
+            self.tool,
+            self.agent,
+            self.decision,
             extra={
                 "audit": self.kind,
                 "agent": self.agent,

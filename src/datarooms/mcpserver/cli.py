@@ -57,19 +57,32 @@ def agents_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Agent name: lower-case letters, digits, . _ = -")],
     access: Annotated[str, typer.Option(help="read or write")] = "read",
-    room: Annotated[list[str] | None, typer.Option(
-        "--room", help='Room id or alias it may use (repeat); "*" = any room it is in')] = None,
-    kind: Annotated[list[str] | None, typer.Option(
-        "--kind", help=f"Data-room kind it may use (repeat): {', '.join(ROOM_KINDS)}")] = None,
-    did: Annotated[list[str] | None, typer.Option(
-        "--did", help="Entity DID whose rooms it may use (repeat)")] = None,
-    tool: Annotated[list[str] | None, typer.Option(
-        "--tool", help="Allow only these tools (repeat); default: all its access permits")] = None,
-    files_dir: Annotated[str | None, typer.Option(
-        help="Directory it may upload from and save files to")] = None,
+    room: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--room", help='Room id or alias it may use (repeat); "*" = any room it is in'
+        ),
+    ] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option("--kind", help=f"Data-room kind it may use (repeat): {', '.join(ROOM_KINDS)}"),
+    ] = None,
+    did: Annotated[
+        list[str] | None, typer.Option("--did", help="Entity DID whose rooms it may use (repeat)")
+    ] = None,
+    tool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tool", help="Allow only these tools (repeat); default: all its access permits"
+        ),
+    ] = None,
+    files_dir: Annotated[
+        str | None, typer.Option(help="Directory it may upload from and save files to")
+    ] = None,
     description: Annotated[str, typer.Option(help="What the agent is for")] = "",
-    no_token: Annotated[bool, typer.Option(
-        "--no-token", help="No HTTP bearer token (stdio only)")] = False,
+    no_token: Annotated[
+        bool, typer.Option("--no-token", help="No HTTP bearer token (stdio only)")
+    ] = False,
 ) -> None:
     """Add an agent and print its bearer token (shown once; only its hash is stored)."""
     settings = state(ctx).settings()
@@ -77,18 +90,31 @@ def agents_add(
     if access not in ("read", "write"):
         raise ConfigError(f"--access must be read or write, got {access!r}")
     token = add_agent(
-        path, name, access=access, rooms=room or [], room_kinds=kind or [], dids=did or [],
-        tools=tool, files_dir=files_dir, description=description, with_token=not no_token,
+        path,
+        name,
+        access=access,
+        rooms=room or [],
+        room_kinds=kind or [],
+        dids=did or [],
+        tools=tool,
+        files_dir=files_dir,
+        description=description,
+        with_token=not no_token,
     )
     server = settings.homeserver.server_name
     console.print(f"added agent {name} (@{agent_localpart(name)}:{server}) to {path}")
     if token:
         console.print(f"bearer token (shown once; store it safely): {token}")
     if not (room or kind or did):
-        err_console.print("note: it may use no room yet; add --room, --kind or --did "
-                          "(edit agents.toml, or remove and add it again)")
+        err_console.print(
+            "note: it may use no room yet; add --room, --kind or --did "
+            "(edit agents.toml, or remove and add it again)"
+        )
     console.print(
-        "Grant it rooms with `datarooms room grant ROOM @" + agent_localpart(name) + ":" + server
+        "Grant it rooms with `datarooms room grant ROOM @"
+        + agent_localpart(name)
+        + ":"
+        + server
         + " read|write`; restart `datarooms up` to bring a new agent online."
     )
 
@@ -101,10 +127,14 @@ def agents_list(ctx: typer.Context) -> None:
     table = Table("agent", "access", "rooms", "kinds", "DIDs", "tools", "files dir", "HTTP token")
     for name, p in sorted(config.agents.items()):
         table.add_row(
-            name, p.access, ", ".join(sorted(p.rooms)) or "-", ", ".join(sorted(p.room_kinds))
-            or "-", ", ".join(sorted(p.dids)) or "-",
+            name,
+            p.access,
+            ", ".join(sorted(p.rooms)) or "-",
+            ", ".join(sorted(p.room_kinds)) or "-",
+            ", ".join(sorted(p.dids)) or "-",
             "all" if p.tools is None else ", ".join(sorted(p.tools)),
-            str(p.files_dir) if p.files_dir else "-", "yes" if p.token_sha256 else "no",
+            str(p.files_dir) if p.files_dir else "-",
+            "yes" if p.token_sha256 else "no",
         )
     console.print(table)
     if not config.agents:

@@ -56,7 +56,14 @@ DEFAULT_PORT = 8012
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._=-]{0,62}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _AGENT_KEYS = {
-    "description", "access", "rooms", "room_kinds", "dids", "tools", "files_dir", "token_sha256",
+    "description",
+    "access",
+    "rooms",
+    "room_kinds",
+    "dids",
+    "tools",
+    "files_dir",
+    "token_sha256",
 }
 _MCP_KEYS = {"host", "port", "audit_log", "max_inline_file_bytes", "max_wait_seconds"}
 
@@ -218,7 +225,7 @@ def _parse_agent(name: str, raw: Any, path: Path, data_dir: Path) -> AgentPolicy
             check_room_id(r)
         except ValidationError:
             raise ConfigError(
-                f'{where}: rooms entry {r!r} is not a room id (!...:server), an alias '
+                f"{where}: rooms entry {r!r} is not a room id (!...:server), an alias "
                 f'(#...:server) or "*"'
             ) from None
     kinds = _strings(raw.get("room_kinds", []), f"{where} room_kinds")
@@ -473,8 +480,10 @@ class ConfigWatcher:
         try:
             new = load_agents(self.config.path, data_dir=self._data_dir)
         except ConfigError as exc:
-            log.error("agents file changed but is invalid; keeping the previous one",
-                            extra={"error": exc.message})
+            log.error(
+                "agents file changed but is invalid; keeping the previous one",
+                extra={"error": exc.message},
+            )
             return self.config
         self.config = new
         log.info("agents file reloaded", extra={"agents": ", ".join(sorted(new.agents))})

@@ -47,15 +47,17 @@ def _bearer(scope: Scope) -> str | None:
 
 async def _unauthorized(send: Send, errcode: str, error: str) -> None:
     body = json.dumps({"errcode": errcode, "error": error}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": 401,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b'Bearer realm="datarooms-mcp"'),
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="datarooms-mcp"'),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -73,7 +75,8 @@ class AgentRouter:
         if token is None:
             audit.auth_denied("bearer_token")
             await _unauthorized(
-                send, "M_MISSING_TOKEN",
+                send,
+                "M_MISSING_TOKEN",
                 "this MCP server needs Authorization: Bearer <agent token>; "
                 "create one with `datarooms agents add` or `datarooms agents token NAME`",
             )
@@ -81,18 +84,28 @@ class AgentRouter:
         policy = match_token(token, self.config().agents.values())
         if policy is None:
             audit.auth_denied("bearer_token")
-            await _unauthorized(send, "M_UNKNOWN_TOKEN",
-                                "the bearer token belongs to no agent (revoked or mistyped)")
+            await _unauthorized(
+                send,
+                "M_UNKNOWN_TOKEN",
+                "the bearer token belongs to no agent (revoked or mistyped)",
+            )
             return
         server = self.servers.get(policy.name)
         if server is None:
-            body = json.dumps({
-                "errcode": "DR_AGENT_NOT_RUNNING",
-                "error": f"agent {policy.name!r} was added after the MCP server started; "
-                         "restart `datarooms up` to bring it online",
-            }).encode()
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"application/json")]})
+            body = json.dumps(
+                {
+                    "errcode": "DR_AGENT_NOT_RUNNING",
+                    "error": f"agent {policy.name!r} was added after the MCP server started; "
+                    "restart `datarooms up` to bring it online",
+                }
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await server.session_manager.handle_request(scope, receive, send)
@@ -168,7 +181,11 @@ class HttpServer:
         self._sock = sock
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="on", log_level="warning",
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            log_level="warning",
             timeout_graceful_shutdown=5,
         )
         self._server = _EmbeddedUvicorn(config)
@@ -204,4 +221,3 @@ class HttpServer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-

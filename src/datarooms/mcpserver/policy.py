@@ -130,12 +130,14 @@ class AgentPolicy:
             return
         if spec.access == "write" and self.access != "write":
             raise CapabilityDenied(
-                self.name, "access:write",
+                self.name,
+                "access:write",
                 f"{tool} writes, and this agent has read access only",
             )
         if self.tools is not None and tool not in self.tools:
             raise CapabilityDenied(
-                self.name, f"tool:{tool}",
+                self.name,
+                f"tool:{tool}",
                 f"{tool} is not in the agent's tools list ({', '.join(sorted(self.tools))})",
             )
 
@@ -179,9 +181,10 @@ class AgentPolicy:
         if self.any_room or kind in self.room_kinds or (did and did in self.dids):
             return
         raise CapabilityDenied(
-            self.name, f"room_kind:{kind}",
+            self.name,
+            f"room_kind:{kind}",
             f"a new {kind} room would be outside its rooms "
-            f"({self._scope_summary()}); add the kind to room_kinds, or rooms = [\"*\"]",
+            f'({self._scope_summary()}); add the kind to room_kinds, or rooms = ["*"]',
         )
 
     def _scope_summary(self) -> str:
@@ -206,7 +209,8 @@ class AgentPolicy:
         """Resolve ``relative`` inside the files directory, or refuse."""
         if self.files_dir is None:
             raise CapabilityDenied(
-                self.name, "files_dir",
+                self.name,
+                "files_dir",
                 f"{purpose} needs a files directory, and none is configured for this agent",
             )
         base = self.files_dir.resolve()
@@ -216,7 +220,8 @@ class AgentPolicy:
         target = (candidate if candidate.is_absolute() else base / candidate).resolve()
         if target != base and not target.is_relative_to(base):
             raise CapabilityDenied(
-                self.name, "files_dir",
+                self.name,
+                "files_dir",
                 f"{relative!r} is outside the agent's files directory {base}",
             )
         return target

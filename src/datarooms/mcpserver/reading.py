@@ -119,8 +119,10 @@ def event_json(e: RoomEvent) -> dict[str, Any]:
             relation["rel_type"] = rel["rel_type"]
             relation["event_id"] = rel.get("event_id")
         reply_to = rel.get("m.in_reply_to")
-        if isinstance(reply_to, dict) and reply_to.get("event_id") and not rel.get(
-            "is_falling_back"
+        if (
+            isinstance(reply_to, dict)
+            and reply_to.get("event_id")
+            and not rel.get("is_falling_back")
         ):
             relation["in_reply_to"] = reply_to["event_id"]
         if relation:

@@ -124,8 +124,10 @@ class AgentRuntime:
             try:
                 found[alias] = await self.client.rooms.resolve(alias)
             except DataroomsError as exc:
-                log.info("policy alias not resolved yet",
-                         extra={"agent": self.name, "alias": alias, "error": exc.errcode})
+                log.info(
+                    "policy alias not resolved yet",
+                    extra={"agent": self.name, "alias": alias, "error": exc.errcode},
+                )
         self.policy = replace(self.policy, resolved=found)
 
     # -- rooms -----------------------------------------------------------------
@@ -180,8 +182,11 @@ class AgentRuntime:
         if room.startswith("!"):
             rid: str = check_room_id(room)
             audit.note_room(rid)
-            if not self.policy.room_allowed(self.facts(rid)) and self.policy.unresolved_aliases() \
-                    and time.monotonic() - self._alias_tried > _ALIAS_RETRY_S:
+            if (
+                not self.policy.room_allowed(self.facts(rid))
+                and self.policy.unresolved_aliases()
+                and time.monotonic() - self._alias_tried > _ALIAS_RETRY_S
+            ):
                 await self.resolve_policy_aliases()
             return rid
         rid_or_none = self.local_alias(room)
@@ -191,7 +196,8 @@ class AgentRuntime:
         audit.note_room(room)
         if not self.policy.alias_allowed(room):
             raise CapabilityDenied(
-                self.name, f"room:{room}",
+                self.name,
+                f"room:{room}",
                 f"{room} is not one of its rooms, and no room it is in has that alias",
             )
         rid = await self.client.rooms.resolve(room)
@@ -220,8 +226,10 @@ class AgentRuntime:
 
     def encrypted(self, room_id: str) -> bool:
         room = self.client.nio.rooms.get(room_id)
-        return bool(room is not None and room.encrypted) or \
-            self.client.index.state(room_id, "m.room.encryption") is not None
+        return (
+            bool(room is not None and room.encrypted)
+            or self.client.index.state(room_id, "m.room.encryption") is not None
+        )
 
     async def until_encrypted(self, room_id: str, timeout: float = ENCRYPTION_WAIT_S) -> None:
         """Wait until this device knows the room is encrypted; refuse to send otherwise.
@@ -278,7 +286,12 @@ class AgentRuntime:
             log.exception("following live events stopped", extra={"agent": self.name})
 
     async def wait_events(
-        self, after: int, room_id: str | None, timeout: float, *, include_own: bool,
+        self,
+        after: int,
+        room_id: str | None,
+        timeout: float,
+        *,
+        include_own: bool,
         limit: int = 100,
     ) -> tuple[list[BufferedEvent], int, bool]:
         """Up to ``limit`` events after sequence number ``after`` (in scope, of ``room_id``

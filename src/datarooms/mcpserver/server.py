@@ -54,8 +54,12 @@ _TWIN = "datarooms://rooms/{room_id}/twin"
 _TIMELINE = "datarooms://rooms/{room_id}/timeline"
 _FILE = "datarooms://rooms/{room_id}/files/{event_id}"
 #: Which tool's capability each resource needs.
-RESOURCE_TOOL = {ROOMS_URI: "list_rooms", _TWIN: "get_twin", _TIMELINE: "read_messages",
-                 _FILE: "download_file"}
+RESOURCE_TOOL = {
+    ROOMS_URI: "list_rooms",
+    _TWIN: "get_twin",
+    _TIMELINE: "read_messages",
+    _FILE: "download_file",
+}
 _OPAQUE_IDS = ResourceSecurity(exempt_params=frozenset({"room_id", "event_id"}))
 
 
@@ -83,8 +87,9 @@ class AgentServer(MCPServer[Any]):
         self.tools = AgentTools(rt)
         for name, spec in TOOLS.items():
             default = _READ if spec.access == "read" else _WRITE
-            self.add_tool(getattr(self.tools, name), name=name,
-                          annotations=ANNOTATIONS.get(name, default))
+            self.add_tool(
+                getattr(self.tools, name), name=name, annotations=ANNOTATIONS.get(name, default)
+            )
         self._arg_names: dict[str, set[str]] | None = None
         self._register_resources()
 
@@ -146,30 +151,47 @@ class AgentServer(MCPServer[Any]):
     def _register_resources(self) -> None:
         rt, tools = self.rt, self.tools
 
-        @self.resource(ROOMS_URI, name="rooms", mime_type="application/json",
-                       description="The rooms this agent may use, with kind, alias and DID")
+        @self.resource(
+            ROOMS_URI,
+            name="rooms",
+            mime_type="application/json",
+            description="The rooms this agent may use, with kind, alias and DID",
+        )
         async def rooms() -> str:
             return json.dumps(await tools.list_rooms())
 
-        @self.resource(_TWIN, name="twin", mime_type="application/json",
-                       description="A room's twin state: the latest value of every record key",
-                       security=_OPAQUE_IDS)
+        @self.resource(
+            _TWIN,
+            name="twin",
+            mime_type="application/json",
+            description="A room's twin state: the latest value of every record key",
+            security=_OPAQUE_IDS,
+        )
         async def twin(room_id: str) -> str:
             rid = await rt.room(unquote(room_id))
             return json.dumps({"room_id": rid, "state": await rt.client.records.twin(rid)})
 
-        @self.resource(_TIMELINE, name="timeline", mime_type="application/json",
-                       description="A room's 50 latest events, decrypted, newest last",
-                       security=_OPAQUE_IDS)
+        @self.resource(
+            _TIMELINE,
+            name="timeline",
+            mime_type="application/json",
+            description="A room's 50 latest events, decrypted, newest last",
+            security=_OPAQUE_IDS,
+        )
         async def timeline(room_id: str) -> str:
             rid = await rt.room(unquote(room_id))
             events, more = await read_timeline(rt.client, rid, limit=50)
-            return json.dumps({"room_id": rid, "events": [event_json(e) for e in events],
-                               "more": more})
+            return json.dumps(
+                {"room_id": rid, "events": [event_json(e) for e in events], "more": more}
+            )
 
-        @self.resource(_FILE, name="file", mime_type="application/octet-stream",
-                       description="A file from a room, decrypted and verified (small files)",
-                       security=_OPAQUE_IDS)
+        @self.resource(
+            _FILE,
+            name="file",
+            mime_type="application/octet-stream",
+            description="A file from a room, decrypted and verified (small files)",
+            security=_OPAQUE_IDS,
+        )
         async def file(room_id: str, event_id: str) -> bytes:
             rid = await rt.room(unquote(room_id))
             return await tools.read_file_bytes(rid, unquote(event_id))
@@ -181,13 +203,23 @@ class AgentServer(MCPServer[Any]):
             room = self.rt.client.nio.rooms.get(rid)
             label = (room.display_name if room is not None else None) or rid
             if p.tool_allowed("get_twin"):
-                out.append(MCPResource(uri=twin_uri(rid), name=f"twin: {label}",
-                                       mime_type="application/json",
-                                       description=f"Twin state of {rid}"))
+                out.append(
+                    MCPResource(
+                        uri=twin_uri(rid),
+                        name=f"twin: {label}",
+                        mime_type="application/json",
+                        description=f"Twin state of {rid}",
+                    )
+                )
             if p.tool_allowed("read_messages"):
-                out.append(MCPResource(uri=timeline_uri(rid), name=f"timeline: {label}",
-                                       mime_type="application/json",
-                                       description=f"Latest events of {rid}"))
+                out.append(
+                    MCPResource(
+                        uri=timeline_uri(rid),
+                        name=f"timeline: {label}",
+                        mime_type="application/json",
+                        description=f"Latest events of {rid}",
+                    )
+                )
         return out
 
     async def read_resource(

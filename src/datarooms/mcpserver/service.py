@@ -68,7 +68,8 @@ class McpService:
                     agent_localpart(name), displayname=f"{name} (AI agent)"
                 )
                 client = await DataroomsClient.open(
-                    creds, platform.device_store(creds.user_id),
+                    creds,
+                    platform.device_store(creds.user_id),
                     device_name=f"datarooms MCP agent {name}",
                 )
                 rt = AgentRuntime(client, policy, config.mcp, transport="http")
@@ -83,13 +84,14 @@ class McpService:
         except BaseException:
             await self.stop()
             raise
-        log.info("MCP server listening",
-                 extra={"url": self._http.url, "agents": ", ".join(sorted(self.runtimes))})
+        log.info(
+            "MCP server listening",
+            extra={"url": self._http.url, "agents": ", ".join(sorted(self.runtimes))},
+        )
         return {
             "url": self._http.url,
-            "agents": ", ".join(
-                f"{n} ({rt.user_id})" for n, rt in sorted(self.runtimes.items())
-            ) or f"none yet (add one: datarooms agents add NAME; file {path})",
+            "agents": ", ".join(f"{n} ({rt.user_id})" for n, rt in sorted(self.runtimes.items()))
+            or f"none yet (add one: datarooms agents add NAME; file {path})",
         }
 
     def _bind_host(self, config: AgentsConfig) -> str:
@@ -103,8 +105,10 @@ class McpService:
             rt.apply_config(config)
         added = set(config.agents) - set(self.runtimes)
         if added:
-            log.warning("agents added to agents.toml start with the next `datarooms up`",
-                        extra={"agents": ", ".join(sorted(added))})
+            log.warning(
+                "agents added to agents.toml start with the next `datarooms up`",
+                extra={"agents": ", ".join(sorted(added))},
+            )
 
     async def stop(self) -> None:
         if self._http is not None:

@@ -37,8 +37,11 @@ async def agent_credentials(settings: Settings, name: str) -> Credentials:
     )
     stored = read_credentials(settings.data_dir / "accounts" / f"{localpart}.json")
     homeserver: EmbeddedSynapse | None = None
-    if stored is None and settings.homeserver.mode == "embedded" \
-            and not settings.homeserver.registration_shared_secret:
+    if (
+        stored is None
+        and settings.homeserver.mode == "embedded"
+        and not settings.homeserver.registration_shared_secret
+    ):
         embedded = EmbeddedSynapse(settings.synapse_dir)
         if not embedded.secrets_path.exists():
             raise ConfigError(
@@ -65,7 +68,8 @@ async def run_stdio(settings: Settings, name: str) -> None:
     try:
         creds = await agent_credentials(settings, name)
         client = await DataroomsClient.open(
-            creds, device_store_dir(settings, creds.user_id),
+            creds,
+            device_store_dir(settings, creds.user_id),
             device_name=f"datarooms MCP agent {name}",
         )
         try:

@@ -56,14 +56,23 @@ TimeArg = Annotated[
     str | int | None,
     Field(description="ISO 8601 time (e.g. 2025-05-01T12:00:00Z) or milliseconds since the epoch"),
 ]
-KeyArg = Annotated[str, Field(description="Record key, e.g. 'temperature'", min_length=1,
-                              max_length=ev.MAX_KEY_LENGTH)]
+KeyArg = Annotated[
+    str,
+    Field(description="Record key, e.g. 'temperature'", min_length=1, max_length=ev.MAX_KEY_LENGTH),
+]
 TextArg = Annotated[str, Field(description="Message text", min_length=1)]
-MetricArg = Annotated[str, Field(
-    description="Metric name, e.g. 'temperature' (telemetry_series lists a room's metrics)",
-    min_length=1, max_length=255)]
-TagsArg = Annotated[dict[str, str] | None, Field(
-    description="Only series whose tags include all of these, e.g. {\"site\": \"a\"}")]
+MetricArg = Annotated[
+    str,
+    Field(
+        description="Metric name, e.g. 'temperature' (telemetry_series lists a room's metrics)",
+        min_length=1,
+        max_length=255,
+    ),
+]
+TagsArg = Annotated[
+    dict[str, str] | None,
+    Field(description='Only series whose tags include all of these, e.g. {"site": "a"}'),
+]
 
 #: Most samples one query_telemetry call returns, and buckets one aggregate_telemetry call.
 MAX_TELEMETRY_SAMPLES = 10_000
@@ -78,10 +87,13 @@ class TelemetrySampleArg(BaseModel):
 
     metric: MetricArg
     value: Annotated[float, Field(description="The measured value (a finite number)")]
-    ts: Annotated[str | int | None, Field(
-        description="When: ISO 8601 time or milliseconds since the epoch; default now")] = None
-    tags: Annotated[dict[str, str] | None, Field(
-        description="Labels of the series, e.g. {\"site\": \"a\"}")] = None
+    ts: Annotated[
+        str | int | None,
+        Field(description="When: ISO 8601 time or milliseconds since the epoch; default now"),
+    ] = None
+    tags: Annotated[
+        dict[str, str] | None, Field(description='Labels of the series, e.g. {"site": "a"}')
+    ] = None
 
 
 _READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
@@ -91,8 +103,9 @@ ANNOTATIONS: dict[str, ToolAnnotations] = {
     "leave_room": _DESTRUCTIVE,
     "redact_event": _DESTRUCTIVE,
     "set_state": _DESTRUCTIVE,
-    "join_room": ToolAnnotations(read_only_hint=False, destructive_hint=False,
-                                 idempotent_hint=True, open_world_hint=False),
+    "join_room": ToolAnnotations(
+        read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+    ),
 }
 
 
@@ -137,8 +150,12 @@ class AgentTools:
             explicit = rid in self.rt.policy.explicit_room_ids() or self.rt.policy.any_room
             if explicit or self.rt.policy.room_kinds or self.rt.policy.dids:
                 invites.append({"room_id": rid, "join_with": "join_room"})
-        return {"agent": self.rt.name, "user_id": self.rt.user_id, "rooms": rooms,
-                "invites": invites}
+        return {
+            "agent": self.rt.name,
+            "user_id": self.rt.user_id,
+            "rooms": rooms,
+            "invites": invites,
+        }
 
     async def room_info(self, room: RoomArg) -> dict[str, Any]:
         """Describe one room: name, topic, kind, purpose, DID, alias, encryption, member count,
@@ -176,7 +193,8 @@ class AgentTools:
                 )
             if room not in self._c.nio.invited_rooms:
                 raise CapabilityDenied(
-                    self.rt.name, f"room:{room}",
+                    self.rt.name,
+                    f"room:{room}",
                     f"{room} is not one of its listed rooms, and it is not invited to it",
                 )
         rid = await self._c.rooms.join(room)
@@ -197,12 +215,19 @@ class AgentTools:
 
     async def create_room(
         self,
-        name: Annotated[str, Field(description="Room name (visible to the homeserver)",
-                                   min_length=1, max_length=255)],
-        topic: Annotated[str | None, Field(description="Room topic (visible to the homeserver)")]
-        = None,
-        invite: Annotated[list[str] | None, Field(
-            description="Matrix user ids (@name:server) to invite; they can write")] = None,
+        name: Annotated[
+            str,
+            Field(
+                description="Room name (visible to the homeserver)", min_length=1, max_length=255
+            ),
+        ],
+        topic: Annotated[
+            str | None, Field(description="Room topic (visible to the homeserver)")
+        ] = None,
+        invite: Annotated[
+            list[str] | None,
+            Field(description="Matrix user ids (@name:server) to invite; they can write"),
+        ] = None,
     ) -> dict[str, Any]:
         """Create an end-to-end encrypted conversation room (kind 'collaboration') and
         invite people to it. The agent is its admin."""
@@ -215,15 +240,24 @@ class AgentTools:
 
     async def create_data_room(
         self,
-        kind: Annotated[Literal["entity", "project", "device", "verification", "collaboration"],
-                        Field(description="What the room holds")],
-        name: Annotated[str | None, Field(description="Room name (visible to the homeserver)")]
-        = None,
-        did: Annotated[str | None, Field(
-            description="The entity's DID (required for kind 'entity'), e.g. did:ixo:entity:1a2b")]
-        = None,
-        purpose: Annotated[str | None, Field(description="What the room is for (visible to the "
-                                                         "homeserver)", max_length=1024)] = None,
+        kind: Annotated[
+            Literal["entity", "project", "device", "verification", "collaboration"],
+            Field(description="What the room holds"),
+        ],
+        name: Annotated[
+            str | None, Field(description="Room name (visible to the homeserver)")
+        ] = None,
+        did: Annotated[
+            str | None,
+            Field(
+                description="The entity's DID (required for kind 'entity'), "
+                "e.g. did:ixo:entity:1a2b"
+            ),
+        ] = None,
+        purpose: Annotated[
+            str | None,
+            Field(description="What the room is for (visible to the homeserver)", max_length=1024),
+        ] = None,
         alias: Annotated[bool, Field(description="Give an entity room IXO's DID alias")] = False,
     ) -> dict[str, Any]:
         """Create an end-to-end encrypted data room for records, files and messages.
@@ -238,8 +272,9 @@ class AgentTools:
         self,
         room: RoomArg,
         user_id: Annotated[str, Field(description="Matrix user id, @name:server")],
-        access: Annotated[Literal["read", "write"], Field(
-            description="read: may read; write: may also write")],
+        access: Annotated[
+            Literal["read", "write"], Field(description="read: may read; write: may also write")
+        ],
     ) -> dict[str, Any]:
         """Invite a user into a room with read or write access (needs admin power in the
         room, e.g. a room this agent created)."""
@@ -256,8 +291,9 @@ class AgentTools:
         limit: Annotated[int, Field(description="At most this many events", ge=1, le=500)] = 20,
         since: TimeArg = None,
         until: TimeArg = None,
-        include_state: Annotated[bool, Field(
-            description="Also return state events (joins, name changes, ...)")] = False,
+        include_state: Annotated[
+            bool, Field(description="Also return state events (joins, name changes, ...)")
+        ] = False,
     ) -> dict[str, Any]:
         """Read a room's messages, newest last, decrypted: the latest ones (by count), or
         those within a time range (since/until). Shows text, replies, edits, reactions,
@@ -265,7 +301,11 @@ class AgentTools:
         rid = await self.rt.room(room)
         since_ms, until_ms = parse_time(since, "since"), parse_time(until, "until")
         events, more = await read_timeline(
-            self._c, rid, limit=limit, since_ms=since_ms, until_ms=until_ms,
+            self._c,
+            rid,
+            limit=limit,
+            since_ms=since_ms,
+            until_ms=until_ms,
             include_state=include_state,
         )
         return {"room_id": rid, "events": [event_json(e) for e in events], "more": more}
@@ -279,20 +319,31 @@ class AgentTools:
         """Read a thread: its root message and its latest replies, oldest first."""
         rid = await self.rt.room(room)
         events = await read_thread(self._c, rid, thread_root, limit=limit)
-        return {"room_id": rid, "thread_root": thread_root,
-                "events": [event_json(e) for e in events]}
+        return {
+            "room_id": rid,
+            "thread_root": thread_root,
+            "events": [event_json(e) for e in events],
+        }
 
     async def wait_for_messages(
         self,
-        room: Annotated[str | None, Field(
-            description="Only this room (id or alias); omit for all of the agent's rooms")] = None,
-        after: Annotated[str | None, Field(
-            description="The cursor a previous call returned; omit to wait for new events "
-                        "from now on")] = None,
-        timeout_seconds: Annotated[float, Field(description="Wait at most this long", ge=0,
-                                                le=3600)] = 30,
-        include_own: Annotated[bool, Field(description="Also return this agent's own events")]
-        = False,
+        room: Annotated[
+            str | None,
+            Field(description="Only this room (id or alias); omit for all of the agent's rooms"),
+        ] = None,
+        after: Annotated[
+            str | None,
+            Field(
+                description="The cursor a previous call returned; omit to wait for new events "
+                "from now on"
+            ),
+        ] = None,
+        timeout_seconds: Annotated[
+            float, Field(description="Wait at most this long", ge=0, le=3600)
+        ] = 30,
+        include_own: Annotated[
+            bool, Field(description="Also return this agent's own events")
+        ] = False,
     ) -> dict[str, Any]:
         """Wait for new events (messages, records, reactions, ...) in the agent's rooms and
         return them (at most 100) with a cursor. Pass the cursor as `after` next time so
@@ -304,16 +355,18 @@ class AgentTools:
             audit.note_room("*")
         timeout = min(timeout_seconds, self.rt.settings.max_wait_seconds)
         start, reset = self.rt.parse_cursor(after)
-        found, seq, gap = await self.rt.wait_events(start, rid, timeout,
-                                                   include_own=include_own)
+        found, seq, gap = await self.rt.wait_events(start, rid, timeout, include_own=include_own)
         out: dict[str, Any] = {
             "events": [{"room_id": b.event.room_id, **event_json(b.event)} for b in found],
             "cursor": self.rt.cursor(seq),
             "timed_out": not found,
         }
         if reset or gap:
-            out["missed"] = ("the server restarted since that cursor" if reset else
-                             "events older than the buffer were dropped")
+            out["missed"] = (
+                "the server restarted since that cursor"
+                if reset
+                else "events older than the buffer were dropped"
+            )
             out["catch_up_with"] = "read_messages"
         return out
 
@@ -321,8 +374,9 @@ class AgentTools:
         self,
         room: RoomArg,
         text: TextArg,
-        thread_root: Annotated[str | None, Field(
-            description="Post in the thread rooted at this event id")] = None,
+        thread_root: Annotated[
+            str | None, Field(description="Post in the thread rooted at this event id")
+        ] = None,
     ) -> dict[str, Any]:
         """Send an end-to-end encrypted text message to a room (optionally into a thread)."""
         rid = await self.rt.room(room, sends=True)
@@ -341,8 +395,12 @@ class AgentTools:
         self,
         room: RoomArg,
         event_id: EventArg,
-        key: Annotated[str, Field(description="The reaction, usually one emoji, e.g. 👍",
-                                  min_length=1, max_length=64)],
+        key: Annotated[
+            str,
+            Field(
+                description="The reaction, usually one emoji, e.g. 👍", min_length=1, max_length=64
+            ),
+        ],
     ) -> dict[str, Any]:
         """React to a message (encrypted, like every event here)."""
         rid = await self.rt.room(room, sends=True)
@@ -359,14 +417,12 @@ class AgentTools:
         self,
         room: RoomArg,
         event_id: EventArg,
-        reason: Annotated[str | None, Field(description="Why (visible to the homeserver)")]
-        = None,
+        reason: Annotated[str | None, Field(description="Why (visible to the homeserver)")] = None,
     ) -> dict[str, Any]:
         """Delete (redact) an event: its content is removed for everyone. A redacted record
         version disappears from the key's history."""
         rid = await self.rt.room(room)
-        return {"room_id": rid,
-                "event_id": await self._c.messages.redact(rid, event_id, reason)}
+        return {"room_id": rid, "event_id": await self._c.messages.redact(rid, event_id, reason)}
 
     # -- records ----------------------------------------------------------------
 
@@ -374,21 +430,25 @@ class AgentTools:
         self,
         room: RoomArg,
         key: KeyArg,
-        value: Annotated[Any, Field(description="Any JSON value: object, array, string, number, "
-                                                "boolean or null")],
-        schema: Annotated[str | None, Field(
-            description="Validate against this JSON Schema the room publishes")] = None,
-        txn_id: Annotated[str | None, Field(
-            description="Idempotency key: retrying with the same txn_id never makes a second "
-                        "version")] = None,
+        value: Annotated[
+            Any, Field(description="Any JSON value: object, array, string, number, boolean or null")
+        ],
+        schema: Annotated[
+            str | None, Field(description="Validate against this JSON Schema the room publishes")
+        ] = None,
+        txn_id: Annotated[
+            str | None,
+            Field(
+                description="Idempotency key: retrying with the same txn_id never makes a second "
+                "version"
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Write a new version of a record (end-to-end encrypted; history is kept).
         Records are the data of a data room: a twin's current state is the latest version
         of every key."""
         rid = await self.rt.room(room, sends=True)
-        return record_json(
-            await self._c.records.put(rid, key, value, schema=schema, txn_id=txn_id)
-        )
+        return record_json(await self._c.records.put(rid, key, value, schema=schema, txn_id=txn_id))
 
     async def get_record(self, room: RoomArg, key: KeyArg) -> dict[str, Any]:
         """Read the latest version of a record: value, version number, writer and time."""
@@ -398,8 +458,9 @@ class AgentTools:
     async def get_twin(
         self,
         room: RoomArg,
-        with_metadata: Annotated[bool, Field(
-            description="Include version, writer and time of each key")] = False,
+        with_metadata: Annotated[
+            bool, Field(description="Include version, writer and time of each key")
+        ] = False,
     ) -> dict[str, Any]:
         """Read a room's twin state: the latest value of every record key."""
         rid = await self.rt.room(room)
@@ -414,15 +475,18 @@ class AgentTools:
         key: KeyArg,
         since: TimeArg = None,
         until: TimeArg = None,
-        limit: Annotated[int, Field(description="At most this many versions", ge=1, le=1000)]
-        = 100,
+        limit: Annotated[int, Field(description="At most this many versions", ge=1, le=1000)] = 100,
         newest_first: Annotated[bool, Field(description="Newest version first")] = False,
     ) -> dict[str, Any]:
         """Every version of a record key, optionally within a time range."""
         rid = await self.rt.room(room)
         versions = await self._c.records.history(
-            rid, key, since=parse_time(since, "since"), until=parse_time(until, "until"),
-            limit=limit, newest_first=newest_first,
+            rid,
+            key,
+            since=parse_time(since, "since"),
+            until=parse_time(until, "until"),
+            limit=limit,
+            newest_first=newest_first,
         )
         return {"room_id": rid, "key": key, "versions": [record_json(r) for r in versions]}
 
@@ -431,10 +495,12 @@ class AgentTools:
     async def upload_file(
         self,
         room: RoomArg,
-        path: Annotated[str | None, Field(
-            description="File to upload, relative to the agent's files directory")] = None,
-        content_base64: Annotated[str | None, Field(
-            description="Or the file's bytes, base64-encoded (small files only)")] = None,
+        path: Annotated[
+            str | None, Field(description="File to upload, relative to the agent's files directory")
+        ] = None,
+        content_base64: Annotated[
+            str | None, Field(description="Or the file's bytes, base64-encoded (small files only)")
+        ] = None,
         filename: Annotated[str | None, Field(description="Name to give the file")] = None,
         mimetype: Annotated[str | None, Field(description="e.g. application/pdf")] = None,
     ) -> dict[str, Any]:
@@ -460,18 +526,28 @@ class AgentTools:
                 raise ValidationError("content_base64 is not valid base64") from None
         rid = await self.rt.room(room, sends=True)
         ref = await self._c.files.put(rid, source, filename=filename, mimetype=mimetype)
-        return {"room_id": rid, "event_id": ref.event_id, "name": ref.name, "size": ref.size,
-                "mimetype": ref.mimetype}
+        return {
+            "room_id": rid,
+            "event_id": ref.event_id,
+            "name": ref.name,
+            "size": ref.size,
+            "mimetype": ref.mimetype,
+        }
 
     async def download_file(
         self,
         room: RoomArg,
         event_id: EventArg,
-        save_as: Annotated[str | None, Field(
-            description="Save into the agent's files directory under this relative path, "
-                        "instead of returning the content")] = None,
-        overwrite: Annotated[bool, Field(description="Replace an existing file at save_as")]
-        = False,
+        save_as: Annotated[
+            str | None,
+            Field(
+                description="Save into the agent's files directory under this relative path, "
+                "instead of returning the content"
+            ),
+        ] = None,
+        overwrite: Annotated[
+            bool, Field(description="Replace an existing file at save_as")
+        ] = False,
     ) -> list[TextContent | EmbeddedResource]:
         """Download, verify (SHA-256) and decrypt a file from a room. Small files come back
         as an embedded resource (base64); larger ones must be saved with `save_as`."""
@@ -480,8 +556,13 @@ class AgentTools:
             target = self.rt.policy.file_path(save_as, purpose="saving a file")
         rid = await self.rt.room(room)
         ref = await self._c.files.ref(rid, event_id)
-        meta = {"room_id": rid, "event_id": event_id, "name": ref.name, "size": ref.size,
-                "mimetype": ref.mimetype}
+        meta = {
+            "room_id": rid,
+            "event_id": event_id,
+            "name": ref.name,
+            "size": ref.size,
+            "mimetype": ref.mimetype,
+        }
         if target is not None:
             if target.is_dir():
                 target = self.rt.policy.file_path(
@@ -490,8 +571,7 @@ class AgentTools:
             if target.exists() and not overwrite:
                 raise ValidationError(f"{save_as!r} exists; pass overwrite=true to replace it")
             target.parent.mkdir(parents=True, exist_ok=True)
-            await download_decrypted(self._c.homeserver_url, self._c.access_token, ref.file,
-                                     target)
+            await download_decrypted(self._c.homeserver_url, self._c.access_token, ref.file, target)
             meta["saved_to"] = str(target)
             return [TextContent(type="text", text=json.dumps(meta))]
         data = await self.read_file_bytes(rid, event_id)
@@ -534,8 +614,9 @@ class AgentTools:
         self,
         room: RoomArg,
         key: Annotated[str, Field(description="State key", min_length=1, max_length=255)],
-        path: Annotated[str | None, Field(
-            description="Dot path into the value, e.g. 'config.threshold'")] = None,
+        path: Annotated[
+            str | None, Field(description="Dot path into the value, e.g. 'config.threshold'")
+        ] = None,
     ) -> dict[str, Any]:
         """Read a keyed room-state value (IXO `ixo.room.state`, state_key = key). Honours the
         key's `ixo.room.state.acl` read list. Room state is NOT end-to-end encrypted."""
@@ -567,10 +648,12 @@ class AgentTools:
         self,
         room: RoomArg,
         key: Annotated[str, Field(description="State key", min_length=1, max_length=255)],
-        value: Annotated[Any, Field(
-            description="A JSON object; with `path`, any JSON value for that part")],
-        path: Annotated[str | None, Field(
-            description="Dot path: set only this part of the current value")] = None,
+        value: Annotated[
+            Any, Field(description="A JSON object; with `path`, any JSON value for that part")
+        ],
+        path: Annotated[
+            str | None, Field(description="Dot path: set only this part of the current value")
+        ] = None,
     ) -> dict[str, Any]:
         """Set a keyed room-state value (IXO `ixo.room.state`). Honours the key's
         `ixo.room.state.acl` write list. Room state is NOT end-to-end encrypted: the
@@ -611,43 +694,66 @@ class AgentTools:
         read = acl.get("read") if isinstance(acl.get("read"), list) else None
         me = self.rt.user_id
         if mode == "write" and write is not None and me not in write:
-            raise CapabilityDenied(self.rt.name, f"acl:write:{key}",
-                                   f"{me} is not in the write list of {key!r}'s ACL in {rid}")
+            raise CapabilityDenied(
+                self.rt.name,
+                f"acl:write:{key}",
+                f"{me} is not in the write list of {key!r}'s ACL in {rid}",
+            )
         if mode == "read" and read is not None and me not in read and me not in (write or []):
-            raise CapabilityDenied(self.rt.name, f"acl:read:{key}",
-                                   f"{me} is not in the read list of {key!r}'s ACL in {rid}")
+            raise CapabilityDenied(
+                self.rt.name,
+                f"acl:read:{key}",
+                f"{me} is not in the read list of {key!r}'s ACL in {rid}",
+            )
 
     # -- telemetry (end-to-end encrypted time series) ------------------------------
 
     async def telemetry_series(
-        self, room: RoomArg, metric: Annotated[str | None, Field(
-            description="Only this metric's series")] = None,
+        self,
+        room: RoomArg,
+        metric: Annotated[str | None, Field(description="Only this metric's series")] = None,
     ) -> dict[str, Any]:
         """List a room's telemetry series (metric + tags) with sample counts and first/last
         sample times. Call this first to learn which metrics query_telemetry and
         aggregate_telemetry can read."""
         rid = await self.rt.room(room)
         infos = await self._c.telemetry.series(rid, metric)
-        return {"room_id": rid, "series": [
-            {"metric": i.metric, "tags": dict(i.tags), "count": i.count,
-             "first_ts": i.first_ts, "first_time": iso(i.first_ts),
-             "last_ts": i.last_ts, "last_time": iso(i.last_ts)}
-            for i in infos
-        ]}
+        return {
+            "room_id": rid,
+            "series": [
+                {
+                    "metric": i.metric,
+                    "tags": dict(i.tags),
+                    "count": i.count,
+                    "first_ts": i.first_ts,
+                    "first_time": iso(i.first_ts),
+                    "last_ts": i.last_ts,
+                    "last_time": iso(i.last_ts),
+                }
+                for i in infos
+            ],
+        }
 
     async def query_telemetry(
         self,
         room: RoomArg,
-        metric: Annotated[str | None, Field(
-            description="Only this metric (e.g. 'temperature'); omit for every metric",
-            min_length=1, max_length=255)] = None,
+        metric: Annotated[
+            str | None,
+            Field(
+                description="Only this metric (e.g. 'temperature'); omit for every metric",
+                min_length=1,
+                max_length=255,
+            ),
+        ] = None,
         since: TimeArg = None,
         until: TimeArg = None,
         tags: TagsArg = None,
-        limit: Annotated[int, Field(description="At most this many samples",
-                                    ge=1, le=MAX_TELEMETRY_SAMPLES)] = 1000,
-        newest_first: Annotated[bool, Field(
-            description="The latest samples first (with limit: the latest N)")] = False,
+        limit: Annotated[
+            int, Field(description="At most this many samples", ge=1, le=MAX_TELEMETRY_SAMPLES)
+        ] = 1000,
+        newest_first: Annotated[
+            bool, Field(description="The latest samples first (with limit: the latest N)")
+        ] = False,
     ) -> dict[str, Any]:
         """Read raw telemetry samples (decrypted) of a room within [since, until), oldest
         first: time, metric, value, tags. `more` is true when the limit cut the result.
@@ -663,25 +769,44 @@ class AgentTools:
             fresh = False
         streams: list[list[Sample]] = []
         for m in metrics:
-            streams.append(await tel.query(
-                rid, m, since=since_ms or 0, until=until_ms, tags=tags, limit=limit + 1,
-                newest_first=newest_first, catch_up=fresh,
-            ))
+            streams.append(
+                await tel.query(
+                    rid,
+                    m,
+                    since=since_ms or 0,
+                    until=until_ms,
+                    tags=tags,
+                    limit=limit + 1,
+                    newest_first=newest_first,
+                    catch_up=fresh,
+                )
+            )
         merged = list(heapq.merge(*streams, key=lambda s: s.ts, reverse=newest_first))
-        return {"room_id": rid, "metric": metric, "samples": [
-            _sample_json(s) for s in merged[:limit]
-        ], "more": len(merged) > limit}
+        return {
+            "room_id": rid,
+            "metric": metric,
+            "samples": [_sample_json(s) for s in merged[:limit]],
+            "more": len(merged) > limit,
+        }
 
     async def aggregate_telemetry(
         self,
         room: RoomArg,
         metric: MetricArg,
-        since: Annotated[str | int, Field(
-            description="Start of the first bucket: ISO 8601 time (e.g. "
-                        "2025-05-01T12:00:00Z) or milliseconds since the epoch")],
-        step: Annotated[str | int, Field(
-            description="Bucket width: milliseconds, or a duration such as '30s', '5m', "
-                        "'1h', '1d'")],
+        since: Annotated[
+            str | int,
+            Field(
+                description="Start of the first bucket: ISO 8601 time (e.g. "
+                "2025-05-01T12:00:00Z) or milliseconds since the epoch"
+            ),
+        ],
+        step: Annotated[
+            str | int,
+            Field(
+                description="Bucket width: milliseconds, or a duration such as '30s', '5m', "
+                "'1h', '1d'"
+            ),
+        ],
         until: TimeArg = None,
         tags: TagsArg = None,
     ) -> dict[str, Any]:
@@ -704,26 +829,44 @@ class AgentTools:
         buckets = await self._c.telemetry.aggregate(
             rid, metric, since=since_ms, until=end, step=step_ms, tags=tags
         )
-        return {"room_id": rid, "metric": metric, "since": since_ms, "until": end,
-                "step_ms": step_ms, "buckets": [_bucket_json(b, step_ms) for b in buckets]}
+        return {
+            "room_id": rid,
+            "metric": metric,
+            "since": since_ms,
+            "until": end,
+            "step_ms": step_ms,
+            "buckets": [_bucket_json(b, step_ms) for b in buckets],
+        }
 
     async def append_telemetry(
         self,
         room: RoomArg,
-        samples: Annotated[list[TelemetrySampleArg], Field(
-            description="The samples to append", min_length=1,
-            max_length=MAX_TELEMETRY_SAMPLES)],
-        wait_seconds: Annotated[float, Field(
-            description="Wait at most this long for the homeserver to acknowledge them", ge=0,
-            le=120)] = 30,
+        samples: Annotated[
+            list[TelemetrySampleArg],
+            Field(
+                description="The samples to append", min_length=1, max_length=MAX_TELEMETRY_SAMPLES
+            ),
+        ],
+        wait_seconds: Annotated[
+            float,
+            Field(
+                description="Wait at most this long for the homeserver to acknowledge them",
+                ge=0,
+                le=120,
+            ),
+        ] = 30,
     ) -> dict[str, Any]:
         """Append telemetry samples to a room (end-to-end encrypted, batched). They are
         durable in the agent's outbox on return and sent even if acknowledgement times
         out; `acknowledged` says whether the homeserver has them already."""
         rid = await self.rt.room(room, sends=True)
         rows = [
-            (parse_time(s.ts, f"samples[{i}].ts") if s.ts is not None else None,
-             s.metric, s.value, s.tags)
+            (
+                parse_time(s.ts, f"samples[{i}].ts") if s.ts is not None else None,
+                s.metric,
+                s.value,
+                s.tags,
+            )
             for i, s in enumerate(samples)
         ]
         tel = self._c.telemetry
@@ -767,14 +910,28 @@ def parse_step(step: str | int) -> int:
 
 
 def _sample_json(s: Sample) -> dict[str, Any]:
-    return {"ts": s.ts, "time": iso(s.ts), "metric": s.metric, "value": s.value,
-            "tags": dict(s.tags)}
+    return {
+        "ts": s.ts,
+        "time": iso(s.ts),
+        "metric": s.metric,
+        "value": s.value,
+        "tags": dict(s.tags),
+    }
 
 
 def _bucket_json(b: Bucket, step: int) -> dict[str, Any]:
-    return {"start": b.start, "start_time": iso(b.start), "end": b.start + step,
-            "count": b.count, "min": b.min, "max": b.max, "mean": b.mean, "last": b.last,
-            "last_ts": b.last_ts, "last_time": iso(b.last_ts)}
+    return {
+        "start": b.start,
+        "start_time": iso(b.start),
+        "end": b.start + step,
+        "count": b.count,
+        "min": b.min,
+        "max": b.max,
+        "mean": b.mean,
+        "last": b.last,
+        "last_ts": b.last_ts,
+        "last_time": iso(b.last_ts),
+    }
 
 
 def _safe_name(name: str) -> str:

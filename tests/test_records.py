@@ -126,3 +126,23 @@ async def test_new_device_backfills_history(  # type: ignore[no-untyped-def]
         assert bob2.index.count(room) == 150
     finally:
         await bob2.close()
+
+
+def test_twin_cache_sees_local_and_other_process_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from datarooms.index import LocalIndex, Record
+
+    path = tmp_path / "index.db"
+    a, b = LocalIndex(path), LocalIndex(path)  # b stands for another process on this device
+    try:
+        a.add_records([Record("!r", "k", 1, "$1", "@u:x", 10, "t1")])
+        assert a.twin_values("!r") == {"k": 1}
+        a.add_records([Record("!r", "k", 2, "$2", "@u:x", 20, "t2")])  # local write
+        assert a.twin_values("!r") == {"k": 2}
+        b.add_records([Record("!r", "k", 3, "$3", "@u:x", 30, "t3")])  # another connection
+        assert a.twin_values("!r") == {"k": 3}
+        got = a.twin_values("!r")
+        got["k"] = "mutated by the caller"
+        assert a.twin_values("!r") == {"k": 3}  # callers get copies
+    finally:
+        a.close()
+        b.close()

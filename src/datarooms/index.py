@@ -142,6 +142,11 @@ class LocalIndex:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._lock = threading.RLock()
+        # {room: {key: value}}, valid while nothing changed the database: local writes
+        # clear it, and PRAGMA data_version tells us when another connection (another
+        # process on this device) committed.
+        self._twin_cache: dict[str, str] = {}
+        self._data_version = -1
         self._migrate()
 
     def close(self) -> None:
@@ -166,6 +171,7 @@ class LocalIndex:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self._twin_cache.clear()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -296,13 +302,22 @@ class LocalIndex:
         }
 
     def twin_values(self, room_id: str) -> dict[str, Any]:
-        """``{key: latest value}``, built in SQLite and decoded once (the fast path)."""
+        """``{key: latest value}`` (a fresh copy; cached until the database changes)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT json_group_object(key, json(value)) FROM latest WHERE room_id = ?",
-                (room_id,),
-            ).fetchone()
-        result: dict[str, Any] = json.loads(row[0]) if row and row[0] else {}
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._twin_cache.clear()
+                self._data_version = version
+            text = self._twin_cache.get(room_id)
+            if text is None:
+                row = self._db.execute(
+                    "SELECT json_group_object(key, json(value)) FROM latest WHERE room_id = ?",
+                    (room_id,),
+                ).fetchone()
+                text = row[0] if row and row[0] else "{}"
+                self._twin_cache[room_id] = text
+        # Decoding the cached JSON gives every caller its own copy, cheaper than a deepcopy.
+        result: dict[str, Any] = json.loads(text)
         return result
 
     def latest(self, room_id: str, key: str) -> Record | None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from datarooms._sqlite import migrate
 from datarooms.errors import ValidationError
 from datarooms.telemetry.encoding import SeriesData, SeriesKey
 from datarooms.telemetry.model import EMPTY_TAGS, Bucket, Sample, SeriesInfo
@@ -173,18 +174,7 @@ class TelemetryIndex:
 
     def _migrate(self) -> None:
         with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            self._db.execute(statement)
-                    self._db.execute(f"PRAGMA user_version = {number}")
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+            migrate(self._db, _MIGRATIONS)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from datarooms._sqlite import migrate
 from datarooms.errors import DataroomsError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -175,18 +176,7 @@ class Outbox:
     # -- set-up -----------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {number}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        migrate(self._db, _MIGRATIONS)
 
     def _init_stream(self) -> str:
         with self._tx() as db:

@@ -108,20 +108,20 @@ def make_sessions(
     out, probes = [], []
     for i in range(n):
         outbound = vodozemac.GroupSession()
-        out.append(InboundGroupSession(
-            session_key=outbound.session_key.to_base64(),
-            signing_key=keys["ed25519"],
-            sender_key=keys["curve25519"],
-            room_id=room,
-        ))
+        out.append(
+            InboundGroupSession(
+                session_key=outbound.session_key.to_base64(),
+                signing_key=keys["ed25519"],
+                sender_key=keys["curve25519"],
+                room_id=room,
+            )
+        )
         if i in (0, n - 1):
             probes.append((outbound.session_id, outbound.encrypt(PROBE).to_base64()))
     return out, probes
 
 
-async def bench_backup(
-    hs: TestHomeserver, tmp: Path, n: int, single_n: int
-) -> dict[str, Any]:
+async def bench_backup(hs: TestHomeserver, tmp: Path, n: int, single_n: int) -> dict[str, Any]:
     user = await hs.new_user("keeper")
     kate = await open_client(hs, user, tmp / "keeper")
     peer = await open_client(hs, await hs.new_user("peer"), tmp / "peer")
@@ -152,8 +152,11 @@ async def bench_backup(
             for s in sessions:
                 store.save_inbound_group_session(s)
         save_s = time.perf_counter() - t0
-        print(f"{n:,} sessions made in {make_s:.2f} s; added to the olm store in {add_s:.2f} s; "
-              f"saved to the crypto store (one transaction) in {save_s:.2f} s", flush=True)
+        print(
+            f"{n:,} sessions made in {make_s:.2f} s; added to the olm store in {add_s:.2f} s; "
+            f"saved to the crypto store (one transaction) in {save_s:.2f} s",
+            flush=True,
+        )
 
         t0 = time.perf_counter()
         uploaded = await kate.keys.backup_sessions(sessions)
@@ -161,8 +164,10 @@ async def bench_backup(
         assert uploaded == n, (uploaded, n)
         backed = len(kate.index.backed_up(version))
         assert backed == n + real, (backed, n, real)
-        print(f"backup: {n:,} sessions uploaded in {backup_s:.2f} s "
-              f"({n / backup_s:,.0f} sessions/s)", flush=True)
+        print(
+            f"backup: {n:,} sessions uploaded in {backup_s:.2f} s ({n / backup_s:,.0f} sessions/s)",
+            flush=True,
+        )
         # What a put adds for a new session: backing up one session on its own.
         singles, _ = make_sessions(kate, room, single_n)
         one_ms = []
@@ -206,35 +211,44 @@ async def bench_backup(
     (t_first, i_first), (t_last, i_last) = ticks[0], ticks[-1]
     import_rate = (i_last - i_first) / (t_last - t_first) if t_last > t_first else float("nan")
     out = {
-        "backup_sessions": n, "real_sessions": real, "real_sessions_local": real_local,
-        "backup_s": backup_s, "backup_sessions_per_s": n / backup_s,
+        "backup_sessions": n,
+        "real_sessions": real,
+        "real_sessions_local": real_local,
+        "backup_s": backup_s,
+        "backup_sessions_per_s": n / backup_s,
         "backup_pending_noop_ms": pending_noop_ms,
         "backup_one_session_p50_ms": median(one_ms),
-        "backup_one_session_p99_ms": percentile(one_ms, 99), "backup_one_session_n": single_n,
-        "restored_sessions": restored, "restore_s": restore_s,
+        "backup_one_session_p99_ms": percentile(one_ms, 99),
+        "backup_one_session_n": single_n,
+        "restored_sessions": restored,
+        "restore_s": restore_s,
         "restore_sessions_per_s": restored / restore_s,
         "restore_until_first_100_s": t_first - t0,
         "restore_import_sessions_per_s": import_rate,
         "restore_tail_s": t0 + restore_s - t_last,
-        "sessions_make_s": make_s, "olm_store_add_s": add_s, "crypto_store_save_s": save_s,
+        "sessions_make_s": make_s,
+        "olm_store_add_s": add_s,
+        "crypto_store_save_s": save_s,
     }
-    print(f"backing up one session alone: p50 {out['backup_one_session_p50_ms']:.2f} ms "
-          f"(p99 {out['backup_one_session_p99_ms']:.2f}) over {single_n}")
-    print(f"restore on a new device: {restored:,} sessions ({n:,} + {single_n} backed up one "
-          f"by one + {real} real) in "
-          f"{restore_s:.2f} s ({out['restore_sessions_per_s']:,.0f} sessions/s): unlock + "
-          f"download + first 100 {out['restore_until_first_100_s']:.2f} s, import "
-          f"{import_rate:,.0f}/s, tail (mark + retry decryption) {out['restore_tail_s']:.2f} s",
-          flush=True)
+    print(
+        f"backing up one session alone: p50 {out['backup_one_session_p50_ms']:.2f} ms "
+        f"(p99 {out['backup_one_session_p99_ms']:.2f}) over {single_n}"
+    )
+    print(
+        f"restore on a new device: {restored:,} sessions ({n:,} + {single_n} backed up one "
+        f"by one + {real} real) in "
+        f"{restore_s:.2f} s ({out['restore_sessions_per_s']:,.0f} sessions/s): unlock + "
+        f"download + first 100 {out['restore_until_first_100_s']:.2f} s, import "
+        f"{import_rate:,.0f}/s, tail (mark + retry decryption) {out['restore_tail_s']:.2f} s",
+        flush=True,
+    )
     return out
 
 
 # -- 2. put latency, backup on vs off ----------------------------------------------------
 
 
-async def interleave(
-    fns: list[Callable[[int], Awaitable[float]]], n: int
-) -> list[list[float]]:
+async def interleave(fns: list[Callable[[int], Awaitable[float]]], n: int) -> list[list[float]]:
     """Run each fn n times, interleaved, alternating the order; their latencies (ms)."""
     out: list[list[float]] = [[] for _ in fns]
     order = list(range(len(fns)))
@@ -260,6 +274,7 @@ async def bench_put(hs: TestHomeserver, tmp: Path, n: int, warmup: int) -> dict[
                 t0 = time.perf_counter()
                 await client.records.put(room, f"sensor-{i % 10}", {"c": 20 + i % 7, "seq": i})
                 return ms(time.perf_counter() - t0)
+
             return run
 
         for i in range(warmup):
@@ -275,14 +290,16 @@ async def bench_put(hs: TestHomeserver, tmp: Path, n: int, warmup: int) -> dict[
         for c in (off, on, reader):
             await c.close()
     r: dict[str, Any] = {
-        "put_p50_ms_backup_on": median(same_on), "put_p99_ms_backup_on": percentile(same_on, 99),
+        "put_p50_ms_backup_on": median(same_on),
+        "put_p99_ms_backup_on": percentile(same_on, 99),
         "put_p50_ms_backup_off": median(same_off),
         "put_p99_ms_backup_off": percentile(same_off, 99),
         "put_new_session_p50_ms_backup_on": median(new_on),
         "put_new_session_p99_ms_backup_on": percentile(new_on, 99),
         "put_new_session_p50_ms_backup_off": median(new_off),
         "put_new_session_p99_ms_backup_off": percentile(new_off, 99),
-        "put_n": n, "put_warmup": warmup,
+        "put_n": n,
+        "put_warmup": warmup,
     }
     r["put_ratio_on_off"] = r["put_p50_ms_backup_on"] / r["put_p50_ms_backup_off"]
     r["put_added_ms"] = r["put_p50_ms_backup_on"] - r["put_p50_ms_backup_off"]
@@ -309,8 +326,9 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="1,000 sessions, 30 puts per variant")
     args = ap.parse_args()
     # nio warns about every event it cannot decrypt yet (a new device before restore)
@@ -324,19 +342,27 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     r["runtime_s"] = time.perf_counter() - started
-    print(f"backup upload: {r['backup_sessions']:,} sessions in {r['backup_s']:.2f} s: "
-          f"{r['backup_sessions_per_s']:,.0f} sessions/s")
-    print(f"restore (new device): {r['restored_sessions']:,} sessions in {r['restore_s']:.2f} s: "
-          f"{r['restore_sessions_per_s']:,.0f} sessions/s")
-    print(f"put, session reused: p50 {r['put_p50_ms_backup_on']:.2f} ms with backup "
-          f"(p99 {r['put_p99_ms_backup_on']:.2f}) vs {r['put_p50_ms_backup_off']:.2f} ms without "
-          f"(p99 {r['put_p99_ms_backup_off']:.2f}): ratio {r['put_ratio_on_off']:.3f}, "
-          f"{r['put_added_ms']:+.2f} ms over {r['put_n']} each")
-    print(f"put, new session each time: p50 {r['put_new_session_p50_ms_backup_on']:.2f} ms with "
-          f"backup (p99 {r['put_new_session_p99_ms_backup_on']:.2f}) vs "
-          f"{r['put_new_session_p50_ms_backup_off']:.2f} ms without "
-          f"(p99 {r['put_new_session_p99_ms_backup_off']:.2f}): ratio "
-          f"{r['put_new_session_ratio_on_off']:.3f}, {r['put_new_session_added_ms']:+.2f} ms")
+    print(
+        f"backup upload: {r['backup_sessions']:,} sessions in {r['backup_s']:.2f} s: "
+        f"{r['backup_sessions_per_s']:,.0f} sessions/s"
+    )
+    print(
+        f"restore (new device): {r['restored_sessions']:,} sessions in {r['restore_s']:.2f} s: "
+        f"{r['restore_sessions_per_s']:,.0f} sessions/s"
+    )
+    print(
+        f"put, session reused: p50 {r['put_p50_ms_backup_on']:.2f} ms with backup "
+        f"(p99 {r['put_p99_ms_backup_on']:.2f}) vs {r['put_p50_ms_backup_off']:.2f} ms without "
+        f"(p99 {r['put_p99_ms_backup_off']:.2f}): ratio {r['put_ratio_on_off']:.3f}, "
+        f"{r['put_added_ms']:+.2f} ms over {r['put_n']} each"
+    )
+    print(
+        f"put, new session each time: p50 {r['put_new_session_p50_ms_backup_on']:.2f} ms with "
+        f"backup (p99 {r['put_new_session_p99_ms_backup_on']:.2f}) vs "
+        f"{r['put_new_session_p50_ms_backup_off']:.2f} ms without "
+        f"(p99 {r['put_new_session_p99_ms_backup_off']:.2f}): ratio "
+        f"{r['put_new_session_ratio_on_off']:.3f}, {r['put_new_session_added_ms']:+.2f} ms"
+    )
     print(f"runtime {r['runtime_s']:.0f} s")
     emit({"bench": "keys", "quick": args.quick, **r, **machine()})
 

@@ -52,10 +52,10 @@ from datarooms._logging import configure_logging  # noqa: E402
 from datarooms.account import write_credentials  # noqa: E402
 from datarooms.config import load_settings  # noqa: E402
 from datarooms.homeserver.embedded import free_port  # noqa: E402
-from datarooms.mcpserver import McpService, add_agent  # noqa: E402
-from datarooms.mcpserver.config import agents_file  # noqa: E402
-from datarooms.mcpserver.reading import read_timeline  # noqa: E402
-from datarooms.platform import PlatformContext  # noqa: E402
+from datarooms.services.mcp import McpService, add_agent  # noqa: E402
+from datarooms.services.mcp.config import agents_file  # noqa: E402
+from datarooms.services.mcp.reading import read_timeline  # noqa: E402
+from datarooms.services.platform import PlatformContext  # noqa: E402
 from datarooms.testing import TestHomeserver  # noqa: E402
 from mcp import Client  # noqa: E402
 
@@ -130,9 +130,10 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
             else:
                 await owner.records.put(room, f"k{i % 5}", {"i": i})
         headers = {"Authorization": f"Bearer {token}"}
-        async with create_mcp_http_client(headers=headers) as http, Client(
-            streamable_http_client(url, http_client=http)
-        ) as mcp:
+        async with (
+            create_mcp_http_client(headers=headers) as http,
+            Client(streamable_http_client(url, http_client=http)) as mcp,
+        ):
             check(await mcp.call_tool("join_room", {"room": room}))
 
             print("1/3 read recent (20 events) ...", flush=True)
@@ -154,8 +155,12 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
             print("2/3 put record ...", flush=True)
 
             async def tool_put(i: int) -> None:
-                check(await mcp.call_tool("put_record", {
-                    "room": room, "key": f"sensor-{i % 10}", "value": {"c": 20 + i % 7}}))
+                check(
+                    await mcp.call_tool(
+                        "put_record",
+                        {"room": room, "key": f"sensor-{i % 10}", "value": {"c": 20 + i % 7}},
+                    )
+                )
 
             async def sdk_put(i: int) -> None:
                 await agent.records.put(room, f"sensor-{i % 10}", {"c": 20 + i % 7})
@@ -179,10 +184,12 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
         result.update(stats("direct_put_record", sdk_puts))
         result.update(stats("get_record", tool_gets))
         result.update(stats("direct_get_record", sdk_gets))
-        result["read_recent_ratio"] = result["read_recent_p50_ms"] / result[
-            "direct_read_recent_p50_ms"]
-        result["put_record_ratio"] = result["put_record_p50_ms"] / result[
-            "direct_put_record_p50_ms"]
+        result["read_recent_ratio"] = (
+            result["read_recent_p50_ms"] / result["direct_read_recent_p50_ms"]
+        )
+        result["put_record_ratio"] = (
+            result["put_record_p50_ms"] / result["direct_put_record_p50_ms"]
+        )
         result["mcp_overhead_read_ms"] = (
             result["read_recent_p50_ms"] - result["direct_read_timeline_p50_ms"]
         )
@@ -193,8 +200,7 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
             result["get_record_p50_ms"] - result["direct_get_record_p50_ms"]
         )
         if not quick:
-            print("4/4 SDK messages.recent with the sync loop running (3 samples) ...",
-                  flush=True)
+            print("4/4 SDK messages.recent with the sync loop running (3 samples) ...", flush=True)
             waits = []
             for _ in range(3):
                 await asyncio.sleep(1)
@@ -210,8 +216,9 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="fewer samples")
     args = ap.parse_args()
     configure_logging("WARNING")
@@ -223,21 +230,29 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     r["runtime_s"] = time.perf_counter() - started
-    print(f"read recent (20 events): MCP tool p50 {r['read_recent_p50_ms']:.2f} ms "
-          f"(p99 {r['read_recent_p99_ms']:.2f}) vs SDK messages.recent p50 "
-          f"{r['direct_read_recent_p50_ms']:.2f} ms (ratio {r['read_recent_ratio']:.2f}); "
-          f"same read on the agent's device without MCP p50 "
-          f"{r['direct_read_timeline_p50_ms']:.2f} ms (MCP overhead "
-          f"{r['mcp_overhead_read_ms']:.2f} ms)")
-    print(f"put record: MCP tool p50 {r['put_record_p50_ms']:.2f} ms (p99 "
-          f"{r['put_record_p99_ms']:.2f}) vs SDK records.put p50 "
-          f"{r['direct_put_record_p50_ms']:.2f} ms (ratio {r['put_record_ratio']:.2f}, "
-          f"overhead {r['mcp_overhead_put_ms']:.2f} ms)")
-    print(f"get record: MCP tool p50 {r['get_record_p50_ms']:.2f} ms vs SDK records.get p50 "
-          f"{r['direct_get_record_p50_ms']:.3f} ms (overhead {r['mcp_overhead_get_ms']:.2f} ms)")
+    print(
+        f"read recent (20 events): MCP tool p50 {r['read_recent_p50_ms']:.2f} ms "
+        f"(p99 {r['read_recent_p99_ms']:.2f}) vs SDK messages.recent p50 "
+        f"{r['direct_read_recent_p50_ms']:.2f} ms (ratio {r['read_recent_ratio']:.2f}); "
+        f"same read on the agent's device without MCP p50 "
+        f"{r['direct_read_timeline_p50_ms']:.2f} ms (MCP overhead "
+        f"{r['mcp_overhead_read_ms']:.2f} ms)"
+    )
+    print(
+        f"put record: MCP tool p50 {r['put_record_p50_ms']:.2f} ms (p99 "
+        f"{r['put_record_p99_ms']:.2f}) vs SDK records.put p50 "
+        f"{r['direct_put_record_p50_ms']:.2f} ms (ratio {r['put_record_ratio']:.2f}, "
+        f"overhead {r['mcp_overhead_put_ms']:.2f} ms)"
+    )
+    print(
+        f"get record: MCP tool p50 {r['get_record_p50_ms']:.2f} ms vs SDK records.get p50 "
+        f"{r['direct_get_record_p50_ms']:.3f} ms (overhead {r['mcp_overhead_get_ms']:.2f} ms)"
+    )
     if "sdk_recent_with_sync_loop_ms" in r:
-        print(f"SDK messages.recent with the sync loop running: "
-              f"{r['sdk_recent_with_sync_loop_ms']} ms")
+        print(
+            f"SDK messages.recent with the sync loop running: "
+            f"{r['sdk_recent_with_sync_loop_ms']} ms"
+        )
     print(f"{r['n']} samples each; RSS {r['rss_mb']:.0f} MB; runtime {r['runtime_s']:.0f} s")
     emit({"bench": "mcp", "quick": args.quick, **r, **machine()})
 

@@ -59,8 +59,8 @@ from nio.api import MessageDirection  # noqa: E402
 from _common import emit, machine, median, percentile, rss_mb  # noqa: E402
 from datarooms import Credentials, DataroomsClient  # noqa: E402
 from datarooms import events as ev  # noqa: E402
+from datarooms._store.index import LocalIndex, Record  # noqa: E402
 from datarooms.homeserver.admin import RegisteredUser  # noqa: E402
-from datarooms.index import LocalIndex, Record  # noqa: E402
 from datarooms.testing import TestHomeserver  # noqa: E402
 
 MIB = 1 << 20
@@ -160,8 +160,10 @@ async def bench_put(client: DataroomsClient, room: str, n: int, warmup: int) -> 
             out.append(ms(time.perf_counter() - t0))
     put_p50, raw_p50 = median(puts), median(raws)
     return {
-        **stats("put", puts), **stats("raw_send", raws),
-        "put_overhead_ratio": put_p50 / raw_p50, "put_overhead_ms": put_p50 - raw_p50,
+        **stats("put", puts),
+        **stats("raw_send", raws),
+        "put_overhead_ratio": put_p50 / raw_p50,
+        "put_overhead_ms": put_p50 - raw_p50,
         "put_n": n,
     }
 
@@ -182,9 +184,12 @@ def fill_index(index: LocalIndex, room: str, keys: int, versions: int, hot_versi
         nonlocal ts
         ts += 1
         return Record(
-            room_id=room, key=key, value={"c": round(rng.uniform(-20, 40), 2), "unit": "C",
-                                          "v": v},
-            event_id="$" + uuid.uuid4().hex + uuid.uuid4().hex[:11], sender=sender, ts=ts,
+            room_id=room,
+            key=key,
+            value={"c": round(rng.uniform(-20, 40), 2), "unit": "C", "v": v},
+            event_id="$" + uuid.uuid4().hex + uuid.uuid4().hex[:11],
+            sender=sender,
+            ts=ts,
             txn=uuid.uuid4().hex,
         )
 
@@ -209,8 +214,10 @@ async def bench_index(
         t0 = time.perf_counter()
         total = fill_index(index, room, keys, versions, hot)
         fill_s = time.perf_counter() - t0
-        print(f"synthetic index: {total:,} record versions of {keys:,} keys filled in "
-              f"{fill_s:.1f} s ({total / fill_s:,.0f} versions/s through add_records)")
+        print(
+            f"synthetic index: {total:,} record versions of {keys:,} keys filled in "
+            f"{fill_s:.1f} s ({total / fill_s:,.0f} versions/s through add_records)"
+        )
 
         def loop(fn: Callable[[], Any], expect: int) -> list[float]:
             for _ in range(5):
@@ -227,9 +234,14 @@ async def bench_index(
         hist = loop(lambda: index.history(room, "key-0000"), hot)
         sql = sqlite3.connect(f"file:{index.path}?mode=ro", uri=True)
         try:
-            twin_sql = loop(lambda: sql.execute(
-                "SELECT key, value, event_id, sender, ts, schema, versions FROM latest "
-                "WHERE room_id = ?", (room,)).fetchall(), keys)
+            twin_sql = loop(
+                lambda: sql.execute(
+                    "SELECT key, value, event_id, sender, ts, schema, versions FROM latest "
+                    "WHERE room_id = ?",
+                    (room,),
+                ).fetchall(),
+                keys,
+            )
         finally:
             sql.close()
         # The SDK call, on a client whose index is this one (no gaps: no I/O).
@@ -250,10 +262,16 @@ async def bench_index(
     return {
         # twin_state is what the SDK's records.twin() answers ({key: value}); the
         # index's full-Record view (records.latest()) is reported beside it.
-        **stats("twin_latest_records", twin), **stats("twin_sql", twin_sql),
-        **stats("twin_state", twin_client), **stats("key_history", hist),
-        "index_versions": total, "index_keys": keys, "key_history_versions": hot,
-        "index_fill_s": fill_s, "index_fill_per_s": total / fill_s, "index_db_mb": db_mb,
+        **stats("twin_latest_records", twin),
+        **stats("twin_sql", twin_sql),
+        **stats("twin_state", twin_client),
+        **stats("key_history", hist),
+        "index_versions": total,
+        "index_keys": keys,
+        "key_history_versions": hot,
+        "index_fill_s": fill_s,
+        "index_fill_per_s": total / fill_s,
+        "index_db_mb": db_mb,
         "index_query_runs": runs,
     }
 
@@ -275,8 +293,11 @@ async def paginate_history(client: DataroomsClient, room: str, key: str) -> tupl
         events += len(resp.chunk)
         for e in resp.chunk:
             source = getattr(e, "source", None)
-            if (isinstance(source, dict) and source.get("type") == ev.RECORD
-                    and source.get("content", {}).get("key") == key):
+            if (
+                isinstance(source, dict)
+                and source.get("type") == ev.RECORD
+                and source.get("content", {}).get("key") == key
+            ):
                 found += 1
         if not resp.chunk or not resp.end:
             return found, events, pages
@@ -310,11 +331,15 @@ async def bench_history(
         assert found == n, (found, n)
     idx_p50, pag_p50 = median(index_ms), median(pag_ms)
     return {
-        "messages_pagination_p50_ms": pag_p50, "messages_pagination_max_ms": max(pag_ms),
-        "messages_pagination_runs": runs, "messages_events": events, "messages_pages": pages,
+        "messages_pagination_p50_ms": pag_p50,
+        "messages_pagination_max_ms": max(pag_ms),
+        "messages_pagination_runs": runs,
+        "messages_events": events,
+        "messages_pages": pages,
         **stats("history_index_real", index_ms),
         "history_first_read_ms": first_ms,
-        "history_speedup": pag_p50 / idx_p50, "history_versions_real": n,
+        "history_speedup": pag_p50 / idx_p50,
+        "history_versions_real": n,
         "history_put_per_s": n / put_s,
     }
 
@@ -361,17 +386,21 @@ async def bench_files(
         dest.unlink()
         peak = max(up.peak, down.peak)
         out[f"file_{mib}mb"] = {
-            "upload_mb_s": mib / (up_ms / 1000), "download_mb_s": mib / (down_ms / 1000),
-            "upload_peak_rss_mb": up.peak, "upload_rss_growth_mb": up.peak - up.baseline,
+            "upload_mb_s": mib / (up_ms / 1000),
+            "download_mb_s": mib / (down_ms / 1000),
+            "upload_peak_rss_mb": up.peak,
+            "upload_rss_growth_mb": up.peak - up.baseline,
             "download_peak_rss_mb": down.peak,
             "download_rss_growth_mb": down.peak - down.baseline,
             "peak_rss_mb": peak,
         }
         r = out[f"file_{mib}mb"]
-        print(f"file {mib} MB: upload {r['upload_mb_s']:.1f} MB/s, "
-              f"download {r['download_mb_s']:.1f} MB/s; peak RSS {peak:.0f} MB (growth over "
-              f"baseline: upload {r['upload_rss_growth_mb']:+.1f} MB, "
-              f"download {r['download_rss_growth_mb']:+.1f} MB)")
+        print(
+            f"file {mib} MB: upload {r['upload_mb_s']:.1f} MB/s, "
+            f"download {r['download_mb_s']:.1f} MB/s; peak RSS {peak:.0f} MB (growth over "
+            f"baseline: upload {r['upload_rss_growth_mb']:+.1f} MB, "
+            f"download {r['download_rss_growth_mb']:+.1f} MB)"
+        )
     big = out[f"file_{max(sizes)}mb"]
     flat: dict[str, Any] = {
         "file_mb": max(sizes),
@@ -403,8 +432,11 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
         print("2/4 twin and key history from a synthetic index ...", flush=True)
         result.update(await bench_index(tmp, bob, 20 if quick else 100, 100 if quick else 300))
         print("3/4 key history: index vs /messages on a real room ...", flush=True)
-        result.update(await bench_history(alice, bob, 150 if quick else 1000, 3 if quick else 5,
-                                          50 if quick else 100))
+        result.update(
+            await bench_history(
+                alice, bob, 150 if quick else 1000, 3 if quick else 5, 50 if quick else 100
+            )
+        )
         print("4/4 files ...", flush=True)
         result.update(await bench_files(alice, bob, room, [32] if quick else [32, 256], tmp))
     finally:
@@ -414,8 +446,9 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smaller counts and files")
     args = ap.parse_args()
     started = time.perf_counter()
@@ -426,23 +459,33 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     r["runtime_s"] = time.perf_counter() - started
-    print(f"put (E2EE): p50 {r['put_p50_ms']:.2f} ms (p99 {r['put_p99_ms']:.2f}) vs raw nio "
-          f"room_send p50 {r['raw_send_p50_ms']:.2f} ms (p99 {r['raw_send_p99_ms']:.2f}); "
-          f"ratio {r['put_overhead_ratio']:.3f} over {r['put_n']} each")
-    print(f"twin state ({r['index_keys']:,} keys, {r['index_versions']:,} versions): "
-          f"client.records.twin p50 {r['twin_state_p50_ms']:.2f} ms (bare SQL "
-          f"{r['twin_sql_p50_ms']:.2f} ms; full records via records.latest "
-          f"{r['twin_latest_records_p50_ms']:.2f} ms)")
-    print(f"key history ({r['key_history_versions']:,} versions, same index): "
-          f"p50 {r['key_history_p50_ms']:.2f} ms")
-    print(f"key history on a real room ({r['history_versions_real']} versions): index p50 "
-          f"{r['history_index_real_p50_ms']:.2f} ms vs paginating /messages "
-          f"({r['messages_pages']} pages, {r['messages_events']} events) p50 "
-          f"{r['messages_pagination_p50_ms']:.0f} ms: {r['history_speedup']:.0f}x; "
-          f"first read with backfill {r['history_first_read_ms']:.0f} ms")
-    print(f"files ({r['file_mb']} MB): upload {r['file_upload_mb_s']:.1f} MB/s, download "
-          f"{r['file_download_mb_s']:.1f} MB/s; peak RSS {r['file_peak_rss_mb']:.0f} MB, "
-          f"max growth {r['file_rss_growth_mb']:+.1f} MB")
+    print(
+        f"put (E2EE): p50 {r['put_p50_ms']:.2f} ms (p99 {r['put_p99_ms']:.2f}) vs raw nio "
+        f"room_send p50 {r['raw_send_p50_ms']:.2f} ms (p99 {r['raw_send_p99_ms']:.2f}); "
+        f"ratio {r['put_overhead_ratio']:.3f} over {r['put_n']} each"
+    )
+    print(
+        f"twin state ({r['index_keys']:,} keys, {r['index_versions']:,} versions): "
+        f"client.records.twin p50 {r['twin_state_p50_ms']:.2f} ms (bare SQL "
+        f"{r['twin_sql_p50_ms']:.2f} ms; full records via records.latest "
+        f"{r['twin_latest_records_p50_ms']:.2f} ms)"
+    )
+    print(
+        f"key history ({r['key_history_versions']:,} versions, same index): "
+        f"p50 {r['key_history_p50_ms']:.2f} ms"
+    )
+    print(
+        f"key history on a real room ({r['history_versions_real']} versions): index p50 "
+        f"{r['history_index_real_p50_ms']:.2f} ms vs paginating /messages "
+        f"({r['messages_pages']} pages, {r['messages_events']} events) p50 "
+        f"{r['messages_pagination_p50_ms']:.0f} ms: {r['history_speedup']:.0f}x; "
+        f"first read with backfill {r['history_first_read_ms']:.0f} ms"
+    )
+    print(
+        f"files ({r['file_mb']} MB): upload {r['file_upload_mb_s']:.1f} MB/s, download "
+        f"{r['file_download_mb_s']:.1f} MB/s; peak RSS {r['file_peak_rss_mb']:.0f} MB, "
+        f"max growth {r['file_rss_growth_mb']:+.1f} MB"
+    )
     print(f"runtime {r['runtime_s']:.0f} s")
     emit({"bench": "records", "quick": args.quick, **r, **machine()})
 

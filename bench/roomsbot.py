@@ -45,6 +45,7 @@ from typing import Any  # noqa: E402
 from urllib.parse import quote  # noqa: E402
 
 from _common import emit, machine, rss_mb  # noqa: E402
+from datarooms._transport.http import MatrixHttp  # noqa: E402
 from datarooms.chain import (  # noqa: E402
     CometRpc,
     DevChain,
@@ -53,10 +54,9 @@ from datarooms.chain import (  # noqa: E402
     parse_tx_events,
 )
 from datarooms.homeserver.embedded import free_port  # noqa: E402
-from datarooms.matrix_http import MatrixHttp  # noqa: E402
-from datarooms.rooms import ENCRYPTION, _power_levels  # noqa: E402
-from datarooms.roomsbot import ENTITY_EVENT, RoomsBot, RoomsBotSettings  # noqa: E402
-from datarooms.roomsbot.registration import write_registration  # noqa: E402
+from datarooms.sdk.rooms import ENCRYPTION, _power_levels  # noqa: E402
+from datarooms.services.roomsbot import ENTITY_EVENT, RoomsBot, RoomsBotSettings  # noqa: E402
+from datarooms.services.roomsbot.registration import write_registration  # noqa: E402
 from datarooms.testing import TestHomeserver  # noqa: E402
 
 CONTROLLER = "did:ixo:ixo1benchowner"

@@ -50,7 +50,7 @@ import aiohttp  # noqa: E402
 
 from _common import emit, machine, median, percentile, rss_mb  # noqa: E402
 from datarooms import Credentials, DataroomsClient  # noqa: E402
-from datarooms.statebot import StateBot, StateBotClient, StateBotConfig  # noqa: E402
+from datarooms.services.statebot import StateBot, StateBotClient, StateBotConfig  # noqa: E402
 from datarooms.testing import TestHomeserver  # noqa: E402
 
 CONCURRENCY = 16
@@ -73,8 +73,10 @@ def stats(name: str, values_ms: list[float]) -> dict[str, float]:
 
 
 async def interleaved(
-    ours: Callable[[int], Awaitable[None]], base: Callable[[int], Awaitable[None]],
-    n: int, warmup: int,
+    ours: Callable[[int], Awaitable[None]],
+    base: Callable[[int], Awaitable[None]],
+    n: int,
+    warmup: int,
 ) -> tuple[list[float], list[float]]:
     for i in range(warmup):
         await ours(i)
@@ -93,8 +95,9 @@ async def interleaved(
 # -- the load generator (a separate process) ------------------------------------------
 
 
-def load(url: str, headers: dict[str, str], seconds: float,
-         concurrency: int) -> tuple[int, int, float]:
+def load(
+    url: str, headers: dict[str, str], seconds: float, concurrency: int
+) -> tuple[int, int, float]:
     """GET ``url`` with ``concurrency`` requests in flight for ``seconds``.
 
     Returns (ok, failed, elapsed seconds), timed here so process start-up is not counted.
@@ -102,11 +105,13 @@ def load(url: str, headers: dict[str, str], seconds: float,
     return asyncio.run(_load(url, headers, seconds, concurrency))
 
 
-async def _load(url: str, headers: dict[str, str], seconds: float,
-                concurrency: int) -> tuple[int, int, float]:
+async def _load(
+    url: str, headers: dict[str, str], seconds: float, concurrency: int
+) -> tuple[int, int, float]:
     ok = failed = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def one() -> None:
             async with session.get(url, headers=headers) as resp:
                 await resp.read()
@@ -131,11 +136,11 @@ async def _load(url: str, headers: dict[str, str], seconds: float,
     return ok, failed, elapsed
 
 
-async def throughput(pool: ProcessPoolExecutor, url: str, headers: dict[str, str],
-                     seconds: float) -> float:
+async def throughput(
+    pool: ProcessPoolExecutor, url: str, headers: dict[str, str], seconds: float
+) -> float:
     loop = asyncio.get_running_loop()
-    ok, failed, elapsed = await loop.run_in_executor(pool, load, url, headers, seconds,
-                                                     CONCURRENCY)
+    ok, failed, elapsed = await loop.run_in_executor(pool, load, url, headers, seconds, CONCURRENCY)
     if failed:
         raise SystemExit(f"{failed} of {ok + failed} requests to {url} failed")
     return ok / elapsed
@@ -150,10 +155,18 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
     load_s = 2.0 if quick else 8.0
     owner_user = await hs.new_user("owner")
     bot_user = await hs.new_user("statebot")
-    owner = await step("open the owner's device", DataroomsClient.open(
-        Credentials(hs.base_url, owner_user.user_id, owner_user.access_token), tmp / "owner"))
-    bot_client = await step("open the bot's device", DataroomsClient.open(
-        Credentials(hs.base_url, bot_user.user_id, bot_user.access_token), tmp / "bot"))
+    owner = await step(
+        "open the owner's device",
+        DataroomsClient.open(
+            Credentials(hs.base_url, owner_user.user_id, owner_user.access_token), tmp / "owner"
+        ),
+    )
+    bot_client = await step(
+        "open the bot's device",
+        DataroomsClient.open(
+            Credentials(hs.base_url, bot_user.user_id, bot_user.access_token), tmp / "bot"
+        ),
+    )
     bot = StateBot(bot_client, config=StateBotConfig(port=0), own_client=True)
     await step("start the bot", bot.start())
     ctx = multiprocessing.get_context("spawn")
@@ -165,8 +178,10 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
         await step("have the bot join", api.join(room))
         config = {f"field{i}": {"value": i, "unit": "C", "label": f"sensor {i}"} for i in range(30)}
         await step("set the first value", api.set(room, "config", config))
-        await step("set a secure value", api.set(room, "secret", {"api_key": "k" * 40,
-                                                                  "user": "pump"}, secure=True))
+        await step(
+            "set a secure value",
+            api.set(room, "secret", {"api_key": "k" * 40, "user": "pump"}, secure=True),
+        )
         token, server = await api.tokens.get()
         bot_headers = {"Authorization": f"Bearer {token}", "X-Matrix-Server-Name": server}
         hs_headers = {"Authorization": f"Bearer {owner.access_token}"}
@@ -174,6 +189,7 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
         d_url = f"{hs.base_url}/_matrix/client/v3/rooms/{room}/state/ixo.room.state/config"
 
         async with aiohttp.ClientSession() as s:
+
             async def get(url: str, headers: dict[str, str]) -> Any:
                 async with s.get(url, headers=headers) as resp:
                     body = await resp.json()
@@ -192,7 +208,8 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
 
             print("1/3 queries: bot vs homeserver ...", flush=True)
             query, direct = await interleaved(
-                lambda _i: get(q_url, bot_headers), lambda _i: get(d_url, hs_headers), n, 20)
+                lambda _i: get(q_url, bot_headers), lambda _i: get(d_url, hs_headers), n, 20
+            )
             path_q: list[float] = []
             secure_q: list[float] = []
             for _ in range(n):
@@ -216,7 +233,8 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
             sets, direct_sets = await interleaved(
                 lambda i: put(set_url, bot_headers, {"path": "/field3/value", "value": i}),
                 lambda i: put(d_set_url, hs_headers, {**config, "seq": i}),
-                set_n, 5,
+                set_n,
+                5,
             )
             secure_sets: list[float] = []
             for i in range(max(10, set_n // 4)):
@@ -225,8 +243,10 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
                 secure_sets.append(ms(time.perf_counter() - t0))
             assert (await get(q_url + "?path=/field3/value", bot_headers))["value"] == set_n - 1
 
-            print(f"3/3 throughput: {CONCURRENCY} concurrent queries for {load_s:.0f} s each ...",
-                  flush=True)
+            print(
+                f"3/3 throughput: {CONCURRENCY} concurrent queries for {load_s:.0f} s each ...",
+                flush=True,
+            )
             qps = await throughput(pool, q_url, bot_headers, load_s)
             direct_qps = await throughput(pool, d_url, hs_headers, load_s)
         await api.close()
@@ -237,23 +257,30 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
         await owner.close()
     q50, d50, s50, ds50 = median(query), median(direct), median(sets), median(direct_sets)
     return {
-        **stats("query", query), **stats("direct_state", direct),
+        **stats("query", query),
+        **stats("direct_state", direct),
         "query_speedup": d50 / q50,
-        **stats("query_path", path_q), **stats("secure_query", secure_q),
+        **stats("query_path", path_q),
+        **stats("secure_query", secure_q),
         **stats("auth_verify_query", fresh),
-        **stats("set", sets), **stats("direct_set", direct_sets),
+        **stats("set", sets),
+        **stats("direct_set", direct_sets),
         "set_overhead_ratio": s50 / ds50,
         **stats("secure_set", secure_sets),
-        "queries_per_s": qps, "direct_queries_per_s": direct_qps,
+        "queries_per_s": qps,
+        "direct_queries_per_s": direct_qps,
         "qps_ratio": qps / direct_qps,
-        "query_n": n, "set_n": set_n, "concurrency": CONCURRENCY,
+        "query_n": n,
+        "set_n": set_n,
+        "concurrency": CONCURRENCY,
         "process_rss_mb": rss,
     }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="fewer samples, shorter load")
     args = ap.parse_args()
     started = time.perf_counter()
@@ -264,20 +291,28 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     r["runtime_s"] = time.perf_counter() - started
-    print(f"query (authenticated, ACL-checked, local index): p50 {r['query_p50_ms']:.2f} ms "
-          f"(p99 {r['query_p99_ms']:.2f}) vs the homeserver's state endpoint p50 "
-          f"{r['direct_state_p50_ms']:.2f} ms (p99 {r['direct_state_p99_ms']:.2f}): "
-          f"{r['query_speedup']:.2f}x, over {r['query_n']} each")
-    print(f"query at a path p50 {r['query_path_p50_ms']:.2f} ms; secure value p50 "
-          f"{r['secure_query_p50_ms']:.2f} ms; first query with a new token (verified) p50 "
-          f"{r['auth_verify_query_p50_ms']:.2f} ms")
-    print(f"set (merge at a path) p50 {r['set_p50_ms']:.2f} ms (p99 {r['set_p99_ms']:.2f}) vs "
-          f"direct state PUT p50 {r['direct_set_p50_ms']:.2f} ms: ratio "
-          f"{r['set_overhead_ratio']:.2f}, over {r['set_n']} each; secure set p50 "
-          f"{r['secure_set_p50_ms']:.2f} ms")
-    print(f"throughput ({r['concurrency']} concurrent): {r['queries_per_s']:.0f} authenticated "
-          f"queries/s vs {r['direct_queries_per_s']:.0f}/s from the homeserver: "
-          f"{r['qps_ratio']:.2f}x")
+    print(
+        f"query (authenticated, ACL-checked, local index): p50 {r['query_p50_ms']:.2f} ms "
+        f"(p99 {r['query_p99_ms']:.2f}) vs the homeserver's state endpoint p50 "
+        f"{r['direct_state_p50_ms']:.2f} ms (p99 {r['direct_state_p99_ms']:.2f}): "
+        f"{r['query_speedup']:.2f}x, over {r['query_n']} each"
+    )
+    print(
+        f"query at a path p50 {r['query_path_p50_ms']:.2f} ms; secure value p50 "
+        f"{r['secure_query_p50_ms']:.2f} ms; first query with a new token (verified) p50 "
+        f"{r['auth_verify_query_p50_ms']:.2f} ms"
+    )
+    print(
+        f"set (merge at a path) p50 {r['set_p50_ms']:.2f} ms (p99 {r['set_p99_ms']:.2f}) vs "
+        f"direct state PUT p50 {r['direct_set_p50_ms']:.2f} ms: ratio "
+        f"{r['set_overhead_ratio']:.2f}, over {r['set_n']} each; secure set p50 "
+        f"{r['secure_set_p50_ms']:.2f} ms"
+    )
+    print(
+        f"throughput ({r['concurrency']} concurrent): {r['queries_per_s']:.0f} authenticated "
+        f"queries/s vs {r['direct_queries_per_s']:.0f}/s from the homeserver: "
+        f"{r['qps_ratio']:.2f}x"
+    )
     print(f"runtime {r['runtime_s']:.0f} s")
     emit({"bench": "statebot", "quick": args.quick, **r, **machine()})
 

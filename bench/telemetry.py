@@ -59,9 +59,9 @@ from typing import Any  # noqa: E402
 from _common import emit, machine, median, percentile, rss_mb  # noqa: E402
 from datarooms import Credentials, DataroomsClient  # noqa: E402
 from datarooms.homeserver.admin import RegisteredUser  # noqa: E402
-from datarooms.telemetry import Telemetry, TelemetryConfig  # noqa: E402
-from datarooms.telemetry.encoding import SeriesData, SeriesKey  # noqa: E402
-from datarooms.telemetry.index import DecodedBatch, TelemetryIndex  # noqa: E402
+from datarooms.sdk.telemetry import Telemetry, TelemetryConfig  # noqa: E402
+from datarooms.sdk.telemetry.encoding import SeriesData, SeriesKey  # noqa: E402
+from datarooms.sdk.telemetry.index import DecodedBatch, TelemetryIndex  # noqa: E402
 from datarooms.testing import TestHomeserver  # noqa: E402
 
 NAIVE_TYPE = "io.datarooms.telemetry.sample"

@@ -15,8 +15,8 @@ from mcp.types import CallToolResult
 
 from datarooms.account import Credentials, write_credentials
 from datarooms.config import Settings, load_settings
-from datarooms.mcpserver.config import agents_file
-from datarooms.platform import PlatformContext
+from datarooms.services.mcp.config import agents_file
+from datarooms.services.platform import PlatformContext
 from datarooms.testing import TestHomeserver
 from mcp import Client
 
@@ -55,9 +55,10 @@ def agents_path(ctx: PlatformContext) -> Path:
 @asynccontextmanager
 async def http_client(url: str, token: str | None) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    async with create_mcp_http_client(headers=headers) as http, Client(
-        streamable_http_client(url, http_client=http)
-    ) as client:
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
         yield client
 
 

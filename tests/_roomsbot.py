@@ -13,11 +13,11 @@ from urllib.parse import quote
 
 import aiohttp
 
+from datarooms._transport.http import MatrixHttp
 from datarooms.chain import CometRpc, DevChain, DevChainServer, create_entity_tx
 from datarooms.homeserver.admin import RegisteredUser
 from datarooms.homeserver.embedded import free_port
-from datarooms.matrix_http import MatrixHttp
-from datarooms.roomsbot.registration import Registration, write_registration
+from datarooms.services.roomsbot.registration import Registration, write_registration
 from datarooms.testing import TestHomeserver
 
 

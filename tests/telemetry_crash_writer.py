@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from datarooms import Credentials, DataroomsClient
-from datarooms.telemetry import Telemetry, TelemetryConfig
+from datarooms.sdk.telemetry import Telemetry, TelemetryConfig
 
 BASE_TS = 1_700_000_000_000
 PER_RUN = 1_000_000

@@ -381,7 +381,7 @@ def verify_cli(data_dir: Path) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "datarooms.roomsbot",
+            "datarooms.cli",
             "--data-dir",
             str(data_dir),
             "devchain",
@@ -423,7 +423,7 @@ async def test_a_tampered_block_is_detected_and_reported(tmp_path: Path) -> None
 
     def rehash_unsigned(block: dict[str, Any]) -> None:
         # Change a result and fix every hash: only the signature can tell.
-        from datarooms.chain.devchain import header_hash, results_hash
+        from datarooms.chain.devchain.node import header_hash, results_hash
 
         change_event(block)
         block["header"]["results_hash"] = results_hash(block["results"])
@@ -477,7 +477,7 @@ async def test_cli_registers_and_lists_entities(tmp_path: Path) -> None:
                 [
                     sys.executable,
                     "-m",
-                    "datarooms.roomsbot",
+                    "datarooms.cli",
                     "--data-dir",
                     str(tmp_path),
                     "entity",

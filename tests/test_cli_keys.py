@@ -35,8 +35,14 @@ async def test_cli_recovery_key_and_restore(homeserver: TestHomeserver, tmp_path
 
     # A second device of the same account: not signed, cannot read, until restored.
     assert "device signed    no" in run(phone, "keys", "status")
-    bad = cli("keys", "restore", "--recovery-key-stdin", data_dir=phone, env=env,
-              input="EsTc LW2K PGiF wKEA 3As5 g5c4 BXwk qeeJ ZJV8 Q9fu gUMN UE4d\n")
+    bad = cli(
+        "keys",
+        "restore",
+        "--recovery-key-stdin",
+        data_dir=phone,
+        env=env,
+        input="EsTc LW2K PGiF wKEA 3As5 g5c4 BXwk qeeJ ZJV8 Q9fu gUMN UE4d\n",
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     run(phone, "keys", "restore", "--recovery-key-stdin", input=key + "\n")
     assert "device signed    yes" in run(phone, "keys", "status")

@@ -20,9 +20,10 @@ from aiohttp import web
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
-from datarooms import files
 from datarooms.errors import HomeserverError, ValidationError
-from datarooms.files import (
+from datarooms.homeserver.admin import RegisteredUser
+from datarooms.sdk import attachments as files
+from datarooms.sdk.attachments import (
     AttachmentDecryptor,
     AttachmentEncryptor,
     EncryptedFile,
@@ -31,7 +32,6 @@ from datarooms.files import (
     download_decrypted_bytes,
     upload_encrypted,
 )
-from datarooms.homeserver.admin import RegisteredUser
 from datarooms.testing import TestHomeserver
 
 MB = 1 << 20

@@ -17,10 +17,10 @@ from mcp.types import EmbeddedResource, TextResourceContents
 
 from datarooms import DataroomsClient
 from datarooms.homeserver.embedded import free_port
-from datarooms.mcpserver import McpService, add_agent, remove_agent, rotate_token
-from datarooms.mcpserver.policy import TOOLS
-from datarooms.mcpserver.server import timeline_uri, twin_uri
-from datarooms.platform import Platform
+from datarooms.services.mcp import McpService, add_agent, remove_agent, rotate_token
+from datarooms.services.mcp.policy import TOOLS
+from datarooms.services.mcp.server import timeline_uri, twin_uri
+from datarooms.services.platform import Platform
 from datarooms.testing import TestHomeserver
 from tests._mcp import (
     agent_mxid,
@@ -67,8 +67,7 @@ async def test_agent_reads_and_writes_encrypted_data_over_http(  # type: ignore[
     alias = f"#mcp-{name}:{homeserver.server_name}"
     files = tmp_path / "agent-files"
     files.mkdir()
-    token = add_agent(agents_path(ctx), name, access="write", rooms=[alias],
-                      files_dir=str(files))
+    token = add_agent(agents_path(ctx), name, access="write", rooms=[alias], files_dir=str(files))
     assert token
     # As `datarooms up` runs it: a platform service, started after the homeserver.
     platform = Platform(ctx.settings, services=[McpService(port=free_port())])
@@ -99,8 +98,11 @@ async def test_agent_reads_and_writes_encrypted_data_over_http(  # type: ignore[
         got = ok(await mcp.call_tool("get_record", {"room": alias, "key": "temperature"}))
         assert got["value"] == {"c": 21.5} and got["sender"] == alice.user_id
         # ... and writes one the user reads.
-        put = ok(await mcp.call_tool("put_record", {"room": room, "key": "status",
-                                                    "value": {"ok": True}}))
+        put = ok(
+            await mcp.call_tool(
+                "put_record", {"room": room, "key": "status", "value": {"ok": True}}
+            )
+        )
         assert put["version"] == 1
         await alice.sync_once()
         mine = await alice.records.get(room, "status")
@@ -119,16 +121,20 @@ async def test_agent_reads_and_writes_encrypted_data_over_http(  # type: ignore[
 
         # Messages, both ways, encrypted; a live wait with a cursor.
         cursor = ok(await mcp.call_tool("wait_for_messages", {"timeout_seconds": 0}))["cursor"]
-        sent = ok(await mcp.call_tool("send_message", {"room": room,
-                                                       "text": "hello from the agent"}))
+        sent = ok(
+            await mcp.call_tool("send_message", {"room": room, "text": "hello from the agent"})
+        )
         await alice.sync_once()
         recent = await alice.messages.recent(room, limit=5)
         by_id = {e.event_id: e for e in recent}
         assert by_id[sent["event_id"]].body == "hello from the agent"
         assert by_id[sent["event_id"]].encrypted
         asked = await alice.messages.send(room, "agent, what is the pressure?")
-        waited = ok(await mcp.call_tool("wait_for_messages", {"room": room, "after": cursor,
-                                                              "timeout_seconds": 30}))
+        waited = ok(
+            await mcp.call_tool(
+                "wait_for_messages", {"room": room, "after": cursor, "timeout_seconds": 30}
+            )
+        )
         assert [e["body"] for e in waited["events"] if e["type"] == "m.room.message"] == [
             "agent, what is the pressure?"
         ]
@@ -139,18 +145,29 @@ async def test_agent_reads_and_writes_encrypted_data_over_http(  # type: ignore[
         assert msgs[-1]["event_id"] == asked and msgs[-1]["encrypted"] is True
         ok(await mcp.call_tool("reply", {"room": room, "event_id": asked, "text": "2 bar"}))
         ok(await mcp.call_tool("react", {"room": room, "event_id": asked, "key": "👍"}))
-        thread = ok(await mcp.call_tool("send_message", {"room": room, "text": "details",
-                                                         "thread_root": asked}))
+        thread = ok(
+            await mcp.call_tool(
+                "send_message", {"room": room, "text": "details", "thread_root": asked}
+            )
+        )
         in_thread = ok(await mcp.call_tool("read_thread", {"room": room, "thread_root": asked}))
         assert [e["event_id"] for e in in_thread["events"]] == [asked, thread["event_id"]]
-        window = ok(await mcp.call_tool("read_messages", {
-            "room": room, "since": msgs[-1]["time"], "limit": 50}))["events"]
+        window = ok(
+            await mcp.call_tool(
+                "read_messages", {"room": room, "since": msgs[-1]["time"], "limit": 50}
+            )
+        )["events"]
         assert window[0]["event_id"] == asked
         assert {e.get("reaction") for e in window} >= {"👍"}
-        edit = ok(await mcp.call_tool("edit_message", {"room": room, "event_id": sent["event_id"],
-                                                       "text": "hello (edited)"}))
-        gone = ok(await mcp.call_tool("redact_event", {"room": room,
-                                                       "event_id": thread["event_id"]}))
+        edit = ok(
+            await mcp.call_tool(
+                "edit_message",
+                {"room": room, "event_id": sent["event_id"], "text": "hello (edited)"},
+            )
+        )
+        gone = ok(
+            await mcp.call_tool("redact_event", {"room": room, "event_id": thread["event_id"]})
+        )
         await alice.sync_once()
         seen = {e.event_id: e for e in await alice.messages.recent(room, limit=10)}
         assert seen[edit["event_id"]].content["m.new_content"]["body"] == "hello (edited)"
@@ -160,7 +177,9 @@ async def test_agent_reads_and_writes_encrypted_data_over_http(  # type: ignore[
         assert info["name"] == "pumps" and info["my_access"] == "write"
         people = ok(await mcp.call_tool("room_members", {"room": room}))["members"]
         assert {(m["user_id"], m["access"]) for m in people} == {
-            (alice.user_id, "admin"), (agent_mxid(name, homeserver), "write")}
+            (alice.user_id, "admin"),
+            (agent_mxid(name, homeserver), "write"),
+        }
         # Its rooms are listed by alias only: a new room would be outside them.
         msg = error(await mcp.call_tool("create_data_room", {"kind": "device"}))
         assert "room_kind:device" in msg
@@ -175,8 +194,9 @@ async def test_agent_reads_and_writes_encrypted_data_over_http(  # type: ignore[
         assert not inline.is_error, text(inline)
         res = next(c for c in inline.content if isinstance(c, EmbeddedResource)).resource
         assert base64.b64decode(res.blob) == blob  # type: ignore[union-attr]
-        saved = await mcp.call_tool("download_file", {"room": room, "event_id": ref.event_id,
-                                                      "save_as": "in/data.bin"})
+        saved = await mcp.call_tool(
+            "download_file", {"room": room, "event_id": ref.event_id, "save_as": "in/data.bin"}
+        )
         assert not saved.is_error, text(saved)
         assert (files / "in" / "data.bin").read_bytes() == blob
 
@@ -192,8 +212,7 @@ async def test_agent_reads_and_writes_encrypted_data_over_http(  # type: ignore[
 
     records = [r for r in audit_lines(ctx) if r.get("agent") == name]
     assert {r["tool"] for r in records} >= {"put_record", "get_record", "send_message"}
-    assert [r["capability"] for r in records if r["decision"] == "denied"] == [
-        "room_kind:device"]
+    assert [r["capability"] for r in records if r["decision"] == "denied"] == ["room_kind:device"]
     assert any(r["room"] == room and r["tool"] == "put_record" for r in records)
     log_text = (ctx.settings.data_dir / "logs" / "mcp-audit.jsonl").read_text()
     for secret in ("hello from the agent", "pressure", "pump report", "data.bin", token):
@@ -209,11 +228,13 @@ async def test_each_kind_of_denial_never_reaches_the_homeserver(  # type: ignore
     (tmp_path / "jail").mkdir()
     tok = {
         reader: add_agent(path, reader, access="read", room_kinds=["device"]),
-        limited: add_agent(path, limited, access="write", rooms=["*"],
-                           tools=["get_record", "join_room"]),
+        limited: add_agent(
+            path, limited, access="write", rooms=["*"], tools=["get_record", "join_room"]
+        ),
         nofiles: add_agent(path, nofiles, access="write", rooms=["*"]),
-        jailed: add_agent(path, jailed, access="write", rooms=["*"],
-                          files_dir=str(tmp_path / "jail")),
+        jailed: add_agent(
+            path, jailed, access="write", rooms=["*"], files_dir=str(tmp_path / "jail")
+        ),
     }
     svc, url = await service(ctx)
 
@@ -228,8 +249,9 @@ async def test_each_kind_of_denial_never_reaches_the_homeserver(  # type: ignore
 
     async def timeline() -> list[str]:  # what members wrote (joins aside)
         await alice.sync_once()
-        return [e.event_id for e in await alice.messages.recent(device, limit=50)
-                if e.state_key is None]
+        return [
+            e.event_id for e in await alice.messages.recent(device, limit=50) if e.state_key is None
+        ]
 
     before = await timeline()
 
@@ -239,8 +261,9 @@ async def test_each_kind_of_denial_never_reaches_the_homeserver(  # type: ignore
         # read access: no write tools listed, and calling one is denied by name
         listed = {t.name for t in (await mcp.list_tools()).tools}
         assert "put_record" not in listed and "get_record" in listed
-        msg = error(await mcp.call_tool("put_record", {"room": device, "key": "level",
-                                                       "value": 99}))
+        msg = error(
+            await mcp.call_tool("put_record", {"room": device, "key": "level", "value": 99})
+        )
         assert "DR_CAPABILITY" in msg and "access:write" in msg
         # a room outside its kinds: denied by room id, alias, and on join
         msg = error(await mcp.call_tool("get_record", {"room": project, "key": "x"}))
@@ -276,8 +299,9 @@ async def test_each_kind_of_denial_never_reaches_the_homeserver(  # type: ignore
         assert "room must be a room id" in msg
         msg = error(await mcp.call_tool("get_record", {"room": "!nope:localhost", "key": "k"}))
         assert "DR_NOT_FOUND" in msg and "is not in room !nope:localhost" in msg
-        msg = error(await mcp.call_tool("get_record", {"rom": device, "room": device,
-                                                       "key": "level"}))
+        msg = error(
+            await mcp.call_tool("get_record", {"rom": device, "room": device, "key": "level"})
+        )
         assert "unknown argument(s) rom" in msg
         msg = error(await mcp.call_tool("no_such_tool", {}))
         assert "Unknown tool" in msg
@@ -293,44 +317,70 @@ async def test_each_kind_of_denial_never_reaches_the_homeserver(  # type: ignore
         assert [(e["type"], e["encrypted"]) for e in wire] == [("io.datarooms.record", True)]
         # Keyed room state with IXO's semantics, in a room the agent created (it is admin).
         own = ok(await mcp.call_tool("create_room", {"name": "agent notes"}))["room_id"]
-        ok(await mcp.call_tool("invite_user", {"room": own, "user_id": alice.user_id,
-                                               "access": "read"}))
-        ok(await mcp.call_tool("set_state", {"room": own, "key": "config",
-                                             "value": {"threshold": 5}}))
-        ok(await mcp.call_tool("set_state", {"room": own, "key": "config", "path": "unit",
-                                             "value": "bar"}))
+        ok(
+            await mcp.call_tool(
+                "invite_user", {"room": own, "user_id": alice.user_id, "access": "read"}
+            )
+        )
+        ok(
+            await mcp.call_tool(
+                "set_state", {"room": own, "key": "config", "value": {"threshold": 5}}
+            )
+        )
+        ok(
+            await mcp.call_tool(
+                "set_state", {"room": own, "key": "config", "path": "unit", "value": "bar"}
+            )
+        )
         got = ok(await mcp.call_tool("get_state", {"room": own, "key": "config"}))["value"]
         assert got == {"threshold": 5, "unit": "bar"}
-        assert ok(await mcp.call_tool("get_state", {"room": own, "key": "config",
-                                                    "path": "threshold"}))["value"] == 5
+        assert (
+            ok(
+                await mcp.call_tool(
+                    "get_state", {"room": own, "key": "config", "path": "threshold"}
+                )
+            )["value"]
+            == 5
+        )
         # An ACL on the key (as IXO's state bot keeps) is honoured for reads and writes.
         agent_client = svc.runtimes[nofiles].client
         await agent_client.nio.room_put_state(
-            own, "ixo.room.state.acl", {"read": [alice.user_id], "write": [alice.user_id]},
+            own,
+            "ixo.room.state.acl",
+            {"read": [alice.user_id], "write": [alice.user_id]},
             "config",
         )
         for _ in range(100):
             if agent_client.index.state(own, "ixo.room.state.acl", "config"):
                 break
             await asyncio.sleep(0.1)
-        msg = error(await mcp.call_tool("set_state", {"room": own, "key": "config",
-                                                      "value": {"threshold": 0}}))
+        msg = error(
+            await mcp.call_tool(
+                "set_state", {"room": own, "key": "config", "value": {"threshold": 0}}
+            )
+        )
         assert "acl:write:config" in msg
         assert "acl:read:config" in error(
-            await mcp.call_tool("get_state", {"room": own, "key": "config"}))
+            await mcp.call_tool("get_state", {"room": own, "key": "config"})
+        )
         # In alice's device room only admins may set state: Matrix refuses, clearly.
-        msg = error(await mcp.call_tool("set_state", {"room": device, "key": "k",
-                                                      "value": {"a": 1}}))
+        msg = error(
+            await mcp.call_tool("set_state", {"room": device, "key": "k", "value": {"a": 1}})
+        )
         assert "DR_FORBIDDEN" in msg
         assert ok(await mcp.call_tool("leave_room", {"room": made["room_id"]}))["left"]
 
     async with http_client(url, tok[jailed]) as mcp:
         ok(await mcp.call_tool("join_room", {"room": device}))
-        msg = error(await mcp.call_tool("upload_file", {"room": device,
-                                                        "path": "../../etc/passwd"}))
+        msg = error(
+            await mcp.call_tool("upload_file", {"room": device, "path": "../../etc/passwd"})
+        )
         assert "files_dir" in msg and "outside" in msg
-        msg = error(await mcp.call_tool("download_file", {"room": device, "event_id": before[-1],
-                                                          "save_as": "/etc/x"}))
+        msg = error(
+            await mcp.call_tool(
+                "download_file", {"room": device, "event_id": before[-1], "save_as": "/etc/x"}
+            )
+        )
         assert "files_dir" in msg and "outside" in msg
 
     # No bearer token, or a wrong one: 401 in the Matrix error style.
@@ -358,13 +408,9 @@ async def test_each_kind_of_denial_never_reaches_the_homeserver(  # type: ignore
     new = rotate_token(path, limited)
     remove_agent(path, nofiles)
     await asyncio.sleep(1.2)  # the file is re-read at most once a second
-    async with create_mcp_http_client(
-        headers={"Authorization": f"Bearer {tok[limited]}"}
-    ) as raw:
+    async with create_mcp_http_client(headers={"Authorization": f"Bearer {tok[limited]}"}) as raw:
         assert (await raw.post(url, json={})).status_code == 401
-    async with create_mcp_http_client(
-        headers={"Authorization": f"Bearer {tok[nofiles]}"}
-    ) as raw:
+    async with create_mcp_http_client(headers={"Authorization": f"Bearer {tok[nofiles]}"}) as raw:
         assert (await raw.post(url, json={})).status_code == 401
     async with http_client(url, new) as mcp:
         assert ok(await mcp.call_tool("get_record", {"room": device, "key": "level"}))["value"] == 3

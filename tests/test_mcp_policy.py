@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from datarooms.errors import ConfigError
-from datarooms.mcpserver.config import (
+from datarooms.services.mcp.config import (
     ConfigWatcher,
     add_agent,
     hash_token,
@@ -17,7 +17,7 @@ from datarooms.mcpserver.config import (
     remove_agent,
     rotate_token,
 )
-from datarooms.mcpserver.policy import TOOLS, AgentPolicy, CapabilityDenied, RoomFacts
+from datarooms.services.mcp.policy import TOOLS, AgentPolicy, CapabilityDenied, RoomFacts
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -27,7 +27,9 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_full_file_parses_with_defaults(tmp_path: Path) -> None:
-    path = _write(tmp_path, f"""
+    path = _write(
+        tmp_path,
+        f"""
 [mcp]
 port = 9100
 
@@ -43,7 +45,8 @@ token_sha256 = "{hash_token("t0ken")}"
 
 [agents.viewer]
 access = "read"
-""")
+""",
+    )
     cfg = load_agents(path, data_dir=tmp_path)
     assert cfg.mcp.port == 9100 and cfg.mcp.host == "127.0.0.1"
     assert cfg.mcp.audit_log == tmp_path / "logs" / "mcp-audit.jsonl"
@@ -153,8 +156,10 @@ def test_tool_capabilities() -> None:
 
 def test_room_scope() -> None:
     p = _policy(
-        rooms=frozenset({"!a:x", "#ops:x"}), room_kinds=frozenset({"device"}),
-        dids=frozenset({"did:ixo:entity:1"}), resolved={"#ops:x": "!ops:x"},
+        rooms=frozenset({"!a:x", "#ops:x"}),
+        room_kinds=frozenset({"device"}),
+        dids=frozenset({"did:ixo:entity:1"}),
+        resolved={"#ops:x": "!ops:x"},
     )
     assert p.room_allowed(RoomFacts("!a:x"))
     assert p.room_allowed(RoomFacts("!ops:x"))  # through the resolved alias

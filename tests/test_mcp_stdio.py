@@ -1,5 +1,5 @@
 """The MCP server over stdio, as an MCP client (Claude Desktop, an IDE) starts it:
-`python -m datarooms.mcpserver --agent NAME` (the code path of `datarooms mcp`), driven by
+`python -m datarooms.services.mcp --agent NAME` (the code path of `datarooms mcp`), driven by
 the official `mcp` client against the real Synapse."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from datarooms import DataroomsClient
-from datarooms.mcpserver import add_agent
+from datarooms.services.mcp import add_agent
 from datarooms.testing import TestHomeserver
 from mcp import Client, StdioServerParameters
 from tests._mcp import agent_mxid, agent_name, agents_path, audit_lines, error, ok, platform_for
@@ -24,8 +24,14 @@ async def test_agent_over_stdio_reads_writes_and_is_denied(  # type: ignore[no-u
     add_agent(agents_path(ctx), name, access="write", room_kinds=["project"], with_token=False)
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "datarooms.mcpserver", "--data-dir", str(ctx.settings.data_dir),
-              "--agent", name],
+        args=[
+            "-m",
+            "datarooms.services.mcp",
+            "--data-dir",
+            str(ctx.settings.data_dir),
+            "--agent",
+            name,
+        ],
         cwd=str(REPO),
     )
     async with Client(params) as mcp:
@@ -52,7 +58,8 @@ async def test_agent_over_stdio_reads_writes_and_is_denied(  # type: ignore[no-u
         assert "key is required" in msg and "value is required" in msg
         # still serving
         assert ok(await mcp.call_tool("get_twin", {"room": project}))["state"] == {
-            "budget": {"eur": 1200}, "approved": True,
+            "budget": {"eur": 1200},
+            "approved": True,
         }
     await alice.sync_once()
     assert alice.index.count(device) == 0

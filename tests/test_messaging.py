@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from datarooms.timeline import RoomEvent
+from datarooms.sdk.timeline import RoomEvent
 from tests._rooms import shared_room
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from datarooms._transport.http import MatrixHttp
 from datarooms.homeserver.embedded import free_port
-from datarooms.matrix_http import MatrixHttp
 from tests._cli import clean_env, cli, pid_alive, start_up
 
 

@@ -129,7 +129,7 @@ async def test_new_device_backfills_history(  # type: ignore[no-untyped-def]
 
 
 def test_twin_cache_sees_local_and_other_process_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from datarooms.index import LocalIndex, Record
+    from datarooms._store.index import LocalIndex, Record
 
     path = tmp_path / "index.db"
     a, b = LocalIndex(path), LocalIndex(path)  # b stands for another process on this device

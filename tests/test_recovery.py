@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from datarooms import Credentials, DataroomsClient, ValidationError
-from datarooms.keys.backup import BackupKey, encrypt_session
-from datarooms.keys.recovery import decode_recovery_key, encode_recovery_key
-from datarooms.keys.signing import decode_b64
+from datarooms.sdk.keys.backup import BackupKey, encrypt_session
+from datarooms.sdk.keys.recovery import decode_recovery_key, encode_recovery_key
+from datarooms.sdk.keys.signing import decode_b64
 from datarooms.testing import TestHomeserver
 from tests._rooms import shared_room
 
@@ -72,7 +72,14 @@ async def test_device_loss_recovers_all_history(  # type: ignore[no-untyped-def]
         assert new.index.count(room) == written
         assert new.index.pending() == []
         assert await new.records.twin(room) == {
-            "a0": 25, "a1": 26, "a2": 27, "a3": 28, "a4": 29, "b0": 9, "b1": 7, "b2": 8,
+            "a0": 25,
+            "a1": 26,
+            "a2": 27,
+            "a3": 28,
+            "a4": 29,
+            "b0": 9,
+            "b1": 7,
+            "b2": 8,
             "late": 4,
         }
         assert await new.files.read(room, ref.event_id) == data

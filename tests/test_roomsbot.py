@@ -20,14 +20,14 @@ import aiohttp
 import pytest
 import yaml
 
+from datarooms._transport.http import MatrixHttp
 from datarooms.chain import ENTITY_CREATED_EVENT, CometRpc, DevChainServer, emit_events_tx
 from datarooms.errors import HomeserverError
 from datarooms.homeserver.admin import RegisteredUser
-from datarooms.matrix_http import MatrixHttp
-from datarooms.rooms import ENCRYPTION
-from datarooms.roomsbot import ENTITY_EVENT, RoomsBot, RoomsBotSettings, write_registration
-from datarooms.roomsbot.registration import load_registration
-from datarooms.roomsbot.store import EntityFacts
+from datarooms.sdk.rooms import ENCRYPTION
+from datarooms.services.roomsbot import ENTITY_EVENT, RoomsBot, RoomsBotSettings, write_registration
+from datarooms.services.roomsbot.registration import load_registration
+from datarooms.services.roomsbot.store import EntityFacts
 from tests._roomsbot import (
     AppserviceHomeserver,
     appservice_homeserver,
@@ -241,7 +241,7 @@ async def test_an_alias_the_homeserver_lost_is_made_again(env: Env) -> None:
 def test_the_entity_event_is_documented() -> None:
     from jsonschema import Draft202012Validator
 
-    from datarooms.roomsbot import ENTITY_EVENT_SCHEMA
+    from datarooms.services.roomsbot import ENTITY_EVENT_SCHEMA
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "events" / f"{ENTITY_EVENT}.json"
     assert json.loads(doc.read_text()) == ENTITY_EVENT_SCHEMA
@@ -502,14 +502,14 @@ async def test_the_platform_services(ashs: AppserviceHomeserver) -> None:
     from datarooms.account import Credentials
     from datarooms.config import load_settings
     from datarooms.errors import AlreadyRunningError
-    from datarooms.platform import PlatformContext
-    from datarooms.roomsbot import (
+    from datarooms.services.platform import PlatformContext
+    from datarooms.services.roomsbot import (
         ChainSettings,
         DevchainService,
         RoomsBotService,
         appservice_synapse_config,
     )
-    from datarooms.roomsbot.service import running_url
+    from datarooms.services.roomsbot.service import running_url
 
     settings = load_settings(data_dir=ashs.data_dir, env={})
     rb = RoomsBotSettings(port=ashs.port)

@@ -1,7 +1,7 @@
 """Exactly once, across crashes: entities registered while the rooms bot is SIGKILLed and
 restarted at random moments end up with exactly one space and one room each.
 
-The bot runs as a separate OS process (``python -m datarooms.roomsbot roomsbot``), so a
+The bot runs as a separate OS process (``python -m datarooms.cli roomsbot``), so a
 kill is a real SIGKILL: no cleanup, requests in flight, store writes cut short. Each kill
 comes at a random point while rooms are being created. At the end the homeserver itself
 (its admin API and its room directory), not the bot, says what exists.
@@ -26,9 +26,9 @@ from urllib.parse import quote
 
 import pytest
 
+from datarooms._transport.http import MatrixHttp
 from datarooms.chain import ENTITY_CREATED_QUERY, CometRpc, parse_tx_events
-from datarooms.matrix_http import MatrixHttp
-from datarooms.roomsbot.entity_rooms import alias_localpart
+from datarooms.services.roomsbot.entity_rooms import alias_localpart
 from tests._cli import clean_env
 from tests._roomsbot import (
     AppserviceHomeserver,
@@ -64,7 +64,7 @@ class BotProcess:
             [
                 sys.executable,
                 "-m",
-                "datarooms.roomsbot",
+                "datarooms.cli",
                 "--data-dir",
                 str(ashs.data_dir),
                 "--log-level",

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from datarooms import Credentials, DataroomsClient
-from datarooms.keys import (
+from datarooms.sdk.keys import (
     Verification,
     VerificationCancelled,
     VerificationError,
     VerificationState,
 )
-from datarooms.keys.sas import (
+from datarooms.sdk.keys.sas import (
     EMOJI,
     MAC_LEGACY,
     MAC_V2,
@@ -32,7 +32,7 @@ from datarooms.keys.sas import (
     choose,
     start_offer,
 )
-from datarooms.keys.signing import verify_json
+from datarooms.sdk.keys.signing import verify_json
 from datarooms.testing import TestHomeserver
 from tests._cli import DATAROOMS, clean_env, cli
 from tests._rooms import shared_room

@@ -22,10 +22,11 @@ from typer.testing import CliRunner
 
 from datarooms import AccessDeniedError, Credentials, DataroomsClient, NotFoundError
 from datarooms.cli._common import CliState
+from datarooms.cli.statebot import state_app
 from datarooms.config import Settings
 from datarooms.errors import AlreadyRunningError, ValidationError
-from datarooms.platform import PlatformContext
-from datarooms.statebot import (
+from datarooms.services.platform import PlatformContext
+from datarooms.services.statebot import (
     Acl,
     BotPowerError,
     StateBot,
@@ -34,7 +35,6 @@ from datarooms.statebot import (
     StateBotService,
     TooLargeError,
 )
-from datarooms.statebot.cli import state_app
 from datarooms.testing import TestHomeserver
 
 OpenClient = Callable[..., Awaitable[DataroomsClient]]
@@ -43,8 +43,7 @@ OpenClient = Callable[..., Awaitable[DataroomsClient]]
 # -- helpers (also used by test_statebot_fuzz.py) -------------------------------------
 
 
-async def start_bot(homeserver: TestHomeserver, open_client: OpenClient,
-                    **config: Any) -> StateBot:
+async def start_bot(homeserver: TestHomeserver, open_client: OpenClient, **config: Any) -> StateBot:
     """A state bot with its own account and device, listening on a free port."""
     user = await homeserver.new_user("statebot")
     client = await open_client(user, f"statebot-{uuid.uuid4().hex[:6]}")
@@ -53,8 +52,12 @@ async def start_bot(homeserver: TestHomeserver, open_client: OpenClient,
     return bot
 
 
-async def bot_room(owner: DataroomsClient, bot: StateBot, *members: tuple[DataroomsClient, str],
-                   bot_access: str = "admin") -> str:
+async def bot_room(
+    owner: DataroomsClient,
+    bot: StateBot,
+    *members: tuple[DataroomsClient, str],
+    bot_access: str = "admin",
+) -> str:
     """``owner`` creates a data room, grants the bot and ``members``; all have joined."""
     room = await owner.rooms.create("device", name="state bot test")
     for member, access in members:
@@ -84,9 +87,16 @@ async def openid_token(client: DataroomsClient) -> str:
     return str(res["access_token"])
 
 
-async def raw_call(bot: StateBot, method: str, path: str, *, token: str | None = None,
-                   server: str | None = None, data: bytes | None = None,
-                   json_body: Any = None) -> tuple[int, Any]:
+async def raw_call(
+    bot: StateBot,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    server: str | None = None,
+    data: bytes | None = None,
+    json_body: Any = None,
+) -> tuple[int, Any]:
     headers = {}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -94,9 +104,10 @@ async def raw_call(bot: StateBot, method: str, path: str, *, token: str | None =
         headers["X-Matrix-Server-Name"] = server
     if data is not None:
         headers["Content-Type"] = "application/json"
-    async with aiohttp.ClientSession() as s, s.request(
-        method, bot.url + path, headers=headers, data=data, json=json_body
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, bot.url + path, headers=headers, data=data, json=json_body) as resp,
+    ):
         return resp.status, await resp.json(content_type=None)
 
 
@@ -154,7 +165,8 @@ async def test_acl_allows_and_denies_each_path_in_ixo_format(
         assert await a.get_acl(room, "config") is None
         await a.set_acl(room, "config", read=[alice.user_id], write=[])
         assert await raw_state(alice, room, "ixo.room.state.acl", "config") == {
-            "read": [alice.user_id], "write": []
+            "read": [alice.user_id],
+            "write": [],
         }
         assert await b.get_acl(room, "config") == Acl((alice.user_id,), ())
         await wait_until(lambda: _denied(b.get(room, "config")), "bob's read to be refused")
@@ -175,7 +187,9 @@ async def test_acl_allows_and_denies_each_path_in_ixo_format(
         await bob.sync_once()
         await b.set(room, "config", {"by": "bob"})
         assert await b.get(room, "config") == {
-            "unit": "K", "limits": {"min": 0, "max": 45}, "by": "bob"
+            "unit": "K",
+            "limits": {"min": 0, "max": 45},
+            "by": "bob",
         }
         assert (await raw_state(alice, room, "ixo.room.state", "config"))["by"] == "bob"
     finally:
@@ -207,8 +221,9 @@ async def test_forged_expired_and_missing_tokens_are_refused(
     assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
     assert "unknown or expired" in body["error"]
     # A token of a homeserver the bot does not trust.
-    status, body = await raw_call(bot, "GET", path, token=await openid_token(alice),
-                                  server="evil.example.org")
+    status, body = await raw_call(
+        bot, "GET", path, token=await openid_token(alice), server="evil.example.org"
+    )
     assert (status, body["errcode"]) == (401, "DR_UNKNOWN_HOMESERVER")
     assert "does not know the homeserver 'evil.example.org'" in body["error"]
     # An access token is not an OpenID token.
@@ -240,9 +255,7 @@ async def test_forged_expired_and_missing_tokens_are_refused(
     assert count("rejected") >= 4 and count("missing") == 1
 
 
-async def test_token_cache_expires(
-    homeserver: TestHomeserver, open_client: OpenClient
-) -> None:
+async def test_token_cache_expires(homeserver: TestHomeserver, open_client: OpenClient) -> None:
     bot = await start_bot(homeserver, open_client, token_cache_seconds=0)
     try:
         alice = await open_client(await homeserver.new_user("alice"))
@@ -283,16 +296,22 @@ async def test_bad_input_gets_clear_4xx(
         ((400, "DR_BAD_PATH"), ("PUT", key_path), {"json_body": {"value": 1, "path": "a/b"}}),
         ((400, "DR_INVALID"), ("PUT", key_path), {"json_body": {"value": 5}}),
         ((400, "DR_INVALID"), ("PUT", key_path), {"json_body": {"value": {"t": 21.5}}}),
-        ((400, "DR_INVALID"), ("PUT", key_path),
-         {"json_body": {"value": {"io.datarooms.secure": {}}}}),
+        (
+            (400, "DR_INVALID"),
+            ("PUT", key_path),
+            {"json_body": {"value": {"io.datarooms.secure": {}}}},
+        ),
         ((413, "M_TOO_LARGE"), ("PUT", key_path), {"json_body": {"value": {"x": "y" * 70_000}}}),
         ((413, "M_TOO_LARGE"), ("PUT", key_path), {"data": b"[" * 300_000}),
         ((400, "M_INVALID_PARAM"), ("GET", "/v1/rooms/not-a-room/state"), {}),
         ((404, "DR_UNKNOWN_ROOM"), ("GET", "/v1/rooms/!nosuchroom:localhost/state"), {}),
         ((404, "DR_NOT_FOUND"), ("GET", key_path), {}),
         ((404, "DR_NOT_FOUND"), ("GET", f"/v1/rooms/{room}/acl/k"), {}),
-        ((400, "M_BAD_JSON"), ("PUT", f"/v1/rooms/{room}/acl/k"),
-         {"json_body": {"read": ["not a user"], "write": []}}),
+        (
+            (400, "M_BAD_JSON"),
+            ("PUT", f"/v1/rooms/{room}/acl/k"),
+            {"json_body": {"read": ["not a user"], "write": []}},
+        ),
         ((404, "M_UNRECOGNIZED"), ("GET", "/v1/nothing"), {}),
         ((405, "M_UNRECOGNIZED"), ("DELETE", key_path), {}),
     ]
@@ -345,7 +364,9 @@ async def _bot_can_write(api: StateBotClient, room: str) -> bool:
 
 
 async def test_secure_value_never_reaches_room_state(
-    homeserver: TestHomeserver, open_client: OpenClient, bot: StateBot,
+    homeserver: TestHomeserver,
+    open_client: OpenClient,
+    bot: StateBot,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -353,16 +374,22 @@ async def test_secure_value_never_reaches_room_state(
     bob = await open_client(await homeserver.new_user("bob"))
     room = await bot_room(alice, bot, (bob, "read"))
     secret = "s3cret-" + uuid.uuid4().hex
-    async with StateBotClient.for_client(bot.url, alice) as a, \
-            StateBotClient.for_client(bot.url, bob) as b:
+    async with (
+        StateBotClient.for_client(bot.url, alice) as a,
+        StateBotClient.for_client(bot.url, bob) as b,
+    ):
         res = await a.set(room, "credentials", {"api_key": secret, "user": "pump-7"}, secure=True)
         assert res.secure and res.record_event_id
         # The state holds only a reference to the encrypted record.
         content = await raw_state(alice, room, "ixo.room.state", "credentials")
-        assert content == {"io.datarooms.secure": {
-            "v": 1, "record": "ixo.room.state/credentials", "event_id": res.record_event_id,
-            "algorithm": "m.megolm.v1.aes-sha2",
-        }}
+        assert content == {
+            "io.datarooms.secure": {
+                "v": 1,
+                "record": "ixo.room.state/credentials",
+                "event_id": res.record_event_id,
+                "algorithm": "m.megolm.v1.aes-sha2",
+            }
+        }
         assert secret not in json.dumps(content)
         # A merge keeps the key secure without saying so again.
         again = await a.set(room, "credentials", "pump-8", path="/user")
@@ -399,8 +426,11 @@ async def test_cache_follows_changes_made_outside_the_bot(
         await a.set(room, "mode", {"run": True})
         # An IXO client writes the state event directly; the bot's sync brings it in.
         async with alice.http() as http:
-            await http.request("PUT", f"/_matrix/client/v3/rooms/{room}/state/ixo.room.state/mode",
-                               json={"run": False, "by": "ixo"})
+            await http.request(
+                "PUT",
+                f"/_matrix/client/v3/rooms/{room}/state/ixo.room.state/mode",
+                json={"run": False, "by": "ixo"},
+            )
 
         async def updated() -> bool:
             return bool(await a.get(room, "mode") == {"run": False, "by": "ixo"})
@@ -409,7 +439,9 @@ async def test_cache_follows_changes_made_outside_the_bot(
         # A merge through the bot merges into the direct write.
         await a.set(room, "mode", {"speed": 3})
         assert await raw_state(alice, room, "ixo.room.state", "mode") == {
-            "run": False, "by": "ixo", "speed": 3
+            "run": False,
+            "by": "ixo",
+            "speed": 3,
         }
         # Kicked out, the bot stops answering for the room.
         await alice.rooms.revoke(room, bot.client.user_id)
@@ -433,7 +465,8 @@ async def test_service_runs_with_platform_context(
     admin = await homeserver.new_user("admin", admin=True)
     settings = Settings(data_dir=tmp_path / "data")
     ctx = PlatformContext(
-        settings, homeserver.base_url,
+        settings,
+        homeserver.base_url,
         Credentials(homeserver.base_url, admin.user_id, admin.access_token, admin.device_id),
         homeserver.synapse,
     )
@@ -506,7 +539,8 @@ async def test_cli_state_commands(
     out = await ok("acl", room, "pump", "--read", bob.user_id, "--write", alice_user.user_id)
     assert bob.user_id in out
     assert json.loads(await ok("acl", room, "pump", "--json")) == {
-        "read": [bob.user_id], "write": [alice_user.user_id]
+        "read": [bob.user_id],
+        "write": [alice_user.user_id],
     }
     assert "pump" in await ok("keys", room)
     bad = await asyncio.to_thread(cli, "set", room, "pump", "{not json")
@@ -520,8 +554,9 @@ async def test_sdk_client_maps_errors(
 ) -> None:
     alice = await open_client(await homeserver.new_user("alice"))
     room = await bot_room(alice, bot)
-    async with StateBotClient.for_access_token(bot.url, homeserver.base_url,
-                                               alice.access_token) as a:
+    async with StateBotClient.for_access_token(
+        bot.url, homeserver.base_url, alice.access_token
+    ) as a:
         with pytest.raises(TooLargeError):
             await a.set(room, "big", {"x": "y" * 66_000})
         with pytest.raises(ValidationError):
@@ -541,7 +576,7 @@ import typer
 
 from datarooms.cli._common import CliState
 from datarooms.errors import DataroomsError
-from datarooms.statebot.cli import statebot
+from datarooms.cli.statebot import statebot
 
 app = typer.Typer()
 
@@ -580,8 +615,15 @@ async def test_statebot_command_runs_alone_and_stops_on_sigint(
     )
     data_dir = tmp_path / "data"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _STANDALONE, "--data-dir", str(data_dir), "statebot",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-c",
+        _STANDALONE,
+        "--data-dir",
+        str(data_dir),
+        "statebot",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         run_file = data_dir / "run" / "statebot.json"

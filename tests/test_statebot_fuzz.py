@@ -44,9 +44,13 @@ def fuzz(base_url: str, room: str, token: str) -> tuple[int, list[str]]:
     def examples(operation: Any, mode: schemathesis.GenerationMode) -> Any:
         positive = mode is schemathesis.GenerationMode.POSITIVE
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                  phases=[Phase.explicit, Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(generation_mode=mode))
         def run(case: Any) -> None:
             nonlocal calls
@@ -57,8 +61,9 @@ def fuzz(base_url: str, room: str, token: str) -> tuple[int, list[str]]:
                 for name in ("room_id", "room"):
                     if name in params:
                         params[name] = room
-            response = case.call(base_url=base_url, headers=auth if authenticated else None,
-                                 timeout=30)
+            response = case.call(
+                base_url=base_url, headers=auth if authenticated else None, timeout=30
+            )
             calls += 1
             try:
                 case.validate_response(response, checks=CHECKS)
@@ -93,8 +98,10 @@ async def test_fuzz_the_api_no_server_errors(
         assert not failures, "\n".join(failures[:20])
         answered = {
             (s.labels["method"], s.labels["route"], s.labels["status"]): s.value
-            for metric in bot.metrics.registry.collect() if metric.name == "statebot_requests"
-            for s in metric.samples if s.name.endswith("_total")
+            for metric in bot.metrics.registry.collect()
+            if metric.name == "statebot_requests"
+            for s in metric.samples
+            if s.name.endswith("_total")
         }
         assert not [k for k in answered if k[2].startswith("5")]
         # The fuzzer reached the handlers: it read and wrote state in the real room.

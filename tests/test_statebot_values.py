@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from datarooms._store.index import LocalIndex, SyncBatch
 from datarooms.errors import NotFoundError, ValidationError
-from datarooms.index import LocalIndex, SyncBatch
-from datarooms.statebot import events as sev
-from datarooms.statebot import values
-from datarooms.statebot.access import CREATOR_POWER, Acl, RoomView
-from datarooms.statebot.errors import BadPathError, TooLargeError
+from datarooms.services.statebot import events as sev
+from datarooms.services.statebot import values
+from datarooms.services.statebot.access import CREATOR_POWER, Acl, RoomView
+from datarooms.services.statebot.errors import BadPathError, TooLargeError
 
 
 def test_paths_follow_rfc6901() -> None:
@@ -50,7 +50,8 @@ def test_merge_and_replace_at_a_path() -> None:
     assert values.put_at(current, ["tags", "0"], "z", "merge")["tags"] == ["z"]
     assert values.put_at(current, ["new", "deep"], 1, "merge")["new"] == {"deep": 1}
     assert values.put_at(current, ["unit"], None, "merge") == {
-        "limits": {"min": 0, "max": 40}, "tags": ["a"]
+        "limits": {"min": 0, "max": 40},
+        "tags": ["a"],
     }
     assert values.put_at(None, [], {"a": 1}, "merge") == {"a": 1}
     assert values.put_at(current, [], {"unit": "F"}, "merge")["unit"] == "F"
@@ -91,15 +92,26 @@ def _view(tmp_path: Path, state: list[tuple[str, str, dict[str, object], str]]) 
 def test_access_rules(tmp_path: Path) -> None:
     admin, writer, reader, outsider = "@admin:hs", "@writer:hs", "@reader:hs", "@out:hs"
     member = {"membership": "join"}
-    view = _view(tmp_path, [
-        ("m.room.create", "", {"room_version": "12"}, admin),
-        ("m.room.power_levels", "", {"users": {writer: 50}, "state_default": 100,
-                                     "events": {sev.ACL: 100, sev.STATE: 50}}, admin),
-        ("m.room.member", admin, member, admin),
-        ("m.room.member", writer, member, writer),
-        ("m.room.member", reader, member, reader),
-        ("m.room.member", outsider, {"membership": "leave"}, outsider),
-    ])
+    view = _view(
+        tmp_path,
+        [
+            ("m.room.create", "", {"room_version": "12"}, admin),
+            (
+                "m.room.power_levels",
+                "",
+                {
+                    "users": {writer: 50},
+                    "state_default": 100,
+                    "events": {sev.ACL: 100, sev.STATE: 50},
+                },
+                admin,
+            ),
+            ("m.room.member", admin, member, admin),
+            ("m.room.member", writer, member, writer),
+            ("m.room.member", reader, member, reader),
+            ("m.room.member", outsider, {"membership": "leave"}, outsider),
+        ],
+    )
     assert view.power(admin) == CREATOR_POWER  # room version 12: creators are unbounded
     assert view.power(writer) == 50 and view.power(reader) == 0
     assert view.required(sev.STATE) == 50 and view.required(sev.ACL) == 100
@@ -129,8 +141,14 @@ def test_event_docs_match_the_code() -> None:
     for name, schema in sev.ALL_SCHEMAS.items():
         assert json.loads((docs / f"{name}.json").read_text()) == schema, f"{name} doc is stale"
         Draft202012Validator.check_schema(schema)
-    ref = {sev.SECURE: {"v": 1, "record": "ixo.room.state/k", "event_id": "$e",
-                        "algorithm": "m.megolm.v1.aes-sha2"}}
+    ref = {
+        sev.SECURE: {
+            "v": 1,
+            "record": "ixo.room.state/k",
+            "event_id": "$e",
+            "algorithm": "m.megolm.v1.aes-sha2",
+        }
+    }
     assert Draft202012Validator(sev.STATE_SCHEMA).is_valid(ref)
     assert Draft202012Validator(sev.ACL_SCHEMA).is_valid({"read": ["@a:hs"], "write": []})
     assert not Draft202012Validator(sev.ACL_SCHEMA).is_valid({"read": ["bob"], "write": []})

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from datarooms import AccessDeniedError, Credentials, DataroomsClient, DataroomsError
-from datarooms.matrix_http import MatrixHttp
-from datarooms.telemetry import (
+from datarooms._transport.http import MatrixHttp
+from datarooms.sdk.telemetry import (
     OutboxFullError,
     Sample,
     Telemetry,
     TelemetryConfig,
     TelemetryThread,
 )
-from datarooms.telemetry.encoding import SeriesKey, encode_batch
-from datarooms.telemetry.schema import INLINE_MAX_BYTES
+from datarooms.sdk.telemetry.encoding import SeriesKey, encode_batch
+from datarooms.sdk.telemetry.schema import INLINE_MAX_BYTES
 from tests._rooms import shared_room
 
 T0 = 1_700_000_040_000  # a whole minute

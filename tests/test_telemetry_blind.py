@@ -10,8 +10,8 @@ import zlib
 
 import aiohttp
 
-from datarooms.telemetry import TELEMETRY_BATCH, Telemetry, TelemetryConfig
-from datarooms.telemetry.encoding import SeriesKey, canonical_tags, encode_batch
+from datarooms.sdk.telemetry import TELEMETRY_BATCH, Telemetry, TelemetryConfig
+from datarooms.sdk.telemetry.encoding import SeriesKey, canonical_tags, encode_batch
 from datarooms.testing import TestHomeserver
 from tests._rooms import shared_room
 

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from datarooms.cli.telemetry import parse_duration, parse_time
 from datarooms.errors import ValidationError
-from datarooms.telemetry import Telemetry
-from datarooms.telemetry.cli import parse_duration, parse_time
+from datarooms.sdk.telemetry import Telemetry
 from datarooms.testing import TestHomeserver
 from tests._cli import clean_env, cli
 
-# Until `telemetry` is registered in the main CLI, the module runs the same commands.
-CLI = [sys.executable, "-m", "datarooms.telemetry.cli"]
+CLI = [sys.executable, "-m", "datarooms.cli"]
 
 
 def test_time_parsing() -> None:

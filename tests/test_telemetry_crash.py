@@ -16,7 +16,7 @@ from nio import MegolmEvent, RoomMessagesError
 from nio.api import MessageDirection
 
 from datarooms import DataroomsClient
-from datarooms.telemetry import TELEMETRY_BATCH, Telemetry
+from datarooms.sdk.telemetry import TELEMETRY_BATCH, Telemetry
 from tests._rooms import shared_room
 
 WRITER = Path(__file__).resolve().parent / "telemetry_crash_writer.py"

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from datarooms.errors import ValidationError
-from datarooms.telemetry import BATCH_SCHEMA, TELEMETRY_BATCH
-from datarooms.telemetry.encoding import (
+from datarooms.sdk.telemetry import BATCH_SCHEMA, TELEMETRY_BATCH
+from datarooms.sdk.telemetry.encoding import (
     MAX_TS,
     BatchFormatError,
     SeriesKey,
@@ -23,7 +23,7 @@ from datarooms.telemetry.encoding import (
     decode_batch,
     encode_batch,
 )
-from datarooms.telemetry.model import group_samples
+from datarooms.sdk.telemetry.model import group_samples
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from datarooms import Credentials, DataroomsClient
-from datarooms.telemetry import Telemetry, TelemetryConfig
+from datarooms.sdk.telemetry import Telemetry, TelemetryConfig
 from datarooms.testing import TestHomeserver
 from tests._rooms import shared_room
 

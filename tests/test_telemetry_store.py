@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from datarooms.errors import ValidationError
-from datarooms.telemetry.encoding import SeriesData, SeriesKey, canonical_tags, decode_batch
-from datarooms.telemetry.index import DecodedBatch, TelemetryIndex
-from datarooms.telemetry.model import group_samples
-from datarooms.telemetry.outbox import Outbox, OutboxLockedError, marshal_rows
-from datarooms.telemetry.writer import merge_rows
+from datarooms.sdk.telemetry.encoding import SeriesData, SeriesKey, canonical_tags, decode_batch
+from datarooms.sdk.telemetry.index import DecodedBatch, TelemetryIndex
+from datarooms.sdk.telemetry.model import group_samples
+from datarooms.sdk.telemetry.outbox import Outbox, OutboxLockedError, marshal_rows
+from datarooms.sdk.telemetry.writer import merge_rows
 
 ROOM = "!room:localhost"
 
@@ -28,7 +28,7 @@ def _append(ob: Outbox, room: str, samples: list[tuple[int, str, float]]) -> Non
 
 
 def _seal_all(ob: Outbox, max_samples: int = 10_000) -> list[int]:
-    from datarooms.telemetry.encoding import encode_batch
+    from datarooms.sdk.telemetry.encoding import encode_batch
 
     seqs = []
     while (taken := ob.take_unsealed(max_samples)) is not None:

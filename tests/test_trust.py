@@ -37,7 +37,8 @@ async def test_unsigned_device_gets_no_room_keys(  # type: ignore[no-untyped-def
     second = await homeserver.new_user("solo")
     solo = await DataroomsClient.open(
         Credentials(homeserver.base_url, second.user_id, second.access_token),
-        tmp_path / "solo", cross_sign=False,
+        tmp_path / "solo",
+        cross_sign=False,
     )
     try:
         await alice.rooms.grant(room, solo.user_id, "read")

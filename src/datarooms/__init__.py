@@ -23,24 +23,24 @@ from datarooms.errors import (
 )
 
 if TYPE_CHECKING:
-    from datarooms.client import DataroomsClient
-    from datarooms.files import EncryptedFile, TamperedFileError
-    from datarooms.index import Record
-    from datarooms.room_files import FileRef
-    from datarooms.rooms import DataRoom, MemberAccess
-    from datarooms.timeline import RoomEvent
+    from datarooms._store.index import Record
+    from datarooms.sdk.attachments import EncryptedFile, TamperedFileError
+    from datarooms.sdk.client import DataroomsClient
+    from datarooms.sdk.files import FileRef
+    from datarooms.sdk.rooms import DataRoom, MemberAccess
+    from datarooms.sdk.timeline import RoomEvent
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DataroomsClient": "datarooms.client",
-    "EncryptedFile": "datarooms.files",
-    "TamperedFileError": "datarooms.files",
-    "Record": "datarooms.index",
-    "FileRef": "datarooms.room_files",
-    "DataRoom": "datarooms.rooms",
-    "MemberAccess": "datarooms.rooms",
-    "RoomEvent": "datarooms.timeline",
+    "DataroomsClient": "datarooms.sdk.client",
+    "EncryptedFile": "datarooms.sdk.attachments",
+    "TamperedFileError": "datarooms.sdk.attachments",
+    "Record": "datarooms._store.index",
+    "FileRef": "datarooms.sdk.files",
+    "DataRoom": "datarooms.sdk.rooms",
+    "MemberAccess": "datarooms.sdk.rooms",
+    "RoomEvent": "datarooms.sdk.timeline",
 }
 
 

@@ -7,8 +7,13 @@ See docs/chain.md.
 
 from __future__ import annotations
 
-from datarooms.chain.devchain import DEFAULT_CHAIN_ID, DevChain, create_entity_tx, emit_events_tx
-from datarooms.chain.devchain_rpc import DEFAULT_PORT, DevChainServer
+from datarooms.chain.devchain.node import (
+    DEFAULT_CHAIN_ID,
+    DevChain,
+    create_entity_tx,
+    emit_events_tx,
+)
+from datarooms.chain.devchain.rpc import DEFAULT_PORT, DevChainServer
 from datarooms.chain.entity import (
     ENTITY_CREATED_EVENT,
     ENTITY_CREATED_QUERY,

@@ -15,14 +15,14 @@ import typer
 from rich.table import Table
 
 from datarooms._logging import configure_logging
+from datarooms._transport.http import MatrixHttp
 from datarooms.account import resolve_credentials
 from datarooms.cli import data as data_commands
 from datarooms.cli._common import CliState, console, err_console, run, state
 from datarooms.config import PLATFORM_SERVICES, Settings
 from datarooms.errors import ConfigError, DataroomsError, PlatformError
 from datarooms.homeserver.admin import register_user
-from datarooms.matrix_http import MatrixHttp
-from datarooms.platform import (
+from datarooms.services.platform import (
     Platform,
     PlatformInfo,
     Service,
@@ -115,19 +115,19 @@ def platform_services(settings: Settings) -> list[Service]:
         # into the embedded Synapse. On an external homeserver its admin loads it
         # (docs/roomsbot.md) and you run `datarooms roomsbot` yourself.
         if "devchain" in wanted:
-            from datarooms.roomsbot.service import DevchainService
+            from datarooms.services.roomsbot.service import DevchainService
 
             services.append(DevchainService())
         if "roomsbot" in wanted:
-            from datarooms.roomsbot.service import RoomsBotService
+            from datarooms.services.roomsbot.service import RoomsBotService
 
             services.append(RoomsBotService())
     if "statebot" in wanted:
-        from datarooms.statebot import StateBotService
+        from datarooms.services.statebot import StateBotService
 
         services.append(StateBotService())
     if "mcp" in wanted:
-        from datarooms.mcpserver import McpService
+        from datarooms.services.mcp import McpService
 
         services.append(McpService(port=mcp_port))
     return services
@@ -144,7 +144,7 @@ def synapse_extra_config(settings: Settings) -> dict[str, Any]:
     """What the embedded Synapse must load before it starts (the rooms bot's registration)."""
     if settings.homeserver.mode != "embedded" or "roomsbot" not in _wanted_services(settings):
         return {}
-    from datarooms.roomsbot.service import appservice_synapse_config
+    from datarooms.services.roomsbot.service import appservice_synapse_config
 
     return appservice_synapse_config(settings)
 
@@ -318,14 +318,14 @@ data_commands.register(app)
 #: name -> (module, attribute, "group" for a Typer app | "command" for a function).
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "keys": ("datarooms.cli.keys", "keys_app", "group"),
-    "telemetry": ("datarooms.telemetry.cli", "telemetry_app", "group"),
-    "state": ("datarooms.statebot.cli", "state_app", "group"),
-    "statebot": ("datarooms.statebot.cli", "statebot", "command"),
-    "entity": ("datarooms.roomsbot.cli", "entity_app", "group"),
-    "roomsbot": ("datarooms.roomsbot.cli", "roomsbot_command", "command"),
-    "devchain": ("datarooms.roomsbot.cli", "devchain_command", "command"),
-    "mcp": ("datarooms.mcpserver.cli", "mcp", "command"),
-    "agents": ("datarooms.mcpserver.cli", "agents_app", "group"),
+    "telemetry": ("datarooms.cli.telemetry", "telemetry_app", "group"),
+    "state": ("datarooms.cli.statebot", "state_app", "group"),
+    "statebot": ("datarooms.cli.statebot", "statebot", "command"),
+    "entity": ("datarooms.cli.roomsbot", "entity_app", "group"),
+    "roomsbot": ("datarooms.cli.roomsbot", "roomsbot_command", "command"),
+    "devchain": ("datarooms.cli.roomsbot", "devchain_command", "command"),
+    "mcp": ("datarooms.cli.mcp", "mcp", "command"),
+    "agents": ("datarooms.cli.mcp", "agents_app", "group"),
 }
 
 

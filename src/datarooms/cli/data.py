@@ -23,17 +23,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from datarooms._transport.http import MatrixHttp
 from datarooms.account import resolve_credentials
 from datarooms.cli._common import console, run, state
 from datarooms.config import Settings
 from datarooms.errors import ValidationError
 from datarooms.events import ROOM_KINDS
-from datarooms.matrix_http import MatrixHttp
-from datarooms.platform import device_store_dir, live_homeserver_url
+from datarooms.services.platform import device_store_dir, live_homeserver_url
 
 if TYPE_CHECKING:
-    from datarooms.client import DataroomsClient
-    from datarooms.rooms import Access
+    from datarooms.sdk.client import DataroomsClient
+    from datarooms.sdk.rooms import Access
 
 T = TypeVar("T")
 
@@ -52,7 +52,7 @@ async def open_client(settings: Settings) -> AsyncIterator[DataroomsClient]:
     if not creds.user_id:
         async with MatrixHttp(creds.homeserver_url, creds.access_token) as http:
             creds = replace(creds, user_id=(await http.whoami())["user_id"])
-    from datarooms.client import DataroomsClient
+    from datarooms.sdk.client import DataroomsClient
 
     client = await DataroomsClient.open(
         creds,

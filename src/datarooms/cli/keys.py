@@ -14,10 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress
 from datarooms.cli._common import console, err_console
 from datarooms.cli.data import with_client
 from datarooms.errors import ValidationError
-from datarooms.keys import Verification, VerificationCancelled
+from datarooms.sdk.keys import Verification, VerificationCancelled
 
 if TYPE_CHECKING:
-    from datarooms.client import DataroomsClient
+    from datarooms.sdk.client import DataroomsClient
 
 keys_app = typer.Typer(
     help="Cross-signing, recovery key, key backup, device verification.", no_args_is_help=True

@@ -13,8 +13,8 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from datarooms._transport.http import MatrixHttp
 from datarooms.errors import HomeserverError, ValidationError
-from datarooms.matrix_http import MatrixHttp
 
 _LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
 

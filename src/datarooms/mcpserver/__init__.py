@@ -1,43 +1,4 @@
-"""The datarooms MCP server: AI agents in end-to-end encrypted data rooms, least privilege.
+"""Compatibility alias: the MCP server lives in :mod:`datarooms.services.mcp`.
 
-- :class:`McpService`: the platform service (streamable HTTP, all agents, ``datarooms up``);
-- :func:`run_stdio`: one agent over stdio (``datarooms mcp --agent NAME``,
-  ``python -m datarooms.mcpserver --agent NAME``);
-- :mod:`.config`: ``agents.toml`` and its helpers (:func:`add_agent`, ...);
-- :mod:`.policy`: the capability model, pure.
-
-See docs/mcp.md.
+Kept because users' MCP client configs name ``python -m datarooms.mcpserver``.
 """
-
-from __future__ import annotations
-
-from datarooms.mcpserver.config import (
-    AgentsConfig,
-    McpSettings,
-    add_agent,
-    load_agents,
-    remove_agent,
-    rotate_token,
-)
-from datarooms.mcpserver.policy import TOOLS, AgentPolicy, CapabilityDenied
-from datarooms.mcpserver.runtime import AgentRuntime
-from datarooms.mcpserver.server import AgentServer, build_server
-from datarooms.mcpserver.service import McpService
-from datarooms.mcpserver.stdio import run_stdio
-
-__all__ = [
-    "TOOLS",
-    "AgentPolicy",
-    "AgentRuntime",
-    "AgentServer",
-    "AgentsConfig",
-    "CapabilityDenied",
-    "McpService",
-    "McpSettings",
-    "add_agent",
-    "build_server",
-    "load_agents",
-    "remove_agent",
-    "rotate_token",
-    "run_stdio",
-]

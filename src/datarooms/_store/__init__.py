@@ -1,0 +1,1 @@
+"""Private storage: the device's local SQLite index and the shared SQLite helpers."""

@@ -1,0 +1,528 @@
+"""The local index: a SQLite database of decrypted records and room state.
+
+One index per device (it holds plaintext, so it lives beside the crypto store,
+on the user's machine, never on the server). It answers the twin's current
+state, the history of a key and time-range queries without touching the
+homeserver, and it holds the sync position, written in the same transaction
+as the events it covers: a crash can replay a sync, never skip one.
+
+Schema migrations are versioned (``PRAGMA user_version``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datarooms._store.sqlite import migrate
+
+_MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE records (
+        event_id TEXT PRIMARY KEY,
+        room_id  TEXT NOT NULL,
+        key      TEXT NOT NULL,
+        txn      TEXT NOT NULL,
+        sender   TEXT NOT NULL,
+        ts       INTEGER NOT NULL,
+        value    TEXT NOT NULL,
+        schema   TEXT,
+        UNIQUE (room_id, txn)
+    );
+    CREATE INDEX records_key_ts ON records (room_id, key, ts, event_id);
+    CREATE INDEX records_ts ON records (room_id, ts);
+    CREATE TABLE latest (
+        room_id  TEXT NOT NULL,
+        key      TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        ts       INTEGER NOT NULL,
+        sender   TEXT NOT NULL,
+        value    TEXT NOT NULL,
+        schema   TEXT,
+        versions INTEGER NOT NULL,
+        PRIMARY KEY (room_id, key)
+    );
+    CREATE TABLE pending (
+        event_id   TEXT PRIMARY KEY,
+        room_id    TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        ts         INTEGER NOT NULL,
+        source     TEXT NOT NULL
+    );
+    CREATE INDEX pending_session ON pending (session_id);
+    CREATE TABLE room_state (
+        room_id   TEXT NOT NULL,
+        type      TEXT NOT NULL,
+        state_key TEXT NOT NULL,
+        content   TEXT NOT NULL,
+        sender    TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (room_id, type, state_key)
+    );
+    CREATE TABLE activity (
+        room_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        ts      INTEGER NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    );
+    CREATE TABLE gaps (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        room_id TEXT NOT NULL,
+        token   TEXT NOT NULL,
+        stop_ts INTEGER NOT NULL
+    );
+    """,
+    # v2: key backup and trusted identities
+    """
+    CREATE TABLE backed_up (
+        session_id TEXT PRIMARY KEY,
+        version    TEXT NOT NULL
+    );
+    CREATE TABLE identities (
+        user_id    TEXT PRIMARY KEY,
+        master_key TEXT NOT NULL,
+        changed_to TEXT
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One version of a keyed record, as decrypted on this device."""
+
+    room_id: str
+    key: str
+    value: Any
+    event_id: str
+    sender: str
+    ts: int
+    txn: str
+    schema: str | None = None
+    #: 1 for the first version of the key; the latest version's number is the count.
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    event_id: str
+    room_id: str
+    session_id: str
+    ts: int
+    source: dict[str, Any]
+
+
+@dataclass
+class SyncBatch:
+    """Everything one sync (or backfill page) adds to the index, applied atomically."""
+
+    records: list[Record]
+    pending: list[PendingEvent]
+    resolved: list[str]  # pending event ids that are now decrypted
+    state: list[tuple[str, str, str, dict[str, Any], str]]  # room, type, key, content, sender
+    activity: list[tuple[str, str, int]]  # room, user, ts
+    redactions: list[tuple[str, str]]  # room, redacted event id
+    #: History this device has not seen yet: (room, pagination token, stop at ts).
+    gaps: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+class LocalIndex:
+    """SQLite-backed; safe to call from one event loop (writes are serialised)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._lock = threading.RLock()
+        # {room: {key: value}}, valid while nothing changed the database: local writes
+        # clear it, and PRAGMA data_version tells us when another connection (another
+        # process on this device) committed.
+        self._twin_cache: dict[str, str] = {}
+        self._data_version = -1
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            migrate(self._db, _MIGRATIONS)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._twin_cache.clear()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- meta -----------------------------------------------------------------
+
+    def get_meta(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._tx() as db:
+            _set_meta(db, name, value)
+
+    @property
+    def sync_token(self) -> str | None:
+        return self.get_meta("sync_token")
+
+    # -- writes ---------------------------------------------------------------
+
+    def apply(self, batch: SyncBatch, *, sync_token: str | None = None) -> list[Record]:
+        """Apply a batch atomically; return the records that were new to this index."""
+        with self._tx() as db:
+            added = _apply_batch(db, batch)
+            if sync_token is not None:
+                _set_meta(db, "sync_token", sync_token)
+        return added
+
+    def add_records(self, records: Iterable[Record]) -> list[Record]:
+        with self._tx() as db:
+            return _insert_records(db, list(records))
+
+    def gaps(self, room_id: str | None = None) -> list[tuple[int, str, str, int]]:
+        """Unfilled history: (gap id, room, token, stop_ts), newest first."""
+        with self._lock:
+            if room_id is None:
+                rows = self._db.execute("SELECT * FROM gaps ORDER BY id DESC").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM gaps WHERE room_id = ? ORDER BY id DESC", (room_id,)
+                ).fetchall()
+        return [(int(r[0]), r[1], r[2], int(r[3])) for r in rows]
+
+    def apply_gap_page(self, gap_id: int, batch: SyncBatch, next_token: str | None) -> list[Record]:
+        """Apply one page of history and move the gap on (or close it), atomically."""
+        with self._tx() as db:
+            added = _apply_batch(db, batch)
+            if next_token is None:
+                db.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
+            else:
+                db.execute("UPDATE gaps SET token = ? WHERE id = ?", (next_token, gap_id))
+        return added
+
+    def newest_ts(self, room_id: str) -> int | None:
+        """The newest event time this device has seen in the room, if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT max(ts) FROM activity WHERE room_id = ?", (room_id,)
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def knows_room(self, room_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM room_state WHERE room_id = ? LIMIT 1", (room_id,)
+            ).fetchone()
+        return row is not None
+
+    # -- keys -----------------------------------------------------------------
+
+    def backed_up(self, version: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT session_id FROM backed_up WHERE version = ?", (version,)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def mark_backed_up(self, version: str, session_ids: Iterable[str]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO backed_up VALUES (?, ?) ON CONFLICT DO UPDATE "
+                "SET version = excluded.version",
+                [(sid, version) for sid in session_ids],
+            )
+
+    def identity(self, user_id: str) -> tuple[str, str | None] | None:
+        """(trusted master key, a different master key seen since, if any)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT master_key, changed_to FROM identities WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_identity(self, user_id: str, master_key: str, changed_to: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO identities VALUES (?, ?, ?) ON CONFLICT DO UPDATE "
+                "SET master_key = excluded.master_key, changed_to = excluded.changed_to",
+                (user_id, master_key, changed_to),
+            )
+
+    def changed_identities(self) -> dict[str, tuple[str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT user_id, master_key, changed_to FROM identities "
+                "WHERE changed_to IS NOT NULL"
+            ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    # -- reads ----------------------------------------------------------------
+
+    def twin(self, room_id: str) -> dict[str, Record]:
+        """The current state: the latest version of every key in the room."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value, event_id, sender, ts, schema, versions FROM latest "
+                "WHERE room_id = ?",
+                (room_id,),
+            ).fetchall()
+        return {
+            r[0]: Record(room_id, r[0], json.loads(r[1]), r[2], r[3], r[4], "", r[5], r[6])
+            for r in rows
+        }
+
+    def twin_values(self, room_id: str) -> dict[str, Any]:
+        """``{key: latest value}`` (a fresh copy; cached until the database changes)."""
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._twin_cache.clear()
+                self._data_version = version
+            text = self._twin_cache.get(room_id)
+            if text is None:
+                row = self._db.execute(
+                    "SELECT json_group_object(key, json(value)) FROM latest WHERE room_id = ?",
+                    (room_id,),
+                ).fetchone()
+                text = row[0] if row and row[0] else "{}"
+                self._twin_cache[room_id] = text
+        # Decoding the cached JSON gives every caller its own copy, cheaper than a deepcopy.
+        result: dict[str, Any] = json.loads(text)
+        return result
+
+    def latest(self, room_id: str, key: str) -> Record | None:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT l.value, l.event_id, l.sender, l.ts, l.schema, l.versions, r.txn "
+                "FROM latest l JOIN records r ON r.event_id = l.event_id "
+                "WHERE l.room_id = ? AND l.key = ?",
+                (room_id, key),
+            ).fetchone()
+        if r is None:
+            return None
+        return Record(room_id, key, json.loads(r[0]), r[1], r[2], r[3], r[6], r[4], r[5])
+
+    def history(
+        self,
+        room_id: str,
+        key: str,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[Record]:
+        """Every version of ``key``, oldest first (or newest first), numbered from 1."""
+        sql = (
+            "SELECT * FROM (SELECT value, event_id, sender, ts, txn, schema, "
+            "ROW_NUMBER() OVER (ORDER BY ts, event_id) AS version FROM records "
+            "WHERE room_id = ? AND key = ?) WHERE 1 = 1"
+        )
+        args: list[Any] = [room_id, key]
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND ts < ?"
+            args.append(until)
+        sql += " ORDER BY version " + ("DESC" if newest_first else "ASC")
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [
+            Record(room_id, key, json.loads(r[0]), r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows
+        ]
+
+    def between(self, room_id: str, since: int, until: int, *, limit: int = 1000) -> list[Record]:
+        """Records of every key written in ``[since, until)`` (server time, ms), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value, event_id, sender, ts, txn, schema FROM records "
+                "WHERE room_id = ? AND ts >= ? AND ts < ? ORDER BY ts, event_id LIMIT ?",
+                (room_id, since, until, limit),
+            ).fetchall()
+        return [Record(room_id, r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+    def count(self, room_id: str) -> int:
+        with self._lock:
+            return int(
+                self._db.execute(
+                    "SELECT count(*) FROM records WHERE room_id = ?", (room_id,)
+                ).fetchone()[0]
+            )
+
+    def state(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT content FROM room_state WHERE room_id = ? AND type = ? AND state_key = ?",
+                (room_id, event_type, state_key),
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def state_sender(self, room_id: str, event_type: str, state_key: str = "") -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sender FROM room_state WHERE room_id = ? AND type = ? AND state_key = ?",
+                (room_id, event_type, state_key),
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def state_of_type(self, room_id: str, event_type: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT state_key, content FROM room_state WHERE room_id = ? AND type = ?",
+                (room_id, event_type),
+            ).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def rooms_with_state(self, event_type: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT room_id, content FROM room_state WHERE type = ? AND state_key = ''",
+                (event_type,),
+            ).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def activity(self, room_id: str) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT user_id, ts FROM activity WHERE room_id = ?", (room_id,)
+            ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def pending(self, session_ids: Iterable[str] | None = None) -> list[PendingEvent]:
+        with self._lock:
+            if session_ids is None:
+                rows = self._db.execute("SELECT * FROM pending").fetchall()
+            else:
+                ids = list(session_ids)
+                marks = ",".join("?" * len(ids))
+                rows = self._db.execute(
+                    f"SELECT * FROM pending WHERE session_id IN ({marks})",  # noqa: S608
+                    ids,
+                ).fetchall()
+        return [PendingEvent(r[0], r[1], r[2], int(r[3]), json.loads(r[4])) for r in rows]
+
+
+def _set_meta(db: sqlite3.Connection, name: str, value: str) -> None:
+    db.execute(
+        "INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
+        (name, value),
+    )
+
+
+def _apply_batch(db: sqlite3.Connection, batch: SyncBatch) -> list[Record]:
+    added = _insert_records(db, batch.records)
+    for p in batch.pending:
+        db.execute(
+            "INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?)",
+            (p.event_id, p.room_id, p.session_id, p.ts, json.dumps(p.source)),
+        )
+    for event_id in batch.resolved:
+        db.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
+    for room, etype, skey, content, sender in batch.state:
+        db.execute(
+            "INSERT INTO room_state VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
+            "SET content = excluded.content, sender = excluded.sender",
+            (room, etype, skey, json.dumps(content), sender),
+        )
+    for room, user, ts in batch.activity:
+        db.execute(
+            "INSERT INTO activity VALUES (?, ?, ?) ON CONFLICT DO UPDATE "
+            "SET ts = max(ts, excluded.ts)",
+            (room, user, ts),
+        )
+    for room, event_id in batch.redactions:
+        _redact(db, room, event_id)
+    for room, token, stop_ts in batch.gaps:
+        db.execute(
+            "INSERT INTO gaps (room_id, token, stop_ts) VALUES (?, ?, ?)", (room, token, stop_ts)
+        )
+    return added
+
+
+def _insert_records(db: sqlite3.Connection, records: list[Record]) -> list[Record]:
+    added: list[Record] = []
+    for rec in records:
+        value = json.dumps(rec.value, separators=(",", ":"))
+        cur = db.execute(
+            "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (rec.event_id, rec.room_id, rec.key, rec.txn, rec.sender, rec.ts, value, rec.schema),
+        )
+        if cur.rowcount == 0:
+            # Already indexed (same event, or same txn retried). The writer indexes its
+            # own write at once with its own clock; the server's timestamp, when sync
+            # brings it, wins, so every device orders versions alike.
+            moved = db.execute(
+                "UPDATE records SET ts = ? WHERE event_id = ? AND ts != ?",
+                (rec.ts, rec.event_id, rec.ts),
+            )
+            if moved.rowcount:
+                _recompute_latest(db, rec.room_id, rec.key)
+            continue
+        db.execute(
+            """
+            INSERT INTO latest VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+            ON CONFLICT (room_id, key) DO UPDATE SET
+                versions = versions + 1,
+                event_id = CASE WHEN newer THEN excluded.event_id ELSE latest.event_id END,
+                ts       = CASE WHEN newer THEN excluded.ts       ELSE latest.ts END,
+                sender   = CASE WHEN newer THEN excluded.sender   ELSE latest.sender END,
+                value    = CASE WHEN newer THEN excluded.value    ELSE latest.value END,
+                schema   = CASE WHEN newer THEN excluded.schema   ELSE latest.schema END
+            """.replace(
+                "newer",
+                "(excluded.ts > latest.ts OR "
+                "(excluded.ts = latest.ts AND excluded.event_id > latest.event_id))",
+            ),
+            (rec.room_id, rec.key, rec.event_id, rec.ts, rec.sender, value, rec.schema),
+        )
+        added.append(rec)
+    return added
+
+
+def _redact(db: sqlite3.Connection, room_id: str, event_id: str) -> None:
+    row = db.execute(
+        "SELECT key FROM records WHERE event_id = ? AND room_id = ?", (event_id, room_id)
+    ).fetchone()
+    if row is None:
+        return
+    db.execute("DELETE FROM records WHERE event_id = ?", (event_id,))
+    _recompute_latest(db, room_id, row[0])
+
+
+def _recompute_latest(db: sqlite3.Connection, room_id: str, key: str) -> None:
+    db.execute("DELETE FROM latest WHERE room_id = ? AND key = ?", (room_id, key))
+    db.execute(
+        """
+        INSERT INTO latest
+        SELECT room_id, key, event_id, ts, sender, value, schema,
+               (SELECT count(*) FROM records WHERE room_id = ?1 AND key = ?2)
+        FROM records WHERE room_id = ?1 AND key = ?2
+        ORDER BY ts DESC, event_id DESC LIMIT 1
+        """,
+        (room_id, key),
+    )

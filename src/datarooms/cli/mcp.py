@@ -1,0 +1,173 @@
+"""CLI pieces for the main ``datarooms`` app (registered there):
+
+- ``mcp``: the command ``datarooms mcp --agent NAME`` (stdio transport);
+- ``agents_app``: ``datarooms agents add | list | remove | token``.
+
+Register with::
+
+    from datarooms.cli.mcp import agents_app, mcp
+    app.command()(mcp)
+    app.add_typer(agents_app, name="agents")
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from datarooms._logging import configure_logging
+from datarooms.cli._common import console, err_console, run, state
+from datarooms.errors import ConfigError
+from datarooms.events import ROOM_KINDS
+from datarooms.services.mcp.config import (
+    add_agent,
+    agent_localpart,
+    agents_file,
+    load_agents,
+    remove_agent,
+    rotate_token,
+)
+from datarooms.services.mcp.policy import TOOLS
+
+agents_app = typer.Typer(
+    help="AI agents of the MCP server: who they are and what they may do.",
+    no_args_is_help=True,
+)
+
+
+def mcp(
+    ctx: typer.Context,
+    agent: Annotated[str, typer.Option("--agent", "-a", help="Agent name, as in agents.toml")],
+) -> None:
+    """Serve one agent over MCP stdio (for Claude Desktop, IDEs, the MCP inspector)."""
+    from datarooms.services.mcp.stdio import run_stdio
+
+    st = state(ctx)
+    settings = st.settings()
+    # stdout carries the protocol: logs and audit records go to stderr.
+    configure_logging(st.log_level or "WARNING", fmt="json", stream=sys.stderr)
+    run(run_stdio(settings, agent))
+
+
+@agents_app.command("add")
+def agents_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Agent name: lower-case letters, digits, . _ = -")],
+    access: Annotated[str, typer.Option(help="read or write")] = "read",
+    room: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--room", help='Room id or alias it may use (repeat); "*" = any room it is in'
+        ),
+    ] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option("--kind", help=f"Data-room kind it may use (repeat): {', '.join(ROOM_KINDS)}"),
+    ] = None,
+    did: Annotated[
+        list[str] | None, typer.Option("--did", help="Entity DID whose rooms it may use (repeat)")
+    ] = None,
+    tool: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tool", help="Allow only these tools (repeat); default: all its access permits"
+        ),
+    ] = None,
+    files_dir: Annotated[
+        str | None, typer.Option(help="Directory it may upload from and save files to")
+    ] = None,
+    description: Annotated[str, typer.Option(help="What the agent is for")] = "",
+    no_token: Annotated[
+        bool, typer.Option("--no-token", help="No HTTP bearer token (stdio only)")
+    ] = False,
+) -> None:
+    """Add an agent and print its bearer token (shown once; only its hash is stored)."""
+    settings = state(ctx).settings()
+    path = agents_file(settings.data_dir)
+    if access not in ("read", "write"):
+        raise ConfigError(f"--access must be read or write, got {access!r}")
+    token = add_agent(
+        path,
+        name,
+        access=access,
+        rooms=room or [],
+        room_kinds=kind or [],
+        dids=did or [],
+        tools=tool,
+        files_dir=files_dir,
+        description=description,
+        with_token=not no_token,
+    )
+    server = settings.homeserver.server_name
+    console.print(f"added agent {name} (@{agent_localpart(name)}:{server}) to {path}")
+    if token:
+        console.print(f"bearer token (shown once; store it safely): {token}")
+    if not (room or kind or did):
+        err_console.print(
+            "note: it may use no room yet; add --room, --kind or --did "
+            "(edit agents.toml, or remove and add it again)"
+        )
+    console.print(
+        "Grant it rooms with `datarooms room grant ROOM @"
+        + agent_localpart(name)
+        + ":"
+        + server
+        + " read|write`; restart `datarooms up` to bring a new agent online."
+    )
+
+
+@agents_app.command("list")
+def agents_list(ctx: typer.Context) -> None:
+    """List the agents and their capabilities (never their tokens)."""
+    settings = state(ctx).settings()
+    config = load_agents(agents_file(settings.data_dir), data_dir=settings.data_dir)
+    table = Table("agent", "access", "rooms", "kinds", "DIDs", "tools", "files dir", "HTTP token")
+    for name, p in sorted(config.agents.items()):
+        table.add_row(
+            name,
+            p.access,
+            ", ".join(sorted(p.rooms)) or "-",
+            ", ".join(sorted(p.room_kinds)) or "-",
+            ", ".join(sorted(p.dids)) or "-",
+            "all" if p.tools is None else ", ".join(sorted(p.tools)),
+            str(p.files_dir) if p.files_dir else "-",
+            "yes" if p.token_sha256 else "no",
+        )
+    console.print(table)
+    if not config.agents:
+        err_console.print("no agents yet: datarooms agents add NAME --access read --room ROOM")
+
+
+@agents_app.command("remove")
+def agents_remove(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Agent name")]
+) -> None:
+    """Remove an agent: its token stops working at once (its account and device stay)."""
+    settings = state(ctx).settings()
+    remove_agent(agents_file(settings.data_dir), name)
+    console.print(f"removed agent {name}")
+
+
+@agents_app.command("token")
+def agents_token(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Agent name")]
+) -> None:
+    """Give an agent a new bearer token; the old one stops working at once."""
+    settings = state(ctx).settings()
+    token = rotate_token(agents_file(settings.data_dir), name)
+    console.print(f"new bearer token for {name} (shown once; store it safely): {token}")
+
+
+@agents_app.command("tools")
+def agents_tools() -> None:
+    """List every MCP tool and the access level it needs."""
+    table = Table("tool", "needs")
+    for name, spec in TOOLS.items():
+        table.add_row(name, spec.access)
+    console.print(table)
+
+
+__all__ = ["agents_app", "mcp"]

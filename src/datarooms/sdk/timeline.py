@@ -1,0 +1,111 @@
+"""The event model shared by the SDK's parts: timeline events, records, error mapping."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from datarooms._store.index import Record
+from datarooms.errors import AccessDeniedError, HomeserverError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoomEvent:
+    """A timeline event as this device sees it (decrypted where it could be)."""
+
+    room_id: str
+    event_id: str
+    sender: str
+    type: str
+    content: dict[str, Any]
+    ts: int
+    #: It came encrypted over the wire.
+    encrypted: bool
+    #: False if it is still encrypted here (no key yet).
+    decrypted: bool = True
+    state_key: str | None = None
+
+    @property
+    def body(self) -> str | None:
+        body = self.content.get("body")
+        return body if isinstance(body, str) else None
+
+    @property
+    def relates_to(self) -> dict[str, Any]:
+        rel = self.content.get("m.relates_to")
+        return rel if isinstance(rel, dict) else {}
+
+
+def record_from_event(room_id: str, source: dict[str, Any], decrypted: bool) -> Record | None:
+    if not decrypted:
+        log.warning("ignoring an unencrypted record event", extra={"event_id": source["event_id"]})
+        return None
+    content = source.get("content") or {}
+    key, txn = content.get("key"), content.get("txn")
+    if not isinstance(key, str) or not key or not isinstance(txn, str) or "value" not in content:
+        log.warning("ignoring a malformed record event", extra={"event_id": source["event_id"]})
+        return None
+    schema = content.get("schema")
+    return Record(
+        room_id=room_id,
+        key=key,
+        value=content["value"],
+        event_id=source["event_id"],
+        sender=source.get("sender", ""),
+        ts=int(source.get("origin_server_ts", 0)),
+        txn=txn,
+        schema=schema if isinstance(schema, str) else None,
+    )
+
+
+def room_event(
+    room_id: str, source: dict[str, Any], *, encrypted: bool, decrypted: bool = True
+) -> RoomEvent:
+    content = source.get("content")
+    return RoomEvent(
+        room_id=room_id,
+        event_id=source["event_id"],
+        sender=source.get("sender", ""),
+        type=source.get("type", ""),
+        content=content if isinstance(content, dict) else {},
+        ts=int(source.get("origin_server_ts", 0)),
+        encrypted=encrypted,
+        decrypted=decrypted,
+        state_key=source.get("state_key"),
+    )
+
+
+def from_nio_event(room_id: str, event: Any) -> RoomEvent | None:
+    """A nio timeline event (decrypted by nio where it could be) as a RoomEvent."""
+    from nio import MegolmEvent
+
+    source = getattr(event, "source", None)
+    if not isinstance(source, dict) or "event_id" not in source:
+        return None
+    undecrypted = isinstance(event, MegolmEvent)
+    return room_event(
+        room_id,
+        source,
+        encrypted=undecrypted or bool(getattr(event, "decrypted", False)),
+        decrypted=not undecrypted,
+    )
+
+
+def error_from_response(resp: Any, what: str) -> Exception:
+    """Turn a nio error response into our exception, with a message that says what failed."""
+    code = getattr(resp, "status_code", None)
+    msg = getattr(resp, "message", "") or ""
+    if code == "M_FORBIDDEN":
+        return AccessDeniedError(f"{what} is not allowed: {msg}")
+    if code == "M_NOT_FOUND":
+        return NotFoundError(f"{what}: not found: {msg}")
+    return HomeserverError(f"{what} failed: {code}: {msg}", errcode=code)
+
+
+def is_error(resp: Any) -> bool:
+    from nio import ErrorResponse
+
+    return isinstance(resp, ErrorResponse)

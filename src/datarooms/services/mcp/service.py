@@ -1,0 +1,130 @@
+"""``McpService``: the MCP server as a platform service (part of ``datarooms up``).
+
+On start, for every agent in ``<data_dir>/agents.toml``: its Matrix account
+(``agent-<name>``, registered on first use), its own end-to-end encrypted
+device in ``<data_dir>/devices/<user_id>`` with a background sync loop, and its
+MCP server; then streamable HTTP on ``[mcp] host:port`` (127.0.0.1:8012 by
+default), served by uvicorn in the platform's event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from datarooms.sdk.client import DataroomsClient
+from datarooms.services.mcp import audit
+from datarooms.services.mcp.config import (
+    AgentsConfig,
+    ConfigWatcher,
+    agent_localpart,
+    agents_file,
+    load_agents,
+)
+from datarooms.services.mcp.http import HttpServer, build_http_app
+from datarooms.services.mcp.runtime import AgentRuntime
+from datarooms.services.mcp.server import AgentServer
+from datarooms.services.platform import PlatformContext
+
+log = logging.getLogger(__name__)
+
+
+class McpService:
+    """The platform service ``mcp``: all configured agents over streamable HTTP."""
+
+    name = "mcp"
+
+    def __init__(
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        agents_path: Path | None = None,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._agents_path = agents_path
+        self.runtimes: dict[str, AgentRuntime] = {}
+        self.servers: dict[str, AgentServer] = {}
+        self.watcher: ConfigWatcher | None = None
+        self._http: HttpServer | None = None
+        self._audit_handler: logging.Handler | None = None
+
+    @property
+    def url(self) -> str | None:
+        return self._http.url if self._http is not None else None
+
+    async def start(self, platform: PlatformContext) -> dict[str, Any]:
+        data_dir = platform.settings.data_dir
+        path = self._agents_path or agents_file(data_dir)
+        config = load_agents(path, data_dir=data_dir)
+        try:
+            if config.mcp.audit_log is not None:
+                self._audit_handler = audit.open_audit_file(config.mcp.audit_log)
+            self.watcher = ConfigWatcher(config, data_dir)
+            for name, policy in config.agents.items():
+                creds = await platform.ensure_account(
+                    agent_localpart(name), displayname=f"{name} (AI agent)"
+                )
+                client = await DataroomsClient.open(
+                    creds,
+                    platform.device_store(creds.user_id),
+                    device_name=f"datarooms MCP agent {name}",
+                )
+                rt = AgentRuntime(client, policy, config.mcp, transport="http")
+                rt.watcher = self.watcher
+                self.runtimes[name] = rt
+                await rt.start()
+                self.servers[name] = AgentServer(rt)
+            self.watcher.on_change(self._apply)
+            app = build_http_app(self.servers, self.watcher.current, host=self._bind_host(config))
+            self._http = HttpServer(app, self._bind_host(config), self._bind_port(config))
+            await self._http.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "MCP server listening",
+            extra={"url": self._http.url, "agents": ", ".join(sorted(self.runtimes))},
+        )
+        return {
+            "url": self._http.url,
+            "agents": ", ".join(f"{n} ({rt.user_id})" for n, rt in sorted(self.runtimes.items()))
+            or f"none yet (add one: datarooms agents add NAME; file {path})",
+        }
+
+    def _bind_host(self, config: AgentsConfig) -> str:
+        return self._host or config.mcp.host
+
+    def _bind_port(self, config: AgentsConfig) -> int:
+        return self._port if self._port is not None else config.mcp.port
+
+    def _apply(self, config: AgentsConfig) -> None:
+        for rt in self.runtimes.values():
+            rt.apply_config(config)
+        added = set(config.agents) - set(self.runtimes)
+        if added:
+            log.warning(
+                "agents added to agents.toml start with the next `datarooms up`",
+                extra={"agents": ", ".join(sorted(added))},
+            )
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
+        for rt in self.runtimes.values():
+            try:
+                await rt.stop()
+                await rt.client.close()
+            except Exception:
+                log.exception("closing an agent's device failed", extra={"agent": rt.name})
+        self.runtimes.clear()
+        self.servers.clear()
+        if self._audit_handler is not None:
+            audit.close_audit_file(self._audit_handler)
+            self._audit_handler = None
+
+
+__all__ = ["McpService"]

@@ -1,0 +1,455 @@
+"""The rooms bot's HTTP API: the Matrix Application Service API and a small REST API.
+
+Appservice endpoints (called by the homeserver, authenticated with the ``hs_token``):
+
+- ``PUT /_matrix/app/v1/transactions/{txnId}``: events; idempotent by transaction id;
+- ``GET /_matrix/app/v1/rooms/{roomAlias}``: someone asked for an entity alias that does
+  not exist: create the entity's rooms now, then answer 200;
+- ``GET /_matrix/app/v1/users/{userId}``, ``POST /_matrix/app/v1/ping``.
+
+REST endpoints (called by people and programs, authenticated with a Matrix OpenID token,
+see :mod:`datarooms.services.openid`):
+
+- ``POST /rooms/source``: the rooms of a DID, created if missing; optionally invite (or,
+  for the bot's own users, join) a user. ``POST /room/source`` is IXO's form of the same.
+- ``GET /rooms/{did}``: the rooms of a DID, 404 if it has none yet.
+- ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``.
+
+Every error is ``{"errcode": "...", "error": "..."}`` with a fitting HTTP status.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the annotations of the
+# handlers, and ``Depends(caller)`` refers to a closure it could not resolve from a string.
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from datarooms.errors import (
+    AccessDeniedError,
+    DataroomsError,
+    NotFoundError,
+    UnauthorizedError,
+    ValidationError,
+)
+from datarooms.ids import user_id as check_user_id
+from datarooms.services.roomsbot.entity_rooms import SPACE, did_from_localpart, parse_alias
+from datarooms.services.roomsbot.store import EntityFacts, EntityRecord
+
+if TYPE_CHECKING:
+    from datarooms.services.roomsbot.bot import RoomsBot
+
+log = logging.getLogger(__name__)
+
+_MAX_REST_BODY = 64 * 1024
+_MAX_AS_BODY = 32 * 2**20
+_ALIAS_QUERY_TIMEOUT_S = 25.0
+
+
+class ErrorBody(BaseModel):
+    errcode: str = Field(examples=["DR_INVALID"])
+    error: str
+
+
+class RoomOut(BaseModel):
+    kind: str = Field(description="entity, another data-room kind, or space")
+    room_id: str
+    alias: str
+
+
+class EntityRoomsOut(BaseModel):
+    did: str
+    type: str | None = Field(description="The entity's type on the chain, if known")
+    controllers: list[str] = Field(description="Controller DIDs")
+    members: list[str] = Field(description="Matrix users invited with admin power")
+    source: str = Field(description="chain, or request (created before the chain was seen)")
+    room_id: str = Field(description="The entity room (IXO's alias)")
+    space: RoomOut
+    rooms: list[RoomOut]
+
+
+class SourceOut(EntityRoomsOut):
+    created: bool = Field(description="True if this request created the rooms")
+
+
+class SourceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    did: str = Field(
+        min_length=1, max_length=512, examples=["did:ixo:entity:0a1b2c3d4e5f60718293a4b5c6d7e8f9"]
+    )
+    user_id: str | None = Field(
+        default=None,
+        max_length=255,
+        description="A Matrix user to invite (controllers and operators only)",
+    )
+    join: bool = Field(
+        default=False, description="Also join the user (only users of the bot's namespace)"
+    )
+
+
+class IxoSourceRequest(BaseModel):
+    did: str = Field(min_length=1, max_length=512)
+    userMatrixId: str | None = Field(default=None, max_length=255)
+
+
+class IxoSourceOut(BaseModel):
+    roomId: str
+    spaceId: str
+
+
+class Transaction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    events: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+
+
+class HealthOut(BaseModel):
+    status: str = Field(description="ok, or degraded while the chain watcher is disconnected")
+    user_id: str
+    entities: int
+    skipped_events: int
+    chain: dict[str, Any] | None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Bad request"},
+    401: {"model": ErrorBody, "description": "Missing or unknown token"},
+    403: {"model": ErrorBody, "description": "Not allowed"},
+    429: {"model": ErrorBody, "description": "Too many new entities; retry later"},
+    502: {"model": ErrorBody, "description": "The homeserver failed"},
+}
+_AS_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Bad request"},
+    401: {"model": ErrorBody, "description": "No hs_token"},
+    403: {"model": ErrorBody, "description": "Wrong hs_token"},
+}
+
+_bearer = HTTPBearer(auto_error=False, description="A Matrix OpenID access token")
+
+
+def _error(status: int, errcode: str, message: str) -> JSONResponse:
+    return JSONResponse({"errcode": errcode, "error": message}, status_code=status)
+
+
+class _Bucket:
+    """Per-user token bucket for requests that create rooms."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """0 if allowed, else seconds to wait."""
+        now = time.monotonic()
+        tokens, last = self._state.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._state[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self._state[key] = (tokens - 1, now)
+        if len(self._state) > 50_000:
+            self._state.clear()
+        return 0.0
+
+
+def create_app(bot: "RoomsBot") -> FastAPI:
+    app = FastAPI(
+        title="datarooms rooms bot",
+        version="1",
+        description="Rooms for every entity: the Matrix appservice and REST API of the "
+        "datarooms rooms bot. REST calls take a Matrix OpenID token as a bearer token.",
+        openapi_tags=[{"name": "rooms"}, {"name": "appservice"}, {"name": "operations"}],
+    )
+    creations = _Bucket(rate=2.0, burst=60)
+
+    # -- errors ------------------------------------------------------------------
+
+    @app.exception_handler(DataroomsError)
+    async def _dataroom_error(request: Request, exc: DataroomsError) -> JSONResponse:
+        if exc.http_status >= 500:
+            log.warning("request failed", extra={"path": request.url.path, "error": exc.message})
+        return _error(exc.http_status, exc.errcode, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return _error(400, "M_NOT_JSON", "the body is not valid JSON")
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        msg = str(first.get("msg", "invalid request"))
+        return _error(400, "M_BAD_JSON", f"{where}: {msg}" if where else msg)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "M_UNRECOGNIZED" if exc.status_code in (404, 405) else "M_UNKNOWN"
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", extra={"path": request.url.path})
+        return _error(500, "DR_UNKNOWN", "internal error (see the rooms bot's log)")
+
+    @app.middleware("http")
+    async def _limits(request: Request, call_next: Any) -> Response:
+        limit = _MAX_AS_BODY if request.url.path.startswith("/_matrix/") else _MAX_REST_BODY
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return _error(413, "M_TOO_LARGE", f"the body is larger than {limit} bytes")
+        response: Response = await call_next(request)
+        if not request.url.path.startswith("/_matrix/"):
+            route = request.scope.get("route")
+            path = getattr(route, "path", None) or "other"
+            bot.metrics.rest_requests.labels(path, str(response.status_code)).inc()
+        return response
+
+    # -- auth --------------------------------------------------------------------
+
+    async def caller(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        x_matrix_server_name: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> str:
+        token = credentials.credentials if credentials is not None else None
+        return (await bot.verifier.verify(token, x_matrix_server_name)).user_id
+
+    def homeserver(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        token = token or request.query_params.get("access_token", "")
+        if not token:
+            raise UnauthorizedError("missing the homeserver token", errcode="M_UNAUTHORIZED")
+        if not hmac.compare_digest(token.encode(), bot.registration.hs_token.encode()):
+            raise AccessDeniedError("wrong homeserver token", errcode="M_FORBIDDEN")
+
+    def rooms_out(record: EntityRecord) -> dict[str, Any]:
+        f = record.facts
+        return {
+            "did": f.did,
+            "type": f.type,
+            "controllers": list(f.controllers),
+            "members": list(record.members),
+            "source": f.source,
+            "room_id": record.room_id,
+            "space": {"kind": SPACE, "room_id": record.space.room_id, "alias": record.space.alias},
+            "rooms": [
+                {"kind": k, "room_id": r.room_id, "alias": r.alias} for k, r in record.rooms.items()
+            ],
+        }
+
+    async def source(
+        who: str, raw_did: str, raw_user: str | None, join: bool
+    ) -> tuple[EntityRecord, bool]:
+        did = bot.rooms.check_did(raw_did)
+        user = str(check_user_id(raw_user)) if raw_user else None
+        if join and user is None:
+            raise ValidationError("join needs user_id")
+        if join and user is not None and not bot.registration.user_in_namespace(user):
+            raise ValidationError(
+                "join works only for the rooms bot's own users "
+                f"(@{bot.registration.sender_localpart}-...); other users are invited "
+                "and accept the invite themselves"
+            )
+        if bot.rooms.lookup(did) is None:
+            wait = creations.take(who)
+            if wait:
+                raise DataroomsError(
+                    f"too many new entities from {who}; retry in {wait:.1f} s",
+                    errcode="M_LIMIT_EXCEEDED",
+                ) from None
+        record, created = await bot.rooms.ensure(EntityFacts(did))
+        if user is not None:
+            allowed = (
+                who in bot.settings.operator_ids
+                or who in record.members
+                or who == bot.registration.user_id
+            )
+            if not allowed:
+                raise AccessDeniedError(
+                    f"only the controllers of {did} and the platform's operators may add "
+                    "members to its rooms"
+                )
+            await bot.rooms.add_member(record, user, join=join)
+        return record, created
+
+    # -- REST --------------------------------------------------------------------
+
+    @app.post(
+        "/rooms/source",
+        tags=["rooms"],
+        response_model=SourceOut,
+        responses=_ERRORS,
+        summary="The rooms of a DID, created if missing",
+    )
+    async def rooms_source(
+        body: SourceRequest, who: Annotated[str, Depends(caller)]
+    ) -> dict[str, Any]:
+        record, created = await source(who, body.did, body.user_id, body.join)
+        return {**rooms_out(record), "created": created}
+
+    @app.post(
+        "/room/source",
+        tags=["rooms"],
+        response_model=IxoSourceOut,
+        responses=_ERRORS,
+        summary="IXO's form of /rooms/source",
+    )
+    async def ixo_source(
+        body: IxoSourceRequest, who: Annotated[str, Depends(caller)]
+    ) -> dict[str, Any]:
+        record, _ = await source(who, body.did, body.userMatrixId, False)
+        return {"roomId": record.room_id, "spaceId": record.space.room_id}
+
+    @app.get(
+        "/rooms/{did}",
+        tags=["rooms"],
+        response_model=EntityRoomsOut,
+        responses={**_ERRORS, 404: {"model": ErrorBody, "description": "No rooms yet"}},
+        summary="The rooms of a DID",
+    )
+    async def rooms_get(
+        did: Annotated[str, Path(max_length=512)], who: Annotated[str, Depends(caller)]
+    ) -> dict[str, Any]:
+        checked = bot.rooms.check_did(did)
+        record = bot.rooms.lookup(checked)
+        if record is None:
+            raise NotFoundError(
+                f"{checked} has no rooms yet; POST /rooms/source creates them",
+                errcode="M_NOT_FOUND",
+            )
+        return rooms_out(record)
+
+    @app.get("/health", tags=["operations"], response_model=HealthOut)
+    async def health() -> dict[str, Any]:
+        st = bot.watcher.status if bot.watcher is not None else None
+        chain = None
+        if st is not None:
+            chain = {
+                "url": bot.chain_url,
+                "connected": st.connected,
+                "height": st.height,
+                "chain_height": st.chain_height,
+                "chain_id": st.chain_id,
+                "handled": st.handled,
+                "skipped": st.skipped,
+                "reconnects": st.reconnects,
+                "pending": st.pending,
+                "last_error": st.last_error,
+            }
+        return {
+            "status": "ok" if st is None or st.connected else "degraded",
+            "user_id": bot.registration.user_id,
+            "entities": bot.store.count(),
+            "skipped_events": bot.store.skipped_count(),
+            "chain": chain,
+        }
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
+    async def metrics() -> Response:
+        return Response(bot.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    # -- appservice ----------------------------------------------------------------
+
+    @app.put(
+        "/_matrix/app/v1/transactions/{txnId}",
+        tags=["appservice"],
+        dependencies=[Depends(homeserver)],
+        responses=_AS_ERRORS,
+    )
+    async def transaction(
+        txnId: Annotated[str, Path(max_length=255)], body: Transaction
+    ) -> dict[str, Any]:
+        if bot.store.txn_seen(txnId):
+            bot.metrics.as_transactions.labels("duplicate").inc()
+            return {}
+        bot.handle_events(body.events)
+        bot.store.record_txn(txnId, len(body.events))
+        bot.metrics.as_transactions.labels("new").inc()
+        bot.metrics.as_events.inc(len(body.events))
+        return {}
+
+    @app.get(
+        "/_matrix/app/v1/rooms/{roomAlias}",
+        tags=["appservice"],
+        dependencies=[Depends(homeserver)],
+        responses={**_AS_ERRORS, 404: {"model": ErrorBody}},
+    )
+    async def alias_query(roomAlias: Annotated[str, Path(max_length=255)]) -> dict[str, Any]:
+        return await bot.alias_query(roomAlias)
+
+    @app.get(
+        "/_matrix/app/v1/users/{userId}",
+        tags=["appservice"],
+        dependencies=[Depends(homeserver)],
+        responses={**_AS_ERRORS, 404: {"model": ErrorBody}},
+    )
+    async def user_query(userId: Annotated[str, Path(max_length=255)]) -> dict[str, Any]:
+        if userId == bot.registration.user_id:
+            return {}
+        raise NotFoundError(f"{userId} is not a user of the rooms bot", errcode="M_NOT_FOUND")
+
+    @app.post(
+        "/_matrix/app/v1/ping",
+        tags=["appservice"],
+        dependencies=[Depends(homeserver)],
+        responses=_AS_ERRORS,
+    )
+    async def ping(
+        transaction_id: Annotated[str | None, Query(max_length=255)] = None,
+    ) -> dict[str, Any]:
+        return {}
+
+    return app
+
+
+async def answer_alias_query(bot: "RoomsBot", alias: str) -> dict[str, Any]:
+    """Create the rooms behind a not-yet-existing entity alias (the homeserver asked)."""
+
+    def not_found(why: str) -> NotFoundError:
+        bot.metrics.alias_queries.labels("not_found").inc()
+        return NotFoundError(f"{alias}: {why}", errcode="M_NOT_FOUND")
+
+    reg = bot.registration
+    parsed = parse_alias(alias, reg.server_name)
+    if parsed is None or not reg.alias_in_namespace(alias):
+        raise not_found("not an entity alias of this rooms bot")
+    kind, local = parsed
+    if kind not in (*bot.rooms.kinds, SPACE):
+        raise not_found(f"entities here have no {kind!r} room")
+    did = bot.store.did_for_alias(alias) or did_from_localpart(local)
+    if did is None:
+        raise not_found("the alias does not name a DID")
+    if not bot.settings.on_demand and bot.rooms.lookup(did) is None:
+        raise not_found("rooms are created on demand only when roomsbot.on_demand is on")
+    # The homeserver asks only for aliases it does not have: if the store says the rooms
+    # exist, it is out of date (say, the homeserver was reset), so check them again.
+    recheck = bot.rooms.lookup(did) is not None and not bot.rooms.busy(did)
+    try:
+        await asyncio.wait_for(
+            bot.rooms.ensure(EntityFacts(did), recheck=recheck), _ALIAS_QUERY_TIMEOUT_S
+        )
+    except ValidationError as exc:
+        raise not_found(exc.message) from None
+    except (DataroomsError, TimeoutError) as exc:
+        log.warning(
+            "creating rooms for an alias query failed",
+            extra={"alias": alias, "error": str(exc) or type(exc).__name__},
+        )
+        raise not_found("the rooms could not be created just now; try again") from None
+    bot.metrics.alias_queries.labels("created").inc()
+    return {}

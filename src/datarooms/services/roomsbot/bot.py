@@ -1,0 +1,228 @@
+"""The rooms bot process: appservice + REST server, entity rooms, and the chain watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from datarooms._transport.http import MatrixHttp
+from datarooms.chain.entity import ChainEntity
+from datarooms.chain.rpc import CometRpc
+from datarooms.chain.watcher import ChainWatcher, EntityRejected
+from datarooms.errors import HomeserverError, PlatformError, PortInUseError, ValidationError
+from datarooms.services.openid import OpenIdVerifier
+from datarooms.services.roomsbot.api import answer_alias_query, create_app
+from datarooms.services.roomsbot.entity_rooms import EntityRooms
+from datarooms.services.roomsbot.metrics import Metrics
+from datarooms.services.roomsbot.registration import Registration
+from datarooms.services.roomsbot.settings import ChainSettings, RoomsBotSettings
+from datarooms.services.roomsbot.store import EntityFacts, Store
+
+log = logging.getLogger(__name__)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the process that embeds it owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class RoomsBot:
+    """Everything the rooms bot runs; :meth:`start` it, :meth:`stop` it."""
+
+    def __init__(
+        self,
+        *,
+        homeserver_url: str,
+        registration: Registration,
+        store_path: Path,
+        settings: RoomsBotSettings | None = None,
+        chain_url: str | None = None,
+        chain: ChainSettings | None = None,
+    ) -> None:
+        self.homeserver_url = homeserver_url.rstrip("/")
+        self.registration = registration
+        self.settings = settings or RoomsBotSettings()
+        self.chain_settings = chain or ChainSettings()
+        self.chain_url = chain_url
+        self.metrics = Metrics()
+        self.store = Store(store_path)
+        self.http = MatrixHttp(self.homeserver_url, registration.as_token, timeout=120)
+        self.rooms = EntityRooms(
+            self.http,
+            self.store,
+            server_name=registration.server_name,
+            bot_user_id=registration.user_id,
+            kinds=self.settings.kinds,
+            concurrency=self.settings.concurrency,
+            metrics=self.metrics,
+        )
+        self.verifier = OpenIdVerifier(
+            {
+                registration.server_name: self.homeserver_url,
+                **self.settings.trusted_homeserver_urls,
+            },
+            default_server=registration.server_name,
+        )
+        self.rpc: CometRpc | None = None
+        self.watcher: ChainWatcher | None = None
+        self._server: _EmbeddedServer | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self.metrics.watch(lambda: self.watcher.status if self.watcher else None, self.store.count)
+
+    @property
+    def url(self) -> str:
+        return self.registration.url
+
+    async def start(self) -> None:
+        """Check the appservice token, serve HTTP, then start watching the chain."""
+        try:
+            await self._check_token()
+            await self.rooms.prepare()
+            await self._serve()
+            if self.chain_url and self.chain_settings.watch:
+                self.rpc = CometRpc(self.chain_url)
+                self.watcher = ChainWatcher(
+                    self.rpc,
+                    self.store,
+                    self._on_entity,
+                    on_skip=self.store.record_skip,
+                    concurrency=self.settings.concurrency,
+                    start_height=self.chain_settings.start_height,
+                )
+                self.watcher.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "rooms bot running",
+            extra={"url": self.url, "user": self.registration.user_id, "chain": self.chain_url},
+        )
+
+    async def stop(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
+            self.watcher = None
+        if self.rpc is not None:
+            await self.rpc.close()
+            self.rpc = None
+        if self._server is not None and self._serving is not None:
+            self._server.should_exit = True
+            try:
+                await asyncio.wait_for(asyncio.shield(self._serving), 10)
+            except TimeoutError:
+                self._server.force_exit = True
+                with contextlib.suppress(Exception):
+                    await self._serving
+            self._server = None
+            self._serving = None
+        await self.verifier.close()
+        await self.http.close()
+        self.store.close()
+
+    async def _check_token(self) -> None:
+        try:
+            who = await self.http.whoami()
+        except HomeserverError as exc:
+            if exc.errcode == "M_UNKNOWN_TOKEN":
+                raise PlatformError(
+                    "the homeserver does not know the rooms bot's appservice token: it has "
+                    f"not loaded {self.registration.path}. Add that file to Synapse's "
+                    "app_service_config_files and restart the homeserver."
+                ) from None
+            raise
+        if who.get("user_id") != self.registration.user_id:
+            raise PlatformError(
+                f"the appservice token belongs to {who.get('user_id')}, not to "
+                f"{self.registration.user_id}: the registration and the homeserver disagree"
+            )
+
+    async def _serve(self) -> None:
+        host = self.settings.host
+        port = self.registration.port
+        sock = _bind(host, port)
+        config = uvicorn.Config(
+            create_app(self),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+            server_header=False,
+        )
+        self._server = _EmbeddedServer(config)
+        self._serving = asyncio.create_task(
+            self._server.serve(sockets=[sock]), name="roomsbot-http"
+        )
+        while not self._server.started:
+            if self._serving.done():
+                self._serving.result()
+                raise PlatformError("the rooms bot's HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+
+    # -- handlers ------------------------------------------------------------------
+
+    async def _on_entity(self, entity: ChainEntity) -> None:
+        facts = EntityFacts(
+            entity.did,
+            entity.type,
+            entity.controllers,
+            "chain",
+            entity.chain_id,
+            entity.height,
+            entity.tx_hash,
+        )
+        try:
+            await self.rooms.ensure(facts)
+        except ValidationError as exc:
+            raise EntityRejected(exc.message) from None
+        except HomeserverError as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
+                raise EntityRejected(f"the homeserver refused its rooms: {exc.message}") from None
+            raise
+
+    async def alias_query(self, alias: str) -> dict[str, Any]:
+        return await answer_alias_query(self, alias)
+
+    def handle_events(self, events: list[dict[str, Any]]) -> None:
+        """Events the homeserver pushed: the bot keeps no state from them (it learns
+        what it needs from the chain and from createRoom), so it only counts them."""
+        for event in events:
+            if (
+                event.get("type") == "m.room.member"
+                and event.get("state_key") == self.registration.user_id
+                and (event.get("content") or {}).get("membership") == "invite"
+            ):
+                log.info(
+                    "the rooms bot was invited to a room it does not manage; ignoring it",
+                    extra={"room": event.get("room_id"), "by": event.get("sender")},
+                )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"port {port} on {host} is already in use: the rooms bot listens there (the "
+                "URL in its appservice registration). Stop the other program or set "
+                "DATAROOMS_ROOMSBOT_PORT (0 picks a free port) and restart the platform."
+            ) from None
+        raise PortInUseError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,575 @@
+"""The state bot's REST API: a thin FastAPI layer over :class:`StateHandler`.
+
+Every route parses and validates its input, authenticates the caller (a Matrix
+OpenID token, see :mod:`.auth`), calls the handler and shapes the answer. Every
+error is ``{"errcode": ..., "error": ...}`` with its HTTP status; a request body
+over the limit gets 413 before it is parsed. The OpenAPI document is at
+``/openapi.json``, interactive docs at ``/docs`` and ``/redoc``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from datarooms.errors import DataroomsError
+from datarooms.services.openid import Caller, OpenIdVerifier
+from datarooms.services.statebot import events as sev
+from datarooms.services.statebot.handler import StateHandler
+from datarooms.services.statebot.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+#: The largest request body: a state event is at most 65,536 bytes, and JSON
+#: escaping can double what a value takes in the request.
+MAX_BODY_BYTES = 256 * 1024
+
+_SERVER = r"[A-Za-z0-9.:\[\]-]+"
+_ROOM_ID = r"!(?:[^:\s/]+:" + _SERVER + r"|[A-Za-z0-9_-]+)"
+ROOM_ID_PATTERN = f"^{_ROOM_ID}$"
+ROOM_PATTERN = f"^(?:{_ROOM_ID}|#[^:\\s/]+:{_SERVER})$"
+USER_ID_PATTERN = r"^@[a-z0-9._=/+-]+:[A-Za-z0-9.:\[\]-]+$"
+KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+PATH_PATTERN = r"^(?:/[\s\S]*)?$"
+
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN, max_length=255)]
+RoomIdParam = Annotated[
+    str,
+    Path(description="Room id, e.g. `!abc:example.org`", pattern=ROOM_ID_PATTERN, max_length=255),
+]
+KeyParam = Annotated[
+    str,
+    Path(
+        description="The state key (the `state_key` of the `ixo.room.state` event)",
+        pattern=KEY_PATTERN,
+        min_length=1,
+        max_length=sev.MAX_KEY_LENGTH,
+    ),
+]
+
+
+# -- models ---------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ErrorResponse(_Model):
+    errcode: str = Field(description="`M_...` (Matrix) or `DR_...` (datarooms)")
+    error: str = Field(description="What went wrong and what to do about it")
+
+
+class SetStateRequest(_Model):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"value": {"unit": "C", "max": 40}},
+                {"path": "/thresholds/max", "value": 45},
+                {"value": {"api_key": "..."}, "secure": True},
+            ]
+        },
+    )
+
+    value: Any = Field(
+        description="The JSON value to write at `path`. The whole value of a key is a JSON "
+        "object. In the clear, numbers must be integers within +-(2^53 - 1) (Matrix canonical "
+        "JSON)."
+    )
+    path: str = Field(
+        "",
+        max_length=1024,
+        json_schema_extra={"pattern": PATH_PATTERN},
+        description="JSON Pointer (RFC 6901) into the key's value; empty for the whole "
+        "value; `/list/-` appends. Missing objects on the way are created.",
+    )
+    mode: Literal["merge", "replace"] = Field(
+        "merge",
+        description="`merge`: JSON Merge Patch (RFC 7386) at the path (objects merge, null "
+        "removes a member); `replace`: put the value as given.",
+    )
+    secure: bool | None = Field(
+        None,
+        description="true: keep the value out of room state, in an end-to-end encrypted "
+        "record (state holds a reference). false: store it in the clear. Absent: keep the "
+        "key's current mode.",
+    )
+
+
+class StateResponse(_Model):
+    room_id: str
+    key: str
+    path: str
+    value: Any = Field(description="The value at `path`")
+    secure: bool
+
+
+class SetStateResponse(_Model):
+    room_id: str
+    key: str
+    event_id: str = Field(description="The `ixo.room.state` event written")
+    secure: bool
+    record_event_id: str | None = Field(
+        None, description="For a secure value: the encrypted record holding it"
+    )
+
+
+class KeyInfoModel(_Model):
+    key: str
+    secure: bool
+    has_acl: bool
+    readable: bool = Field(description="Whether the caller may read it")
+    writable: bool = Field(description="Whether the caller may write it")
+
+
+class KeysResponse(_Model):
+    room_id: str
+    keys: list[KeyInfoModel]
+
+
+class AclRequest(_Model):
+    read: list[UserId] = Field(max_length=sev.MAX_ACL_ENTRIES, description="Who may read the key")
+    write: list[UserId] = Field(
+        max_length=sev.MAX_ACL_ENTRIES, description="Who may write the key (and read it)"
+    )
+
+
+class AclResponse(_Model):
+    room_id: str
+    key: str
+    read: list[str]
+    write: list[str]
+    event_id: str | None = Field(None, description="The ACL event written (on PUT)")
+
+
+class JoinResponse(_Model):
+    room_id: str
+
+
+class RoomStatusResponse(_Model):
+    room_id: str
+    encrypted: bool
+    bot_user_id: str
+    bot_power: int
+    state_power: int = Field(description="Power the room asks for ixo.room.state")
+    acl_power: int = Field(description="Power the room asks for ixo.room.state.acl")
+    record_power: int = Field(description="Power the room asks for encrypted events")
+    caller_power: int
+    bot_can_write_state: bool
+    bot_can_write_acl: bool
+    bot_can_write_secure: bool
+    problems: list[str]
+
+
+class HealthResponse(_Model):
+    status: Literal["ok"]
+    user_id: str
+    device_id: str
+    rooms: int
+    synced: bool
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "Invalid input (malformed JSON, bad path, bad id, bad value)",
+        401: "No OpenID token, or one the caller's homeserver does not vouch for",
+        403: "The caller (or the bot itself, DR_BOT_POWER) may not do this",
+        404: "No such room (for the bot), key, ACL or value at the path",
+        413: "The value or request is too large",
+        502: "The homeserver could not be reached or failed",
+    }
+    return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}
+
+
+_COMMON = (400, 401, 403, 404, 413, 502)
+
+
+# -- authentication -------------------------------------------------------------------
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A Matrix OpenID token from POST "
+    "/_matrix/client/v3/user/{userId}/openid/request_token on the caller's homeserver",
+)
+
+
+async def _caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    server_name: Annotated[
+        str | None,
+        Header(
+            alias="X-Matrix-Server-Name",
+            max_length=255,
+            description="Server name of the homeserver that issued the token "
+            "(default: the bot's own)",
+        ),
+    ] = None,
+) -> Caller:
+    verifier: OpenIdVerifier = request.app.state.verifier
+    return await verifier.verify(credentials.credentials if credentials else None, server_name)
+
+
+Auth = Annotated[Caller, Depends(_caller)]
+
+
+# -- the app ----------------------------------------------------------------------
+
+
+def create_app(
+    handler: StateHandler,
+    verifier: OpenIdVerifier,
+    metrics: Metrics,
+    *,
+    synced: Callable[[], bool] = lambda: True,
+) -> FastAPI:
+    """The FastAPI app of one state bot (serve it through :func:`build_asgi`)."""
+    app = FastAPI(
+        title="datarooms state bot",
+        version=API_VERSION,
+        description=(
+            "Keyed room state (`ixo.room.state`) guarded by ACLs (`ixo.room.state.acl`), "
+            "compatible with IXO's state bot. Authenticate with a Matrix OpenID token: "
+            "`Authorization: Bearer <token>` and, for a homeserver other than the bot's, "
+            "`X-Matrix-Server-Name: <server name>`. See docs/statebot.md."
+        ),
+        responses={400: {"model": ErrorResponse}},
+    )
+    app.state.verifier = verifier
+
+    # -- errors --
+
+    @app.exception_handler(DataroomsError)
+    async def _dataroom_error(_request: Request, exc: DataroomsError) -> JSONResponse:
+        if exc.http_status >= 500:
+            log.warning("request failed", extra={"errcode": exc.errcode, "error": exc.message})
+        return JSONResponse(exc.to_json(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(_validation_error(exc), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            body = {"errcode": "M_UNRECOGNIZED", "error": "no such endpoint; see /docs"}
+        elif exc.status_code == 405:
+            body = {"errcode": "M_UNRECOGNIZED", "error": "method not allowed on this endpoint"}
+        elif exc.status_code == 400:
+            body = {"errcode": "M_NOT_JSON", "error": f"the body could not be read: {exc.detail}"}
+        else:
+            body = {"errcode": "M_UNKNOWN", "error": str(exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
+        return JSONResponse(
+            {"errcode": "M_UNKNOWN", "error": "internal error in the state bot; see its log"},
+            status_code=500,
+        )
+
+    # -- service endpoints --
+
+    @app.get("/health", tags=["service"], response_model=HealthResponse)
+    async def health() -> HealthResponse:
+        """Liveness: the bot's account and device, rooms, and whether it has synced."""
+        c = handler.client
+        return HealthResponse(
+            status="ok",
+            user_id=c.user_id,
+            device_id=c.device_id,
+            rooms=len(handler.joined_rooms()),
+            synced=synced(),
+        )
+
+    @app.get(
+        "/metrics",
+        tags=["service"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
+    async def prometheus() -> Response:
+        """Prometheus metrics (``statebot_*``)."""
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    # -- rooms --
+
+    @app.get(
+        "/v1/rooms/{room_id}",
+        tags=["rooms"],
+        response_model=RoomStatusResponse,
+        responses=_errors(*_COMMON),
+    )
+    async def room_status(who: Auth, room_id: RoomIdParam) -> RoomStatusResponse:
+        """The bot's and the caller's power in a room, and whether the bot can write there."""
+        s = handler.status(who, room_id)
+        return RoomStatusResponse(**vars(s))
+
+    @app.post(
+        "/v1/rooms/{room}/join",
+        tags=["rooms"],
+        response_model=JoinResponse,
+        responses=_errors(*_COMMON),
+    )
+    async def join(
+        who: Auth,
+        room: Annotated[
+            str,
+            Path(
+                description="Room id, or alias (`#` as %23)", pattern=ROOM_PATTERN, max_length=255
+            ),
+        ],
+    ) -> JoinResponse:
+        """Have the bot join a room: invite it first (a Matrix invite), then call this."""
+        return JoinResponse(room_id=await handler.join(who, room))
+
+    # -- state --
+
+    @app.get(
+        "/v1/rooms/{room_id}/state",
+        tags=["state"],
+        response_model=KeysResponse,
+        responses=_errors(*_COMMON),
+    )
+    async def list_keys(who: Auth, room_id: RoomIdParam) -> KeysResponse:
+        """The keys of a room, with what the caller may do with each."""
+        keys = handler.keys(who, room_id)
+        return KeysResponse(room_id=room_id, keys=[KeyInfoModel(**vars(k)) for k in keys])
+
+    @app.get(
+        "/v1/rooms/{room_id}/state/{key:path}",
+        tags=["state"],
+        response_model=StateResponse,
+        responses=_errors(*_COMMON),
+    )
+    async def get_state(
+        who: Auth,
+        room_id: RoomIdParam,
+        key: KeyParam,
+        path: Annotated[
+            str,
+            Query(
+                max_length=1024,
+                json_schema_extra={"pattern": PATH_PATTERN},
+                description="JSON Pointer into the value (RFC 6901); empty: the whole value",
+            ),
+        ] = "",
+    ) -> StateResponse:
+        """A key's value, or the part of it at a JSON Pointer."""
+        v = await handler.get(who, room_id, key, path)
+        return StateResponse(
+            room_id=v.room_id, key=v.key, path=v.path, value=v.value, secure=v.secure
+        )
+
+    @app.put(
+        "/v1/rooms/{room_id}/state/{key:path}",
+        tags=["state"],
+        response_model=SetStateResponse,
+        responses=_errors(*_COMMON),
+    )
+    async def set_state(
+        who: Auth, room_id: RoomIdParam, key: KeyParam, body: SetStateRequest
+    ) -> SetStateResponse:
+        """Merge (or replace) a value at a path of a key."""
+        r = await handler.set(
+            who, room_id, key, body.value, path=body.path, mode=body.mode, secure=body.secure
+        )
+        metrics.writes.labels("secure" if r.secure else "clear").inc()
+        return SetStateResponse(
+            room_id=r.room_id,
+            key=r.key,
+            event_id=r.event_id,
+            secure=r.secure,
+            record_event_id=r.record_event_id,
+        )
+
+    # -- ACLs --
+
+    @app.get(
+        "/v1/rooms/{room_id}/acl/{key:path}",
+        tags=["acl"],
+        response_model=AclResponse,
+        responses=_errors(*_COMMON),
+    )
+    async def get_acl(who: Auth, room_id: RoomIdParam, key: KeyParam) -> AclResponse:
+        """The read and write lists of a key (404 if it has no ACL)."""
+        acl = handler.get_acl(who, room_id, key)
+        return AclResponse(
+            room_id=room_id, key=key, read=list(acl.read), write=list(acl.write), event_id=None
+        )
+
+    @app.put(
+        "/v1/rooms/{room_id}/acl/{key:path}",
+        tags=["acl"],
+        response_model=AclResponse,
+        responses=_errors(*_COMMON),
+    )
+    async def set_acl(
+        who: Auth, room_id: RoomIdParam, key: KeyParam, body: AclRequest
+    ) -> AclResponse:
+        """Replace the ACL of a key. Needs the power the room asks for `ixo.room.state.acl`."""
+        event_id, acl = await handler.set_acl(who, room_id, key, list(body.read), list(body.write))
+        metrics.writes.labels("acl").inc()
+        return AclResponse(
+            room_id=room_id, key=key, read=list(acl.read), write=list(acl.write), event_id=event_id
+        )
+
+    return app
+
+
+def _validation_error(exc: RequestValidationError) -> dict[str, str]:
+    """One clear message from pydantic's errors, never echoing the input (it may be secret)."""
+    errors = exc.errors()
+    parts = []
+    errcode = "M_INVALID_PARAM"
+    for err in errors[:5]:
+        loc = [str(p) for p in err.get("loc", ())]
+        kind = str(err.get("type", ""))
+        if kind == "json_invalid":
+            ctx = err.get("ctx") or {}
+            return {
+                "errcode": "M_NOT_JSON",
+                "error": f"the body is not valid JSON: {ctx.get('error', 'parse error')}",
+            }
+        if loc and loc[0] == "body":
+            errcode = "M_BAD_JSON"
+        where = ".".join(loc[1:]) if len(loc) > 1 else (loc[0] if loc else "request")
+        if loc[:1] == ["body"] and len(loc) == 1:
+            where = "the body"
+        msg = str(err.get("msg", "invalid"))
+        if kind == "string_pattern_mismatch":
+            names = set(loc)
+            if names & {"room_id", "room"}:
+                msg = "not a Matrix room id (expected !opaque:server; or #alias:server to join)"
+            elif names & {"read", "write"}:
+                msg = "not a Matrix user id (expected @name:server)"
+            elif "key" in names:
+                msg = "a state key may not contain control characters"
+        parts.append(f"{where}: {msg}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return {"errcode": errcode, "error": "; ".join(parts) + more}
+
+
+_DOC_PATHS = frozenset({"/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"})
+
+
+class BodyLimitAndMetrics:
+    """Pure ASGI middleware: refuse bodies over the limit (413) and count every answer."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            body = await self._read_body(scope, receive, send_counted)
+            if body is None:
+                return
+            replayed = False
+
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_counted)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None)
+            if template is None:  # the docs and OpenAPI routes; anything else stays unnamed
+                path = str(scope.get("path", ""))
+                template = path if path in _DOC_PATHS else "unmatched"
+            method = str(scope.get("method", ""))
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _send_error(send, 400, "M_BAD_JSON", "Content-Length is not a number")
+                    return None
+                if declared > self.max_body_bytes:
+                    await _send_error(send, 413, "M_TOO_LARGE", self._too_large())
+                    return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await _send_error(send, 413, "M_TOO_LARGE", self._too_large())
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self) -> str:
+        return (
+            f"the request body is over {self.max_body_bytes} bytes; a state value is at most "
+            "65,536 bytes (one Matrix event)"
+        )
+
+
+async def _send_error(send: Send, status: int, errcode: str, error: str) -> None:
+    body = json.dumps({"errcode": errcode, "error": error}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_asgi(
+    handler: StateHandler,
+    verifier: OpenIdVerifier,
+    metrics: Metrics,
+    *,
+    synced: Callable[[], bool] = lambda: True,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> tuple[FastAPI, ASGIApp]:
+    """The FastAPI app (for its OpenAPI document) and the ASGI app to serve."""
+    app = create_app(handler, verifier, metrics, synced=synced)
+    return app, BodyLimitAndMetrics(app, metrics, max_body_bytes)

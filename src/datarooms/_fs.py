@@ -3,18 +3,90 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import stat
 from pathlib import Path
 
 from datarooms.errors import AlreadyRunningError, DataDirError
 
+log = logging.getLogger(__name__)
 
-def atomic_write(path: Path, content: str | bytes, *, mode: int = 0o644) -> None:
+#: Everything datarooms writes is private to the user who runs it: data dirs, device stores,
+#: configs with secrets, SQLite databases with tokens and decrypted values.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) as a directory only its owner can enter.
+
+    An existing directory whose mode lets the group or others in is tightened, with a warning:
+    someone loosened it, or an older version made it.
+    """
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for parent in reversed(missing):  # ``mkdir(parents=True)`` gives parents the umask's mode
+        parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "tightening permissions that let other users in",
+            extra={"path": str(path), "mode": oct(mode), "new_mode": oct(mode & 0o700)},
+        )
+        os.chmod(path, mode & 0o700)
+    return path
+
+
+def private_file(path: Path) -> None:
+    """Make an existing file readable and writable by its owner only (no-op if it is)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        os.chmod(path, mode & 0o700)
+
+
+def harden_tree(root: Path) -> list[Path]:
+    """Check and repair a private tree: no file or directory under ``root`` open to others.
+
+    Returns the paths that were loosened (and are now fixed), and logs each one: a data dir
+    holds the homeserver's secrets, access tokens and decrypted data.
+    """
+    fixed: list[Path] = []
+    if not root.exists():
+        return fixed
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in [None, *filenames]:
+            path = here if name is None else here / name
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & 0o077:
+                os.chmod(path, mode & 0o700)
+                fixed.append(path)
+        dirnames[:] = [d for d in dirnames if not (here / d).is_symlink()]
+    if fixed:
+        log.warning(
+            "repaired permissions that let other users read private data",
+            extra={"root": str(root), "count": len(fixed), "first": str(fixed[0])},
+        )
+    return fixed
+
+
+def atomic_write(path: Path, content: str | bytes, *, mode: int = PRIVATE_FILE) -> None:
     """Write ``content`` to ``path`` so that readers see the old file or the new one, never half.
 
-    The data is fsynced before the rename, so a crash cannot leave an empty file.
+    The data is fsynced before the rename, so a crash cannot leave an empty file. The file is
+    private by default (``mode``), and so is a parent directory this creates.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():
+        private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     data = content.encode() if isinstance(content, str) else content
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -32,7 +104,7 @@ def atomic_write(path: Path, content: str | bytes, *, mode: int = 0o644) -> None
 def ensure_writable_dir(path: Path) -> None:
     """Create ``path`` if needed and prove it is writable, or raise :class:`DataDirError`."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -58,7 +130,8 @@ class ProcessLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`AlreadyRunningError` naming the holder's pid."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.exists():
+            private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,1 +1,1 @@
-"""Private storage: the device's local SQLite index and the shared SQLite helpers."""
+"""Private storage: the device's local SQLite index of decrypted data (see datarooms._sqlite)."""

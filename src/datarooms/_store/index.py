@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datarooms._store.sqlite import migrate
+from datarooms._sqlite import connect as connect_sqlite
+from datarooms._sqlite import migrate
 
 _MIGRATIONS: list[str] = [
     # v1
@@ -138,8 +139,7 @@ class LocalIndex:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = connect_sqlite(self.path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")

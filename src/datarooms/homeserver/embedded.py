@@ -39,7 +39,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from datarooms._fs import atomic_write, ensure_writable_dir
+from datarooms._fs import PRIVATE_FILE, atomic_write, ensure_writable_dir, harden_tree, private_dir
 from datarooms.errors import (
     MissingDependencyError,
     PortInUseError,
@@ -155,7 +155,8 @@ class EmbeddedSynapse:
     def prepare(self) -> None:
         """Create the directory, secrets, signing key and config. Idempotent."""
         ensure_writable_dir(self.directory)
-        self.media_store_path.mkdir(exist_ok=True)
+        harden_tree(self.directory)  # the config, secrets and database: owner only
+        private_dir(self.media_store_path)
         self._load_secrets()
         signing_key = self.directory / "signing.key"
         if not signing_key.exists():
@@ -260,7 +261,8 @@ class EmbeddedSynapse:
         self._stop_stale()
         check_port_free(self.host, self.port)
 
-        self._stdout = self.stdout_path.open("ab")
+        fd = os.open(self.stdout_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+        self._stdout = os.fdopen(fd, "ab")
         started = time.monotonic()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
@@ -269,6 +271,7 @@ class EmbeddedSynapse:
             stdout=self._stdout,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, not Synapse
+            umask=0o077,  # its database holds access tokens; its media store, ciphertext
             preexec_fn=_die_with_parent,
         )
         log.info("starting synapse", extra={"pid": self._proc.pid, "port": self.port})

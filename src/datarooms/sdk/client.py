@@ -45,7 +45,7 @@ from nio.api import MessageDirection
 from nio.exceptions import EncryptionError
 
 from datarooms import events as ev
-from datarooms._fs import atomic_write
+from datarooms._fs import atomic_write, harden_tree, private_dir
 from datarooms._store.index import LocalIndex, PendingEvent, Record, SyncBatch
 from datarooms._transport.http import MatrixHttp
 from datarooms.account import Credentials
@@ -139,7 +139,7 @@ class DataroomsClient:
         this device with them when it can.
         """
         store = Path(store_dir)
-        store.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(store)
         session = await _load_or_create_session(credentials, store, device_name)
         config = AsyncClientConfig(
             encryption_enabled=True,
@@ -149,7 +149,7 @@ class DataroomsClient:
             max_timeouts=5,
         )
         crypto_dir = store / "crypto"
-        crypto_dir.mkdir(exist_ok=True, mode=0o700)
+        private_dir(crypto_dir)
         nio = AsyncClient(
             session.homeserver_url,
             session.user_id,
@@ -158,6 +158,7 @@ class DataroomsClient:
             config=config,
         )
         nio.restore_login(session.user_id, session.device_id, session.access_token)
+        harden_tree(crypto_dir)  # nio's crypto store is created with the process umask
         index = LocalIndex(store / "index.db")
         client = cls(nio, index, store, trust)
         try:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from datarooms._fs import ProcessLock, atomic_write, ensure_writable_dir
+from datarooms._fs import ProcessLock, atomic_write, ensure_writable_dir, harden_tree
 from datarooms._transport.http import MatrixHttp
 from datarooms.account import Credentials, read_credentials, write_credentials
 from datarooms.config import Settings
@@ -175,6 +175,7 @@ class Platform:
         say = progress or (lambda _msg: None)
         s = self.settings
         ensure_writable_dir(s.data_dir)
+        harden_tree(s.data_dir)  # secrets, tokens and decrypted data: owner only
         self._lock.acquire()
         try:
             hs = s.homeserver

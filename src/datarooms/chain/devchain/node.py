@@ -43,7 +43,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from datarooms._fs import atomic_write, ensure_writable_dir
+from datarooms._fs import PRIVATE_FILE, atomic_write, ensure_writable_dir
 from datarooms.chain.entity import (
     ENTITY_CREATED_EVENT,
     IID_CREATED_EVENT,
@@ -399,7 +399,8 @@ class DevChain:
         self._load_or_create_identity()
         for block in self._read_verified_blocks():
             self._apply(block)
-        self._file = self.blocks_path.open("ab")
+        fd = os.open(self.blocks_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+        self._file = os.fdopen(fd, "ab")
         self._opened = True
         log.info("devchain opened", extra={"chain_id": self.chain_id, "height": self.height})
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from datarooms._store.sqlite import migrate
+from datarooms._sqlite import connect as connect_sqlite
+from datarooms._sqlite import migrate
 from datarooms.errors import ValidationError
 from datarooms.sdk.telemetry.encoding import SeriesData, SeriesKey
 from datarooms.sdk.telemetry.model import EMPTY_TAGS, Bucket, Sample, SeriesInfo
@@ -150,8 +151,7 @@ class TelemetryIndex:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = connect_sqlite(self.path)
         with contextlib.suppress(OSError):
             self.path.chmod(0o600)
         self._db.execute("PRAGMA journal_mode=WAL")

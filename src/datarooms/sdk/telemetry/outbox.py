@@ -45,7 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from datarooms._store.sqlite import migrate
+from datarooms._fs import private_dir
+from datarooms._sqlite import connect as connect_sqlite
+from datarooms._sqlite import migrate
 from datarooms.errors import DataroomsError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -136,11 +138,11 @@ class Outbox:
         if max_samples < 1:
             raise ValidationError("max_outbox_samples must be at least 1")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         self.max_samples = max_samples
         self._lock_fd = _take_lock(self.path.with_name(self.path.name + ".lock"))
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db = connect_sqlite(self.path)
             with contextlib.suppress(OSError):
                 os.chmod(self.path, 0o600)
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datarooms._fs import PRIVATE_FILE, private_dir, private_file
 from datarooms._logging import JsonFormatter, RedactingFilter
 from datarooms.errors import ConfigError
 
@@ -128,7 +130,9 @@ def open_audit_file(path: Path) -> logging.Handler:
     """Append every audit record to ``path`` as JSON lines (whatever the process log level);
     returns the handler to pass to :func:`close_audit_file`."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE))
+        private_file(path)
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError as exc:
         raise ConfigError(

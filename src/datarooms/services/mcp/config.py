@@ -398,7 +398,6 @@ def _validated_write(path: Path, text: str) -> None:
     except tomllib.TOMLDecodeError as exc:  # pragma: no cover - our own output
         raise ConfigError(f"editing {path} would make it invalid TOML: {exc}") from None
     parse_agents(data, path=path, data_dir=path.parent)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, text, mode=0o600)
 
 

@@ -10,11 +10,11 @@ Schema changes are versioned migrations (``meta.schema_version``).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datarooms._sqlite import connect as connect_sqlite
 from datarooms.chain.entity import SkippedEvent
 
 _MIGRATIONS: list[str] = [
@@ -131,8 +131,7 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = connect_sqlite(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")

@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
+
+from datarooms._fs import PRIVATE_FILE, private_dir, private_file
+
+
+def connect(path: Path | str, *, check_same_thread: bool = False) -> sqlite3.Connection:
+    """Open (or create) a private SQLite database in autocommit mode.
+
+    The file is created ``0600`` before SQLite touches it (SQLite gives its ``-wal`` and
+    ``-shm`` files the database's mode), its directory ``0700``; an existing database that
+    others can read is tightened. Local stores hold tokens, keys and decrypted data.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        private_dir(path.parent)
+    if path.exists():
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            private_file(path.with_name(path.name + suffix))
+    else:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
+    return sqlite3.connect(path, check_same_thread=check_same_thread, isolation_level=None)
 
 
 def migrate(db: sqlite3.Connection, migrations: Sequence[str]) -> None:

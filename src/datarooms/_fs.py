@@ -47,11 +47,12 @@ def private_file(path: Path) -> None:
         os.chmod(path, mode & 0o700)
 
 
-def harden_tree(root: Path) -> list[Path]:
+def harden_tree(root: Path, *, warn: bool = True) -> list[Path]:
     """Check and repair a private tree: no file or directory under ``root`` open to others.
 
-    Returns the paths that were loosened (and are now fixed), and logs each one: a data dir
-    holds the homeserver's secrets, access tokens and decrypted data.
+    Returns the paths that were loosened (and are now fixed), and warns (``warn``): a data
+    dir holds the homeserver's secrets, access tokens and decrypted data. ``warn=False`` is
+    for files a library just created with the process umask (nio's crypto store).
     """
     fixed: list[Path] = []
     if not root.exists():
@@ -71,7 +72,7 @@ def harden_tree(root: Path) -> list[Path]:
                 os.chmod(path, mode & 0o700)
                 fixed.append(path)
         dirnames[:] = [d for d in dirnames if not (here / d).is_symlink()]
-    if fixed:
+    if fixed and warn:
         log.warning(
             "repaired permissions that let other users read private data",
             extra={"root": str(root), "count": len(fixed), "first": str(fixed[0])},

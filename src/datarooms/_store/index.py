@@ -212,9 +212,13 @@ class LocalIndex:
         return [(int(r[0]), r[1], r[2], int(r[3])) for r in rows]
 
     def apply_gap_page(self, gap_id: int, batch: SyncBatch, next_token: str | None) -> list[Record]:
-        """Apply one page of history and move the gap on (or close it), atomically."""
+        """Apply one page of history and move the gap on (or close it), atomically.
+
+        State events in history only fill what the index does not know: the current state
+        came from sync, and an older power level, membership or ACL must never replace it.
+        """
         with self._tx() as db:
-            added = _apply_batch(db, batch)
+            added = _apply_batch(db, batch, history=True)
             if next_token is None:
                 db.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
             else:
@@ -434,7 +438,16 @@ def _set_meta(db: sqlite3.Connection, name: str, value: str) -> None:
     )
 
 
-def _apply_batch(db: sqlite3.Connection, batch: SyncBatch) -> list[Record]:
+_STATE_UPSERT = (
+    "INSERT INTO room_state VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
+    "SET content = excluded.content, sender = excluded.sender"
+)
+_STATE_FILL = "INSERT INTO room_state VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+
+
+def _apply_batch(
+    db: sqlite3.Connection, batch: SyncBatch, *, history: bool = False
+) -> list[Record]:
     added = _insert_records(db, batch.records)
     for p in batch.pending:
         db.execute(
@@ -443,12 +456,9 @@ def _apply_batch(db: sqlite3.Connection, batch: SyncBatch) -> list[Record]:
         )
     for event_id in batch.resolved:
         db.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
+    upsert = _STATE_FILL if history else _STATE_UPSERT
     for room, etype, skey, content, sender in batch.state:
-        db.execute(
-            "INSERT INTO room_state VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
-            "SET content = excluded.content, sender = excluded.sender",
-            (room, etype, skey, json.dumps(content), sender),
-        )
+        db.execute(upsert, (room, etype, skey, json.dumps(content), sender))
     for room, user, ts in batch.activity:
         db.execute(
             "INSERT INTO activity VALUES (?, ?, ?) ON CONFLICT DO UPDATE "

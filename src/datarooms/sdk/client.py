@@ -158,7 +158,7 @@ class DataroomsClient:
             config=config,
         )
         nio.restore_login(session.user_id, session.device_id, session.access_token)
-        harden_tree(crypto_dir)  # nio's crypto store is created with the process umask
+        harden_tree(crypto_dir, warn=False)  # nio creates its store with the process umask
         index = LocalIndex(store / "index.db")
         client = cls(nio, index, store, trust)
         try:

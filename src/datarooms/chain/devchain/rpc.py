@@ -15,6 +15,12 @@ Served, with the same JSON shapes as a CometBFT 0.38 node:
                            the methods above; events arrive as ``tendermint/event/Tx``
 =========================  ===========================================================
 
+The devchain changes state only through ``POST /`` with ``Content-Type: application/json``
+(and the websocket): ``GET /broadcast_tx_*`` is refused, so a link or an ``<img>`` on a web
+page cannot submit a transaction. A request a browser sent on a page's behalf (an ``Origin``
+that is not in ``allowed_origins``, or ``Sec-Fetch-Site: cross-site``) is refused with 403,
+websocket included. CometBFT's own node is configured the same way with ``cors_allowed_origins``.
+
 URI arguments follow CometBFT: strings quoted (``query="tm.event='Tx'"``), bytes as
 ``0x``-hex. Errors are JSON-RPC errors (``-32602`` invalid params, ``-32603`` internal
 error, ``-32000`` for a cancelled subscription), with HTTP 500 in the URI form.
@@ -48,6 +54,8 @@ DEFAULT_PORT = 26657
 _DEFAULT_PER_PAGE = 30
 _MAX_PER_PAGE = 100
 _MAX_SUBSCRIPTIONS_PER_CLIENT = 5
+#: Methods that change the chain: never over ``GET`` (any web page can make a browser GET).
+_WRITES = frozenset({"broadcast_tx_sync", "broadcast_tx_async", "broadcast_tx_commit"})
 
 
 class _Fault(Exception):
@@ -127,8 +135,10 @@ class DevChainServer:
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         commit_timeout: float = 30.0,
+        allowed_origins: frozenset[str] = frozenset(),
     ) -> None:
         self.chain = chain
+        self.allowed_origins = allowed_origins
         self.host = host
         self.port = port
         self.commit_timeout = commit_timeout
@@ -167,7 +177,7 @@ class DevChainServer:
             await self.chain.stop()
             raise
         self.port = int(sock.getsockname()[1])
-        app = web.Application(client_max_size=2 * 2**20)
+        app = web.Application(client_max_size=2 * 2**20, middlewares=[self._browser_guard])
         app.router.add_get("/websocket", self._websocket)
         app.router.add_post("/", self._jsonrpc_http)
         app.router.add_get("/", self._index)
@@ -194,6 +204,25 @@ class DevChainServer:
 
     # -- HTTP ----------------------------------------------------------------------
 
+    @web.middleware
+    async def _browser_guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Refuse what a web page could make a browser send (CSRF, cross-site websocket)."""
+        origin = request.headers.get("Origin")
+        site = request.headers.get("Sec-Fetch-Site", "")
+        if (origin is not None and origin not in self.allowed_origins) or site == "cross-site":
+            log.warning(
+                "devchain refused a cross-origin request",
+                extra={"origin": origin, "path": request.path},
+            )
+            fault = _Fault(-32600, "Invalid Request", f"origin {origin or site!r} is not allowed")
+            return web.json_response(_error(None, fault), status=403)
+        if request.method == "POST" and request.content_type != "application/json":
+            fault = _Fault(-32700, "Parse error", "POST / takes Content-Type: application/json")
+            return web.json_response(_error(None, fault), status=415)
+        return await handler(request)
+
     async def _index(self, request: web.Request) -> web.Response:
         names = sorted(self._methods)
         return web.Response(
@@ -203,6 +232,9 @@ class DevChainServer:
 
     async def _uri(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
+        if method in _WRITES:
+            fault = _Fault(-32600, "Invalid Request", f"{method} takes POST / (JSON-RPC), not GET")
+            return web.json_response(_error(-1, fault), status=405)
         params = {k: _uri_value(v) for k, v in request.query.items()}
         body = await self._dispatch(method, params, -1, uri=True)
         return web.json_response(body, status=500 if "error" in body else 200)

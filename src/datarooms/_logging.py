@@ -16,14 +16,26 @@ import time
 from typing import Any
 
 _SECRET_KEYS = re.compile(
-    r"(access_token|password|passphrase|recovery_key|secret|pickle_key|private_key|token)",
+    r"(access_token|password|passphrase|recovery_key|secret|pickle_key|private_key|token"
+    r"|authorization|session_key|macaroon)",
     re.IGNORECASE,
 )
+# Names whose values are secrets when they appear as ``name=value`` or in JSON / a repr.
+_SECRET_NAMES = (  # noqa: S105 - names of secrets, not a secret
+    r"access_token|as_token|hs_token|refresh_token|id_token|token|password|passphrase"
+    r"|secret|registration_shared_secret|macaroon_secret_key|form_secret|pickle_key"
+    r"|recovery_key|session_key|private_key"
+)
 _SECRET_PATTERNS = [
-    # Synapse access tokens, bearer headers, key=value secrets in URLs.
-    re.compile(r"syt_[A-Za-z0-9_]+"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    re.compile(r"(?i)((?:access_token|password|token)=)[^&\s\"']+"),
+    # Synapse access and refresh tokens; our MCP agent tokens.
+    re.compile(r"sy[tr]_[A-Za-z0-9_]+"),
+    re.compile(r"drmcp_[A-Za-z0-9_-]+"),
+    # Authorization headers: Bearer (access, OpenID, MCP, UCAN) and Basic.
+    re.compile(r"(?i)((?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+"),
+    # key=value secrets in URLs and forms (``?access_token=``, appservice ``hs_token``).
+    re.compile(rf"(?i)((?<![A-Za-z0-9])(?:{_SECRET_NAMES})=)[^&\s\"',]+"),
+    # "key": "value" in logged JSON, and 'key': 'value' in a logged dict's repr.
+    re.compile(rf"(?i)([\"'](?:{_SECRET_NAMES})[\"']\s*:\s*[\"'])[^\"']+"),
     # A Matrix recovery key: 12 groups of 4 base58 characters.
     re.compile(r"\b(?:[1-9A-HJ-NP-Za-km-z]{4} ){11}[1-9A-HJ-NP-Za-km-z]{4}\b"),
 ]
@@ -37,6 +49,20 @@ def redact(text: str) -> str:
         else:
             text = pattern.sub("***", text)
     return text
+
+
+def _redact_value(value: Any) -> Any:
+    """Redact a structured ``extra`` value: strings, and dicts and lists of them, nested."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {
+            k: "***" if isinstance(k, str) and _SECRET_KEYS.search(k) else _redact_value(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v) for v in value]
+    return value
 
 
 class RedactingFilter(logging.Filter):
@@ -53,8 +79,8 @@ class RedactingFilter(logging.Filter):
                 continue
             if _SECRET_KEYS.search(key):
                 setattr(record, key, "***")
-            elif isinstance(getattr(record, key), str):
-                setattr(record, key, redact(getattr(record, key)))
+            else:
+                setattr(record, key, _redact_value(getattr(record, key)))
         return True
 
 

@@ -96,7 +96,7 @@ def power_levels(kind: str, levels: dict[str, int]) -> dict[str, Any]:
         "ban": admin,
         "kick": admin,
         "invite": admin,
-        "redact": write,
+        "redact": admin,  # redacting *other* users' events; everyone may redact their own
         "events": {
             "m.room.name": admin,
             "m.room.topic": admin,

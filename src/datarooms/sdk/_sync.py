@@ -300,12 +300,14 @@ class SyncEngine:
         for room_id, invite in resp.rooms.invite.items():
             inviter, reason = "", None
             for e in invite.invite_state:
-                src = getattr(e, "source", None)
-                if isinstance(src, dict) and src.get("type") == _MEMBER:
-                    content = src.get("content") or {}
-                    if src.get("state_key") == me and content.get("membership") == "invite":
-                        inviter = str(src.get("sender", ""))
-                        reason = content.get("reason")
+                # nio's stripped invite events keep their content out of ``source``.
+                if getattr(e, "state_key", None) == me and getattr(e, "membership", None) == (
+                    "invite"
+                ):
+                    inviter = str(getattr(e, "sender", ""))
+                    content = getattr(e, "content", None)
+                    if isinstance(content, dict) and isinstance(content.get("reason"), str):
+                        reason = content["reason"]
             out.append(
                 MembershipChanged(room_id, me, "invite", inviter, None, None, reason, own=True)
             )

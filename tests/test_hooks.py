@@ -47,9 +47,11 @@ class Seen:
         self.during: list[Any] = []
         #: What the index said about a state event while its in-transaction hook ran.
         self.index_during: dict[tuple[str, str, str], Any] = {}
-        for kind in (MembershipChanged, StateChanged, RoomEventReceived, ToDeviceReceived):
-            client.hooks.on(kind, self.after.append)
-            client.hooks.on(kind, self.during.append, phase=Phase.TRANSACTION)
+        for phase, into in ((Phase.AFTER, self.after), (Phase.TRANSACTION, self.during)):
+            client.hooks.on(MembershipChanged, into.append, phase=phase)
+            client.hooks.on(StateChanged, into.append, phase=phase)
+            client.hooks.on(RoomEventReceived, into.append, phase=phase)
+            client.hooks.on(ToDeviceReceived, into.append, phase=phase)
 
         def state_in_index(change: StateChanged) -> None:
             key = (change.room_id, change.event_type, change.state_key)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from datarooms import DataroomsClient
+from datarooms import Credentials, DataroomsClient
 from datarooms.sdk.hooks import (
     HookError,
     Hooks,
@@ -67,7 +67,9 @@ class Seen:
         ]
 
 
-async def _to_device(sender: DataroomsClient, user: str, device: str, etype: str, content: Any):  # type: ignore[no-untyped-def]
+async def _to_device(
+    sender: DataroomsClient, user: str, device: str, etype: str, content: Any
+) -> None:
     async with sender.http() as http:
         await http.request(
             "PUT",
@@ -77,7 +79,7 @@ async def _to_device(sender: DataroomsClient, user: str, device: str, etype: str
 
 
 async def test_subscriber_sees_membership_state_events_and_to_device(  # type: ignore[no-untyped-def]
-    alice_bob,
+    alice_bob, homeserver: TestHomeserver
 ) -> None:
     alice, bob = alice_bob
     seen = Seen(bob)
@@ -91,6 +93,23 @@ async def test_subscriber_sees_membership_state_events_and_to_device(  # type: i
     assert invite.own and invite.user_id == bob.user_id and invite.sender == alice.user_id
     assert bob.membership(room) == "invite" and bob.invites() == {room: alice.user_id}
 
+    # The invite outlives a restart of the device (an incremental sync does not repeat it).
+    bob_store = bob.store_dir
+    await bob.close()
+    bob = await DataroomsClient.open(
+        Credentials(homeserver.base_url, bob.user_id, bob.access_token), bob_store
+    )
+    try:
+        assert bob.invites() == {room: alice.user_id} and bob.membership(room) == "invite"
+        seen = Seen(bob)
+        await _subscriber_sees_the_rest(alice, bob, alice_seen, seen, room)
+    finally:
+        await bob.close()
+
+
+async def _subscriber_sees_the_rest(
+    alice: DataroomsClient, bob: DataroomsClient, alice_seen: Seen, seen: Seen, room: str
+) -> None:
     # Joined: our own join; the inviter sees another user's join.
     await bob.rooms.join(room)
     assert seen.of(MembershipChanged, room_id=room, user_id=bob.user_id, membership="join")
@@ -282,3 +301,34 @@ async def test_hook_can_write_the_index_inside_the_sync_transaction(  # type: ig
     await carol.sync_once()
     assert carol.index.get_meta("example.last_thing") == "3"
     assert carol.index.state(room, "org.example.thing") == {"n": 3}
+
+
+async def test_state_bot_follows_invites_and_kicks_through_hooks(  # type: ignore[no-untyped-def]
+    homeserver: TestHomeserver, open_client
+) -> None:
+    """The state bot joins on the invite hook, and stops answering once kicked: its
+    membership comes from the SDK (followed in the sync transaction), not from nio."""
+    from datarooms.services.statebot import StateBot, StateBotConfig
+
+    owner = await open_client(await homeserver.new_user("owner"))
+    bot_client = await open_client(await homeserver.new_user("statebot"), "statebot-hooks")
+    bot = StateBot(bot_client, config=StateBotConfig(port=0))
+    await bot.start()
+    try:
+        room = (await owner.rooms.create("device", name="bot hooks")).room_id
+        await owner.rooms.grant(room, bot_client.user_id, "admin")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while room not in bot.handler.joined_rooms():
+            assert loop.time() < deadline, "the bot did not join on the invite"
+            await asyncio.sleep(0.05)
+        assert bot_client.membership(room) == "join"
+        await owner.rooms.revoke(room, bot_client.user_id)
+        deadline = loop.time() + TIMEOUT
+        while room in bot.handler.joined_rooms():
+            assert loop.time() < deadline, "the bot did not notice the kick"
+            await asyncio.sleep(0.05)
+        assert bot_client.membership(room) == "leave"
+        assert room in bot_client.nio.rooms  # nio alone would still call it joined
+    finally:
+        await bot.stop()

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 SYNC_TIMEOUT_MS = 30_000
 _GAP_PAGE = 100
 _MEMBER = "m.room.member"
+_INVITES = "own_invites"  # index meta: {room id: inviter}
 #: To-device content fields never passed to hooks.
 _SECRET_FIELDS = {"m.room_key": ("session_key",), "m.forwarded_room_key": ("session_key",)}
 
@@ -81,8 +82,10 @@ class SyncEngine:
         self._subscribers: set[tuple[str | None, asyncio.Queue[RoomEvent]]] = set()
         self._http: MatrixHttp | None = None
         self._session: aiohttp.ClientSession | None = None
-        #: Rooms this user is invited to, with the inviter (as of the last sync).
-        self.invites: dict[str, str] = {}
+        #: Rooms this user is invited to, with the inviter (as of the last sync); kept in
+        #: the index, in the sync transaction, so an invite outlives a restart (an
+        #: incremental sync does not repeat it).
+        self.invites: dict[str, str] = _load_invites(client.index.get_meta(_INVITES))
         #: To-device events of a batch that was rolled back: nio has consumed them
         #: (an Olm message decrypts once), so they are published from here on retry.
         self._carried: dict[str, ToDeviceReceived | None] = {}
@@ -185,18 +188,21 @@ class SyncEngine:
                 hook_events += [
                     RoomEventReceived(e, late=True) for e in by_id.values() if e.event_id not in now
                 ]
+        invites = _next_invites(self.invites, resp, hook_events)
+
+        def during() -> None:
+            if invites != self.invites:
+                index.set_meta(_INVITES, json.dumps(invites))
+            c.hooks.run_transaction(hook_events)
+
         try:
-            index.apply(
-                batch,
-                sync_token=resp.next_batch,
-                during=lambda: c.hooks.run_transaction(hook_events),
-            )
+            index.apply(batch, sync_token=resp.next_batch, during=during)
         except BaseException:
             nio.next_batch = since  # fetch this same batch again next round
             self._carried = dict(to_device)
             raise
         self._carried = {}
-        self._track_invites(resp, hook_events)
+        self.invites = invites
         self._dispatch(room_events)
         async with self._synced:
             self._sync_count += 1
@@ -328,14 +334,6 @@ class SyncEngine:
                     h for h in _state_hooks(room_id, own, me) if isinstance(h, MembershipChanged)
                 ]
         return out
-
-    def _track_invites(self, resp: SyncResponse, hooks: list[HookEvent]) -> None:
-        for h in hooks:
-            if isinstance(h, MembershipChanged) and h.own and h.membership == "invite":
-                if h.room_id in resp.rooms.invite:
-                    self.invites[h.room_id] = h.sender
-        for room_id in (*resp.rooms.join, *resp.rooms.leave):
-            self.invites.pop(room_id, None)
 
     # -- late decryption -------------------------------------------------------------
 
@@ -564,6 +562,28 @@ def _state_hooks(room_id: str, source: Any, me: str) -> list[HookEvent]:
         )
     )
     return out
+
+
+def _next_invites(
+    invites: dict[str, str], resp: SyncResponse, hooks: list[HookEvent]
+) -> dict[str, str]:
+    out = dict(invites)
+    for h in hooks:
+        if isinstance(h, MembershipChanged) and h.own and h.room_id in resp.rooms.invite:
+            out[h.room_id] = h.sender
+    for room_id in (*resp.rooms.join, *resp.rooms.leave):
+        out.pop(room_id, None)
+    return out
+
+
+def _load_invites(text: str | None) -> dict[str, str]:
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def _replace_late(hook: HookEvent, by_id: dict[str, RoomEvent]) -> HookEvent:

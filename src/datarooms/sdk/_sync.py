@@ -160,7 +160,32 @@ class SyncEngine:
             # part of the cache key and means nothing for an initial sync: vary it.
             timeout_ms = 1 + secrets.randbelow(1000)
         resp = await self._fetch(since, timeout_ms, full_state)
-        to_device = await self._receive(resp)
+        to_device: list[tuple[str, ToDeviceReceived | None]] = []
+        try:
+            to_device = await self._receive(resp)
+            hook_events, room_events, invites = await self._process(resp, to_device)
+        except BaseException:
+            # Nothing of this batch is persisted (a key upload failed, a hook raised, we
+            # were cancelled...): fetch it again next round. nio has moved its position
+            # and consumed the to-device events; those are published from memory then.
+            nio.next_batch = since
+            if to_device:
+                self._carried = dict(to_device)
+            raise
+        self._carried = {}
+        self.invites = invites
+        self._dispatch(room_events)
+        async with self._synced:
+            self._sync_count += 1
+            self._synced.notify_all()
+        return hook_events
+
+    async def _process(
+        self, resp: SyncResponse, to_device: list[tuple[str, ToDeviceReceived | None]]
+    ) -> tuple[list[HookEvent], list[RoomEvent], dict[str, str]]:
+        """Keys, the index batch, late decryption and the sync transaction of one round."""
+        c = self._c
+        index = c.index
         await self._maintain_keys()
         batch = self._batch_from_sync(resp)
         room_events = _events_from_sync(resp)
@@ -195,19 +220,8 @@ class SyncEngine:
                 index.set_meta(_INVITES, json.dumps(invites))
             c.hooks.run_transaction(hook_events)
 
-        try:
-            index.apply(batch, sync_token=resp.next_batch, during=during)
-        except BaseException:
-            nio.next_batch = since  # fetch this same batch again next round
-            self._carried = dict(to_device)
-            raise
-        self._carried = {}
-        self.invites = invites
-        self._dispatch(room_events)
-        async with self._synced:
-            self._sync_count += 1
-            self._synced.notify_all()
-        return hook_events
+        index.apply(batch, sync_token=resp.next_batch, during=during)
+        return hook_events, room_events, invites
 
     async def _fetch(self, since: str | None, timeout_ms: int, full_state: bool) -> SyncResponse:
         if self._http is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +149,7 @@ class LocalIndex:
         # process on this device) committed.
         self._twin_cache: dict[str, str] = {}
         self._data_version = -1
+        self._depth = 0  # nesting of _tx: inner ones are savepoints of the outer one
         self._migrate()
 
     def close(self) -> None:
@@ -161,15 +162,26 @@ class LocalIndex:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; nested in another one (a sync hook writing inside the
+        sync transaction), it is a savepoint that commits or rolls back with it."""
         with self._lock:
             self._twin_cache.clear()
-            self._db.execute("BEGIN IMMEDIATE")
+            nested = self._depth > 0
+            self._db.execute("SAVEPOINT inner" if nested else "BEGIN IMMEDIATE")
+            self._depth += 1
             try:
                 yield self._db
-                self._db.execute("COMMIT")
+                self._db.execute("RELEASE inner" if nested else "COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if nested:
+                    self._db.execute("ROLLBACK TO inner")
+                    self._db.execute("RELEASE inner")
+                else:
+                    self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth -= 1
+                self._twin_cache.clear()
 
     # -- meta -----------------------------------------------------------------
 
@@ -188,10 +200,22 @@ class LocalIndex:
 
     # -- writes ---------------------------------------------------------------
 
-    def apply(self, batch: SyncBatch, *, sync_token: str | None = None) -> list[Record]:
-        """Apply a batch atomically; return the records that were new to this index."""
+    def apply(
+        self,
+        batch: SyncBatch,
+        *,
+        sync_token: str | None = None,
+        during: Callable[[], None] | None = None,
+    ) -> list[Record]:
+        """Apply a batch atomically; return the records that were new to this index.
+
+        ``during`` runs inside the transaction, after the batch is written and before
+        the sync position is; if it raises, nothing of the batch is kept.
+        """
         with self._tx() as db:
             added = _apply_batch(db, batch)
+            if during is not None:
+                during()
             if sync_token is not None:
                 _set_meta(db, "sync_token", sync_token)
         return added
@@ -232,6 +256,16 @@ class LocalIndex:
                 "SELECT max(ts) FROM activity WHERE room_id = ?", (room_id,)
             ).fetchone()
         return int(row[0]) if row and row[0] is not None else None
+
+    def rooms_with_member(self, user_id: str, membership: str = "join") -> list[str]:
+        """Rooms whose indexed member event of ``user_id`` says ``membership``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT room_id FROM room_state WHERE type = 'm.room.member' AND state_key = ? "
+                "AND json_extract(content, '$.membership') = ? ORDER BY room_id",
+                (user_id, membership),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def knows_room(self, room_id: str) -> bool:
         with self._lock:

@@ -21,18 +21,18 @@ Using it::
     await incoming.accept()
     ...
 
-How it hooks into the client (without touching ``DataroomsClient``):
+How it hooks into the client: through the SDK's typed sync hooks
+(:mod:`datarooms.sdk.hooks`), after each batch is committed:
 
-- **to-device** events reach us through a nio to-device callback, which nio runs
-  inside every ``sync()`` (``AsyncClient._handle_to_device``);
-- **in-room** events (decrypted) reach us through a nio room-event callback;
+- **to-device** events arrive as ``ToDeviceReceived``;
+- **in-room** events (decrypted) arrive as ``RoomEventReceived``;
 - nio 0.26 has its own *legacy* SAS (start-first, no request/ready/done). It would
   answer the same ``m.key.verification.start``/``key``/``mac`` events and cancel
-  or corrupt our flows, so the Olm machine's ``handle_key_verification`` is
-  wrapped: nio only sees events of flows nio itself started
-  (``client.nio.start_key_verification``), everything else is ours;
-- callbacks only queue events; a worker task does the I/O, so nothing runs
-  under the client's sync lock.
+  or corrupt our flows, so the SDK's sync loop gives nio only the verification
+  events of flows nio itself started (``client.nio.start_key_verification``);
+  everything else is ours;
+- the hooks only queue events; a worker task does the I/O, so nothing runs
+  in the sync round.
 
 Room keys: in-room verification events are encrypted with the room's Megolm
 session, which the trust policy shares only with trusted devices. Under the
@@ -51,9 +51,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from nio import BadEvent, Event, LocalProtocolError, ToDeviceEvent, UnknownBadEvent
+from nio import LocalProtocolError
 
 from datarooms.errors import AccessDeniedError, DataroomsError, NotFoundError, ValidationError
+from datarooms.sdk.hooks import RoomEventReceived, ToDeviceReceived
 from datarooms.sdk.keys.sas import (
     METHOD,
     Emoji,
@@ -565,40 +566,36 @@ class Verifier:
     def device_id(self) -> str:
         return self._c.device_id
 
-    # -- hooks into nio ---------------------------------------------------------------
+    # -- hooks into the sync loop -------------------------------------------------------
 
     def _install(self) -> None:
-        nio = self._c.nio
-        nio.add_to_device_callback(self._on_to_device, (ToDeviceEvent, BadEvent, UnknownBadEvent))
-        nio.add_event_callback(self._on_room_event, (Event,))
-        olm = nio.olm
-        if olm is not None:
-            legacy = olm.handle_key_verification
+        hooks = self._c.hooks
+        hooks.on(ToDeviceReceived, self._on_to_device)
+        hooks.on(RoomEventReceived, self._on_room_event)
 
-            def handle_key_verification(event: Any) -> None:
-                # nio's legacy SAS only for flows nio started itself; see the module doc.
-                if getattr(event, "transaction_id", None) in olm.key_verifications:
-                    legacy(event)
+    def _on_to_device(self, event: ToDeviceReceived) -> None:
+        if event.type.startswith(_PREFIX):
+            self._enqueue(
+                None, {"type": event.type, "sender": event.sender, "content": event.content}
+            )
 
-            olm.handle_key_verification = handle_key_verification
-
-    def _on_to_device(self, event: Any) -> None:
-        source = getattr(event, "source", None)
-        if isinstance(source, dict) and str(source.get("type", "")).startswith(_PREFIX):
-            self._enqueue(None, source)
-
-    def _on_room_event(self, room: Any, event: Any) -> None:
-        source = getattr(event, "source", None)
-        if not isinstance(source, dict):
+    def _on_room_event(self, hook: RoomEventReceived) -> None:
+        e = hook.event
+        if not e.decrypted:
             return
-        etype = str(source.get("type", ""))
-        content = source.get("content")
-        if etype.startswith(_PREFIX) or (
-            etype == "m.room.message"
-            and isinstance(content, dict)
-            and content.get("msgtype") == REQUEST
+        if e.type.startswith(_PREFIX) or (
+            e.type == "m.room.message" and e.content.get("msgtype") == REQUEST
         ):
-            self._enqueue(str(room.room_id), source)
+            self._enqueue(
+                e.room_id,
+                {
+                    "type": e.type,
+                    "sender": e.sender,
+                    "content": e.content,
+                    "event_id": e.event_id,
+                    "origin_server_ts": e.ts,
+                },
+            )
 
     def _enqueue(self, room_id: str | None, source: dict[str, Any]) -> None:
         self._events.put_nowait((room_id, source))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from nio import JoinError, SyncResponse
+from nio import JoinError
 
 from datarooms._store.index import Record, SyncBatch
 from datarooms._transport.http import MatrixHttp
@@ -137,10 +137,6 @@ class StateHandler:
         self.http = http or MatrixHttp(client.homeserver_url, client.access_token)
         self._own_http = http is None
         self._locks = _KeyedLocks()
-        #: Rooms the bot has left or been removed from since it started (the index
-        #: only follows joined rooms, so it would not tell).
-        self._left: set[str] = set()
-        self._watch_leaves()
 
     @property
     def bot_id(self) -> str:
@@ -150,30 +146,15 @@ class StateHandler:
         if self._own_http:
             await self.http.close()
 
-    def _watch_leaves(self) -> None:
-        """Follow the ``leave`` section of every sync: the bot may be kicked."""
-        nio = self.client.nio
-        original = nio.sync
-
-        async def sync(*args: Any, **kwargs: Any) -> Any:
-            resp = await original(*args, **kwargs)
-            if isinstance(resp, SyncResponse):
-                for room_id in resp.rooms.leave:
-                    self._left.add(room_id)
-                for room_id in resp.rooms.join:
-                    self._left.discard(room_id)
-            return resp
-
-        nio.sync = sync
-
     # -- rooms ---------------------------------------------------------------
 
     def joined_rooms(self) -> list[str]:
-        return [r for r in self.client.nio.rooms if r not in self._left]
+        # The SDK follows the bot's own joins, leaves and kicks in its sync transaction.
+        return self.client.joined_rooms()
 
     def _room(self, room_id: str) -> RoomView:
         room_id = check_room_id(room_id)
-        if room_id not in self.client.nio.rooms or room_id in self._left:
+        if self.client.membership(room_id) != "join":
             raise UnknownRoomError(
                 f"the state bot ({self.bot_id}) is not in room {room_id}, or the room does not "
                 f"exist: invite {self.bot_id} to the room, then POST /v1/rooms/{room_id}/join"
@@ -198,9 +179,9 @@ class StateHandler:
             raise ValidationError(f"{room!r} is neither a room id (!...) nor an alias (#...)")
         if room.startswith("!"):
             room = check_room_id(room)
-            if room in self.client.nio.rooms and room not in self._left:
+            if self.client.membership(room) == "join":
                 return room
-        invited = room in self.client.nio.invited_rooms
+        invited = self.client.membership(room) == "invite"
         server = room.split(":", 1)[1] if ":" in room else None
         if not invited and server is not None and server not in self.trusted_servers:
             raise AccessDeniedError(
@@ -216,11 +197,10 @@ class StateHandler:
         room_id = str(resp.room_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while room_id not in self.client.nio.rooms and loop.time() < deadline:
+        while self.client.membership(room_id) != "join" and loop.time() < deadline:
             await self.client.sync_once()
-        if room_id not in self.client.nio.rooms:
+        if self.client.membership(room_id) != "join":
             raise HomeserverError(f"the state bot joined {room_id} but it did not appear in sync")
-        self._left.discard(room_id)
         return room_id
 
     def status(self, caller: Caller, room_id: str) -> RoomStatus:

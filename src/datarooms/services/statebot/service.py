@@ -36,6 +36,7 @@ from datarooms.errors import (
 )
 from datarooms.ids import server_of
 from datarooms.sdk.client import DataroomsClient
+from datarooms.sdk.hooks import MembershipChanged, Subscription
 from datarooms.services.openid import Caller, OpenIdVerifier
 from datarooms.services.platform import PlatformContext
 from datarooms.services.statebot.api import MAX_BODY_BYTES, build_asgi
@@ -189,6 +190,8 @@ class StateBot:
         self._serve_task: asyncio.Task[None] | None = None
         self._join_task: asyncio.Task[None] | None = None
         self._tried_invites: set[str] = set()
+        self._invites: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._invite_hook: Subscription | None = None
         self.port: int | None = None
 
     @property
@@ -209,6 +212,7 @@ class StateBot:
             await self.stop()
             raise
         if self.config.auto_join:
+            self._invite_hook = self.client.hooks.on(MembershipChanged, self._on_membership)
             self._join_task = asyncio.create_task(self._auto_join(), name="statebot-join")
         log.info("state bot listening", extra={"url": self.url, "user_id": self.client.user_id})
         return self.url
@@ -236,6 +240,9 @@ class StateBot:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
+        if self._invite_hook is not None:
+            self._invite_hook.cancel()
+            self._invite_hook = None
         if self._join_task is not None:
             self._join_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -260,31 +267,37 @@ class StateBot:
         else:
             await self.client.stop_sync()
 
+    def _on_membership(self, change: MembershipChanged) -> None:
+        """After each sync batch: queue our own new invites for :meth:`_auto_join`."""
+        if change.own and change.membership == "invite":
+            self._invites.put_nowait((change.room_id, change.sender))
+
     async def _auto_join(self) -> None:
         """Accept invites from users of trusted homeservers."""
         trusted = set(self.verifier.homeservers)
+        for room_id, inviter in self.client.invites().items():
+            self._invites.put_nowait((room_id, inviter))
         while True:
-            for room_id, room in list(self.client.nio.invited_rooms.items()):
-                inviter = getattr(room, "inviter", None)
-                if room_id in self._tried_invites or not isinstance(inviter, str):
-                    continue
-                self._tried_invites.add(room_id)
-                if ":" not in inviter or server_of(inviter) not in trusted:
-                    log.info(
-                        "ignoring an invite from an untrusted server",
-                        extra={"room": room_id, "inviter": inviter},
-                    )
-                    continue
-                try:
-                    await self.handler.join(Caller(inviter), room_id)
-                    log.info("joined a room on invite", extra={"room": room_id, "inviter": inviter})
-                except DataroomsError as exc:
-                    log.warning(
-                        "could not join a room on invite",
-                        extra={"room": room_id, "error": exc.message},
-                    )
-            with contextlib.suppress(TimeoutError):
-                await self.client.wait_for_sync(timeout=300)
+            room_id, inviter = await self._invites.get()
+            if room_id in self._tried_invites or not inviter:
+                continue
+            if self.client.membership(room_id) != "invite":
+                continue  # joined, declined or withdrawn meanwhile
+            self._tried_invites.add(room_id)
+            if ":" not in inviter or server_of(inviter) not in trusted:
+                log.info(
+                    "ignoring an invite from an untrusted server",
+                    extra={"room": room_id, "inviter": inviter},
+                )
+                continue
+            try:
+                await self.handler.join(Caller(inviter), room_id)
+                log.info("joined a room on invite", extra={"room": room_id, "inviter": inviter})
+            except DataroomsError as exc:
+                log.warning(
+                    "could not join a room on invite",
+                    extra={"room": room_id, "error": exc.message},
+                )
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -1,0 +1,123 @@
+"""The send path: prepare the room's Megolm session, encrypt, never in the clear, PUT.
+
+In an encrypted room the Megolm session is prepared by us, never by nio: members
+are synced and changed device lists queried first (so every current device is
+known), the trust policy decides which devices get the key, the session is backed
+up when backup is on, and only then is the event encrypted, under the room's
+lock, and sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from datarooms.errors import AccessDeniedError, HomeserverError, NotFoundError
+
+if TYPE_CHECKING:
+    from datarooms.sdk.client import DataroomsClient
+
+
+class Sender:
+    def __init__(self, client: DataroomsClient) -> None:
+        self._c = client
+        self._share_locks: dict[str, asyncio.Lock] = {}
+
+    async def ensure_room(self, room_id: str) -> None:
+        c = self._c
+        if room_id not in c.nio.rooms:
+            await c.sync_once()
+        if room_id not in c.nio.rooms:
+            raise NotFoundError(
+                f"room {room_id} is unknown to {c.user_id}: not a member, or it does not exist"
+            )
+
+    async def send(
+        self, room_id: str, event_type: str, content: dict[str, Any], txn_id: str | None
+    ) -> str:
+        nio = self._c.nio
+        await self.ensure_room(room_id)
+        await self.require_encrypted(room_id)
+        lock = self._share_locks.setdefault(room_id, asyncio.Lock())
+        async with lock:
+            await self._prepare_session(room_id)
+            try:
+                enc_type, enc_content = nio.encrypt(room_id, event_type, content)
+            except Exception:  # the session was invalidated meanwhile: prepare a new one
+                await self._prepare_session(room_id)
+                enc_type, enc_content = nio.encrypt(room_id, event_type, content)
+        if event_type == "m.reaction":
+            # The spec copies m.relates_to outside the ciphertext so servers can
+            # aggregate; for an annotation that shows the server what was written
+            # (its `key`), and Synapse refuses an annotation without one. So
+            # reactions carry their relation only inside the ciphertext.
+            enc_content.pop("m.relates_to", None)
+        return await self.put_event(room_id, event_type, enc_type, enc_content, txn_id)
+
+    async def require_encrypted(self, room_id: str) -> None:
+        """Never send in the clear. nio learns a room is encrypted from sync, which may
+        not have delivered ``m.room.encryption`` yet: ask the server before trusting
+        a "not encrypted"."""
+        c = self._c
+        room = c.nio.rooms[room_id]
+        if room.encrypted:
+            return
+        async with c.http() as http:
+            try:
+                content = await http.request(
+                    "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.encryption/"
+                )
+            except HomeserverError as exc:
+                if exc.errcode != "M_NOT_FOUND":
+                    raise
+                content = None
+        if not content or content.get("algorithm") != "m.megolm.v1.aes-sha2":
+            raise AccessDeniedError(
+                f"room {room_id} is not end-to-end encrypted; datarooms does not send "
+                "anything to a room in the clear"
+            )
+        room.encrypted = True
+        c.nio.encrypted_rooms.add(room_id)
+
+    async def put_event(
+        self,
+        room_id: str,
+        event_type: str,
+        wire_type: str,
+        content: dict[str, Any],
+        txn_id: str | None,
+    ) -> str:
+        c = self._c
+        txn = txn_id or secrets.token_hex(16)
+        path = f"/_matrix/client/v3/rooms/{room_id}/send/{wire_type}/{txn}"
+        async with c.http() as http:
+            try:
+                res = await http.request("PUT", path, json=content)
+            except HomeserverError as exc:
+                if exc.errcode == "M_FORBIDDEN":
+                    raise AccessDeniedError(
+                        f"{c.user_id} may not send {event_type} to {room_id}"
+                    ) from None
+                raise
+        return str(res["event_id"])
+
+    async def _prepare_session(self, room_id: str) -> None:
+        """Called under the room's share lock. See the module doc."""
+        c = self._c
+        nio = c.nio
+        olm = nio.olm
+        if olm is None:
+            return
+        room = nio.rooms[room_id]
+        if not room.members_synced:
+            await c._check(await nio.joined_members(room_id), "list room members")
+        if nio.should_query_keys:
+            await c._check(await nio.keys_query(), "query device keys")
+        if olm.should_share_group_session(room_id):
+            await c.keys.apply_trust(room_id)
+            missing = nio.get_missing_sessions(room_id)
+            if missing:
+                await c._check(await nio.keys_claim(missing), "claim one-time keys")
+            await nio.share_group_session(room_id, ignore_unverified_devices=True)
+        await c.keys.backup_outbound(room_id)

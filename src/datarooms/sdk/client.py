@@ -15,7 +15,7 @@ a data store needs:
   reader's new device gets the room key.
 
 The capabilities hang off it: ``client.rooms``, ``client.records``,
-``client.files``, ``client.messages``.
+``client.files``, ``client.messages``, ``client.state``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from datarooms.sdk.keys import KeyManager, TrustPolicy
 from datarooms.sdk.messages import Messages
 from datarooms.sdk.records import Records
 from datarooms.sdk.rooms import Rooms
+from datarooms.sdk.state import State
 from datarooms.sdk.telemetry import Telemetry
 from datarooms.sdk.timeline import (
     RoomEvent,
@@ -104,6 +105,7 @@ class DataroomsClient:
         self.records = Records(self)
         self.files = Files(self)
         self.messages = Messages(self)
+        self.state = State(self)
         self.keys = KeyManager(self, trust)
         self.telemetry = Telemetry(self)  # lazy: opens nothing until used
         self._share_locks: dict[str, asyncio.Lock] = {}
@@ -179,6 +181,7 @@ class DataroomsClient:
             return
         self._closed = True
         await self.telemetry.close()
+        await self.state.close()
         await self.stop_sync()
         await self.nio.close()
         self.index.close()
@@ -532,28 +535,8 @@ class DataroomsClient:
         return await self._put_event(room_id, event_type, enc_type, enc_content, txn_id)
 
     async def _require_encrypted(self, room_id: str) -> None:
-        """Never send in the clear. nio learns a room is encrypted from sync, which may
-        not have delivered ``m.room.encryption`` yet: ask the server before trusting
-        a "not encrypted"."""
-        room = self.nio.rooms[room_id]
-        if room.encrypted:
-            return
-        async with self.http() as http:
-            try:
-                content = await http.request(
-                    "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.encryption/"
-                )
-            except HomeserverError as exc:
-                if exc.errcode != "M_NOT_FOUND":
-                    raise
-                content = None
-        if not content or content.get("algorithm") != "m.megolm.v1.aes-sha2":
-            raise AccessDeniedError(
-                f"room {room_id} is not end-to-end encrypted; datarooms does not send "
-                "anything to a room in the clear"
-            )
-        room.encrypted = True
-        self.nio.encrypted_rooms.add(room_id)
+        """Never send in the clear (the SDK's one guard: :meth:`Rooms.require_encrypted`)."""
+        await self.rooms.require_encrypted(room_id)
 
     async def _put_event(
         self,

@@ -451,6 +451,7 @@ class DataroomsClient:
                         )
                     batch = SyncBatch([], [], [], [], [], [])
                     self._collect_timeline(batch, room_id, resp.chunk)
+                    batch.state.clear()  # history: sync already gave the current state
                     oldest = min((a[2] for a in batch.activity), default=None)
                     finished = (
                         not resp.chunk

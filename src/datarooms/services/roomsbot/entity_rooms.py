@@ -42,7 +42,7 @@ from datarooms.errors import HomeserverError, ValidationError
 from datarooms.events import ENTITY as ENTITY_EVENT
 from datarooms.ids import did as check_did
 from datarooms.ids import entity_alias_localpart
-from datarooms.sdk.rooms import ENCRYPTION, POWER, power_levels
+from datarooms.sdk.rooms import ENCRYPTION, POWER, power_levels, state_path
 from datarooms.services.roomsbot.metrics import Metrics
 from datarooms.services.roomsbot.store import EntityFacts, EntityRecord, RoomRef, Store
 
@@ -420,7 +420,7 @@ class EntityRooms:
         new_users = [u for u in users if u not in record.members]
         for ref in [*record.rooms.values(), record.space]:
             if new_users:
-                path = f"/_matrix/client/v3/rooms/{quote(ref.room_id)}/state/m.room.power_levels/"
+                path = state_path(ref.room_id, "m.room.power_levels")
                 power = await self._call("GET", path)
                 power.setdefault("users", {}).update({u: POWER["admin"] for u in new_users})
                 await self._call("PUT", path, power)
@@ -509,7 +509,7 @@ class EntityRooms:
     ) -> None:
         await self._call(
             "PUT",
-            f"/_matrix/client/v3/rooms/{quote(room_id)}/state/{etype}/{quote(key)}",
+            state_path(room_id, etype, key),
             content,
         )
 
@@ -527,7 +527,7 @@ class EntityRooms:
         try:
             content = await self._call(
                 "GET",
-                f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.member/{quote(user_id)}",
+                state_path(room_id, "m.room.member", user_id),
             )
         except HomeserverError as exc:
             if exc.status == 404:

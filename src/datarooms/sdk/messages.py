@@ -220,10 +220,6 @@ class Messages:
             raise ValidationError("limit must be between 1 and 1000")
         await self._c.ensure_room(room_id)
         await self._c.sync_once()  # receive pending room keys before decrypting
-        resp = await self._c.nio.room_messages(
-            room_id, start=None, direction=MessageDirection.back, limit=limit
-        )
-        if isinstance(resp, RoomMessagesError):
-            raise error_from_response(resp, f"reading {room_id}")
-        events = (from_nio_event(room_id, e) for e in reversed(resp.chunk))
-        return [e for e in events if e is not None]
+        events = [e async for e in self.backwards(room_id, first_page=limit, max_scan=limit)]
+        events.reverse()
+        return events

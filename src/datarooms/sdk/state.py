@@ -59,18 +59,17 @@ values travel encrypted and may hold any JSON number.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from datarooms import events as ev
+from datarooms._locks import KeyedLocks
 from datarooms._store.index import Record, SyncBatch
 from datarooms._transport.http import MatrixHttp
 from datarooms.errors import (
@@ -532,7 +531,7 @@ class State:
 
     def __init__(self, client: DataroomsClient) -> None:
         self._c = client
-        self._locks = _KeyedLocks()
+        self._locks: KeyedLocks[tuple[str, str]] = KeyedLocks()
         self._http: MatrixHttp | None = None
         #: How refusals name this account when it writes for someone else.
         self.writer_name = "the writing account"
@@ -874,27 +873,6 @@ class State:
             SyncBatch([], [], [], [(room_id, event_type, key, content, self._me)], [], [])
         )
         return event_id
-
-
-class _KeyedLocks:
-    """One asyncio lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 def _record_limit(record_key: str) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
@@ -584,36 +585,26 @@ class Rooms:
         """Who has access: members and invitees, their power, devices and last activity."""
         await self._c.ensure_room(room_id)
         await self._c.sync_once()  # membership and power as the server has them now
-        room = self._c.nio.rooms[room_id]
         nio = self._c.nio
         if nio.should_query_keys:
             await nio.keys_query()
         activity = self._c.index.activity(room_id)
-        out = []
-        view = self.view(room_id)
-        for uid, member in sorted(room.users.items()):
-            power = view.shown_power(uid)
-            devices = [
-                DeviceInfo(
-                    d.id,
-                    d.display_name,
-                    nio.olm.is_device_verified(d) if nio.olm else False,
-                    d.ed25519,
-                )
-                for d in nio.device_store.active_user_devices(uid)
-            ]
-            out.append(
-                MemberAccess(
-                    uid,
-                    "invite" if member.invited else "join",
-                    power,
-                    access_for_power(power),
-                    devices,
-                    activity.get(uid),
-                    member.display_name,
-                )
+        return [
+            dataclasses.replace(
+                m,
+                devices=[
+                    DeviceInfo(
+                        d.id,
+                        d.display_name,
+                        nio.olm.is_device_verified(d) if nio.olm else False,
+                        d.ed25519,
+                    )
+                    for d in nio.device_store.active_user_devices(m.user_id)
+                ],
+                last_active_ts=activity.get(m.user_id),
             )
-        return out
+            for m in self.members(room_id)
+        ]
 
 
 async def resolve_alias(homeserver_url: str, access_token: str, alias: str) -> str:

@@ -3,6 +3,7 @@ reads and writes, ACLs, secure values, and one set of rules for every interface.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -274,5 +275,26 @@ async def test_state_bot_and_mcp_give_the_same_answer(
         # Both writes that were allowed landed, in the one value.
         value = await raw_state(alice, room, STATE_EVENT, "config")
         assert value["t"] == 2 and value["threshold"] == 5
+    finally:
+        await bot.stop()
+
+
+async def test_state_bot_accepts_an_invite_by_itself(
+    homeserver: TestHomeserver, open_client: OpenClient
+) -> None:
+    """With auto_join on, the bot joins a room it is invited to from a trusted server."""
+    bot = await start_bot(homeserver, open_client)
+    try:
+        alice = await open_client(await homeserver.new_user("alice"))
+        room = (await alice.rooms.create("device", name="auto join")).room_id
+        await alice.rooms.grant(room, bot.client.user_id, "admin")
+        for _ in range(100):
+            if bot.client.rooms.is_joined(room):
+                break
+            await asyncio.sleep(0.1)
+        assert bot.client.rooms.is_joined(room)
+        async with StateBotClient.for_client(bot.url, alice) as api:
+            await api.set(room, "k", {"v": 1})
+            assert await api.get(room, "k", "/v") == 1
     finally:
         await bot.stop()

@@ -264,9 +264,9 @@ class StateBot:
         """Accept invites from users of trusted homeservers."""
         trusted = set(self.verifier.homeservers)
         while True:
-            for room_id, room in list(self.client.nio.invited_rooms.items()):
-                inviter = getattr(room, "inviter", None)
-                if room_id in self._tried_invites or not isinstance(inviter, str):
+            for room_id in self.client.rooms.invited_ids():
+                inviter = self.client.rooms.inviter(room_id)
+                if room_id in self._tried_invites or inviter is None:
                     continue
                 self._tried_invites.add(room_id)
                 if ":" not in inviter or server_of(inviter) not in trusted:

@@ -193,18 +193,20 @@ class StateHandler:
 
     # -- keyed state: the SDK's rules, for the caller ----------------------------
 
+    # The bot answers only for its rooms (``_room``); the SDK checks the caller's membership.
+
     def keys(self, caller: Caller, room_id: str) -> list[KeyInfo]:
-        self._member(caller, room_id)
+        self._room(room_id)
         return self.state.keys(room_id, as_user=caller.user_id)
 
     async def get(self, caller: Caller, room_id: str, key: str, path: str = "") -> StateValue:
         key = check_key(key)
-        self._member(caller, room_id)
+        self._room(room_id)
         return await self.state.get(room_id, key, path, as_user=caller.user_id)
 
     def get_acl(self, caller: Caller, room_id: str, key: str) -> Acl:
         key = check_key(key)
-        view = self._member(caller, room_id)
+        view = self._room(room_id)
         acl = self.state.acl(room_id, key, as_user=caller.user_id)
         if acl is None:
             raise NotFoundError(

@@ -22,7 +22,6 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Annotated, Any, TypeVar
-from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -32,7 +31,7 @@ from datarooms._transport.http import MatrixHttp
 from datarooms.account import resolve_credentials
 from datarooms.cli._common import console, run, state
 from datarooms.config import Settings
-from datarooms.errors import HomeserverError, NotFoundError, PlatformError, ValidationError
+from datarooms.errors import HomeserverError, PlatformError, ValidationError
 from datarooms.services.platform import PlatformContext, live_homeserver_url
 from datarooms.services.statebot.client import StateBotClient
 from datarooms.services.statebot.service import StateBotConfig, StateBotService, running_url
@@ -125,16 +124,9 @@ async def _room_id(settings: Settings, room: str) -> str:
         raise ValidationError(
             f"cannot resolve the alias {room} without an access token; give the room id (!...)"
         )
-    async with MatrixHttp(_homeserver_url(settings), creds.access_token) as http:
-        try:
-            res = await http.request(
-                "GET", f"/_matrix/client/v3/directory/room/{quote(room, safe='')}"
-            )
-        except HomeserverError as exc:
-            if exc.errcode == "M_NOT_FOUND":
-                raise NotFoundError(f"no room has the alias {room}") from None
-            raise
-    return str(res["room_id"])
+    from datarooms.sdk.rooms import resolve_alias  # nio is heavy: only when an alias is given
+
+    return await resolve_alias(_homeserver_url(settings), creds.access_token, room)
 
 
 def _parse_value(raw: str, text: bool) -> Any:

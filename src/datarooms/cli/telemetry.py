@@ -23,6 +23,7 @@ from datarooms.errors import ValidationError
 from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.telemetry.api import Telemetry
 from datarooms.sdk.telemetry.model import Sample, SampleLike
+from datarooms.sdk.timeline import parse_time as sdk_parse_time
 
 telemetry_app = typer.Typer(
     help="Time-series telemetry: durable, batched, end-to-end encrypted.",
@@ -34,32 +35,16 @@ TagOpt = Annotated[
     list[str] | None, typer.Option("--tag", help="Only series with this tag (k=v); repeatable")
 ]
 
-_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _READ_LINES = 5_000
 
 
 def parse_time(text: str, now_ms: int | None = None) -> int:
-    """``now``, ``-15m`` / ``-2h`` / ``-7d`` (relative), ms since the epoch, or ISO-8601."""
-    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
-    t = text.strip()
-    if t == "now":
-        return now
-    m = _RELATIVE.match(t)
-    if m:
-        return now - int(float(m.group(1)) * _UNITS[m.group(2)])
-    if t.isdigit():
-        return int(t)
-    try:
-        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationError(
-            f"cannot read the time {text!r}: use now, -15m / -2h / -7d, ms since the epoch, "
-            "or ISO-8601 (2024-05-01T12:00:00Z)"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+    """``now``, ``-15m`` / ``-2h`` / ``-7d`` (relative), ms since the epoch, or ISO-8601.
+
+    The SDK's one reading of a time (:func:`datarooms.sdk.timeline.parse_time`).
+    """
+    return sdk_parse_time(text, now_ms=now_ms)
 
 
 def parse_duration(text: str) -> int:

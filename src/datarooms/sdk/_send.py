@@ -38,7 +38,7 @@ class Sender:
     ) -> str:
         nio = self._c.nio
         await self.ensure_room(room_id)
-        await self.require_encrypted(room_id)
+        await self._c.rooms.require_encrypted(room_id)  # the SDK's one guard
         lock = self._share_locks.setdefault(room_id, asyncio.Lock())
         async with lock:
             await self._prepare_session(room_id)
@@ -54,31 +54,6 @@ class Sender:
             # reactions carry their relation only inside the ciphertext.
             enc_content.pop("m.relates_to", None)
         return await self.put_event(room_id, event_type, enc_type, enc_content, txn_id)
-
-    async def require_encrypted(self, room_id: str) -> None:
-        """Never send in the clear. nio learns a room is encrypted from sync, which may
-        not have delivered ``m.room.encryption`` yet: ask the server before trusting
-        a "not encrypted"."""
-        c = self._c
-        room = c.nio.rooms[room_id]
-        if room.encrypted:
-            return
-        async with c.http() as http:
-            try:
-                content = await http.request(
-                    "GET", f"/_matrix/client/v3/rooms/{room_id}/state/m.room.encryption/"
-                )
-            except HomeserverError as exc:
-                if exc.errcode != "M_NOT_FOUND":
-                    raise
-                content = None
-        if not content or content.get("algorithm") != "m.megolm.v1.aes-sha2":
-            raise AccessDeniedError(
-                f"room {room_id} is not end-to-end encrypted; datarooms does not send "
-                "anything to a room in the clear"
-            )
-        room.encrypted = True
-        c.nio.encrypted_rooms.add(room_id)
 
     async def put_event(
         self,

@@ -14,7 +14,7 @@ a data store needs:
   reader's new device gets the room key, and never sends in the clear (``_send``).
 
 The capabilities hang off it: ``client.rooms``, ``client.records``,
-``client.files``, ``client.messages``.
+``client.files``, ``client.messages``, ``client.state``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from datarooms.sdk.keys import KeyManager, TrustPolicy
 from datarooms.sdk.messages import Messages
 from datarooms.sdk.records import Records
 from datarooms.sdk.rooms import Rooms
+from datarooms.sdk.state import State
 from datarooms.sdk.telemetry import Telemetry
 from datarooms.sdk.timeline import RoomEvent, is_error
 
@@ -67,6 +68,7 @@ class DataroomsClient:
         self.records = Records(self)
         self.files = Files(self)
         self.messages = Messages(self)
+        self.state = State(self)
         self.keys = KeyManager(self, trust)
         self.telemetry = Telemetry(self)  # lazy: opens nothing until used
         self._closed = False
@@ -119,6 +121,7 @@ class DataroomsClient:
             return
         self._closed = True
         await self.telemetry.close()
+        await self.state.close()
         await self._sync.close()
         await self.nio.close()
         self.index.close()

@@ -32,6 +32,7 @@ from jsonschema import Draft202012Validator
 from datarooms import events as ev
 from datarooms._store.index import Record, SyncBatch
 from datarooms.errors import HomeserverError, NotFoundError, ValidationError
+from datarooms.sdk.rooms import state_path
 from datarooms.sdk.timeline import error_from_response, is_error
 
 if TYPE_CHECKING:
@@ -106,9 +107,7 @@ class Records:
         if cached is None:
             async with self._c.http() as http:
                 try:
-                    cached = await http.request(
-                        "GET", f"/_matrix/client/v3/rooms/{room_id}/state/{ev.SCHEMA}/{name}"
-                    )
+                    cached = await http.request("GET", state_path(room_id, ev.SCHEMA, name))
                 except HomeserverError as exc:
                     if exc.errcode == "M_NOT_FOUND":
                         raise NotFoundError(
@@ -230,3 +229,6 @@ class Records:
     async def backfill(self, room_id: str, progress: Callable[[int], None] | None = None) -> int:
         """Page in all history this device has not indexed yet; return events read."""
         return await self._c.fill_gaps(room_id, progress)
+
+
+__all__ = ["Record", "Records", "encode_value", "validate_key"]

@@ -23,13 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
-from nio import RoomCreateError, RoomPreset, RoomVisibility
+from nio import JoinError, RoomCreateError, RoomPreset, RoomVisibility
 
 from datarooms import events as ev
-from datarooms.errors import AccessDeniedError, HomeserverError, NotFoundError, ValidationError
+from datarooms._store.index import LocalIndex
+from datarooms._transport.http import MatrixHttp
+from datarooms.errors import (
+    AccessDeniedError,
+    DataroomsError,
+    HomeserverError,
+    NotFoundError,
+    ValidationError,
+)
 from datarooms.ids import entity_alias, entity_alias_localpart, server_of
 from datarooms.ids import room_id as check_room_id
 from datarooms.ids import user_id as check_user_id
@@ -45,6 +55,20 @@ ENCRYPTION = {
     "rotation_period_ms": 7 * 24 * 3600 * 1000,
     "rotation_period_msgs": 100,
 }
+#: Room creators in room versions 12 and later have unbounded power.
+CREATOR_POWER = 2**53
+
+
+def state_path(room_id: str, event_type: str, state_key: str = "") -> str:
+    """The Client-Server API path of one state event, every part percent-encoded.
+
+    The one place the SDK builds ``/rooms/{room}/state/{type}/{key}``: room ids,
+    event types and state keys may hold ``/``, ``#``, ``?`` or ``%``.
+    """
+    return (
+        f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/state/"
+        f"{quote(event_type, safe='')}/{quote(state_key, safe='')}"
+    )
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,20 @@ class MemberAccess:
     access: Access
     devices: list[DeviceInfo] = field(default_factory=list)
     last_active_ts: int | None = None
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class RoomDetails:
+    """What this device knows about a joined room, without asking the homeserver."""
+
+    room_id: str
+    name: str | None
+    alias: str | None
+    topic: str | None
+    encrypted: bool
+    joined_count: int
+    invited_count: int
 
 
 def access_for_power(power: int) -> Access:
@@ -110,6 +148,106 @@ def power_levels(kind: str, levels: dict[str, int]) -> dict[str, Any]:
             "m.reaction": write,
         },
     }
+
+
+def _int(value: Any, default: int) -> int:
+    """A power level; old rooms may hold them as strings."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return default
+    return default
+
+
+class RoomView:
+    """One room's membership and power as this device's local index holds them.
+
+    The one home of Matrix's power rules in the SDK: a user's power (room
+    creators in room version 12+ are unbounded; no power levels at all means the
+    creator has 100), and the power the room asks for sending an event type. Sync
+    keeps the index current; nothing here does I/O.
+    """
+
+    def __init__(self, index: LocalIndex, room_id: str) -> None:
+        self.index = index
+        self.room_id = room_id
+        self._power_levels: dict[str, Any] | None = None
+        self._pl_loaded = False
+        self._creators: set[str] | None = None
+
+    def membership(self, user_id: str) -> str | None:
+        content = self.index.state(self.room_id, "m.room.member", user_id)
+        value = content.get("membership") if content else None
+        return value if isinstance(value, str) else None
+
+    def is_joined(self, user_id: str) -> bool:
+        return self.membership(user_id) == "join"
+
+    @property
+    def encrypted(self) -> bool:
+        return self.index.state(self.room_id, "m.room.encryption") is not None
+
+    @property
+    def power_levels(self) -> dict[str, Any] | None:
+        if not self._pl_loaded:
+            self._power_levels = self.index.state(self.room_id, "m.room.power_levels")
+            self._pl_loaded = True
+        return self._power_levels
+
+    @property
+    def creators(self) -> set[str]:
+        """Users with unbounded power (room version 12+: the creator and additional ones)."""
+        if self._creators is None:
+            create = self.index.state(self.room_id, "m.room.create") or {}
+            version = str(create.get("room_version", "1"))
+            found: set[str] = set()
+            if version.isdigit() and int(version) >= 12:
+                extra = create.get("additional_creators", [])
+                if isinstance(extra, list):
+                    found.update(u for u in extra if isinstance(u, str))
+                sender = self.index.state_sender(self.room_id, "m.room.create")
+                if sender:
+                    found.add(sender)
+            self._creators = found
+        return self._creators
+
+    def power(self, user_id: str) -> int:
+        if user_id in self.creators:
+            return CREATOR_POWER
+        pl = self.power_levels
+        if pl is None:
+            # No power levels at all: the creator has 100, everyone else 0 (spec).
+            creator = self.index.state_sender(self.room_id, "m.room.create")
+            return 100 if user_id == creator else 0
+        users = pl.get("users")
+        if isinstance(users, dict) and user_id in users:
+            return _int(users[user_id], 0)
+        return _int(pl.get("users_default"), 0)
+
+    def access(self, user_id: str) -> Access:
+        """``read``, ``write`` or ``admin``, as this SDK maps power (creators are admins)."""
+        return access_for_power(self.power(user_id))
+
+    def shown_power(self, user_id: str) -> int:
+        """Power as people read it: a creator's unbounded power shows as admin's 100."""
+        return POWER["admin"] if user_id in self.creators else self.power(user_id)
+
+    def required(self, event_type: str, *, state: bool = True) -> int:
+        """The power the room asks for sending ``event_type`` (a state event, or not)."""
+        pl = self.power_levels
+        if pl is None:
+            return 0
+        events = pl.get("events")
+        if isinstance(events, dict) and event_type in events:
+            return _int(events[event_type], 50 if state else 0)
+        if state:
+            return _int(pl.get("state_default"), 50)
+        return _int(pl.get("events_default"), 0)
 
 
 class Rooms:
@@ -219,20 +357,121 @@ class Rooms:
         if room_id not in self._c.nio.rooms:
             raise HomeserverError(f"room {room_id} did not appear in sync")
 
-    async def join(self, room: str) -> str:
-        """Join a room by id or alias (accepting an invite)."""
+    async def join(self, room: str, *, timeout: float = 30.0) -> str:
+        """Join a room by id or alias (accepting an invite); return its id once sync has it.
+
+        The one "join, then wait until this device's sync knows the room" in the SDK:
+        after it returns, the room's state is in the local index.
+        """
         resp = await self._c.nio.join(room)
-        if is_error(resp):
-            raise error_from_response(resp, f"{self._c.user_id} joining {room}")
-        await self._wait_known(str(resp.room_id))
-        return str(resp.room_id)
+        if isinstance(resp, JoinError):
+            raise _join_error(resp, room, self._c.user_id)
+        room_id = str(resp.room_id)
+        await self._wait_known(room_id, timeout)
+        return room_id
 
     async def leave(self, room_id: str) -> None:
         await self._c.nio.room_leave(check_room_id(room_id))
 
     def invites(self) -> builtins.list[str]:
         """Rooms this user is invited to (as of the last sync)."""
-        return list(self._c.nio.invited_rooms)
+        return self.invited_ids()
+
+    # -- what this device knows (no homeserver call) ---------------------------
+
+    def joined_ids(self) -> builtins.list[str]:
+        """Ids of the rooms this user is joined to (as of the last sync; left and kicked
+        rooms not, though nio may still list them)."""
+        return self._c.joined_rooms()
+
+    def invited_ids(self) -> builtins.list[str]:
+        """Ids of the rooms this user is invited to (as of the last sync; kept across restarts)."""
+        return list(self._c.invites())
+
+    def is_joined(self, room_id: str) -> bool:
+        return self._c.membership(room_id) == "join"
+
+    def is_invited(self, room_id: str) -> bool:
+        return self._c.membership(room_id) == "invite"
+
+    def inviter(self, room_id: str) -> str | None:
+        """Who invited this user to ``room_id``, if it is a pending invite."""
+        return self._c.invites().get(room_id)
+
+    def view(self, room_id: str) -> RoomView:
+        """Membership and power of ``room_id`` from the local index (see :class:`RoomView`)."""
+        return RoomView(self._c.index, room_id)
+
+    def details(self, room_id: str) -> RoomDetails | None:
+        """Name, alias, topic, encryption and member counts of a joined room; None if unknown."""
+        room = self._c.nio.rooms.get(room_id)
+        if room is None:
+            return None
+        return RoomDetails(
+            room_id,
+            room.display_name,
+            room.canonical_alias,
+            room.topic,
+            bool(room.encrypted) or self.view(room_id).encrypted,
+            int(room.joined_count),
+            int(room.invited_count),
+        )
+
+    def is_encrypted(self, room_id: str) -> bool:
+        """Whether this device knows the room to be end-to-end encrypted (no I/O)."""
+        room = self._c.nio.rooms.get(room_id)
+        return bool(room is not None and room.encrypted) or self.view(room_id).encrypted
+
+    async def require_encrypted(self, room_id: str) -> None:
+        """Never send in the clear: refuse unless the room is end-to-end encrypted.
+
+        The one guard of the SDK (the send path and every service call it). nio learns
+        a room is encrypted from sync, which may not have delivered
+        ``m.room.encryption`` yet: the homeserver is asked before a "not encrypted" is
+        believed. Raises :class:`AccessDeniedError` for a room in the clear.
+        """
+        if self.is_encrypted(room_id):
+            self._mark_encrypted(room_id)
+            return
+        async with self._c.http() as http:
+            try:
+                content = await http.request("GET", state_path(room_id, "m.room.encryption"))
+            except HomeserverError as exc:
+                if exc.errcode != "M_NOT_FOUND":
+                    raise
+                content = None
+        if not content or content.get("algorithm") != ENCRYPTION["algorithm"]:
+            raise AccessDeniedError(
+                f"room {room_id} is not end-to-end encrypted; datarooms does not send "
+                "anything to a room in the clear"
+            )
+        self._mark_encrypted(room_id)
+
+    def _mark_encrypted(self, room_id: str) -> None:
+        room = self._c.nio.rooms.get(room_id)
+        if room is not None and not room.encrypted:
+            room.encrypted = True
+        self._c.nio.encrypted_rooms.add(room_id)
+
+    def members(self, room_id: str) -> builtins.list[MemberAccess]:
+        """Members and invitees with their power and access, as this device knows them."""
+        room = self._c.nio.rooms.get(room_id)
+        if room is None:
+            raise NotFoundError(f"room {room_id} is unknown to {self._c.user_id}")
+        view = self.view(room_id)
+        out = []
+        for uid, member in sorted(room.users.items()):
+            power = view.shown_power(uid)
+            out.append(
+                MemberAccess(
+                    uid,
+                    "invite" if member.invited else "join",
+                    power,
+                    access_for_power(power),
+                    display_name=member.display_name,
+                )
+            )
+        return out
 
     def list(self) -> builtins.list[DataRoom]:
         """Joined rooms, with their kind where they are data rooms."""
@@ -285,7 +524,7 @@ class Rooms:
             raise ValidationError(f"access must be read, write or admin, got {access!r}")
         user = check_user_id(user)
         await self._c.ensure_room(room_id)
-        if user in _creators(self._c, room_id):
+        if user in self.view(room_id).creators:
             raise ValidationError(f"{user} created {room_id} and always has admin access")
         await self._set_power(room_id, {user: POWER[access]})
         room = self._c.nio.rooms[room_id]
@@ -322,7 +561,7 @@ class Rooms:
 
     async def _set_power(self, room_id: str, changes: dict[str, int | None]) -> None:
         async with self._c.http() as http:
-            path = f"/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels/"
+            path = state_path(room_id, "m.room.power_levels")
             try:
                 current = await http.request("GET", path)
             except HomeserverError as exc:
@@ -345,48 +584,60 @@ class Rooms:
         """Who has access: members and invitees, their power, devices and last activity."""
         await self._c.ensure_room(room_id)
         await self._c.sync_once()  # membership and power as the server has them now
-        room = self._c.nio.rooms[room_id]
         nio = self._c.nio
         if nio.should_query_keys:
             await nio.keys_query()
         activity = self._c.index.activity(room_id)
-        out = []
-        creators = _creators(self._c, room_id)
-        for uid, member in sorted(room.users.items()):
-            power = POWER["admin"] if uid in creators else room.power_levels.get_user_level(uid)
-            devices = [
-                DeviceInfo(
-                    d.id,
-                    d.display_name,
-                    nio.olm.is_device_verified(d) if nio.olm else False,
-                    d.ed25519,
-                )
-                for d in nio.device_store.active_user_devices(uid)
-            ]
-            out.append(
-                MemberAccess(
-                    uid,
-                    "invite" if member.invited else "join",
-                    power,
-                    access_for_power(power),
-                    devices,
-                    activity.get(uid),
-                )
+        return [
+            dataclasses.replace(
+                m,
+                devices=[
+                    DeviceInfo(
+                        d.id,
+                        d.display_name,
+                        nio.olm.is_device_verified(d) if nio.olm else False,
+                        d.ed25519,
+                    )
+                    for d in nio.device_store.active_user_devices(m.user_id)
+                ],
+                last_active_ts=activity.get(m.user_id),
             )
-        return out
+            for m in self.members(room_id)
+        ]
 
 
-def _creators(client: DataroomsClient, room_id: str) -> set[str]:
-    """Room creators (room version 12+: implicitly all-powerful)."""
-    create = client.index.state(room_id, "m.room.create") or {}
-    version = str(create.get("room_version", "1"))
-    if not (version.isdigit() and int(version) >= 12):
-        return set()
-    found = {str(u) for u in create.get("additional_creators", []) if isinstance(u, str)}
-    sender = client.index.state_sender(room_id, "m.room.create")
-    if sender:
-        found.add(sender)
-    return found
+async def resolve_alias(homeserver_url: str, access_token: str, alias: str) -> str:
+    """The room id of ``alias``, asked of the homeserver without a device."""
+    if not alias.startswith("#"):
+        raise ValidationError(f"{alias!r} is not a room alias (#name:server)")
+    async with MatrixHttp(homeserver_url, access_token) as http:
+        try:
+            res = await http.request(
+                "GET", f"/_matrix/client/v3/directory/room/{quote(alias, safe='')}"
+            )
+        except HomeserverError as exc:
+            if exc.errcode == "M_NOT_FOUND":
+                raise NotFoundError(f"no room has the alias {alias}") from None
+            raise
+    return str(res["room_id"])
+
+
+def _join_error(resp: JoinError, room: str, user: str) -> DataroomsError:
+    """A refused join as the error its cause means (4xx the caller's to fix, else 502)."""
+    code = resp.status_code or "M_UNKNOWN"
+    transport = getattr(resp, "transport_response", None)
+    status = int(getattr(transport, "status", 0) or 0)
+    if code == "M_FORBIDDEN":
+        return AccessDeniedError(
+            f"{user} may not join {room}: invite it first ({resp.message})", errcode=code
+        )
+    if code == "M_NOT_FOUND" or status == 404:
+        return NotFoundError(f"there is no room {room} that {user} can join ({resp.message})")
+    if 400 <= status < 500 and status != 429:
+        return ValidationError(
+            f"the homeserver refused to join {room}: {resp.message}", errcode=code
+        )
+    return HomeserverError(f"joining {room} failed: {code}: {resp.message}", errcode=code)
 
 
 def _as_access_error(exc: HomeserverError, room_id: str) -> Exception:

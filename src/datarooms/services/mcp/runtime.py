@@ -2,7 +2,7 @@
 that run before any of its calls reaches the homeserver.
 
 Room arguments are resolved and checked here from what the device already
-knows (its local index and nio's room list). An alias the policy does not
+knows (its local index and the SDK's room list). An alias the policy does not
 name and the device does not know is refused without asking the homeserver.
 """
 
@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 #: How many live events an agent's buffer keeps for wait_for_messages.
 EVENT_BUFFER = 1000
 _ALIAS_RETRY_S = 30.0
-#: How long a send waits for the room's encryption state to reach this device.
-ENCRYPTION_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -142,9 +140,9 @@ class AgentRuntime:
         alt = canonical.get("alt_aliases")
         if isinstance(alt, list):
             aliases.update(a for a in alt if isinstance(a, str))
-        room = self.client.nio.rooms.get(room_id)
-        if room is not None and room.canonical_alias:
-            aliases.add(room.canonical_alias)
+        details = self.client.rooms.details(room_id)
+        if details is not None and details.alias:
+            aliases.add(details.alias)
         kind, did = info.get("kind"), info.get("did")
         return RoomFacts(
             room_id,
@@ -168,7 +166,7 @@ class AgentRuntime:
         """The room id of an alias, from what this device knows (no homeserver call)."""
         if alias in self.policy.resolved:
             return str(self.policy.resolved[alias])
-        for rid in self.client.nio.rooms:
+        for rid in self.client.rooms.joined_ids():
             if alias in self.facts(rid).aliases:
                 return str(rid)
         return None
@@ -211,10 +209,10 @@ class AgentRuntime:
         """
         rid = await self.room_id_of(room)
         self.policy.check_room(self.facts(rid))
-        if rid not in self.client.nio.rooms:
+        if not self.client.rooms.is_joined(rid):
             hint = (
                 "it is invited: call join_room first"
-                if rid in self.client.nio.invited_rooms
+                if self.client.rooms.is_invited(rid)
                 else "ask a room admin to grant it access, then call join_room"
             )
             raise NotFoundError(
@@ -224,34 +222,19 @@ class AgentRuntime:
             await self.until_encrypted(rid)
         return rid
 
-    def encrypted(self, room_id: str) -> bool:
-        room = self.client.nio.rooms.get(room_id)
-        return (
-            bool(room is not None and room.encrypted)
-            or self.client.index.state(room_id, "m.room.encryption") is not None
-        )
-
-    async def until_encrypted(self, room_id: str, timeout: float = ENCRYPTION_WAIT_S) -> None:
-        """Wait until this device knows the room is encrypted; refuse to send otherwise.
-
-        Right after a room is created or joined, the background sync loop may have
-        delivered the room before its ``m.room.encryption`` state: nio would then send
-        in the clear. An agent never sends cleartext timeline events.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.encrypted(room_id):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise ValidationError(
-                    f"room {room_id} is not end-to-end encrypted (as far as this device knows); "
-                    "agents only send encrypted events"
-                )
-            with contextlib.suppress(TimeoutError):
-                await self.client.wait_for_sync(timeout=min(remaining, 1.0))
+    async def until_encrypted(self, room_id: str) -> None:
+        """Refuse to go on unless the room is end-to-end encrypted: an agent never sends
+        cleartext timeline events. The SDK's one guard (``rooms.require_encrypted``): right
+        after a room is created or joined, sync may not have delivered its
+        ``m.room.encryption`` yet, so the homeserver is asked before a "no"."""
+        await self.client.rooms.require_encrypted(room_id)
 
     def rooms_in_scope(self) -> list[str]:
-        return [rid for rid in self.client.nio.rooms if self.policy.room_allowed(self.facts(rid))]
+        return [
+            rid
+            for rid in self.client.rooms.joined_ids()
+            if self.policy.room_allowed(self.facts(rid))
+        ]
 
     # -- live events -------------------------------------------------------------
 

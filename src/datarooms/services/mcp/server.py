@@ -200,8 +200,8 @@ class AgentServer(MCPServer[Any]):
         p = self.rt.policy
         out = [r for r in await super().list_resources() if p.tool_allowed("list_rooms")]
         for rid in self.rt.rooms_in_scope():
-            room = self.rt.client.nio.rooms.get(rid)
-            label = (room.display_name if room is not None else None) or rid
+            details = self.rt.client.rooms.details(rid)
+            label = (details.name if details is not None else None) or rid
             if p.tool_allowed("get_twin"):
                 out.append(
                     MCPResource(

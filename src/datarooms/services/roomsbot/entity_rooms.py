@@ -28,21 +28,21 @@ room for an entity. The store (DID → rooms) makes the common case free of requ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 from datarooms import events as ev
+from datarooms._locks import KeyedLocks
 from datarooms._transport.http import MatrixHttp
 from datarooms.chain.entity import controller_user_id
 from datarooms.errors import HomeserverError, ValidationError
 from datarooms.events import ENTITY as ENTITY_EVENT
 from datarooms.ids import did as check_did
 from datarooms.ids import entity_alias_localpart
-from datarooms.sdk.rooms import ENCRYPTION, POWER, power_levels
+from datarooms.sdk.rooms import ENCRYPTION, POWER, power_levels, state_path
 from datarooms.services.roomsbot.metrics import Metrics
 from datarooms.services.roomsbot.store import EntityFacts, EntityRecord, RoomRef, Store
 
@@ -113,29 +113,6 @@ def _name(did: str, kind: str) -> str:
     return name if len(name) <= _MAX_NAME else name[: _MAX_NAME - 1] + "…"
 
 
-class _KeyedLocks:
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    def busy(self, key: str) -> bool:
-        entry = self._locks.get(key)
-        return entry is not None and entry[0].locked()
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 class _Unusable(Exception):
     """An alias points at a room the bot cannot use (a creation that never finished)."""
 
@@ -163,7 +140,7 @@ class EntityRooms:
         self.kinds = tuple(kinds)
         self.metrics = metrics or Metrics()
         self._calls = asyncio.Semaphore(concurrency)
-        self._locks = _KeyedLocks()
+        self._locks: KeyedLocks[str] = KeyedLocks()
         self._creator_in_power_levels = False
 
     async def prepare(self) -> None:
@@ -420,7 +397,7 @@ class EntityRooms:
         new_users = [u for u in users if u not in record.members]
         for ref in [*record.rooms.values(), record.space]:
             if new_users:
-                path = f"/_matrix/client/v3/rooms/{quote(ref.room_id)}/state/m.room.power_levels/"
+                path = state_path(ref.room_id, "m.room.power_levels")
                 power = await self._call("GET", path)
                 power.setdefault("users", {}).update({u: POWER["admin"] for u in new_users})
                 await self._call("PUT", path, power)
@@ -509,7 +486,7 @@ class EntityRooms:
     ) -> None:
         await self._call(
             "PUT",
-            f"/_matrix/client/v3/rooms/{quote(room_id)}/state/{etype}/{quote(key)}",
+            state_path(room_id, etype, key),
             content,
         )
 
@@ -527,7 +504,7 @@ class EntityRooms:
         try:
             content = await self._call(
                 "GET",
-                f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.member/{quote(user_id)}",
+                state_path(room_id, "m.room.member", user_id),
             )
         except HomeserverError as exc:
             if exc.status == 404:

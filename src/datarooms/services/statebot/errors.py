@@ -6,32 +6,8 @@ and the REST layer answers each with its ``http_status``.
 
 from __future__ import annotations
 
-from datarooms.errors import (
-    AccessDeniedError,
-    DataroomsError,
-    NotFoundError,
-    UnauthorizedError,
-    ValidationError,
-)
-
-
-class TooLargeError(ValidationError):
-    """A value or request body over the limit (Matrix events are capped at 65,536 bytes)."""
-
-    errcode = "M_TOO_LARGE"
-    http_status = 413
-
-
-class BadPathError(ValidationError):
-    """A JSON Pointer that is malformed, or that goes through something that is not a container."""
-
-    errcode = "DR_BAD_PATH"
-
-
-class BotPowerError(AccessDeniedError):
-    """The state bot itself lacks the power in the room to do what was asked."""
-
-    errcode = "DR_BOT_POWER"
+from datarooms.errors import DataroomsError, NotFoundError, UnauthorizedError
+from datarooms.sdk.state import BadPathError, BotPowerError, TooLargeError
 
 
 class UnknownRoomError(NotFoundError):

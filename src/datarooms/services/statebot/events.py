@@ -16,29 +16,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from datarooms import events as ev
+from datarooms.sdk.state import ACL_EVENT as ACL
+from datarooms.sdk.state import (
+    EVENT_ENVELOPE_BYTES,
+    MAX_ACL_ENTRIES,
+    MAX_EVENT_BYTES,
+    MAX_KEY_LENGTH,
+    SECURE,
+    SECURE_RECORD_PREFIX,
+    SECURE_VERSION,
+)
+from datarooms.sdk.state import STATE_EVENT as STATE
 
-#: IXO's keyed state (state event, state_key = the key).
-STATE = "ixo.room.state"
-#: IXO's access-control list of one key (state event, state_key = the guarded key).
-ACL = "ixo.room.state.acl"
-#: The member of an ``ixo.room.state`` content that marks a secure value's reference.
-SECURE = "io.datarooms.secure"
-#: Records holding secure values are keyed ``ixo.room.state/<key>``.
-SECURE_RECORD_PREFIX = STATE + "/"
-#: Version of the secure reference format.
-SECURE_VERSION = 1
-
-#: The longest key: the record of a secure value, ``ixo.room.state/<key>``, must stay
-#: within the records' key limit.
-MAX_KEY_LENGTH = ev.MAX_KEY_LENGTH - len(SECURE_RECORD_PREFIX)
-#: Matrix caps a whole event (PDU) at 65,536 bytes of canonical JSON.
-MAX_EVENT_BYTES = 65_536
-#: What the envelope of a state event takes at most, besides its content, state_key,
-#: sender and room id: event type, hashes, signatures, auth and prev events, depth.
-EVENT_ENVELOPE_BYTES = 1_024
-#: The most user ids in one ACL list.
-MAX_ACL_ENTRIES = 1_000
+__all__ = [
+    "ACL",
+    "ACL_SCHEMA",
+    "ALL_SCHEMAS",
+    "EVENT_ENVELOPE_BYTES",
+    "MAX_ACL_ENTRIES",
+    "MAX_EVENT_BYTES",
+    "MAX_KEY_LENGTH",
+    "SECURE",
+    "SECURE_RECORD_PREFIX",
+    "SECURE_VERSION",
+    "STATE",
+    "STATE_SCHEMA",
+]
 
 STATE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -28,11 +28,11 @@ import typer
 from rich.table import Table
 
 from datarooms._logging import configure_logging
-from datarooms._transport.http import MatrixHttp
 from datarooms.account import resolve_credentials
 from datarooms.cli._common import console, run, state
 from datarooms.config import Settings
 from datarooms.errors import HomeserverError, NotFoundError, PlatformError, ValidationError
+from datarooms.homeserver.api import MatrixApi
 from datarooms.services.platform import PlatformContext, live_homeserver_url
 from datarooms.services.statebot.client import StateBotClient
 from datarooms.services.statebot.service import StateBotConfig, StateBotService, running_url
@@ -125,7 +125,7 @@ async def _room_id(settings: Settings, room: str) -> str:
         raise ValidationError(
             f"cannot resolve the alias {room} without an access token; give the room id (!...)"
         )
-    async with MatrixHttp(_homeserver_url(settings), creds.access_token) as http:
+    async with MatrixApi(_homeserver_url(settings), creds.access_token) as http:
         try:
             res = await http.request(
                 "GET", f"/_matrix/client/v3/directory/room/{quote(room, safe='')}"
@@ -294,7 +294,7 @@ def statebot(
 
 async def _run_alone(settings: Settings, overrides: dict[str, Any]) -> None:
     url = _homeserver_url(settings)
-    async with MatrixHttp(url, timeout=5) as http:
+    async with MatrixApi(url, timeout=5) as http:
         try:
             await http.versions()
         except HomeserverError:

@@ -13,11 +13,11 @@ from typing import Any
 
 import uvicorn
 
-from datarooms._transport.http import MatrixHttp
 from datarooms.chain.entity import ChainEntity
 from datarooms.chain.rpc import CometRpc
 from datarooms.chain.watcher import ChainWatcher, EntityRejected
 from datarooms.errors import HomeserverError, PlatformError, PortInUseError, ValidationError
+from datarooms.homeserver.api import MatrixApi
 from datarooms.services.openid import OpenIdVerifier
 from datarooms.services.roomsbot.api import answer_alias_query, create_app
 from datarooms.services.roomsbot.entity_rooms import EntityRooms
@@ -57,7 +57,7 @@ class RoomsBot:
         self.chain_url = chain_url
         self.metrics = Metrics()
         self.store = Store(store_path)
-        self.http = MatrixHttp(self.homeserver_url, registration.as_token, timeout=120)
+        self.http = MatrixApi(self.homeserver_url, registration.as_token, timeout=120)
         self.rooms = EntityRooms(
             self.http,
             self.store,

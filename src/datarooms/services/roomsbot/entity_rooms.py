@@ -36,10 +36,10 @@ from typing import Any
 from urllib.parse import quote
 
 from datarooms import events as ev
-from datarooms._transport.http import MatrixHttp
 from datarooms.chain.entity import controller_user_id
 from datarooms.errors import HomeserverError, ValidationError
 from datarooms.events import ENTITY as ENTITY_EVENT
+from datarooms.homeserver.api import MatrixApi
 from datarooms.ids import did as check_did
 from datarooms.ids import entity_alias_localpart
 from datarooms.sdk.rooms import ENCRYPTION, POWER, power_levels
@@ -145,7 +145,7 @@ class EntityRooms:
 
     def __init__(
         self,
-        http: MatrixHttp,
+        http: MatrixApi,
         store: Store,
         *,
         server_name: str,

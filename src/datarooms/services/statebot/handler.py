@@ -29,7 +29,6 @@ from urllib.parse import quote
 from nio import JoinError, SyncResponse
 
 from datarooms._store.index import Record, SyncBatch
-from datarooms._transport.http import MatrixHttp
 from datarooms.errors import (
     AccessDeniedError,
     DataroomsError,
@@ -37,6 +36,7 @@ from datarooms.errors import (
     NotFoundError,
     ValidationError,
 )
+from datarooms.homeserver.api import MatrixApi
 from datarooms.ids import is_room_alias, server_of
 from datarooms.ids import room_id as check_room_id
 from datarooms.ids import user_id as check_user_id
@@ -127,14 +127,14 @@ class StateHandler:
     def __init__(
         self,
         client: DataroomsClient,
-        http: MatrixHttp | None = None,
+        http: MatrixApi | None = None,
         *,
         trusted_servers: Iterable[str] = (),
     ) -> None:
         self.client = client
         #: Homeservers whose rooms the bot may join when asked (its own, at least).
         self.trusted_servers = {server_of(client.user_id), *trusted_servers}
-        self.http = http or MatrixHttp(client.homeserver_url, client.access_token)
+        self.http = http or MatrixApi(client.homeserver_url, client.access_token)
         self._own_http = http is None
         self._locks = _KeyedLocks()
         #: Rooms the bot has left or been removed from since it started (the index

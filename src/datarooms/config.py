@@ -17,6 +17,7 @@ See docs/configuration.md for every field.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -108,6 +109,17 @@ class Settings:
     @property
     def synapse_dir(self) -> Path:
         return self.data_dir / "synapse"
+
+    def running_url(self, service: str) -> str | None:
+        """Where the ``service`` of the platform on this data dir listens, if it runs: the
+        ``url`` of ``<data_dir>/run/<service>.json``, while the process that wrote it lives."""
+        try:
+            info = json.loads((self.run_dir / f"{service}.json").read_text())
+            pid, url = int(info["pid"]), str(info["url"])
+            os.kill(pid, 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return url
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -28,10 +28,9 @@ room for an entity. The store (DID → rooms) makes the common case free of requ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -45,6 +44,7 @@ from datarooms.ids import entity_alias_localpart
 from datarooms.sdk.rooms import ENCRYPTION, POWER, power_levels
 from datarooms.services.roomsbot.metrics import Metrics
 from datarooms.services.roomsbot.store import EntityFacts, EntityRecord, RoomRef, Store
+from datarooms.services.scaffold import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +113,6 @@ def _name(did: str, kind: str) -> str:
     return name if len(name) <= _MAX_NAME else name[: _MAX_NAME - 1] + "…"
 
 
-class _KeyedLocks:
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    def busy(self, key: str) -> bool:
-        entry = self._locks.get(key)
-        return entry is not None and entry[0].locked()
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 class _Unusable(Exception):
     """An alias points at a room the bot cannot use (a creation that never finished)."""
 
@@ -163,7 +140,7 @@ class EntityRooms:
         self.kinds = tuple(kinds)
         self.metrics = metrics or Metrics()
         self._calls = asyncio.Semaphore(concurrency)
-        self._locks = _KeyedLocks()
+        self._locks = KeyedLocks()
         self._creator_in_power_levels = False
 
     async def prepare(self) -> None:

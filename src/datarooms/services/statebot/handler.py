@@ -18,10 +18,9 @@ room; the ``ixo.room.state`` event holds only a reference to that exact event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -43,6 +42,7 @@ from datarooms.ids import user_id as check_user_id
 from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.rooms import ENCRYPTION
 from datarooms.services.openid import Caller
+from datarooms.services.scaffold import KeyedLocks
 from datarooms.services.statebot import events as sev
 from datarooms.services.statebot import values
 from datarooms.services.statebot.access import Acl, RoomView, dedupe
@@ -136,7 +136,7 @@ class StateHandler:
         self.trusted_servers = {server_of(client.user_id), *trusted_servers}
         self.http = http or MatrixApi(client.homeserver_url, client.access_token)
         self._own_http = http is None
-        self._locks = _KeyedLocks()
+        self._locks = KeyedLocks()
         #: Rooms the bot has left or been removed from since it started (the index
         #: only follows joined rooms, so it would not tell).
         self._left: set[str] = set()
@@ -515,27 +515,6 @@ class StateHandler:
             SyncBatch([], [], [], [(room_id, event_type, key, content, self.bot_id)], [], [])
         )
         return event_id
-
-
-class _KeyedLocks:
-    """One asyncio lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 def _record_limit(record_key: str) -> int:

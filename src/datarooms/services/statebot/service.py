@@ -13,31 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
-import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 
-from datarooms._fs import ProcessLock, atomic_write
+from datarooms._fs import ProcessLock
 from datarooms.config import Settings
 from datarooms.errors import (
     ConfigError,
     DataroomsError,
     PlatformError,
-    PortInUseError,
 )
 from datarooms.ids import server_of
 from datarooms.sdk.client import DataroomsClient
+from datarooms.services import scaffold
 from datarooms.services.openid import Caller, OpenIdVerifier
 from datarooms.services.platform import PlatformContext
+from datarooms.services.scaffold import EmbeddedServer, bind, http_url, write_run_file
 from datarooms.services.statebot.api import MAX_BODY_BYTES, build_asgi
 from datarooms.services.statebot.handler import StateHandler
 from datarooms.services.statebot.metrics import Metrics
@@ -140,14 +138,6 @@ def _parse(name: str, raw: str) -> Any:
     return raw
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handling: the platform owns SIGINT and SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class StateBot:
     """A running state bot around an opened device: sync loop, handler, HTTP server."""
 
@@ -185,8 +175,7 @@ class StateBot:
             max_body_bytes=self.config.max_body_bytes,
         )
         self._own_client = own_client
-        self._server: _Server | None = None
-        self._serve_task: asyncio.Task[None] | None = None
+        self._http = EmbeddedServer(self._asgi, name="the state bot")
         self._join_task: asyncio.Task[None] | None = None
         self._tried_invites: set[str] = set()
         self.port: int | None = None
@@ -195,15 +184,21 @@ class StateBot:
     def url(self) -> str:
         if self.port is None:
             raise PlatformError("the state bot is not running")
-        host = self.config.host
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{self.port}"
+        return http_url(self.config.host, self.port)
 
     async def start(self) -> str:
         """Start the sync loop and the HTTP server; return the bot's base URL."""
-        sock = _bind(self.config.host, self.config.port)
+        sock = bind(
+            self.config.host,
+            self.config.port,
+            service="the state bot",
+            hint=f"Give it another port ({ENV_PREFIX}PORT, [statebot] port, or --port "
+            "for `datarooms statebot`).",
+        )
         try:
-            await self._serve(sock)
+            self.port = int(sock.getsockname()[1])
+            self.client.start_sync()
+            await self._http.start(sock)
         except BaseException:
             sock.close()
             await self.stop()
@@ -213,46 +208,13 @@ class StateBot:
         log.info("state bot listening", extra={"url": self.url, "user_id": self.client.user_id})
         return self.url
 
-    async def _serve(self, sock: socket.socket) -> None:
-        self.port = int(sock.getsockname()[1])
-        self.client.start_sync()
-        config = uvicorn.Config(
-            self._asgi,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            proxy_headers=False,
-        )
-        self._server = _Server(config)
-        self._serve_task = asyncio.create_task(
-            self._server.serve(sockets=[sock]), name="statebot-http"
-        )
-        while not self._server.started:
-            if self._serve_task.done():
-                exc = self._serve_task.exception()
-                raise PlatformError(f"the state bot's HTTP server did not start: {exc!r}")
-            await asyncio.sleep(0.01)
-
     async def stop(self) -> None:
         if self._join_task is not None:
             self._join_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._join_task
             self._join_task = None
-        if self._server is not None and self._serve_task is not None:
-            self._server.should_exit = True
-            try:
-                await asyncio.wait_for(asyncio.shield(self._serve_task), 10)
-            except TimeoutError:
-                self._server.force_exit = True
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._serve_task, 5)
-            except Exception:
-                log.exception("the state bot's HTTP server failed while stopping")
-        self._server = None
-        self._serve_task = None
+        await self._http.stop()
         await self.verifier.close()
         await self.handler.close()
         if self._own_client:
@@ -285,29 +247,6 @@ class StateBot:
                     )
             with contextlib.suppress(TimeoutError):
                 await self.client.wait_for_sync(timeout=300)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
-    # sockets that say they are TCP, and without it every answer waits ~40 ms for an ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUseError(
-                f"port {port} on {host} is already in use by another program; give the state "
-                f"bot another port ({ENV_PREFIX}PORT, or --port for `datarooms statebot`)"
-            ) from None
-        raise PlatformError(
-            f"the state bot cannot listen on {host}:{port}: {exc.strerror}"
-        ) from None
-    return sock
 
 
 class StateBotService:
@@ -349,8 +288,7 @@ class StateBotService:
             raise
         self.bot, self._lock = bot, lock
         info = {"url": url, "user": creds.user_id, "docs": f"{url}/docs"}
-        self._run_file = run_file(platform.settings)
-        atomic_write(self._run_file, json.dumps({**info, "pid": os.getpid()}))
+        self._run_file = write_run_file(platform.settings, self.name, info)
         return info
 
     async def stop(self) -> None:
@@ -369,18 +307,12 @@ class StateBotService:
 
 def run_file(settings: Settings) -> Path:
     """``<data_dir>/run/statebot.json``: where the running state bot listens (and its pid)."""
-    return settings.run_dir / "statebot.json"
+    return scaffold.run_file(settings, StateBotService.name)
 
 
 def running_url(settings: Settings) -> str | None:
     """The URL of the state bot running on this data dir, if one is."""
-    try:
-        info = json.loads(run_file(settings).read_text())
-        pid, url = int(info["pid"]), str(info["url"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return url
+    return settings.running_url(StateBotService.name)
 
 
 __all__ = ["StateBot", "StateBotConfig", "StateBotService", "running_url"]

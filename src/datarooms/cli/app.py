@@ -106,8 +106,7 @@ def up(
 def platform_services(settings: Settings) -> list[Service]:
     """The services `datarooms up` runs after the homeserver, in start order."""
     # Each service is imported only if it runs: `datarooms up` starts faster.
-    mcp = settings.section("mcp")
-    mcp_port = int(mcp["port"]) if "port" in mcp else None
+    mcp_port = settings.mcp.port or None
     wanted = _wanted_services(settings)
     services: list[Service] = []
     if settings.homeserver.mode == "embedded":
@@ -115,7 +114,7 @@ def platform_services(settings: Settings) -> list[Service]:
         # into the embedded Synapse. On an external homeserver its admin loads it
         # (docs/roomsbot.md) and you run `datarooms roomsbot` yourself.
         if "devchain" in wanted:
-            from datarooms.services.roomsbot.service import DevchainService
+            from datarooms.services.devchain import DevchainService
 
             services.append(DevchainService())
         if "roomsbot" in wanted:

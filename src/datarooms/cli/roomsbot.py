@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,27 +17,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from datarooms._fs import atomic_write
 from datarooms.chain.devchain.node import DevChain, create_entity_tx
 from datarooms.chain.devchain.rpc import DevChainServer
 from datarooms.chain.entity import ENTITY_CREATED_QUERY, parse_tx_events
 from datarooms.chain.errors import TxRejectedError
 from datarooms.chain.rpc import CometRpc, TxResult
 from datarooms.config import Settings, load_settings
+from datarooms.services.devchain import chain_url, devchain_dir
 from datarooms.services.platform import live_homeserver_url
 from datarooms.services.roomsbot.bot import RoomsBot
-from datarooms.services.roomsbot.service import (
-    chain_url,
-    run_file,
-    store_path,
-    write_appservice_registration,
-)
-from datarooms.services.roomsbot.settings import (
-    devchain_dir,
-    load_chain_settings,
-    load_roomsbot_settings,
-)
+from datarooms.services.roomsbot.service import store_path, write_appservice_registration
 from datarooms.services.roomsbot.store import Store
+from datarooms.services.scaffold import run_file, write_run_file
 
 T = TypeVar("T")
 # Piped output is read by scripts: do not fold tables to 80 columns (as the main CLI).
@@ -74,7 +64,7 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 def _rpc_url(ctx: typer.Context, rpc: str | None) -> str:
-    return rpc or chain_url(_settings(ctx), load_chain_settings())
+    return rpc or chain_url(_settings(ctx))
 
 
 # -- entity register / list -----------------------------------------------------------
@@ -242,8 +232,7 @@ def roomsbot_command(
 ) -> None:
     """Run the rooms bot on its own (appservice, REST API, chain watcher) until Ctrl-C."""
     settings = _settings(ctx)
-    rb = load_roomsbot_settings()
-    cs = load_chain_settings()
+    rb, cs = settings.roomsbot, settings.chain
     reg = write_appservice_registration(settings, rb)
     url = homeserver_url or live_homeserver_url(settings)
     watch = None if no_watch or not cs.watch else (chain_rpc or chain_url(settings, cs))
@@ -258,9 +247,7 @@ def roomsbot_command(
 
     async def start() -> str:
         await bot.start()
-        atomic_write(
-            run_file(settings, "roomsbot"), json.dumps({"url": bot.url, "pid": os.getpid()})
-        )
+        write_run_file(settings, "roomsbot", {"url": bot.url})
         return (
             f"rooms bot running at {bot.url} as {reg.user_id}; "
             f"watching {watch or 'no chain'}; registration {reg.path}"
@@ -289,7 +276,7 @@ def devchain_command(
 ) -> None:
     """Run the embedded devchain on its own until Ctrl-C (or only --verify it)."""
     settings = _settings(ctx)
-    cs = load_chain_settings()
+    cs = settings.chain
     directory = devchain_dir(settings.data_dir)
     if verify:
         height = DevChain.verify(directory)
@@ -305,9 +292,7 @@ def devchain_command(
 
     async def start() -> str:
         await server.start()
-        atomic_write(
-            run_file(settings, "devchain"), json.dumps({"url": server.url, "pid": os.getpid()})
-        )
+        write_run_file(settings, "devchain", {"url": server.url})
         return (
             f"devchain {chain.chain_id} at height {chain.height}, RPC {server.url} "
             f"(verified {chain.height} blocks)"

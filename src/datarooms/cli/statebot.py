@@ -35,7 +35,7 @@ from datarooms.errors import HomeserverError, NotFoundError, PlatformError, Vali
 from datarooms.homeserver.api import MatrixApi
 from datarooms.services.platform import PlatformContext, live_homeserver_url
 from datarooms.services.statebot.client import StateBotClient
-from datarooms.services.statebot.service import StateBotConfig, StateBotService, running_url
+from datarooms.services.statebot.service import StateBotService, running_url
 
 T = TypeVar("T")
 
@@ -79,7 +79,7 @@ def bot_url(settings: Settings, explicit: str | None = None) -> str:
     found = running_url(settings)
     if found:
         return found
-    return f"http://127.0.0.1:{StateBotConfig.load(settings).port or 8010}"
+    return f"http://127.0.0.1:{settings.statebot.port or 8010}"
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,7 @@ from typing import Any
 from datarooms.chain.entity import ChainEntity
 from datarooms.chain.rpc import CometRpc
 from datarooms.chain.watcher import ChainWatcher, EntityRejected
+from datarooms.config import ChainSettings, RoomsBotSettings
 from datarooms.errors import HomeserverError, PlatformError, ValidationError
 from datarooms.homeserver.api import MatrixApi
 from datarooms.services.openid import OpenIdVerifier
@@ -16,7 +17,6 @@ from datarooms.services.roomsbot.api import answer_alias_query, build_asgi
 from datarooms.services.roomsbot.entity_rooms import EntityRooms
 from datarooms.services.roomsbot.metrics import Metrics
 from datarooms.services.roomsbot.registration import Registration
-from datarooms.services.roomsbot.settings import ChainSettings, RoomsBotSettings
 from datarooms.services.roomsbot.store import EntityFacts, Store
 from datarooms.services.scaffold import EmbeddedServer, bind
 

@@ -1,29 +1,27 @@
-"""The devchain and the rooms bot as platform services (what ``datarooms up`` runs).
+"""The rooms bot as a platform service (what ``datarooms up`` runs).
 
 Wiring, in the platform:
 
 1. before Synapse starts: ``extra = appservice_synapse_config(settings)`` writes the rooms
-   bot's appservice registration and returns ``{"app_service_config_files": [path]}``
-   to merge into Synapse's config;
-2. services, in this order: :class:`DevchainService` (``name = "devchain"``), then
-   :class:`RoomsBotService` (``name = "roomsbot"``, which also runs the chain watcher).
+   bot's appservice registration (its URL from ``[roomsbot] host`` and ``port``) and
+   returns ``{"app_service_config_files": [path]}`` to merge into Synapse's config;
+2. services, in this order: :class:`~datarooms.services.devchain.DevchainService`
+   (``name = "devchain"``), then :class:`RoomsBotService` (``name = "roomsbot"``, which
+   also runs the chain watcher).
 
-Where they run is recorded in ``<data_dir>/run/devchain.json`` and
-``<data_dir>/run/roomsbot.json`` (``{"url": ..., "pid": ...}``) for the CLI.
+Where the bot runs is recorded in ``<data_dir>/run/roomsbot.json``
+(``{"url": ..., "pid": ...}``) for the CLI and the SDK (which asks it for entity rooms).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 from pathlib import Path
 from typing import Any
 
-from datarooms._fs import ProcessLock, atomic_write
-from datarooms.chain.devchain.node import DevChain
-from datarooms.chain.devchain.rpc import DevChainServer
-from datarooms.config import Settings
+from datarooms._fs import ProcessLock
+from datarooms.config import ChainSettings, RoomsBotSettings, Settings
+from datarooms.services.devchain import DevchainService, chain_url
 from datarooms.services.platform import PlatformContext
 from datarooms.services.roomsbot.bot import RoomsBot
 from datarooms.services.roomsbot.registration import (
@@ -31,14 +29,11 @@ from datarooms.services.roomsbot.registration import (
     load_registration,
     write_registration,
 )
-from datarooms.services.roomsbot.settings import (
-    ChainSettings,
-    RoomsBotSettings,
-    devchain_dir,
-    load_chain_settings,
-    load_roomsbot_settings,
-    roomsbot_dir,
-)
+from datarooms.services.roomsbot.settings import roomsbot_dir
+from datarooms.services.scaffold import run_file as _run_file
+from datarooms.services.scaffold import write_run_file
+
+NAME = "roomsbot"
 
 
 def registration_path(settings: Settings) -> Path:
@@ -53,7 +48,7 @@ def write_appservice_registration(
     settings: Settings, roomsbot: RoomsBotSettings | None = None
 ) -> Registration:
     """Write (or refresh, keeping its tokens) the rooms bot's registration file."""
-    rb = roomsbot or load_roomsbot_settings()
+    rb = roomsbot or settings.roomsbot
     path = registration_path(settings)
     port = rb.port
     if port == 0:  # any free port: keep the last one while it stays free
@@ -100,67 +95,13 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def run_file(settings: Settings, name: str) -> Path:
-    return settings.run_dir / f"{name}.json"
+def run_file(settings: Settings, name: str = NAME) -> Path:
+    return _run_file(settings, name)
 
 
-def running_url(settings: Settings, name: str) -> str | None:
-    """The URL of the ``devchain`` or ``roomsbot`` running on this data dir, if one is."""
-    try:
-        info = json.loads(run_file(settings, name).read_text())
-        pid, url = int(info["pid"]), str(info["url"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return url
-
-
-def chain_url(settings: Settings, chain: ChainSettings) -> str:
-    """The RPC to watch: the external node, else the devchain running on this data dir."""
-    if chain.mode == "external":
-        return chain.rpc_url.rstrip("/")
-    return running_url(settings, "devchain") or f"http://{chain.host}:{chain.port}"
-
-
-class DevchainService:
-    """Runs the embedded devchain (chain.mode = devchain); nothing in external mode."""
-
-    name = "devchain"
-
-    def __init__(
-        self, chain: ChainSettings | None = None, *, allow_raw_events: bool = False
-    ) -> None:
-        self._chain = chain
-        self._allow_raw = allow_raw_events
-        self.server: DevChainServer | None = None
-        self._run_file: Path | None = None
-
-    async def start(self, platform: PlatformContext) -> dict[str, Any]:
-        cs = self._chain or load_chain_settings()
-        if cs.mode != "devchain":
-            return {"mode": "external", "rpc": cs.rpc_url}
-        chain = DevChain(
-            devchain_dir(platform.settings.data_dir),
-            chain_id=cs.chain_id,
-            block_interval=cs.block_interval,
-            allow_raw_events=self._allow_raw,
-        )
-        server = DevChainServer(chain, host=cs.host, port=cs.port)
-        await server.start()  # verifies the stored chain first
-        self.server = server
-        self._run_file = run_file(platform.settings, self.name)
-        atomic_write(self._run_file, json.dumps({"url": server.url, "pid": os.getpid()}))
-        return {"rpc": server.url, "chain_id": chain.chain_id, "height": chain.height}
-
-    async def stop(self) -> None:
-        server, self.server = self.server, None
-        try:
-            if server is not None:
-                await server.stop()
-        finally:
-            if self._run_file is not None:
-                self._run_file.unlink(missing_ok=True)
-                self._run_file = None
+def running_url(settings: Settings, name: str = NAME) -> str | None:
+    """The URL of the ``roomsbot`` (or ``devchain``) running on this data dir, if one is."""
+    return settings.running_url(name)
 
 
 class RoomsBotService:
@@ -178,9 +119,9 @@ class RoomsBotService:
         self._run_file: Path | None = None
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
-        rb = self._settings or load_roomsbot_settings()
-        cs = self._chain or load_chain_settings()
         settings = platform.settings
+        rb = self._settings or settings.roomsbot
+        cs = self._chain or settings.chain
         reg = load_registration(registration_path(settings), platform.server_name)
         lock = ProcessLock(
             roomsbot_dir(settings.data_dir) / "roomsbot.lock",
@@ -202,8 +143,7 @@ class RoomsBotService:
             lock.release()
             raise
         self.bot, self._lock = bot, lock
-        self._run_file = run_file(settings, self.name)
-        atomic_write(self._run_file, json.dumps({"url": bot.url, "pid": os.getpid()}))
+        self._run_file = write_run_file(settings, self.name, {"url": bot.url})
         return {
             "url": bot.url,
             "user": reg.user_id,

@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.types import ASGIApp, Scope
 
+from datarooms.config import STATEBOT_MAX_BODY_BYTES
 from datarooms.services.openid import Caller, OpenIdVerifier
 from datarooms.services.scaffold import (
     RequestGuard,
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 API_VERSION = "1.0.0"
 #: The largest request body: a state event is at most 65,536 bytes, and JSON
 #: escaping can double what a value takes in the request.
-MAX_BODY_BYTES = 256 * 1024
+MAX_BODY_BYTES = STATEBOT_MAX_BODY_BYTES
 
 _SERVER = r"[A-Za-z0-9.:\[\]-]+"
 _ROOM_ID = r"!(?:[^:\s/]+:" + _SERVER + r"|[A-Za-z0-9_-]+)"

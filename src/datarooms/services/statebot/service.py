@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
 from datarooms._fs import ProcessLock
-from datarooms.config import Settings
+from datarooms.config import Settings, StateBotSettings, load_section
 from datarooms.errors import (
-    ConfigError,
     DataroomsError,
     PlatformError,
 )
@@ -36,7 +33,7 @@ from datarooms.services import scaffold
 from datarooms.services.openid import Caller, OpenIdVerifier
 from datarooms.services.platform import PlatformContext
 from datarooms.services.scaffold import EmbeddedServer, bind, http_url, write_run_file
-from datarooms.services.statebot.api import MAX_BODY_BYTES, build_asgi
+from datarooms.services.statebot.api import build_asgi
 from datarooms.services.statebot.handler import StateHandler
 from datarooms.services.statebot.metrics import Metrics
 
@@ -46,96 +43,20 @@ ENV_PREFIX = "DATAROOMS_STATEBOT_"
 DEFAULT_PORT = 8010
 
 
-@dataclass(frozen=True)
-class StateBotConfig:
-    """Settings of the state bot.
-
-    From ``[statebot]`` in the settings once the platform's config has that section,
-    else from ``DATAROOMS_STATEBOT_<FIELD>`` environment variables, else these
-    defaults. ``homeservers`` is a JSON object in the environment, e.g.
-    ``DATAROOMS_STATEBOT_HOMESERVERS='{"other.org": "https://matrix.other.org"}'``.
-    """
-
-    #: Listen address; loopback unless you put the bot behind a proxy.
-    host: str = "127.0.0.1"
-    #: Listen port; 0 picks a free one.
-    port: int = DEFAULT_PORT
-    #: Extra homeservers whose users may call the bot: ``{server_name: base_url}``.
-    #: The bot's own homeserver is always trusted.
-    homeservers: Mapping[str, str] = field(default_factory=dict)
-    #: How long a verified OpenID token is trusted without asking its homeserver again.
-    token_cache_seconds: float = 300.0
-    #: Accept invites from users of trusted homeservers by itself.
-    auto_join: bool = True
-    #: The bot account's localpart.
-    localpart: str = "statebot"
-    #: The largest request body accepted.
-    max_body_bytes: int = MAX_BODY_BYTES
-
-    @classmethod
-    def load(
-        cls, settings: Settings | None = None, env: Mapping[str, str] | None = None
-    ) -> StateBotConfig:
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        section = settings.section("statebot") if settings is not None else {}
-        known = {f.name for f in fields(cls)}
-        unknown = set(section) - known
-        if unknown:
-            raise ConfigError(
-                f"[statebot]: unknown setting(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        for name, value in section.items():
-            values[name] = _parse(name, value) if isinstance(value, str) else value
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, raw)
-        config = cls(**values)
-        config.check()
-        return config
-
-    def check(self) -> None:
-        if not 0 <= self.port < 65536:
-            raise ConfigError(f"statebot port must be between 0 and 65535, got {self.port}")
-        if self.token_cache_seconds < 0 or self.token_cache_seconds > 3600:
-            raise ConfigError(
-                "statebot token_cache_seconds must be between 0 and 3600 "
-                "(OpenID tokens live one hour)"
-            )
-        for name, url in self.homeservers.items():
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ConfigError(
-                    f"statebot homeservers: the URL of {name!r} must start with http:// or "
-                    f"https://, got {url!r}"
-                )
+#: The settings of the state bot: the ``[statebot]`` section of the platform's settings
+#: (``settings.statebot``), read from the config file and ``DATAROOMS_STATEBOT_<FIELD>``
+#: by :mod:`datarooms.config`. ``homeservers`` is a table in the file and a JSON object in
+#: the environment, e.g. ``DATAROOMS_STATEBOT_HOMESERVERS='{"other.org": "https://..."}'``.
+StateBotConfig = StateBotSettings
 
 
-def _parse(name: str, raw: str) -> Any:
-    var = ENV_PREFIX + name.upper()
-    try:
-        if name == "port" or name == "max_body_bytes":
-            return int(raw)
-        if name == "token_cache_seconds":
-            return float(raw)
-        if name == "auto_join":
-            low = raw.lower()
-            if low in {"1", "true", "yes", "on"}:
-                return True
-            if low in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(raw)
-        if name == "homeservers":
-            data = json.loads(raw)
-            if not isinstance(data, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-            ):
-                raise ValueError("not an object of strings")
-            return data
-    except ValueError:
-        raise ConfigError(f"{var} has an invalid value") from None
-    return raw
+def load_config(
+    settings: Settings | None = None, env: Mapping[str, str] | None = None
+) -> StateBotSettings:
+    """``settings.statebot``; without settings, ``[statebot]`` from the environment alone."""
+    if settings is not None:
+        return settings.statebot
+    return load_section(StateBotSettings, "statebot", env=env)
 
 
 class StateBot:
@@ -262,7 +183,7 @@ class StateBotService:
         self._run_file: Path | None = None
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
-        config = self._config or StateBotConfig.load(platform.settings)
+        config = self._config or platform.settings.statebot
         if self._overrides:
             config = replace(config, **self._overrides)
             config.check()
@@ -315,4 +236,4 @@ def running_url(settings: Settings) -> str | None:
     return settings.running_url(StateBotService.name)
 
 
-__all__ = ["StateBot", "StateBotConfig", "StateBotService", "running_url"]
+__all__ = ["StateBot", "StateBotConfig", "StateBotService", "load_config", "running_url"]

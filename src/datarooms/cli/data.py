@@ -60,6 +60,8 @@ async def open_client(settings: Settings) -> AsyncIterator[DataroomsClient]:
         device_name="datarooms CLI",
         trust=settings.trust_policy,  # type: ignore[arg-type]
     )
+    # Entity rooms are the rooms bot's where one runs (datarooms.sdk.roomsbot).
+    client.rooms.roomsbot_url = settings.roomsbot.url or settings.running_url("roomsbot")
     try:
         yield client
     finally:

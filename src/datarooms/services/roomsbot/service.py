@@ -16,6 +16,7 @@ Where the bot runs is recorded in ``<data_dir>/run/roomsbot.json``
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,10 @@ class RoomsBotService:
         settings = platform.settings
         rb = self._settings or settings.roomsbot
         cs = self._chain or settings.chain
+        # The platform's service account (the CLI's default account) administers the
+        # platform: it may add members to entity rooms, as `rooms.create` asks.
+        operators = rb.operator_ids | {platform.service_account.user_id}
+        rb = replace(rb, operators=",".join(sorted(operators)))
         reg = load_registration(registration_path(settings), platform.server_name)
         lock = ProcessLock(
             roomsbot_dir(settings.data_dir) / "roomsbot.lock",

@@ -248,11 +248,12 @@ class McpPlatformSettings:
     """``[mcp]`` of datarooms.toml: where ``datarooms up`` serves MCP (agents and the rest
     of the MCP settings live in ``<data_dir>/agents.toml``, docs/mcp.md)."""
 
-    #: Overrides ``[mcp] port`` of agents.toml; 0: take agents.toml's.
-    port: int = 0
+    #: Overrides ``[mcp] port`` of agents.toml (0: any free port); unset: agents.toml's.
+    port: int | None = None
 
     def check(self) -> None:
-        _check_port("mcp.port", self.port)
+        if self.port is not None:
+            _check_port("mcp.port", self.port)
 
 
 def _pairs(where: str, text: str) -> dict[str, str]:
@@ -495,6 +496,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if str(value).lower() in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint == (int | None):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        hint = int
     if hint is int:
         try:
             return int(value)

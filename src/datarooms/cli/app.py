@@ -106,7 +106,7 @@ def up(
 def platform_services(settings: Settings) -> list[Service]:
     """The services `datarooms up` runs after the homeserver, in start order."""
     # Each service is imported only if it runs: `datarooms up` starts faster.
-    mcp_port = settings.mcp.port or None
+    mcp_port = settings.mcp.port
     wanted = _wanted_services(settings)
     services: list[Service] = []
     if settings.homeserver.mode == "embedded":

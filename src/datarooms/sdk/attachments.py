@@ -38,7 +38,7 @@ from urllib.parse import quote
 import aiohttp
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
-from datarooms._transport.http import retry_after_seconds
+from datarooms._transport.http import matrix_error, retry_after_seconds
 from datarooms.errors import DataroomsError, HomeserverError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -350,12 +350,7 @@ async def _error_body(resp: aiohttp.ClientResponse) -> Any:
 
 
 def _homeserver_error(what: str, status: int, body: Any) -> HomeserverError:
-    errcode = "M_UNKNOWN"
-    error = f"HTTP {status}"
-    if isinstance(body, dict):
-        errcode = str(body.get("errcode", errcode))
-        error = str(body.get("error", error))
-    return HomeserverError(f"{what} failed: {errcode}: {error}", errcode=errcode, status=status)
+    return matrix_error(status, body, what)
 
 
 def _too_large(size: int, limit: int | None) -> HomeserverError:

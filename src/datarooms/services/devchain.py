@@ -15,7 +15,7 @@ from datarooms.chain.devchain.node import DevChain
 from datarooms.chain.devchain.rpc import DevChainServer
 from datarooms.config import ChainSettings, Settings
 from datarooms.services.platform import PlatformContext
-from datarooms.services.scaffold import write_run_file
+from datarooms.services.scaffold import ServiceRun
 
 NAME = "devchain"
 
@@ -44,7 +44,7 @@ class DevchainService:
         self._chain = chain
         self._allow_raw = allow_raw_events
         self.server: DevChainServer | None = None
-        self._run_file: Path | None = None
+        self._run: ServiceRun | None = None
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
         cs = self._chain or platform.settings.chain
@@ -58,8 +58,8 @@ class DevchainService:
         )
         server = DevChainServer(chain, host=cs.host, port=cs.port)
         await server.start()  # verifies the stored chain first
-        self.server = server
-        self._run_file = write_run_file(platform.settings, self.name, {"url": server.url})
+        self.server, self._run = server, ServiceRun(platform.settings, self.name)
+        self._run.publish({"url": server.url})
         return {"rpc": server.url, "chain_id": chain.chain_id, "height": chain.height}
 
     async def stop(self) -> None:
@@ -68,9 +68,9 @@ class DevchainService:
             if server is not None:
                 await server.stop()
         finally:
-            if self._run_file is not None:
-                self._run_file.unlink(missing_ok=True)
-                self._run_file = None
+            run, self._run = self._run, None
+            if run is not None:
+                run.release()
 
 
 __all__ = ["DevchainService", "chain_url", "devchain_dir"]

@@ -9,7 +9,8 @@
   body**, then reads the body with a cap (``413`` as soon as a streamed body passes
   it, whatever ``Content-Length`` said), and reports every answer for metrics;
 - :func:`write_run_file` / :func:`running_url`: ``<data_dir>/run/<name>.json``, where a
-  running service listens, for the CLI and the SDK;
+  running service listens, for the CLI and the SDK; :class:`ServiceRun` holds it with
+  the service's process lock;
 - :class:`KeyedLocks`: one asyncio lock per key, dropped when unused.
 
 **Errors.** Every answer that is not a success is ``{"errcode": ..., "error": ...}``:
@@ -42,7 +43,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from datarooms._fs import atomic_write
+from datarooms._fs import ProcessLock, atomic_write
 from datarooms.config import Settings
 from datarooms.errors import DataroomsError, PlatformError, PortInUseError
 
@@ -436,6 +437,33 @@ def running_url(settings: Settings, name: str) -> str | None:
     return settings.running_url(name)
 
 
+class ServiceRun:
+    """What a running service holds on its data dir: a process lock (one such service
+    per data dir or device), then its run file once it listens. :meth:`release` undoes
+    both, in any state."""
+
+    def __init__(self, settings: Settings, name: str, lock: ProcessLock | None = None) -> None:
+        self.settings, self.name, self.lock = settings, name, lock
+        self.run_file: Path | None = None
+
+    def acquire(self) -> ServiceRun:
+        """Take the lock (:class:`AlreadyRunningError` if another process holds it)."""
+        if self.lock is not None:
+            self.lock.acquire()
+        return self
+
+    def publish(self, info: Mapping[str, Any]) -> None:
+        """Write the run file: ``info`` (at least ``url``) and this process's pid."""
+        self.run_file = write_run_file(self.settings, self.name, info)
+
+    def release(self) -> None:
+        if self.run_file is not None:
+            self.run_file.unlink(missing_ok=True)
+            self.run_file = None
+        if self.lock is not None:
+            self.lock.release()
+
+
 # -- locks -------------------------------------------------------------------------------
 
 
@@ -470,6 +498,7 @@ __all__ = [
     "KeyedLocks",
     "Refusal",
     "RequestGuard",
+    "ServiceRun",
     "bearer_token",
     "bind",
     "error_response",

@@ -15,13 +15,14 @@ Where the bot runs is recorded in ``<data_dir>/run/roomsbot.json``
 
 from __future__ import annotations
 
-import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from datarooms._fs import ProcessLock
 from datarooms.config import ChainSettings, RoomsBotSettings, Settings
+from datarooms.errors import PortInUseError
+from datarooms.homeserver.embedded import check_port_free, free_port
 from datarooms.services.devchain import DevchainService, chain_url
 from datarooms.services.platform import PlatformContext
 from datarooms.services.roomsbot.bot import RoomsBot
@@ -31,8 +32,8 @@ from datarooms.services.roomsbot.registration import (
     write_registration,
 )
 from datarooms.services.roomsbot.settings import roomsbot_dir
+from datarooms.services.scaffold import ServiceRun
 from datarooms.services.scaffold import run_file as _run_file
-from datarooms.services.scaffold import write_run_file
 
 NAME = "roomsbot"
 
@@ -54,7 +55,7 @@ def write_appservice_registration(
     port = rb.port
     if port == 0:  # any free port: keep the last one while it stays free
         previous = _previous_port(path)
-        port = previous if previous and _is_free(rb.host, previous) else _free_port(rb.host)
+        port = previous if previous and _is_free(rb.host, previous) else free_port(rb.host)
     return write_registration(
         path,
         server_name=settings.homeserver.server_name,
@@ -81,19 +82,11 @@ def _previous_port(path: Path) -> int | None:
 
 
 def _is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    try:
+        check_port_free(host, port)
+    except PortInUseError:
+        return False
+    return True
 
 
 def run_file(settings: Settings, name: str = NAME) -> Path:
@@ -116,8 +109,7 @@ class RoomsBotService:
         self._settings = roomsbot
         self._chain = chain
         self.bot: RoomsBot | None = None
-        self._lock: ProcessLock | None = None
-        self._run_file: Path | None = None
+        self._run: ServiceRun | None = None
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
         settings = platform.settings
@@ -132,7 +124,7 @@ class RoomsBotService:
             roomsbot_dir(settings.data_dir) / "roomsbot.lock",
             what=f"a rooms bot on {settings.data_dir}",
         )
-        lock.acquire()
+        run = ServiceRun(settings, self.name, lock).acquire()
         try:
             watch = chain_url(settings, cs) if cs.watch else None
             bot = RoomsBot(
@@ -145,10 +137,10 @@ class RoomsBotService:
             )
             await bot.start()
         except BaseException:
-            lock.release()
+            run.release()
             raise
-        self.bot, self._lock = bot, lock
-        self._run_file = write_run_file(settings, self.name, {"url": bot.url})
+        run.publish({"url": bot.url})
+        self.bot, self._run = bot, run
         return {
             "url": bot.url,
             "user": reg.user_id,
@@ -162,12 +154,9 @@ class RoomsBotService:
             if bot is not None:
                 await bot.stop()
         finally:
-            if self._run_file is not None:
-                self._run_file.unlink(missing_ok=True)
-                self._run_file = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            run, self._run = self._run, None
+            if run is not None:
+                run.release()
 
 
 __all__ = [

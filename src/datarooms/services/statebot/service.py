@@ -32,7 +32,7 @@ from datarooms.sdk.client import DataroomsClient
 from datarooms.services import scaffold
 from datarooms.services.openid import Caller, OpenIdVerifier
 from datarooms.services.platform import PlatformContext
-from datarooms.services.scaffold import EmbeddedServer, bind, http_url, write_run_file
+from datarooms.services.scaffold import EmbeddedServer, ServiceRun, bind, http_url
 from datarooms.services.statebot.api import build_asgi
 from datarooms.services.statebot.handler import StateHandler
 from datarooms.services.statebot.metrics import Metrics
@@ -179,8 +179,7 @@ class StateBotService:
         self._config = config
         self._overrides = overrides
         self.bot: StateBot | None = None
-        self._lock: ProcessLock | None = None
-        self._run_file: Path | None = None
+        self._run: ServiceRun | None = None
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
         config = self._config or platform.settings.statebot
@@ -194,7 +193,7 @@ class StateBotService:
             what=f"the state bot with the device in {store}",
             hint="Stop it first (`datarooms down`, or Ctrl-C).",
         )
-        lock.acquire()
+        run = ServiceRun(platform.settings, self.name, lock).acquire()
         try:
             client = await DataroomsClient.open(creds, store, device_name="datarooms state bot")
             try:
@@ -205,11 +204,11 @@ class StateBotService:
                 await client.close()
                 raise
         except BaseException:
-            lock.release()
+            run.release()
             raise
-        self.bot, self._lock = bot, lock
         info = {"url": url, "user": creds.user_id, "docs": f"{url}/docs"}
-        self._run_file = write_run_file(platform.settings, self.name, info)
+        run.publish(info)
+        self.bot, self._run = bot, run
         return info
 
     async def stop(self) -> None:
@@ -218,12 +217,9 @@ class StateBotService:
             if bot is not None:
                 await bot.stop()
         finally:
-            if self._run_file is not None:
-                self._run_file.unlink(missing_ok=True)
-                self._run_file = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            run, self._run = self._run, None
+            if run is not None:
+                run.release()
 
 
 def run_file(settings: Settings) -> Path:

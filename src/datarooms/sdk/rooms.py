@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -117,9 +118,10 @@ class Rooms:
 
     def __init__(self, client: DataroomsClient) -> None:
         self._c = client
-        #: The rooms bot that makes entity rooms (see :mod:`datarooms.sdk.roomsbot`);
-        #: None: the one the settings or the running platform name, if any.
-        self.roomsbot_url: str | None = None
+        #: The rooms bot that makes entity rooms, or a function that finds it (see
+        #: :mod:`datarooms.sdk.roomsbot`); None: the one the settings or the running
+        #: platform name, if any.
+        self.roomsbot_url: str | Callable[[], str | None] | None = None
 
     async def create(
         self,

@@ -8,7 +8,8 @@ room with one (the homeserver answers ``M_EXCLUSIVE``). So where a rooms bot run
 of the caller), to make the entity's rooms (or to find them, if they exist) and to
 invite the caller; the SDK then joins. Where none runs, the SDK creates the room itself.
 
-Which rooms bot: ``client.rooms.roomsbot_url`` if set; else ``[roomsbot] url`` of the
+Which rooms bot: ``client.rooms.roomsbot_url`` if set (a URL, or a function that
+finds one when needed, as the platform's services set it); else ``[roomsbot] url`` of the
 settings (``DATAROOMS_ROOMSBOT_URL``); else the one the platform on the data dir runs
 (``<data_dir>/run/roomsbot.json``). A rooms bot is used only if it serves the caller's
 homeserver (its ``/health`` names its user).
@@ -20,6 +21,7 @@ always is one). Anyone else gets :class:`AccessDeniedError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from datarooms._transport.http import SERVICE_RETRY, MatrixHttp, matrix_error
@@ -68,13 +70,18 @@ async def _serves(bot: MatrixHttp, server_name: str) -> bool:
     return isinstance(user, str) and ":" in user and server_of(user) == server_name
 
 
+#: A rooms bot's URL, or a function that finds it when it is needed (None: none runs).
+RoomsBotLocator = str | Callable[[], str | None] | None
+
+
 async def entity_room_from_roomsbot(
-    client: DataroomsClient, did: str, url: str | None = None
+    client: DataroomsClient, did: str, locator: RoomsBotLocator = None
 ) -> str | None:
     """Ask the rooms bot for ``did``'s entity room, invite the caller to it, and return its
     id; None if no rooms bot serves the caller's homeserver."""
-    explicit = url is not None
-    url = url or configured_roomsbot()
+    explicit = isinstance(locator, str)
+    url = locator() if callable(locator) else locator
+    url = url or (None if callable(locator) else configured_roomsbot())
     if not url:
         return None
     me = client.user_id
@@ -116,4 +123,4 @@ async def entity_room_from_roomsbot(
     return room_id
 
 
-__all__ = ["configured_roomsbot", "entity_room_from_roomsbot"]
+__all__ = ["RoomsBotLocator", "configured_roomsbot", "entity_room_from_roomsbot"]

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from datarooms._fs import ProcessLock
 from datarooms.chain.devchain.node import DevChain, create_entity_tx
 from datarooms.chain.devchain.rpc import DevChainServer
 from datarooms.chain.entity import ENTITY_CREATED_QUERY, parse_tx_events
@@ -27,8 +28,9 @@ from datarooms.services.devchain import chain_url, devchain_dir
 from datarooms.services.platform import live_homeserver_url
 from datarooms.services.roomsbot.bot import RoomsBot
 from datarooms.services.roomsbot.service import store_path, write_appservice_registration
+from datarooms.services.roomsbot.settings import roomsbot_dir
 from datarooms.services.roomsbot.store import Store
-from datarooms.services.scaffold import run_file, write_run_file
+from datarooms.services.scaffold import ServiceRun
 
 T = TypeVar("T")
 # Piped output is read by scripts: do not fold tables to 80 columns (as the main CLI).
@@ -245,17 +247,29 @@ def roomsbot_command(
         chain=cs,
     )
 
+    running = ServiceRun(
+        settings,
+        "roomsbot",
+        ProcessLock(
+            roomsbot_dir(settings.data_dir) / "roomsbot.lock",
+            what=f"a rooms bot on {settings.data_dir}",
+        ),
+    )
+
     async def start() -> str:
+        running.acquire()
         await bot.start()
-        write_run_file(settings, "roomsbot", {"url": bot.url})
+        running.publish({"url": bot.url})
         return (
             f"rooms bot running at {bot.url} as {reg.user_id}; "
             f"watching {watch or 'no chain'}; registration {reg.path}"
         )
 
     async def stop() -> None:
-        await bot.stop()
-        run_file(settings, "roomsbot").unlink(missing_ok=True)
+        try:
+            await bot.stop()
+        finally:
+            running.release()
 
     run(_until_signalled(start, stop))
 
@@ -290,17 +304,21 @@ def devchain_command(
     )
     server = DevChainServer(chain, host=cs.host, port=cs.port if port is None else port)
 
+    running = ServiceRun(settings, "devchain")
+
     async def start() -> str:
         await server.start()
-        write_run_file(settings, "devchain", {"url": server.url})
+        running.publish({"url": server.url})
         return (
             f"devchain {chain.chain_id} at height {chain.height}, RPC {server.url} "
             f"(verified {chain.height} blocks)"
         )
 
     async def stop() -> None:
-        await server.stop()
-        run_file(settings, "devchain").unlink(missing_ok=True)
+        try:
+            await server.stop()
+        finally:
+            running.release()
 
     run(_until_signalled(start, stop))
 

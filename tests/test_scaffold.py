@@ -201,13 +201,19 @@ async def flaky(
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
+    async with aiohttp_server(app) as url:
+        yield url, seen
+
+
+@contextlib.asynccontextmanager
+async def aiohttp_server(app: web.Application) -> AsyncIterator[str]:
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 
@@ -260,15 +266,7 @@ async def test_unreachable_and_slow_servers() -> None:
 
     app = web.Application()
     app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with JsonHttp(f"http://127.0.0.1:{port}", timeout=0.2, retry=FAST) as http:
-            with pytest.raises(Unreachable) as info:
-                await http.send("GET", "/slow")
-        assert info.value.timed_out and calls == 1  # a timeout is not retried
-    finally:
-        await runner.cleanup()
+    async with aiohttp_server(app) as url, JsonHttp(url, timeout=0.2, retry=FAST) as http:
+        with pytest.raises(Unreachable) as info:
+            await http.send("GET", "/slow")
+    assert info.value.timed_out and calls == 1  # a timeout is not retried

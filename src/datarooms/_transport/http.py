@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import quote
 
 import aiohttp
@@ -202,6 +202,17 @@ class JsonHttp:
             backoff = min(policy.max_backoff, backoff * 2)
 
 
+class RequestOptions(TypedDict, total=False):
+    """The options of :meth:`MatrixHttp.answer` and :meth:`MatrixHttp.request`."""
+
+    json: Any
+    params: Mapping[str, str] | None
+    headers: Mapping[str, str] | None
+    auth: bool
+    idempotent: bool | None
+    timeout: float | None
+
+
 #: Builds the error for an answer of 400 or more: ``(status, body, what) -> error``.
 ErrorFactory = Callable[[int, Any, str], DataroomsError]
 
@@ -287,29 +298,10 @@ class MatrixHttp(JsonHttp):
                 errcode=self._unreachable,
             ) from None
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        auth: bool = True,
-        idempotent: bool | None = None,
-        timeout: float | None = None,
-    ) -> Any:
-        """The JSON body of a successful answer; an error answer raises (see ``errors``)."""
-        answer = await self.answer(
-            method,
-            path,
-            json=json,
-            params=params,
-            headers=headers,
-            auth=auth,
-            idempotent=idempotent,
-            timeout=timeout,
-        )
+    async def request(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Any:
+        """The JSON body of a successful answer (options as :meth:`answer`'s); an error
+        answer raises (see ``errors``)."""
+        answer = await self.answer(method, path, **options)
         if answer.status >= 400:
             raise self._errors(answer.status, answer.body, f"{method} {path.split('?', 1)[0]}")
         return answer.body

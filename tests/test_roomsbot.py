@@ -642,6 +642,11 @@ async def test_the_sdk_asks_the_rooms_bot_for_entity_rooms(
         assert room.alias == entity_alias(did, "localhost") and room.did == did
         assert room.room_id in operator.nio.rooms  # joined
         assert await operator.rooms.resolve(room.alias) == room.room_id
+        # As if they had made it: an admin, who writes records.
+        state = await state_of(env.hs, env.as_token, room.room_id)
+        assert state[("m.room.power_levels", "")]["users"][env.operator.user_id] == 100
+        await operator.records.put(room.room_id, "config", {"unit": "C"})
+        assert (await operator.records.get(room.room_id, "config")).value == {"unit": "C"}
         # Asking again finds the same room.
         again = await operator.rooms.create("entity", did=did, alias=True)
         assert again.room_id == room.room_id

@@ -4,9 +4,11 @@ A rooms bot is a Matrix application service whose registration reserves the enti
 aliases (``#did-...``) of its homeserver *exclusively*: nobody else may create a
 room with one (the homeserver answers ``M_EXCLUSIVE``). So where a rooms bot runs,
 ``client.rooms.create("entity", did=..., alias=True)`` asks it, with its REST API
-(``POST /room/source {did, userMatrixId}``, authenticated by a Matrix OpenID token
-of the caller), to make the entity's rooms (or to find them, if they exist) and to
-invite the caller; the SDK then joins. Where none runs, the SDK creates the room itself.
+(``POST /rooms/source {did, user_id, access: "admin"}``, the bot's form of IXO's
+``POST /room/source``, authenticated by a Matrix OpenID token of the caller), to make
+the entity's rooms (or to find them, if they exist) and to invite the caller as an
+admin, as if they had made the room; the SDK then joins. Where none runs, the SDK
+creates the room itself.
 
 Which rooms bot: ``client.rooms.roomsbot_url`` if set (a URL, or a function that
 finds one when needed, as the platform's services set it); else ``[roomsbot] url`` of the
@@ -16,7 +18,8 @@ homeserver (its ``/health`` names its user).
 
 The bot decides who may be added to an entity's rooms: the entity's controllers and
 the platform's operators (``[roomsbot] operators``; the platform's service account
-always is one). Anyone else gets :class:`AccessDeniedError`.
+always is one). Anyone else gets :class:`AccessDeniedError`. The rooms bot stays the
+rooms' creator; their name and topic are its own.
 """
 
 from __future__ import annotations
@@ -108,8 +111,8 @@ async def entity_room_from_roomsbot(
             token = await hs.openid_token(me)
         res = await bot.request(
             "POST",
-            "/room/source",
-            json={"did": did, "userMatrixId": me},
+            "/rooms/source",
+            json={"did": did, "user_id": me, "access": "admin"},
             headers={
                 "Authorization": f"Bearer {token['access_token']}",
                 "X-Matrix-Server-Name": str(token.get("matrix_server_name") or server_of(me)),
@@ -117,7 +120,7 @@ async def entity_room_from_roomsbot(
             auth=False,
             idempotent=True,  # the bot makes an entity's rooms exactly once
         )
-    room_id = res.get("roomId") if isinstance(res, dict) else None
+    room_id = res.get("room_id") if isinstance(res, dict) else None
     if not isinstance(room_id, str) or not room_id.startswith("!"):
         raise HomeserverError(f"the rooms bot at {url} answered no room id for {did}")
     return room_id

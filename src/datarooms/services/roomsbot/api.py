@@ -25,7 +25,7 @@ import asyncio
 import hmac
 import logging
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
@@ -42,6 +42,7 @@ from datarooms.errors import (
     ValidationError,
 )
 from datarooms.ids import user_id as check_user_id
+from datarooms.sdk.rooms import POWER
 from datarooms.services.roomsbot.entity_rooms import SPACE, did_from_localpart, parse_alias
 from datarooms.services.roomsbot.store import EntityFacts, EntityRecord
 from datarooms.services.scaffold import RequestGuard, bearer_token, header, install_error_handlers
@@ -97,6 +98,11 @@ class SourceRequest(BaseModel):
     )
     join: bool = Field(
         default=False, description="Also join the user (only users of the bot's namespace)"
+    )
+    access: Literal["read", "write", "admin"] = Field(
+        default="read",
+        description="The user's access to the data rooms: read (an invite), write (power "
+        "50) or admin (power 100); given, like the invite, by controllers and operators only",
     )
 
 
@@ -205,12 +211,14 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         }
 
     async def source(
-        who: str, raw_did: str, raw_user: str | None, join: bool
+        who: str, raw_did: str, raw_user: str | None, join: bool, access: str = "read"
     ) -> tuple[EntityRecord, bool]:
         did = bot.rooms.check_did(raw_did)
         user = str(check_user_id(raw_user)) if raw_user else None
         if join and user is None:
             raise ValidationError("join needs user_id")
+        if access != "read" and user is None:
+            raise ValidationError("access needs user_id")
         if join and user is not None and not bot.registration.user_in_namespace(user):
             raise ValidationError(
                 "join works only for the rooms bot's own users "
@@ -236,7 +244,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
                     f"only the controllers of {did} and the platform's operators may add "
                     "members to its rooms"
                 )
-            await bot.rooms.add_member(record, user, join=join)
+            await bot.rooms.add_member(record, user, join=join, power=POWER[access])
         return record, created
 
     # -- REST --------------------------------------------------------------------
@@ -251,7 +259,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
     async def rooms_source(
         body: SourceRequest, who: Annotated[str, Depends(caller)]
     ) -> dict[str, Any]:
-        record, created = await source(who, body.did, body.user_id, body.join)
+        record, created = await source(who, body.did, body.user_id, body.join, body.access)
         return {**rooms_out(record), "created": created}
 
     @app.post(

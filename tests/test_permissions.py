@@ -43,7 +43,7 @@ def _open_to_others(root: Path) -> list[str]:
 
 def test_platform_data_dir_is_private_and_repaired(data_dir: Path) -> None:
     data_dir.mkdir(mode=0o755)
-    os.chmod(data_dir, 0o755)  # as `mkdir` in a user's shell would leave it
+    os.chmod(data_dir, 0o755)  # noqa: S103 - as `mkdir` in a user's shell would leave it
     port = free_port()
     up = start_up(data_dir, "--port", str(port))
     try:
@@ -89,7 +89,7 @@ async def test_sdk_device_and_outbox_stores_are_private(
     user = await homeserver.new_user("perm")
     parent = tmp_path / "devices"
     parent.mkdir(mode=0o755)
-    os.chmod(parent, 0o755)
+    os.chmod(parent, 0o755)  # noqa: S103 - a user's umask-022 directory
     store = parent / "nested" / "device"  # parents made here must be private too
     creds = Credentials(homeserver.base_url, user.user_id, user.access_token)
     async with await DataroomsClient.open(creds, store) as dr:
@@ -102,7 +102,7 @@ async def test_sdk_device_and_outbox_stores_are_private(
     assert _open_to_others(parent / "nested") == []
 
     # An existing store someone loosened is tightened when the device opens.
-    os.chmod(store, 0o755)
+    os.chmod(store, 0o755)  # noqa: S103 - loosened on purpose
     os.chmod(store / "index.db", 0o644)
     async with await DataroomsClient.open(creds, store, initial_sync=False):
         pass

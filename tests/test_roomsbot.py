@@ -7,6 +7,7 @@ runs in this process as well, on the port its registration names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import stat
@@ -540,3 +541,155 @@ async def test_the_platform_services(ashs: AppserviceHomeserver) -> None:
         await devchain.stop()
     assert running_url(settings, "roomsbot") is None
     assert running_url(settings, "devchain") is None
+
+
+# -- the request guard: authentication before the body ------------------------------------
+
+
+async def test_a_huge_chunked_body_without_auth_is_refused_before_it_is_read(env: Env) -> None:
+    """A chunked body has no Content-Length to check: the bot must answer 401 from the
+    headers alone, not read (and parse) 150 MB first."""
+    total, chunk = 150 * 2**20, b"x" * 2**20
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.ashs.port)
+    writer.write(
+        b"POST /rooms/source HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    sent = 0
+
+    async def pump() -> None:
+        nonlocal sent
+        try:
+            while sent < total:
+                writer.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                await writer.drain()
+                sent += len(chunk)
+        except (ConnectionError, OSError):
+            pass  # the bot answered and closed the connection: what we want
+
+    pumping = asyncio.create_task(pump())
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 60)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(
+            next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(
+                b":"
+            )[1]
+        )
+        body = json.loads(await reader.readexactly(length))
+    finally:
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping
+        writer.close()
+    assert status_line.split()[1] == b"401", status_line
+    assert body["errcode"] == "M_MISSING_TOKEN"
+    assert sent < total // 2, f"the bot read {sent} bytes of an unauthenticated body"
+    # The REST cap still holds for authenticated callers, whatever the framing.
+    user = await env.hs.new_user("big")
+    token = await openid_token(env.hs, user)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b" " * 2**20
+
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{env.url}/rooms/source",
+            data=chunks(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        ) as r,
+    ):
+        assert r.status == 413 and (await r.json())["errcode"] == "M_TOO_LARGE"
+
+
+# -- the SDK asks the rooms bot for entity rooms -------------------------------------------
+
+
+async def test_the_sdk_asks_the_rooms_bot_for_entity_rooms(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datarooms import Credentials, DataroomsClient
+    from datarooms.config import load_settings
+    from datarooms.errors import AccessDeniedError
+    from datarooms.ids import entity_alias
+    from datarooms.services.scaffold import write_run_file
+
+    did = "did:ixo:entity:" + "5d" * 16
+    operator = await DataroomsClient.open(
+        Credentials(env.hs.base_url, env.operator.user_id, env.operator.access_token),
+        tmp_path / "operator",
+    )
+    stranger_user = await env.hs.new_user("stranger")
+    stranger = await DataroomsClient.open(
+        Credentials(env.hs.base_url, stranger_user.user_id, stranger_user.access_token),
+        tmp_path / "stranger",
+    )
+    try:
+        # No rooms bot found (no run file, no [roomsbot] url): the SDK makes the room
+        # itself, and the homeserver refuses: the alias namespace is the bot's.
+        monkeypatch.setenv("DATAROOMS_DATA_DIR", str(tmp_path / "data"))
+        with pytest.raises(AccessDeniedError, match="rooms bot") as refused:
+            await operator.rooms.create("entity", did=did, alias=True)
+        assert refused.value.errcode == "M_EXCLUSIVE"
+
+        # The platform's run file names the running bot: the SDK asks it.
+        write_run_file(load_settings(), "roomsbot", {"url": env.url})
+        room = await operator.rooms.create("entity", did=did, alias=True)
+        record = env.bot.store.get(did)
+        assert record is not None and room.room_id == record.room_id
+        assert room.alias == entity_alias(did, "localhost") and room.did == did
+        assert room.room_id in operator.nio.rooms  # joined
+        assert await operator.rooms.resolve(room.alias) == room.room_id
+        # As if they had made it: an admin, who writes records.
+        state = await state_of(env.hs, env.as_token, room.room_id)
+        assert state[("m.room.power_levels", "")]["users"][env.operator.user_id] == 100
+        await operator.records.put(room.room_id, "config", {"unit": "C"})
+        assert (await operator.records.get(room.room_id, "config")).value == {"unit": "C"}
+        # Asking again finds the same room.
+        again = await operator.rooms.create("entity", did=did, alias=True)
+        assert again.room_id == room.room_id
+
+        # The bot decides who may be added: not a stranger.
+        with pytest.raises(AccessDeniedError, match="controllers"):
+            await stranger.rooms.create("entity", did=did, alias=True)
+        assert room.room_id not in stranger.nio.rooms
+    finally:
+        await operator.close()
+        await stranger.close()
+
+
+# -- the config file reaches the bot --------------------------------------------------------
+
+
+async def test_the_config_files_roomsbot_port_is_where_the_bot_listens(
+    ashs: AppserviceHomeserver, tmp_path: Path
+) -> None:
+    from datarooms.account import Credentials
+    from datarooms.config import load_settings
+    from datarooms.services.platform import PlatformContext
+    from datarooms.services.roomsbot import RoomsBotService, appservice_synapse_config
+
+    config = tmp_path / "datarooms.toml"
+    config.write_text(f"[roomsbot]\nport = {ashs.port}\n\n[chain]\nwatch = false\n")
+    settings = load_settings(data_dir=ashs.data_dir, config_file=config, env={})
+    assert settings.roomsbot.port == ashs.port != 8011 and settings.chain.watch is False
+    # The registration the platform writes before Synapse starts names that port ...
+    assert appservice_synapse_config(settings) == {
+        "app_service_config_files": [str(ashs.registration.path)]
+    }
+    assert load_registration(ashs.registration.path).port == ashs.port
+    ctx = PlatformContext(
+        settings, ashs.hs.base_url, Credentials(ashs.hs.base_url, "@datarooms:localhost"), None
+    )
+    service = RoomsBotService()  # no settings of its own: the platform's
+    info = await service.start(ctx)
+    try:
+        # ... and the bot listens there.
+        assert info["url"] == f"http://127.0.0.1:{ashs.port}"
+        status, health = await call("GET", f"http://127.0.0.1:{ashs.port}/health")
+        assert status == 200 and health["user_id"] == ashs.registration.user_id
+        assert health["chain"] is None  # [chain] watch = false reached it too
+    finally:
+        await service.stop()

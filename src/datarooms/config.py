@@ -17,14 +17,18 @@ See docs/configuration.md for every field.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from datarooms.errors import ConfigError
+
+_T = TypeVar("_T")
 
 DEFAULT_DATA_DIR = Path(".datarooms")
 CONFIG_FILE_NAME = "datarooms.toml"
@@ -76,6 +80,197 @@ class AccountSettings:
     device_id: str = ""
 
 
+def _check_port(where: str, port: int, *, zero: bool = True) -> None:
+    low = 0 if zero else 1
+    if not low <= port < 65536:
+        raise ConfigError(f"{where} must be between {low} and 65535, got {port}")
+
+
+def _check_homeservers(where: str, homeservers: Mapping[str, str]) -> None:
+    for name, url in homeservers.items():
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{where}: the URL of {name!r} must start with http:// or https://, got {url!r}"
+            )
+
+
+#: The largest request body the state bot accepts: a state event is at most 65,536
+#: bytes, and JSON escaping can double what a value takes in the request.
+STATEBOT_MAX_BODY_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class StateBotSettings:
+    """``[statebot]``: the state bot (docs/statebot.md)."""
+
+    #: Listen address; loopback unless you put the bot behind a proxy.
+    host: str = "127.0.0.1"
+    #: Listen port; 0 picks a free one.
+    port: int = 8010
+    #: Extra homeservers whose users may call the bot: ``{server_name: base_url}``.
+    #: The bot's own homeserver is always trusted.
+    homeservers: Mapping[str, str] = field(default_factory=dict)
+    #: How long a verified OpenID token is trusted without asking its homeserver again.
+    token_cache_seconds: float = 300.0
+    #: Accept invites from users of trusted homeservers by itself.
+    auto_join: bool = True
+    #: The bot account's localpart.
+    localpart: str = "statebot"
+    #: The largest request body accepted.
+    max_body_bytes: int = STATEBOT_MAX_BODY_BYTES
+
+    def check(self) -> None:
+        _check_port("statebot.port", self.port)
+        if self.token_cache_seconds < 0 or self.token_cache_seconds > 3600:
+            raise ConfigError(
+                "statebot.token_cache_seconds must be between 0 and 3600 "
+                "(OpenID tokens live one hour)"
+            )
+        if self.max_body_bytes < 1024:
+            raise ConfigError(
+                f"statebot.max_body_bytes must be at least 1024, got {self.max_body_bytes}"
+            )
+        _check_homeservers("statebot.homeservers", self.homeservers)
+
+
+@dataclass(frozen=True)
+class RoomsBotSettings:
+    """``[roomsbot]``: the rooms bot (docs/roomsbot.md)."""
+
+    #: Where the appservice and REST API listen; the homeserver must reach this.
+    host: str = "127.0.0.1"
+    #: 0 picks a free port when the registration is first written, then keeps it.
+    port: int = 8011
+    #: The bot's Matrix user: ``@<sender_localpart>:<server>``.
+    sender_localpart: str = "roomsbot"
+    #: The data rooms every entity gets, comma-separated (``entity`` always comes first).
+    room_kinds: str = "entity"
+    #: Rooms created at once; the homeserver's CPU is the limit, not this.
+    concurrency: int = 12
+    #: Create an entity's rooms when someone asks for an alias that does not exist yet.
+    on_demand: bool = True
+    #: Matrix ids (comma-separated) allowed to invite anyone to any entity's rooms.
+    operators: str = ""
+    #: Other homeservers whose OpenID tokens the REST API accepts: ``{server_name: url}``
+    #: (the same format as ``statebot.homeservers``).
+    homeservers: Mapping[str, str] = field(default_factory=dict)
+    #: Deprecated: ``name=url,...``; use ``homeservers``. Still read, with a warning.
+    trusted_homeservers: str = ""
+    #: Where clients (the SDK, for entity rooms) reach a rooms bot that this data dir
+    #: does not run, e.g. ``https://rooms.example.org``. Empty: the running platform's.
+    url: str = ""
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        from datarooms.events import ROOM_KINDS
+
+        kinds = ["entity"]
+        for raw in self.room_kinds.split(","):
+            k = raw.strip()
+            if not k or k in kinds:
+                continue
+            if k not in ROOM_KINDS:
+                raise ConfigError(
+                    f"roomsbot.room_kinds: unknown room kind {k!r}; choose from "
+                    + ", ".join(ROOM_KINDS)
+                )
+            kinds.append(k)
+        return tuple(kinds)
+
+    @property
+    def operator_ids(self) -> frozenset[str]:
+        return frozenset(u.strip() for u in self.operators.split(",") if u.strip())
+
+    @property
+    def trusted_homeserver_urls(self) -> dict[str, str]:
+        """``homeservers``, plus what the deprecated ``trusted_homeservers`` names."""
+        out = _pairs("roomsbot.trusted_homeservers", self.trusted_homeservers)
+        out.update({k: v.rstrip("/") for k, v in self.homeservers.items()})
+        return out
+
+    def check(self) -> None:
+        _check_port("roomsbot.port", self.port)
+        if self.concurrency < 1:
+            raise ConfigError("roomsbot.concurrency must be at least 1")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"roomsbot.url must start with http:// or https://, got {self.url!r}")
+        _check_homeservers("roomsbot.homeservers", self.homeservers)
+        self.kinds  # noqa: B018 - validates room_kinds
+        self.trusted_homeserver_urls  # noqa: B018 - validates trusted_homeservers
+        if self.trusted_homeservers:
+            warnings.warn(
+                "roomsbot.trusted_homeservers ('name=url,...') is deprecated: use "
+                'roomsbot.homeservers, a table ({"name" = "url"}) or, in the environment, '
+                "a JSON object, as for the state bot",
+                FutureWarning,
+                stacklevel=2,
+            )
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """``[chain]``: the chain the rooms bot watches, and the embedded devchain (docs/chain.md)."""
+
+    #: ``devchain``: run the embedded devchain (``datarooms up``) and watch it.
+    #: ``external``: watch the node at ``rpc_url`` (a real IXO node).
+    mode: Literal["devchain", "external"] = "devchain"
+    #: CometBFT RPC of the node to watch, e.g. ``https://rpc.example.org``. Required in
+    #: external mode; in devchain mode derived from ``host`` and ``port``.
+    rpc_url: str = ""
+    #: Where the devchain's RPC listens. Port 0 picks a free port at each start.
+    host: str = "127.0.0.1"
+    port: int = 26657
+    chain_id: str = "datarooms-devchain"
+    #: Seconds the devchain waits to batch transactions into a block.
+    block_interval: float = 0.2
+    #: Where the watcher starts when it has no saved height yet: 0 = the first block,
+    #: -1 = the node's current height (only entities registered from now on), N = height N.
+    start_height: int = 0
+    #: Whether the rooms bot watches the chain at all (off: rooms on demand only).
+    watch: bool = True
+
+    def check(self) -> None:
+        if self.mode == "external" and not self.rpc_url:
+            raise ConfigError(
+                "chain.mode is 'external' but chain.rpc_url is not set (DATAROOMS_CHAIN_RPC_URL)"
+            )
+        if self.rpc_url and not self.rpc_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"chain.rpc_url must start with http:// or https://, got {self.rpc_url!r}"
+            )
+        _check_port("chain.port", self.port)
+        if self.block_interval <= 0:
+            raise ConfigError(f"chain.block_interval must be positive, got {self.block_interval}")
+
+
+@dataclass(frozen=True)
+class McpPlatformSettings:
+    """``[mcp]`` of datarooms.toml: where ``datarooms up`` serves MCP (agents and the rest
+    of the MCP settings live in ``<data_dir>/agents.toml``, docs/mcp.md)."""
+
+    #: Overrides ``[mcp] port`` of agents.toml (0: any free port); unset: agents.toml's.
+    port: int | None = None
+
+    def check(self) -> None:
+        if self.port is not None:
+            _check_port("mcp.port", self.port)
+
+
+def _pairs(where: str, text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        name, sep, url = item.strip().partition("=")
+        if not item.strip():
+            continue
+        if not sep or not name or not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{where} must look like 'example.org=https://matrix.example.org,...', "
+                f"got {item.strip()!r}"
+            )
+        out[name.strip()] = url.strip().rstrip("/")
+    return out
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
@@ -87,14 +282,21 @@ class Settings:
     services: str = "all"
     homeserver: HomeserverSettings = field(default_factory=HomeserverSettings)
     account: AccountSettings = field(default_factory=AccountSettings)
+    statebot: StateBotSettings = field(default_factory=StateBotSettings)
+    roomsbot: RoomsBotSettings = field(default_factory=RoomsBotSettings)
+    chain: ChainSettings = field(default_factory=ChainSettings)
+    mcp: McpPlatformSettings = field(default_factory=McpPlatformSettings)
     #: The file these settings were read from, if any.
     config_file: Path | None = None
-    #: Raw settings of the platform's services (``[statebot]``, ``[mcp]``, ...), each
-    #: validated by its service: see :data:`SERVICE_SECTIONS` and docs/configuration.md.
+    #: Raw tables of sections datarooms itself does not type (``[devchain]``,
+    #: ``[telemetry]``): see :data:`RAW_SECTIONS`.
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def section(self, name: str) -> Mapping[str, Any]:
-        """The raw ``[name]`` table of a service (file values, then env overrides)."""
+        """The raw ``[name]`` table (file values, then env overrides); for a typed section
+        (``statebot``, ``roomsbot``, ``chain``, ``mcp``), its values as a mapping."""
+        if name in _SECTIONS:
+            return {f.name: getattr(getattr(self, name), f.name) for f in fields(_SECTIONS[name])}
         return self.sections.get(name, {})
 
     @property
@@ -109,6 +311,17 @@ class Settings:
     def synapse_dir(self) -> Path:
         return self.data_dir / "synapse"
 
+    def running_url(self, service: str) -> str | None:
+        """Where the ``service`` of the platform on this data dir listens, if it runs: the
+        ``url`` of ``<data_dir>/run/<service>.json``, while the process that wrote it lives."""
+        try:
+            info = json.loads((self.run_dir / f"{service}.json").read_text())
+            pid, url = int(info["pid"]), str(info["url"])
+            os.kill(pid, 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return url
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -121,12 +334,21 @@ class Settings:
 _SECTIONS: dict[str, type[Any]] = {
     "homeserver": HomeserverSettings,
     "account": AccountSettings,
+    "statebot": StateBotSettings,
+    "roomsbot": RoomsBotSettings,
+    "chain": ChainSettings,
+    "mcp": McpPlatformSettings,
 }
+#: Typed sections whose ``DATAROOMS_<SECTION>_*`` namespace other tools share (the CLI's
+#: ``DATAROOMS_STATEBOT_URL``): there, an unknown variable is not an error.
+_SHARED_ENV = frozenset({"statebot", "roomsbot", "chain", "mcp"})
 _TOP_LEVEL = {"data_dir", "log_level", "trust_policy", "services"}
 #: The services `datarooms up` can run, in start order.
 PLATFORM_SERVICES = ("devchain", "roomsbot", "statebot", "mcp")
-#: Tables that belong to the platform's services; each service validates its own.
-SERVICE_SECTIONS = ("statebot", "mcp", "roomsbot", "chain", "devchain", "telemetry")
+#: Tables accepted as they are, for the code that reads them.
+RAW_SECTIONS = ("devchain", "telemetry")
+#: Every section of the config file that belongs to a service, typed or not.
+SERVICE_SECTIONS = ("statebot", "mcp", "roomsbot", "chain", *RAW_SECTIONS)
 
 
 def load_settings(
@@ -163,7 +385,7 @@ def load_settings(
     sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     services: dict[str, dict[str, Any]] = {}
     for key, value in file_data.items():
-        if key in SERVICE_SECTIONS:
+        if key in RAW_SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{cfg_path}: [{key}] must be a table")
             services.setdefault(key, {}).update(value)
@@ -176,7 +398,7 @@ def load_settings(
         else:
             raise ConfigError(
                 f"{cfg_path}: unknown setting {key!r}; known: "
-                + ", ".join(sorted(_TOP_LEVEL | set(_SECTIONS) | set(SERVICE_SECTIONS)))
+                + ", ".join(sorted(_TOP_LEVEL | set(_SECTIONS) | set(RAW_SECTIONS)))
             )
 
     for name, raw in env.items():
@@ -188,8 +410,10 @@ def load_settings(
             continue
         section, _, fname = rest.partition("_")
         if section in _SECTIONS and fname:
+            if section in _SHARED_ENV and fname not in _FIELDS[section]:
+                continue  # another tool's variable (DATAROOMS_STATEBOT_URL)
             sections[section][fname] = raw
-        elif section in SERVICE_SECTIONS and fname:
+        elif section in RAW_SECTIONS and fname:
             services.setdefault(section, {})[fname] = raw
         # Other DATAROOMS_* variables belong to other tools; ignore them.
 
@@ -203,6 +427,31 @@ def load_settings(
     )
     _check(settings)
     return settings
+
+
+_FIELDS = {name: frozenset(f.name for f in fields(cls)) for name, cls in _SECTIONS.items()}
+
+
+def load_section(
+    cls: type[_T],
+    name: str,
+    values: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> _T:
+    """One typed section from raw ``values`` (a TOML table), then ``DATAROOMS_<NAME>_<FIELD>``
+    of ``env``: what :func:`load_settings` does for each section, for code that has no
+    :class:`Settings` (a service started on its own)."""
+    merged = dict(values or {})
+    prefix = f"{ENV_PREFIX}{name.upper()}_"
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for var, raw in (os.environ if env is None else env).items():
+        if var.startswith(prefix) and var[len(prefix) :].lower() in known:
+            merged[var[len(prefix) :].lower()] = raw
+    built: _T = _build(cls, merged, f"[{name}]")
+    check = getattr(built, "check", None)
+    if check is not None:
+        check()
+    return built
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -237,6 +486,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is Path or hint == (Path | None):
         return None if value is None else Path(value).expanduser()
     origin_args = get_args(hint)
+    if get_origin(hint) in (Mapping, dict) or hint is Mapping:
+        return _mapping(value, where)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -245,6 +496,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if str(value).lower() in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint == (int | None):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        hint = int
     if hint is int:
         try:
             return int(value)
@@ -264,6 +519,28 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: must be one of {', '.join(origin_args)}, got {value!r}")
         return value
     return value
+
+
+def _mapping(value: Any, where: str) -> dict[str, str]:
+    """A ``{name: url}`` map: a TOML table, or (from the environment) a JSON object."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return {}
+        if not text.startswith("{"):
+            raise ConfigError(
+                f"{where}: expected a JSON object such as "
+                '\'{"example.org": "https://matrix.example.org"}\', got text'
+            )
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(f"{where}: expected a table of names to URLs (text to text)")
+    return dict(value)
 
 
 def _check(s: Settings) -> None:
@@ -291,6 +568,8 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
     if s.account.user_id and not (s.account.user_id.startswith("@") and ":" in s.account.user_id):
         raise ConfigError(f"account.user_id must look like @name:server, got {s.account.user_id!r}")
+    for section in (s.statebot, s.roomsbot, s.chain, s.mcp):
+        section.check()
 
 
 def mask_secret(value: str) -> str:

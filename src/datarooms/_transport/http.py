@@ -1,44 +1,121 @@
-"""Plain Matrix HTTP calls for the few endpoints matrix-nio does not wrap.
+"""The one HTTP client of datarooms: JSON over aiohttp, with bounded retries.
 
-Every call honours ``429`` with ``retry_after_ms`` and turns an error answer
-into :class:`HomeserverError` carrying the homeserver's ``errcode``.
-Access tokens go in the ``Authorization`` header, never in a URL, so they
-cannot end up in a log line.
+:class:`JsonHttp` is what every part of datarooms uses to reach an HTTP API (a
+homeserver, the state bot, the rooms bot, a chain node). It owns one aiohttp
+session and retries, within bounds, what is safe to retry:
+
+- ``429`` (rate limited): the request was refused, not done; wait what the
+  server asks (``retry_after_ms`` in a Matrix body, else a ``Retry-After``
+  header, at most :attr:`RetryPolicy.max_wait` each time) and try again, at most
+  :attr:`RetryPolicy.rate_limit_attempts` times;
+- ``502``/``503``/``504`` and dropped connections: back off (exponentially, from
+  :attr:`RetryPolicy.backoff` to :attr:`RetryPolicy.max_backoff`) and try again
+  at most :attr:`RetryPolicy.error_attempts` times, for idempotent requests only
+  (``GET``, ``HEAD``, ``PUT``, ``DELETE``, ``OPTIONS``, or ``idempotent=True``);
+  a connection that could not even be opened is retried for any method;
+- timeouts are not retried: a request that took too long may have been done.
+
+:class:`MatrixHttp` adds what Matrix APIs share on top: the access token in the
+``Authorization`` header (never in a URL, so it cannot reach a log line) and
+``{"errcode", "error"}`` error bodies turned into :class:`HomeserverError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict, Unpack
+from urllib.parse import quote
 
 import aiohttp
 
-from datarooms.errors import HomeserverError
+from datarooms.errors import DataroomsError, HomeserverError
 
 log = logging.getLogger(__name__)
 
-_MAX_RATE_LIMIT_RETRIES = 8
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
-class MatrixHttp:
-    """A small async client for one homeserver base URL."""
+@dataclass(frozen=True)
+class RetryPolicy:
+    #: Tries of a request the server answered 429.
+    rate_limit_attempts: int = 8
+    #: The longest single wait a 429 may ask for; longer asks are cut to this.
+    max_wait: float = 30.0
+    #: Tries of an idempotent request on 502/503/504 or a dropped connection.
+    error_attempts: int = 4
+    #: First back-off after a failed try; doubles each time, up to ``max_backoff``.
+    backoff: float = 0.2
+    max_backoff: float = 3.0
+    #: Answers that mean "try again later" (a proxy or an overloaded server). Our own
+    #: services answer 502 for "the homeserver failed": their clients use ``frozenset()``.
+    retry_statuses: frozenset[int] = frozenset({502, 503, 504})
+
+
+DEFAULT_RETRY = RetryPolicy()
+#: No retries at all (health checks, polls that retry by themselves).
+NO_RETRY = RetryPolicy(rate_limit_attempts=1, error_attempts=1)
+#: For the clients of our own services: 429 and lost connections only (their 5xx
+#: answers are final: 502 means the homeserver behind them failed).
+SERVICE_RETRY = RetryPolicy(retry_statuses=frozenset())
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer: its status, its JSON body (None if it had none) and headers."""
+
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
+class Unreachable(Exception):
+    """The server could not be reached, or did not answer in time (``timed_out``)."""
+
+    def __init__(self, detail: str, *, timed_out: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.timed_out = timed_out
+
+
+def retry_after_seconds(body: Any, headers: Mapping[str, str] | None = None) -> float:
+    """How long a 429 asks to wait: ``retry_after_ms`` of a Matrix error body, else the
+    ``Retry-After`` header (seconds), else one second."""
+    if isinstance(body, dict) and isinstance(body.get("retry_after_ms"), (int, float)):
+        return max(0.05, float(body["retry_after_ms"]) / 1000.0)
+    raw = (headers or {}).get("Retry-After")
+    if raw is not None:
+        try:
+            return max(0.05, float(raw))
+        except ValueError:
+            pass
+    return 1.0
+
+
+class JsonHttp:
+    """JSON requests to one base URL over one aiohttp session, with bounded retries."""
 
     def __init__(
         self,
         base_url: str,
-        access_token: str | None = None,
         *,
         session: aiohttp.ClientSession | None = None,
-        timeout: float = 30.0,
+        timeout: float | aiohttp.ClientTimeout = 30.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.access_token = access_token
         self._session = session
         self._own_session = session is None
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = (
+            timeout
+            if isinstance(timeout, aiohttp.ClientTimeout)
+            else aiohttp.ClientTimeout(total=timeout)
+        )
+        self.retry = retry
 
-    async def __aenter__(self) -> MatrixHttp:
+    async def __aenter__(self) -> JsonHttp:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -49,60 +126,187 @@ class MatrixHttp:
             await self._session.close()
             self._session = None
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session (created on first use), e.g. for a websocket."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
 
-    async def request(
+    async def send(
         self,
         method: str,
         path: str,
         *,
         json: Any = None,
-        params: dict[str, str] | None = None,
-        auth: bool = True,
-    ) -> Any:
-        headers = {}
-        if auth and self.access_token:
-            headers["Authorization"] = f"Bearer {self.access_token}"
-        url = self.base_url + path
-        for _attempt in range(_MAX_RATE_LIMIT_RETRIES):
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        timeout: float | None = None,
+    ) -> Answer:
+        """Send one request (``path`` is appended to the base URL; a full URL is used as
+        is); retry as :class:`RetryPolicy` says; return the last :class:`Answer`.
+
+        Raises :class:`Unreachable` if no answer came. Never logs the URL's query or
+        the headers (they may hold tokens).
+        """
+        url = path if path.startswith(("http://", "https://")) else self.base_url + path
+        may_repeat = method.upper() in _IDEMPOTENT if idempotent is None else idempotent
+        policy = self.retry
+        session = self.session()
+        per_try = aiohttp.ClientTimeout(total=timeout) if timeout is not None else session.timeout
+        rate_limited = failed = 0
+        backoff = policy.backoff
+        while True:
             try:
-                async with self._get_session().request(
-                    method, url, json=json, params=params, headers=headers
+                async with session.request(
+                    method, url, json=json, params=params, headers=headers, timeout=per_try
                 ) as resp:
                     try:
                         body = await resp.json(content_type=None)
                     except ValueError:
                         body = None
-                    if resp.status == 429:
-                        delay = _retry_after(body)
-                        log.info("rate limited; retrying", extra={"path": path, "delay_s": delay})
-                        await asyncio.sleep(delay)
-                        continue
-                    if resp.status >= 400:
-                        errcode = "M_UNKNOWN"
-                        error = f"HTTP {resp.status}"
-                        if isinstance(body, dict):
-                            errcode = str(body.get("errcode", errcode))
-                            error = str(body.get("error", error))
-                        raise HomeserverError(
-                            f"{method} {path} failed: {errcode}: {error}",
-                            errcode=errcode,
-                            status=resp.status,
-                        )
-                    return body
-            except aiohttp.ClientConnectionError as exc:
-                raise HomeserverError(
-                    f"cannot reach the homeserver at {self.base_url}: {exc}. "
-                    "Is it running? (`datarooms status`)"
-                ) from None
+                    answer = Answer(resp.status, body, resp.headers)
+            except aiohttp.ClientConnectorError as exc:  # never sent: safe to repeat
+                failed += 1
+                if failed >= policy.error_attempts:
+                    raise Unreachable(str(exc) or type(exc).__name__) from None
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                failed += 1
+                if not may_repeat or failed >= policy.error_attempts:
+                    raise Unreachable(str(exc) or type(exc).__name__) from None
             except TimeoutError:
+                raise Unreachable("no answer in time", timed_out=True) from None
+            else:
+                if answer.status == 429:
+                    rate_limited += 1
+                    if rate_limited >= policy.rate_limit_attempts:
+                        return answer
+                    delay = min(policy.max_wait, retry_after_seconds(body, answer.headers))
+                    log.info(
+                        "rate limited; retrying",
+                        extra={"path": path.split("?", 1)[0], "delay_s": delay},
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                if answer.status in policy.retry_statuses and may_repeat:
+                    failed += 1
+                    if failed >= policy.error_attempts:
+                        return answer
+                else:
+                    return answer
+            log.info(
+                "request failed; retrying",
+                extra={"path": path.split("?", 1)[0], "delay_s": round(backoff, 2)},
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(policy.max_backoff, backoff * 2)
+
+
+class RequestOptions(TypedDict, total=False):
+    """The options of :meth:`MatrixHttp.answer` and :meth:`MatrixHttp.request`."""
+
+    json: Any
+    params: Mapping[str, str] | None
+    headers: Mapping[str, str] | None
+    auth: bool
+    idempotent: bool | None
+    timeout: float | None
+
+
+#: Builds the error for an answer of 400 or more: ``(status, body, what) -> error``.
+ErrorFactory = Callable[[int, Any, str], DataroomsError]
+
+
+def matrix_error(status: int, body: Any, what: str) -> HomeserverError:
+    """The :class:`HomeserverError` for a Matrix error answer to ``what``."""
+    errcode = "M_UNKNOWN"
+    error = f"HTTP {status}"
+    if isinstance(body, dict):
+        errcode = str(body.get("errcode", errcode))
+        error = str(body.get("error", error))
+    if status == 429:
+        error = f"still rate limited after retries: {error}"
+    return HomeserverError(f"{what} failed: {errcode}: {error}", errcode=errcode, status=status)
+
+
+class MatrixHttp(JsonHttp):
+    """A client of one Matrix-style API (a homeserver by default).
+
+    ``name`` says what the server is in error messages ("the homeserver", "the state
+    bot"); ``errors`` builds the exception for an error answer.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        access_token: str | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        name: str = "the homeserver",
+        errors: ErrorFactory = matrix_error,
+        unreachable_errcodes: tuple[str | None, str | None] = (None, None),
+    ) -> None:
+        super().__init__(base_url, session=session, timeout=timeout, retry=retry)
+        self.access_token = access_token
+        self.name = name
+        self._errors = errors
+        #: The errcodes of "cannot reach" and "no answer in time" (None: DR_HOMESERVER).
+        self._unreachable, self._timed_out = unreachable_errcodes
+
+    async def __aenter__(self) -> MatrixHttp:
+        return self
+
+    async def answer(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth: bool = True,
+        idempotent: bool | None = None,
+        timeout: float | None = None,
+    ) -> Answer:
+        """Like :meth:`JsonHttp.send`, with the access token; an unreachable server
+        raises :class:`HomeserverError` naming it."""
+        sent = dict(headers or {})
+        if auth and self.access_token:
+            sent["Authorization"] = f"Bearer {self.access_token}"
+        try:
+            return await self.send(
+                method,
+                path,
+                json=json,
+                params=params,
+                headers=sent,
+                idempotent=idempotent,
+                timeout=timeout,
+            )
+        except Unreachable as exc:
+            if exc.timed_out:
                 raise HomeserverError(
-                    f"the homeserver at {self.base_url} did not answer {method} {path} in time"
+                    f"{self.name} at {self.base_url} did not answer {method} "
+                    f"{path.split('?', 1)[0]} in time",
+                    errcode=self._timed_out,
                 ) from None
-        raise HomeserverError(f"{method} {path}: still rate limited after retries", status=429)
+            raise HomeserverError(
+                f"cannot reach {self.name} at {self.base_url}: {exc.detail}. "
+                "Is it running? (`datarooms status`)",
+                errcode=self._unreachable,
+            ) from None
+
+    async def request(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Any:
+        """The JSON body of a successful answer (options as :meth:`answer`'s); an error
+        answer raises (see ``errors``)."""
+        answer = await self.answer(method, path, **options)
+        if answer.status >= 400:
+            raise self._errors(answer.status, answer.body, f"{method} {path.split('?', 1)[0]}")
+        return answer.body
+
+    # -- calls every Matrix client needs ----------------------------------------
 
     async def whoami(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", "/_matrix/client/v3/account/whoami")
@@ -133,8 +337,18 @@ class MatrixHttp:
         )
         return result
 
+    async def logout(self) -> None:
+        await self.request("POST", "/_matrix/client/v3/logout", json={})
 
-def _retry_after(body: Any) -> float:
-    if isinstance(body, dict) and isinstance(body.get("retry_after_ms"), (int, float)):
-        return max(0.05, float(body["retry_after_ms"]) / 1000.0)
-    return 1.0
+    async def openid_token(self, user_id: str) -> dict[str, Any]:
+        """A Matrix OpenID token of ``user_id`` (the account of the access token):
+        ``{"access_token", "matrix_server_name", "expires_in", ...}``."""
+        result = await self.request(
+            "POST",
+            f"/_matrix/client/v3/user/{quote(user_id, safe='')}/openid/request_token",
+            json={},
+            idempotent=True,  # asking twice only makes two tokens
+        )
+        if not isinstance(result, dict) or not isinstance(result.get("access_token"), str):
+            raise HomeserverError("the homeserver answered no OpenID token")
+        return result

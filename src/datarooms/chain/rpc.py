@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from datarooms._transport.http import JsonHttp, Unreachable
 from datarooms.chain.errors import NodeUnreachableError, RpcError
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,7 @@ class CometRpc:
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session = session
-        self._own_session = session is None
+        self._transport = JsonHttp(self.url, session=session, timeout=timeout)
         self._ids = itertools.count(1)
 
     async def __aenter__(self) -> CometRpc:
@@ -129,14 +128,10 @@ class CometRpc:
         await self.close()
 
     async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._transport.close()
 
     def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+        return self._transport.session()
 
     @property
     def websocket_url(self) -> str:
@@ -156,7 +151,15 @@ class CometRpc:
     async def call_jsonrpc(self, method: str, params: dict[str, Any]) -> Any:
         """``POST /`` with a JSON-RPC 2.0 request; return ``result``."""
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
-        return await self._send("POST", self.url + "/", json_body=body, what=method)
+        # Reads (tx, abci_query...) are safe to repeat; a broadcast is repeated only by
+        # its caller, who knows whether the node has it.
+        return await self._send(
+            "POST",
+            self.url + "/",
+            json_body=body,
+            what=method,
+            idempotent=not method.startswith("broadcast"),
+        )
 
     async def _send(
         self,
@@ -166,27 +169,25 @@ class CometRpc:
         params: dict[str, str] | None = None,
         json_body: Any = None,
         what: str,
+        idempotent: bool | None = None,
     ) -> Any:
         try:
-            async with self._http().request(
-                http_method, url, params=params, json=json_body
-            ) as resp:
-                text = await resp.text()
-                status = resp.status
-        except (aiohttp.ClientError, OSError) as exc:
+            answer = await self._transport.send(
+                http_method, url, params=params, json=json_body, idempotent=idempotent
+            )
+        except Unreachable as exc:
+            if exc.timed_out:
+                raise NodeUnreachableError(
+                    f"the chain node at {self.url} did not answer {what} in time"
+                ) from None
             raise NodeUnreachableError(
-                f"cannot reach the chain node at {self.url}: {exc or type(exc).__name__}"
+                f"cannot reach the chain node at {self.url}: {exc.detail}"
             ) from None
-        except TimeoutError:
-            raise NodeUnreachableError(
-                f"the chain node at {self.url} did not answer {what} in time"
-            ) from None
-        try:
-            body = json.loads(text)
-        except ValueError:
+        body, status = answer.body, answer.status
+        if body is None:
             raise NodeUnreachableError(
                 f"the chain node at {self.url} answered {what} with HTTP {status} and no JSON"
-            ) from None
+            )
         if not isinstance(body, dict):
             raise NodeUnreachableError(f"the chain node answered {what} with unexpected JSON")
         error = body.get("error")

@@ -15,13 +15,13 @@ import typer
 from rich.table import Table
 
 from datarooms._logging import configure_logging
-from datarooms._transport.http import MatrixHttp
 from datarooms.account import resolve_credentials
 from datarooms.cli import data as data_commands
 from datarooms.cli._common import CliState, console, err_console, run, state
 from datarooms.config import PLATFORM_SERVICES, Settings
 from datarooms.errors import ConfigError, DataroomsError, PlatformError
 from datarooms.homeserver.admin import register_user
+from datarooms.homeserver.api import MatrixApi
 from datarooms.services.platform import (
     Platform,
     PlatformInfo,
@@ -106,8 +106,7 @@ def up(
 def platform_services(settings: Settings) -> list[Service]:
     """The services `datarooms up` runs after the homeserver, in start order."""
     # Each service is imported only if it runs: `datarooms up` starts faster.
-    mcp = settings.section("mcp")
-    mcp_port = int(mcp["port"]) if "port" in mcp else None
+    mcp_port = settings.mcp.port
     wanted = _wanted_services(settings)
     services: list[Service] = []
     if settings.homeserver.mode == "embedded":
@@ -115,7 +114,7 @@ def platform_services(settings: Settings) -> list[Service]:
         # into the embedded Synapse. On an external homeserver its admin loads it
         # (docs/roomsbot.md) and you run `datarooms roomsbot` yourself.
         if "devchain" in wanted:
-            from datarooms.services.roomsbot.service import DevchainService
+            from datarooms.services.devchain import DevchainService
 
             services.append(DevchainService())
         if "roomsbot" in wanted:
@@ -284,10 +283,10 @@ def whoami(ctx: typer.Context) -> None:
 
     async def _who() -> dict[str, Any]:
         if creds.access_token:
-            async with MatrixHttp(creds.homeserver_url, creds.access_token) as http:
+            async with MatrixApi(creds.homeserver_url, creds.access_token) as http:
                 return await http.whoami()
         # Password only: a short-lived login, logged out again so no device is left behind.
-        async with MatrixHttp(creds.homeserver_url) as http:
+        async with MatrixApi(creds.homeserver_url) as http:
             res = await http.login_password(creds.user_id, creds.password)
             http.access_token = res["access_token"]
             try:

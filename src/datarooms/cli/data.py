@@ -23,12 +23,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from datarooms._transport.http import MatrixHttp
 from datarooms.account import resolve_credentials
 from datarooms.cli._common import console, run, state
 from datarooms.config import Settings
 from datarooms.errors import ValidationError
 from datarooms.events import ROOM_KINDS
+from datarooms.homeserver.api import MatrixApi
 from datarooms.services.platform import device_store_dir, live_homeserver_url
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ async def open_client(settings: Settings) -> AsyncIterator[DataroomsClient]:
     if url and url != creds.homeserver_url:
         creds = replace(creds, homeserver_url=url)
     if not creds.user_id:
-        async with MatrixHttp(creds.homeserver_url, creds.access_token) as http:
+        async with MatrixApi(creds.homeserver_url, creds.access_token) as http:
             creds = replace(creds, user_id=(await http.whoami())["user_id"])
     from datarooms.sdk.client import DataroomsClient
 
@@ -60,6 +60,8 @@ async def open_client(settings: Settings) -> AsyncIterator[DataroomsClient]:
         device_name="datarooms CLI",
         trust=settings.trust_policy,  # type: ignore[arg-type]
     )
+    # Entity rooms are the rooms bot's where one runs (datarooms.sdk.roomsbot).
+    client.rooms.roomsbot_url = settings.roomsbot.url or settings.running_url("roomsbot")
     try:
         yield client
     finally:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,27 +17,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from datarooms._fs import atomic_write
+from datarooms._fs import ProcessLock
 from datarooms.chain.devchain.node import DevChain, create_entity_tx
 from datarooms.chain.devchain.rpc import DevChainServer
 from datarooms.chain.entity import ENTITY_CREATED_QUERY, parse_tx_events
 from datarooms.chain.errors import TxRejectedError
 from datarooms.chain.rpc import CometRpc, TxResult
 from datarooms.config import Settings, load_settings
+from datarooms.services.devchain import chain_url, devchain_dir
 from datarooms.services.platform import live_homeserver_url
 from datarooms.services.roomsbot.bot import RoomsBot
-from datarooms.services.roomsbot.service import (
-    chain_url,
-    run_file,
-    store_path,
-    write_appservice_registration,
-)
-from datarooms.services.roomsbot.settings import (
-    devchain_dir,
-    load_chain_settings,
-    load_roomsbot_settings,
-)
+from datarooms.services.roomsbot.service import store_path, write_appservice_registration
+from datarooms.services.roomsbot.settings import roomsbot_dir
 from datarooms.services.roomsbot.store import Store
+from datarooms.services.scaffold import ServiceRun
 
 T = TypeVar("T")
 # Piped output is read by scripts: do not fold tables to 80 columns (as the main CLI).
@@ -74,7 +66,7 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 def _rpc_url(ctx: typer.Context, rpc: str | None) -> str:
-    return rpc or chain_url(_settings(ctx), load_chain_settings())
+    return rpc or chain_url(_settings(ctx))
 
 
 # -- entity register / list -----------------------------------------------------------
@@ -242,8 +234,7 @@ def roomsbot_command(
 ) -> None:
     """Run the rooms bot on its own (appservice, REST API, chain watcher) until Ctrl-C."""
     settings = _settings(ctx)
-    rb = load_roomsbot_settings()
-    cs = load_chain_settings()
+    rb, cs = settings.roomsbot, settings.chain
     reg = write_appservice_registration(settings, rb)
     url = homeserver_url or live_homeserver_url(settings)
     watch = None if no_watch or not cs.watch else (chain_rpc or chain_url(settings, cs))
@@ -256,19 +247,29 @@ def roomsbot_command(
         chain=cs,
     )
 
+    running = ServiceRun(
+        settings,
+        "roomsbot",
+        ProcessLock(
+            roomsbot_dir(settings.data_dir) / "roomsbot.lock",
+            what=f"a rooms bot on {settings.data_dir}",
+        ),
+    )
+
     async def start() -> str:
+        running.acquire()
         await bot.start()
-        atomic_write(
-            run_file(settings, "roomsbot"), json.dumps({"url": bot.url, "pid": os.getpid()})
-        )
+        running.publish({"url": bot.url})
         return (
             f"rooms bot running at {bot.url} as {reg.user_id}; "
             f"watching {watch or 'no chain'}; registration {reg.path}"
         )
 
     async def stop() -> None:
-        await bot.stop()
-        run_file(settings, "roomsbot").unlink(missing_ok=True)
+        try:
+            await bot.stop()
+        finally:
+            running.release()
 
     run(_until_signalled(start, stop))
 
@@ -289,7 +290,7 @@ def devchain_command(
 ) -> None:
     """Run the embedded devchain on its own until Ctrl-C (or only --verify it)."""
     settings = _settings(ctx)
-    cs = load_chain_settings()
+    cs = settings.chain
     directory = devchain_dir(settings.data_dir)
     if verify:
         height = DevChain.verify(directory)
@@ -303,19 +304,21 @@ def devchain_command(
     )
     server = DevChainServer(chain, host=cs.host, port=cs.port if port is None else port)
 
+    running = ServiceRun(settings, "devchain")
+
     async def start() -> str:
         await server.start()
-        atomic_write(
-            run_file(settings, "devchain"), json.dumps({"url": server.url, "pid": os.getpid()})
-        )
+        running.publish({"url": server.url})
         return (
             f"devchain {chain.chain_id} at height {chain.height}, RPC {server.url} "
             f"(verified {chain.height} blocks)"
         )
 
     async def stop() -> None:
-        await server.stop()
-        run_file(settings, "devchain").unlink(missing_ok=True)
+        try:
+            await server.stop()
+        finally:
+            running.release()
 
     run(_until_signalled(start, stop))
 

@@ -27,14 +27,14 @@ import typer
 from rich.table import Table
 
 from datarooms._logging import configure_logging
-from datarooms._transport.http import MatrixHttp
 from datarooms.account import resolve_credentials
 from datarooms.cli._common import console, run, state
 from datarooms.config import Settings
 from datarooms.errors import HomeserverError, PlatformError, ValidationError
+from datarooms.homeserver.api import MatrixApi
 from datarooms.services.platform import PlatformContext, live_homeserver_url
 from datarooms.services.statebot.client import StateBotClient
-from datarooms.services.statebot.service import StateBotConfig, StateBotService, running_url
+from datarooms.services.statebot.service import StateBotService, running_url
 
 T = TypeVar("T")
 
@@ -78,7 +78,7 @@ def bot_url(settings: Settings, explicit: str | None = None) -> str:
     found = running_url(settings)
     if found:
         return found
-    return f"http://127.0.0.1:{StateBotConfig.load(settings).port or 8010}"
+    return f"http://127.0.0.1:{settings.statebot.port or 8010}"
 
 
 @contextlib.asynccontextmanager
@@ -286,7 +286,7 @@ def statebot(
 
 async def _run_alone(settings: Settings, overrides: dict[str, Any]) -> None:
     url = _homeserver_url(settings)
-    async with MatrixHttp(url, timeout=5) as http:
+    async with MatrixApi(url, timeout=5) as http:
         try:
             await http.versions()
         except HomeserverError:

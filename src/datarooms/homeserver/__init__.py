@@ -1,1 +1,2 @@
-"""Embedded homeserver management (Synapse-specific)."""
+"""Homeserver management (the embedded Synapse, admin calls) and the Matrix HTTP API client
+services and the CLI use (:mod:`datarooms.homeserver.api`)."""

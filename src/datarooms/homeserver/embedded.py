@@ -34,12 +34,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from datarooms._fs import PRIVATE_FILE, atomic_write, ensure_writable_dir, harden_tree, private_dir
+from datarooms._transport.http import NO_RETRY, JsonHttp, Unreachable
 from datarooms.errors import (
     MissingDependencyError,
     PortInUseError,
@@ -288,8 +288,7 @@ class EmbeddedSynapse:
     async def _wait_healthy(self, started: float) -> None:
         assert self._proc is not None
         deadline = started + self.start_timeout
-        timeout = aiohttp.ClientTimeout(total=2)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with JsonHttp(self.base_url, timeout=2, retry=NO_RETRY) as session:
             while True:
                 code = self._proc.poll()
                 if code is not None:
@@ -297,7 +296,7 @@ class EmbeddedSynapse:
                         f"Synapse exited with code {code} during start-up.\n"
                         f"Last lines of its log ({self.log_path}):\n{self.log_tail()}"
                     )
-                if await _healthy(session, self.base_url):
+                if await _healthy(session):
                     return
                 if time.monotonic() > deadline:
                     raise SynapseStartError(
@@ -337,8 +336,8 @@ class EmbeddedSynapse:
         await self.start()
 
     async def health(self) -> bool:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            return await _healthy(session, self.base_url)
+        async with JsonHttp(self.base_url, timeout=2, retry=NO_RETRY) as session:
+            return await _healthy(session)
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         parts = []
@@ -376,11 +375,10 @@ class EmbeddedSynapse:
 # -- module helpers --------------------------------------------------------------
 
 
-async def _healthy(session: aiohttp.ClientSession, base_url: str) -> bool:
+async def _healthy(http: JsonHttp) -> bool:
     try:
-        async with session.get(f"{base_url}/health") as resp:
-            return resp.status == 200
-    except (TimeoutError, aiohttp.ClientError, OSError):
+        return (await http.send("GET", "/health")).status == 200
+    except Unreachable:
         return False
 
 

@@ -38,6 +38,7 @@ from urllib.parse import quote
 import aiohttp
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
+from datarooms._transport.http import matrix_error, retry_after_seconds
 from datarooms.errors import DataroomsError, HomeserverError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -348,19 +349,8 @@ async def _error_body(resp: aiohttp.ClientResponse) -> Any:
         return None
 
 
-def _retry_after(body: Any) -> float:
-    if isinstance(body, dict) and isinstance(body.get("retry_after_ms"), (int, float)):
-        return max(0.05, float(body["retry_after_ms"]) / 1000.0)
-    return 1.0
-
-
 def _homeserver_error(what: str, status: int, body: Any) -> HomeserverError:
-    errcode = "M_UNKNOWN"
-    error = f"HTTP {status}"
-    if isinstance(body, dict):
-        errcode = str(body.get("errcode", errcode))
-        error = str(body.get("error", error))
-    return HomeserverError(f"{what} failed: {errcode}: {error}", errcode=errcode, status=status)
+    return matrix_error(status, body, what)
 
 
 def _too_large(size: int, limit: int | None) -> HomeserverError:
@@ -607,7 +597,7 @@ async def upload_encrypted(
                 read_timeout=read_timeout,
             )
             if status == 429:
-                delay = _retry_after(answer)
+                delay = retry_after_seconds(answer)
                 log.info("upload rate limited; retrying", extra={"delay_s": delay})
                 await asyncio.sleep(delay)
                 continue
@@ -662,7 +652,7 @@ async def _ciphertext_response(
                 url, headers=_auth(access_token), timeout=_timeout(read_timeout)
             ) as resp:
                 if resp.status == 429:
-                    delay = _retry_after(await _error_body(resp))
+                    delay = retry_after_seconds(await _error_body(resp))
                     log.info("download rate limited; retrying", extra={"delay_s": delay})
                     await asyncio.sleep(delay)
                     continue

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
@@ -255,6 +256,10 @@ class Rooms:
 
     def __init__(self, client: DataroomsClient) -> None:
         self._c = client
+        #: The rooms bot that makes entity rooms, or a function that finds it (see
+        #: :mod:`datarooms.sdk.roomsbot`); None: the one the settings or the running
+        #: platform name, if any.
+        self.roomsbot_url: str | Callable[[], str | None] | None = None
 
     async def create(
         self,
@@ -272,7 +277,10 @@ class Rooms:
         """Create an encrypted data room of ``kind``.
 
         For an ``entity`` room, ``did`` is required; with ``alias=True`` the room
-        gets IXO's entity alias (``#did-ixo-entity-...:server``).
+        gets IXO's entity alias (``#did-ixo-entity-...:server``). Where a rooms bot
+        runs, it owns those aliases: then it makes (or finds) the entity's rooms and
+        invites the caller, who joins; ``name``, ``topic`` and ``purpose`` are the
+        bot's (see :mod:`datarooms.sdk.roomsbot`).
         Room state (name, topic, kind, purpose, DID) is not encrypted by Matrix:
         never put secrets there.
         """
@@ -302,6 +310,17 @@ class Rooms:
         elif isinstance(alias, str) and alias:
             alias_name = alias
         me = self._c.user_id
+        if kind == "entity" and alias is True and did:
+            from datarooms.sdk.roomsbot import entity_room_from_roomsbot
+
+            made = await entity_room_from_roomsbot(self._c, did, self.roomsbot_url)
+            if made is not None:
+                await self.join(made)
+                for user, level in levels.items():
+                    if user != me:
+                        await self.grant(made, user, access_for_power(level))
+                room = self.info(made)
+                return DataRoom(made, kind, room.name, entity_alias(did, server_of(me)), did)
         resp = await self._c.nio.room_create(
             visibility=RoomVisibility.private,
             alias=alias_name,
@@ -328,6 +347,13 @@ class Rooms:
         if isinstance(resp, RoomCreateError):
             if resp.status_code == "M_ROOM_IN_USE":
                 raise ValidationError(f"the alias for this room is taken: {resp.message}")
+            if resp.status_code == "M_EXCLUSIVE":
+                raise AccessDeniedError(
+                    f"the homeserver reserves this alias for an application service (a rooms "
+                    f"bot): {resp.message}. Entity rooms there are the rooms bot's: set "
+                    "client.rooms.roomsbot_url, or [roomsbot] url (DATAROOMS_ROOMSBOT_URL)",
+                    errcode="M_EXCLUSIVE",
+                )
             raise HomeserverError(
                 f"creating the room failed: {resp.status_code}: {resp.message}",
                 errcode=resp.status_code,

@@ -32,9 +32,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
 from datarooms.errors import HomeserverError, UnauthorizedError, ValidationError
+from datarooms.homeserver.api import MatrixApi, openid_userinfo
 from datarooms.ids import server_of
 from datarooms.ids import user_id as check_user_id
 
@@ -44,7 +43,6 @@ _TOKEN = re.compile(r"^[\x21-\x7e]{1,1024}$")
 _SERVER_NAME = re.compile(
     r"^[A-Za-z0-9.\-]{1,255}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
 )
-USERINFO_PATH = "/_matrix/federation/v1/openid/userinfo"
 
 
 @dataclass(frozen=True)
@@ -79,8 +77,8 @@ class OpenIdVerifier:
         self.cache_seconds = cache_seconds
         self.negative_cache_seconds = negative_cache_seconds
         self.max_entries = max_entries
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout = timeout
+        self._apis: dict[str, MatrixApi] = {}
         self._cache: OrderedDict[bytes, tuple[float, Caller | None]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[Caller]] = {}
         self._on_result = on_result or (lambda _r: None)
@@ -90,9 +88,9 @@ class OpenIdVerifier:
         return len(self._cache)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        apis, self._apis = self._apis, {}
+        for api in apis.values():
+            await api.close()
 
     async def verify(self, token: str | None, server_name: str | None) -> Caller:
         """The caller the token belongs to; :class:`UnauthorizedError` if none."""
@@ -172,28 +170,18 @@ class OpenIdVerifier:
             self._cache.popitem(last=False)
 
     async def _ask(self, base: str, server: str, token: str) -> Caller:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        api = self._apis.get(base)
+        if api is None:
+            api = self._apis[base] = MatrixApi(
+                base, timeout=self._timeout, name=f"the homeserver {server}"
+            )
         try:
-            # The token goes in the query, as the federation API defines; this URL is
-            # never logged.
-            async with self._session.get(
-                base + USERINFO_PATH, params={"access_token": token}
-            ) as resp:
-                try:
-                    body = await resp.json(content_type=None)
-                except ValueError:
-                    body = None
-                status = resp.status
-        except aiohttp.ClientError as exc:
+            answer = await openid_userinfo(api, token)
+        except HomeserverError as exc:
             raise HomeserverError(
-                f"cannot verify the OpenID token: the homeserver {server} at {base} "
-                f"did not answer ({type(exc).__name__})"
+                f"cannot verify the OpenID token: {exc.message}", errcode=exc.errcode
             ) from None
-        except TimeoutError:
-            raise HomeserverError(
-                f"cannot verify the OpenID token: the homeserver {server} did not answer in time"
-            ) from None
+        body, status = answer.body, answer.status
         if status in (401, 403, 404):
             raise UnauthorizedError(_UNKNOWN)
         if status != 200 or not isinstance(body, dict):

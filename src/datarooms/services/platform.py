@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from datarooms._fs import ProcessLock, atomic_write, ensure_writable_dir, harden_tree
-from datarooms._transport.http import MatrixHttp
 from datarooms.account import Credentials, read_credentials, write_credentials
 from datarooms.config import Settings
 from datarooms.errors import (
@@ -35,6 +34,7 @@ from datarooms.errors import (
     PlatformError,
 )
 from datarooms.homeserver.admin import override_ratelimit, register_user
+from datarooms.homeserver.api import MatrixApi
 from datarooms.homeserver.embedded import EmbeddedSynapse
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class Platform:
             else:
                 url = hs.base_url
                 say(f"checking the external homeserver at {url}")
-                async with MatrixHttp(url) as http:
+                async with MatrixApi(url) as http:
                     await http.versions()
             say("preparing the service account")
             creds = await self._ensure_service_account(url)
@@ -283,7 +283,7 @@ async def _check_or_login(creds: Credentials) -> Credentials:
     """Verify a stored token with whoami; log in again with the password if it expired."""
     if creds.access_token:
         try:
-            async with MatrixHttp(creds.homeserver_url, creds.access_token) as http:
+            async with MatrixApi(creds.homeserver_url, creds.access_token) as http:
                 who = await http.whoami()
             return Credentials(
                 creds.homeserver_url,
@@ -297,7 +297,7 @@ async def _check_or_login(creds: Credentials) -> Credentials:
                 raise
     if not creds.password:
         raise PlatformError(f"no usable access token or password for {creds.user_id}")
-    async with MatrixHttp(creds.homeserver_url) as http:
+    async with MatrixApi(creds.homeserver_url) as http:
         res = await http.login_password(creds.user_id, creds.password, device_id=creds.device_id)
     return Credentials(
         creds.homeserver_url, res["user_id"], res["access_token"], res["device_id"], creds.password
@@ -322,7 +322,7 @@ async def platform_status(settings: Settings) -> PlatformStatus:
         return PlatformStatus(False, None, None, None)
     healthy: bool | None = None
     if info:
-        async with MatrixHttp(info["homeserver_url"], timeout=3) as http:
+        async with MatrixApi(info["homeserver_url"], timeout=3) as http:
             try:
                 await http.versions()
                 healthy = True

@@ -72,6 +72,10 @@ class McpService:
                     platform.device_store(creds.user_id),
                     device_name=f"datarooms MCP agent {name}",
                 )
+                # Entity rooms are the platform's rooms bot's, if it runs (when asked).
+                client.rooms.roomsbot_url = lambda s=platform.settings: (
+                    s.roomsbot.url or s.running_url("roomsbot")
+                )
                 rt = AgentRuntime(client, policy, config.mcp, transport="http")
                 rt.watcher = self.watcher
                 self.runtimes[name] = rt

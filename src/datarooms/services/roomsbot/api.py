@@ -25,14 +25,14 @@ import asyncio
 import hmac
 import logging
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Scope
 
 from datarooms.errors import (
     AccessDeniedError,
@@ -42,8 +42,10 @@ from datarooms.errors import (
     ValidationError,
 )
 from datarooms.ids import user_id as check_user_id
+from datarooms.sdk.rooms import POWER
 from datarooms.services.roomsbot.entity_rooms import SPACE, did_from_localpart, parse_alias
 from datarooms.services.roomsbot.store import EntityFacts, EntityRecord
+from datarooms.services.scaffold import RequestGuard, bearer_token, header, install_error_handlers
 
 if TYPE_CHECKING:
     from datarooms.services.roomsbot.bot import RoomsBot
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MAX_REST_BODY = 64 * 1024
+#: Paths of the REST API, every one of them behind an OpenID token.
+_REST_PREFIXES = ("/rooms/", "/room/")
 _MAX_AS_BODY = 32 * 2**20
 _ALIAS_QUERY_TIMEOUT_S = 25.0
 
@@ -95,6 +99,11 @@ class SourceRequest(BaseModel):
     join: bool = Field(
         default=False, description="Also join the user (only users of the bot's namespace)"
     )
+    access: Literal["read", "write", "admin"] = Field(
+        default="read",
+        description="The user's access to the data rooms: read (an invite), write (power "
+        "50) or admin (power 100); given, like the invite, by controllers and operators only",
+    )
 
 
 class IxoSourceRequest(BaseModel):
@@ -137,10 +146,6 @@ _AS_ERRORS: dict[int | str, dict[str, Any]] = {
 _bearer = HTTPBearer(auto_error=False, description="A Matrix OpenID access token")
 
 
-def _error(status: int, errcode: str, message: str) -> JSONResponse:
-    return JSONResponse({"errcode": errcode, "error": message}, status_code=status)
-
-
 class _Bucket:
     """Per-user token bucket for requests that create rooms."""
 
@@ -172,46 +177,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
     )
     creations = _Bucket(rate=2.0, burst=60)
 
-    # -- errors ------------------------------------------------------------------
-
-    @app.exception_handler(DataroomsError)
-    async def _dataroom_error(request: Request, exc: DataroomsError) -> JSONResponse:
-        if exc.http_status >= 500:
-            log.warning("request failed", extra={"path": request.url.path, "error": exc.message})
-        return _error(exc.http_status, exc.errcode, exc.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        if first.get("type") == "json_invalid":
-            return _error(400, "M_NOT_JSON", "the body is not valid JSON")
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        msg = str(first.get("msg", "invalid request"))
-        return _error(400, "M_BAD_JSON", f"{where}: {msg}" if where else msg)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "M_UNRECOGNIZED" if exc.status_code in (404, 405) else "M_UNKNOWN"
-        return _error(exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", extra={"path": request.url.path})
-        return _error(500, "DR_UNKNOWN", "internal error (see the rooms bot's log)")
-
-    @app.middleware("http")
-    async def _limits(request: Request, call_next: Any) -> Response:
-        limit = _MAX_AS_BODY if request.url.path.startswith("/_matrix/") else _MAX_REST_BODY
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return _error(413, "M_TOO_LARGE", f"the body is larger than {limit} bytes")
-        response: Response = await call_next(request)
-        if not request.url.path.startswith("/_matrix/"):
-            route = request.scope.get("route")
-            path = getattr(route, "path", None) or "other"
-            bot.metrics.rest_requests.labels(path, str(response.status_code)).inc()
-        return response
+    install_error_handlers(app, "the rooms bot")
 
     # -- auth --------------------------------------------------------------------
 
@@ -220,17 +186,14 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         x_matrix_server_name: Annotated[str | None, Header(max_length=255)] = None,
     ) -> str:
+        known = getattr(request.state, "caller", None)
+        if isinstance(known, str):  # the request guard verified it before reading the body
+            return known
         token = credentials.credentials if credentials is not None else None
         return (await bot.verifier.verify(token, x_matrix_server_name)).user_id
 
     def homeserver(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        token = token or request.query_params.get("access_token", "")
-        if not token:
-            raise UnauthorizedError("missing the homeserver token", errcode="M_UNAUTHORIZED")
-        if not hmac.compare_digest(token.encode(), bot.registration.hs_token.encode()):
-            raise AccessDeniedError("wrong homeserver token", errcode="M_FORBIDDEN")
+        check_hs_token(bot, request.scope)
 
     def rooms_out(record: EntityRecord) -> dict[str, Any]:
         f = record.facts
@@ -248,12 +211,14 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         }
 
     async def source(
-        who: str, raw_did: str, raw_user: str | None, join: bool
+        who: str, raw_did: str, raw_user: str | None, join: bool, access: str = "read"
     ) -> tuple[EntityRecord, bool]:
         did = bot.rooms.check_did(raw_did)
         user = str(check_user_id(raw_user)) if raw_user else None
         if join and user is None:
             raise ValidationError("join needs user_id")
+        if access != "read" and user is None:
+            raise ValidationError("access needs user_id")
         if join and user is not None and not bot.registration.user_in_namespace(user):
             raise ValidationError(
                 "join works only for the rooms bot's own users "
@@ -279,7 +244,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
                     f"only the controllers of {did} and the platform's operators may add "
                     "members to its rooms"
                 )
-            await bot.rooms.add_member(record, user, join=join)
+            await bot.rooms.add_member(record, user, join=join, power=POWER[access])
         return record, created
 
     # -- REST --------------------------------------------------------------------
@@ -294,7 +259,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
     async def rooms_source(
         body: SourceRequest, who: Annotated[str, Depends(caller)]
     ) -> dict[str, Any]:
-        record, created = await source(who, body.did, body.user_id, body.join)
+        record, created = await source(who, body.did, body.user_id, body.join, body.access)
         return {**rooms_out(record), "created": created}
 
     @app.post(
@@ -415,6 +380,49 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         return {}
 
     return app
+
+
+def check_hs_token(bot: "RoomsBot", scope: Scope) -> None:
+    """The homeserver's calls carry the registration's ``hs_token`` (a bearer token, or
+    ``?access_token=`` from older homeservers)."""
+    token = bearer_token(scope) or ""
+    if not token:
+        query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
+        token = (query.get("access_token") or [""])[0]
+    if not token:
+        raise UnauthorizedError("missing the homeserver token", errcode="M_UNAUTHORIZED")
+    if not hmac.compare_digest(token.encode(), bot.registration.hs_token.encode()):
+        raise AccessDeniedError("wrong homeserver token", errcode="M_FORBIDDEN")
+
+
+def build_asgi(bot: "RoomsBot") -> tuple[FastAPI, ASGIApp]:
+    """The FastAPI app and the ASGI app to serve: the app behind the services'
+    :class:`RequestGuard`, which authenticates every call (the homeserver's ``hs_token``
+    on ``/_matrix/app/``, an OpenID token on the REST API) before its body is read, caps
+    bodies (32 MiB for transactions, 64 KiB for the REST API) and counts answers."""
+    app = create_app(bot)
+
+    async def authenticate(scope: Scope) -> None:
+        path = str(scope.get("path", ""))
+        if path.startswith("/_matrix/app/"):
+            check_hs_token(bot, scope)
+        elif path.startswith(_REST_PREFIXES):
+            caller = await bot.verifier.verify(
+                bearer_token(scope), header(scope, b"x-matrix-server-name")
+            )
+            scope["state"]["caller"] = caller.user_id
+
+    def limit(scope: Scope) -> int:
+        return (
+            _MAX_AS_BODY if str(scope.get("path", "")).startswith("/_matrix/") else _MAX_REST_BODY
+        )
+
+    def count(scope: Scope, status: int, _seconds: float) -> None:
+        if not str(scope.get("path", "")).startswith("/_matrix/"):
+            template = getattr(scope.get("route"), "path", None) or "other"
+            bot.metrics.rest_requests.labels(template, str(status)).inc()
+
+    return app, RequestGuard(app, max_body=limit, authenticate=authenticate, on_answer=count)
 
 
 async def answer_alias_query(bot: "RoomsBot", alias: str) -> dict[str, Any]:

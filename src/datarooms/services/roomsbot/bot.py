@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
 import logging
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from datarooms._transport.http import MatrixHttp
 from datarooms.chain.entity import ChainEntity
 from datarooms.chain.rpc import CometRpc
 from datarooms.chain.watcher import ChainWatcher, EntityRejected
-from datarooms.errors import HomeserverError, PlatformError, PortInUseError, ValidationError
+from datarooms.config import ChainSettings, RoomsBotSettings
+from datarooms.errors import HomeserverError, PlatformError, ValidationError
+from datarooms.homeserver.api import MatrixApi
 from datarooms.services.openid import OpenIdVerifier
-from datarooms.services.roomsbot.api import answer_alias_query, create_app
+from datarooms.services.roomsbot.api import answer_alias_query, build_asgi
 from datarooms.services.roomsbot.entity_rooms import EntityRooms
 from datarooms.services.roomsbot.metrics import Metrics
 from datarooms.services.roomsbot.registration import Registration
-from datarooms.services.roomsbot.settings import ChainSettings, RoomsBotSettings
 from datarooms.services.roomsbot.store import EntityFacts, Store
+from datarooms.services.scaffold import EmbeddedServer, bind
 
 log = logging.getLogger(__name__)
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the process that embeds it owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class RoomsBot:
@@ -57,7 +43,7 @@ class RoomsBot:
         self.chain_url = chain_url
         self.metrics = Metrics()
         self.store = Store(store_path)
-        self.http = MatrixHttp(self.homeserver_url, registration.as_token, timeout=120)
+        self.http = MatrixApi(self.homeserver_url, registration.as_token, timeout=120)
         self.rooms = EntityRooms(
             self.http,
             self.store,
@@ -76,8 +62,8 @@ class RoomsBot:
         )
         self.rpc: CometRpc | None = None
         self.watcher: ChainWatcher | None = None
-        self._server: _EmbeddedServer | None = None
-        self._serving: asyncio.Task[None] | None = None
+        self.app, asgi = build_asgi(self)
+        self._http = EmbeddedServer(asgi, name="the rooms bot")
         self.metrics.watch(lambda: self.watcher.status if self.watcher else None, self.store.count)
 
     @property
@@ -116,16 +102,7 @@ class RoomsBot:
         if self.rpc is not None:
             await self.rpc.close()
             self.rpc = None
-        if self._server is not None and self._serving is not None:
-            self._server.should_exit = True
-            try:
-                await asyncio.wait_for(asyncio.shield(self._serving), 10)
-            except TimeoutError:
-                self._server.force_exit = True
-                with contextlib.suppress(Exception):
-                    await self._serving
-            self._server = None
-            self._serving = None
+        await self._http.stop()
         await self.verifier.close()
         await self.http.close()
         self.store.close()
@@ -148,27 +125,15 @@ class RoomsBot:
             )
 
     async def _serve(self) -> None:
-        host = self.settings.host
-        port = self.registration.port
-        sock = _bind(host, port)
-        config = uvicorn.Config(
-            create_app(self),
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=5,
-            server_header=False,
+        sock = bind(
+            self.settings.host,
+            self.registration.port,
+            service="the rooms bot",
+            hint="It listens on the URL of its appservice registration. Stop the other "
+            "program, or set [roomsbot] port (DATAROOMS_ROOMSBOT_PORT; 0 picks a free port) "
+            "and restart the platform.",
         )
-        self._server = _EmbeddedServer(config)
-        self._serving = asyncio.create_task(
-            self._server.serve(sockets=[sock]), name="roomsbot-http"
-        )
-        while not self._server.started:
-            if self._serving.done():
-                self._serving.result()
-                raise PlatformError("the rooms bot's HTTP server stopped while starting")
-            await asyncio.sleep(0.01)
+        await self._http.start(sock)
 
     # -- handlers ------------------------------------------------------------------
 
@@ -207,22 +172,3 @@ class RoomsBot:
                     "the rooms bot was invited to a room it does not manage; ignoring it",
                     extra={"room": event.get("room_id"), "by": event.get("sender")},
                 )
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUseError(
-                f"port {port} on {host} is already in use: the rooms bot listens there (the "
-                "URL in its appservice registration). Stop the other program or set "
-                "DATAROOMS_ROOMSBOT_PORT (0 picks a free port) and restart the platform."
-            ) from None
-        raise PortInUseError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock

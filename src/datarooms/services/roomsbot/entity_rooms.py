@@ -36,10 +36,10 @@ from urllib.parse import quote
 
 from datarooms import events as ev
 from datarooms._locks import KeyedLocks
-from datarooms._transport.http import MatrixHttp
 from datarooms.chain.entity import controller_user_id
 from datarooms.errors import HomeserverError, ValidationError
 from datarooms.events import ENTITY as ENTITY_EVENT
+from datarooms.homeserver.api import MatrixApi
 from datarooms.ids import did as check_did
 from datarooms.ids import entity_alias_localpart
 from datarooms.sdk.rooms import ENCRYPTION, POWER, power_levels, state_path
@@ -122,7 +122,7 @@ class EntityRooms:
 
     def __init__(
         self,
-        http: MatrixHttp,
+        http: MatrixApi,
         store: Store,
         *,
         server_name: str,
@@ -415,12 +415,22 @@ class EntityRooms:
 
     # -- members -----------------------------------------------------------------
 
-    async def add_member(self, record: EntityRecord, user_id: str, *, join: bool) -> None:
+    async def add_member(
+        self, record: EntityRecord, user_id: str, *, join: bool, power: int = 0
+    ) -> None:
         """Invite ``user_id`` to the entity's space and rooms; with ``join``, join them too
-        (only users in the appservice's namespace, whom the bot can act as)."""
+        (only users in the appservice's namespace, whom the bot can act as); with
+        ``power``, raise theirs to it in the data rooms (never lowers it)."""
         if join:
             await self.ensure_user(user_id)
         for ref in [record.space, *record.rooms.values()]:
+            if power > 0 and ref is not record.space:
+                path = f"/_matrix/client/v3/rooms/{quote(ref.room_id)}/state/m.room.power_levels/"
+                levels = await self._call("GET", path)
+                users = levels.setdefault("users", {})
+                if int(users.get(user_id, levels.get("users_default", 0))) < power:
+                    users[user_id] = power
+                    await self._call("PUT", path, levels)
             membership = await self._membership(ref.room_id, user_id)
             if membership not in ("invite", "join"):
                 await self._invite(ref.room_id, user_id)

@@ -1,29 +1,29 @@
-"""The devchain and the rooms bot as platform services (what ``datarooms up`` runs).
+"""The rooms bot as a platform service (what ``datarooms up`` runs).
 
 Wiring, in the platform:
 
 1. before Synapse starts: ``extra = appservice_synapse_config(settings)`` writes the rooms
-   bot's appservice registration and returns ``{"app_service_config_files": [path]}``
-   to merge into Synapse's config;
-2. services, in this order: :class:`DevchainService` (``name = "devchain"``), then
-   :class:`RoomsBotService` (``name = "roomsbot"``, which also runs the chain watcher).
+   bot's appservice registration (its URL from ``[roomsbot] host`` and ``port``) and
+   returns ``{"app_service_config_files": [path]}`` to merge into Synapse's config;
+2. services, in this order: :class:`~datarooms.services.devchain.DevchainService`
+   (``name = "devchain"``), then :class:`RoomsBotService` (``name = "roomsbot"``, which
+   also runs the chain watcher).
 
-Where they run is recorded in ``<data_dir>/run/devchain.json`` and
-``<data_dir>/run/roomsbot.json`` (``{"url": ..., "pid": ...}``) for the CLI.
+Where the bot runs is recorded in ``<data_dir>/run/roomsbot.json``
+(``{"url": ..., "pid": ...}``) for the CLI and the SDK (which asks it for entity rooms).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from datarooms._fs import ProcessLock, atomic_write
-from datarooms.chain.devchain.node import DevChain
-from datarooms.chain.devchain.rpc import DevChainServer
-from datarooms.config import Settings
+from datarooms._fs import ProcessLock
+from datarooms.config import ChainSettings, RoomsBotSettings, Settings
+from datarooms.errors import PortInUseError
+from datarooms.homeserver.embedded import check_port_free, free_port
+from datarooms.services.devchain import DevchainService, chain_url
 from datarooms.services.platform import PlatformContext
 from datarooms.services.roomsbot.bot import RoomsBot
 from datarooms.services.roomsbot.registration import (
@@ -31,14 +31,11 @@ from datarooms.services.roomsbot.registration import (
     load_registration,
     write_registration,
 )
-from datarooms.services.roomsbot.settings import (
-    ChainSettings,
-    RoomsBotSettings,
-    devchain_dir,
-    load_chain_settings,
-    load_roomsbot_settings,
-    roomsbot_dir,
-)
+from datarooms.services.roomsbot.settings import roomsbot_dir
+from datarooms.services.scaffold import ServiceRun
+from datarooms.services.scaffold import run_file as _run_file
+
+NAME = "roomsbot"
 
 
 def registration_path(settings: Settings) -> Path:
@@ -53,12 +50,12 @@ def write_appservice_registration(
     settings: Settings, roomsbot: RoomsBotSettings | None = None
 ) -> Registration:
     """Write (or refresh, keeping its tokens) the rooms bot's registration file."""
-    rb = roomsbot or load_roomsbot_settings()
+    rb = roomsbot or settings.roomsbot
     path = registration_path(settings)
     port = rb.port
     if port == 0:  # any free port: keep the last one while it stays free
         previous = _previous_port(path)
-        port = previous if previous and _is_free(rb.host, previous) else _free_port(rb.host)
+        port = previous if previous and _is_free(rb.host, previous) else free_port(rb.host)
     return write_registration(
         path,
         server_name=settings.homeserver.server_name,
@@ -85,82 +82,20 @@ def _previous_port(path: Path) -> int | None:
 
 
 def _is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def run_file(settings: Settings, name: str) -> Path:
-    return settings.run_dir / f"{name}.json"
-
-
-def running_url(settings: Settings, name: str) -> str | None:
-    """The URL of the ``devchain`` or ``roomsbot`` running on this data dir, if one is."""
     try:
-        info = json.loads(run_file(settings, name).read_text())
-        pid, url = int(info["pid"]), str(info["url"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return url
+        check_port_free(host, port)
+    except PortInUseError:
+        return False
+    return True
 
 
-def chain_url(settings: Settings, chain: ChainSettings) -> str:
-    """The RPC to watch: the external node, else the devchain running on this data dir."""
-    if chain.mode == "external":
-        return chain.rpc_url.rstrip("/")
-    return running_url(settings, "devchain") or f"http://{chain.host}:{chain.port}"
+def run_file(settings: Settings, name: str = NAME) -> Path:
+    return _run_file(settings, name)
 
 
-class DevchainService:
-    """Runs the embedded devchain (chain.mode = devchain); nothing in external mode."""
-
-    name = "devchain"
-
-    def __init__(
-        self, chain: ChainSettings | None = None, *, allow_raw_events: bool = False
-    ) -> None:
-        self._chain = chain
-        self._allow_raw = allow_raw_events
-        self.server: DevChainServer | None = None
-        self._run_file: Path | None = None
-
-    async def start(self, platform: PlatformContext) -> dict[str, Any]:
-        cs = self._chain or load_chain_settings()
-        if cs.mode != "devchain":
-            return {"mode": "external", "rpc": cs.rpc_url}
-        chain = DevChain(
-            devchain_dir(platform.settings.data_dir),
-            chain_id=cs.chain_id,
-            block_interval=cs.block_interval,
-            allow_raw_events=self._allow_raw,
-        )
-        server = DevChainServer(chain, host=cs.host, port=cs.port)
-        await server.start()  # verifies the stored chain first
-        self.server = server
-        self._run_file = run_file(platform.settings, self.name)
-        atomic_write(self._run_file, json.dumps({"url": server.url, "pid": os.getpid()}))
-        return {"rpc": server.url, "chain_id": chain.chain_id, "height": chain.height}
-
-    async def stop(self) -> None:
-        server, self.server = self.server, None
-        try:
-            if server is not None:
-                await server.stop()
-        finally:
-            if self._run_file is not None:
-                self._run_file.unlink(missing_ok=True)
-                self._run_file = None
+def running_url(settings: Settings, name: str = NAME) -> str | None:
+    """The URL of the ``roomsbot`` (or ``devchain``) running on this data dir, if one is."""
+    return settings.running_url(name)
 
 
 class RoomsBotService:
@@ -174,19 +109,22 @@ class RoomsBotService:
         self._settings = roomsbot
         self._chain = chain
         self.bot: RoomsBot | None = None
-        self._lock: ProcessLock | None = None
-        self._run_file: Path | None = None
+        self._run: ServiceRun | None = None
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
-        rb = self._settings or load_roomsbot_settings()
-        cs = self._chain or load_chain_settings()
         settings = platform.settings
+        rb = self._settings or settings.roomsbot
+        cs = self._chain or settings.chain
+        # The platform's service account (the CLI's default account) administers the
+        # platform: it may add members to entity rooms, as `rooms.create` asks.
+        operators = rb.operator_ids | {platform.service_account.user_id}
+        rb = replace(rb, operators=",".join(sorted(operators)))
         reg = load_registration(registration_path(settings), platform.server_name)
         lock = ProcessLock(
             roomsbot_dir(settings.data_dir) / "roomsbot.lock",
             what=f"a rooms bot on {settings.data_dir}",
         )
-        lock.acquire()
+        run = ServiceRun(settings, self.name, lock).acquire()
         try:
             watch = chain_url(settings, cs) if cs.watch else None
             bot = RoomsBot(
@@ -199,11 +137,10 @@ class RoomsBotService:
             )
             await bot.start()
         except BaseException:
-            lock.release()
+            run.release()
             raise
-        self.bot, self._lock = bot, lock
-        self._run_file = run_file(settings, self.name)
-        atomic_write(self._run_file, json.dumps({"url": bot.url, "pid": os.getpid()}))
+        run.publish({"url": bot.url})
+        self.bot, self._run = bot, run
         return {
             "url": bot.url,
             "user": reg.user_id,
@@ -217,12 +154,9 @@ class RoomsBotService:
             if bot is not None:
                 await bot.stop()
         finally:
-            if self._run_file is not None:
-                self._run_file.unlink(missing_ok=True)
-                self._run_file = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            run, self._run = self._run, None
+            if run is not None:
+                run.release()
 
 
 __all__ = [

@@ -1,30 +1,35 @@
 """The state bot's REST API: a thin FastAPI layer over :class:`StateHandler`.
 
-Every route parses and validates its input, authenticates the caller (a Matrix
-OpenID token, see :mod:`.auth`), calls the handler and shapes the answer. Every
-error is ``{"errcode": ..., "error": ...}`` with its HTTP status; a request body
-over the limit gets 413 before it is parsed. The OpenAPI document is at
+Every route authenticates the caller (a Matrix OpenID token, see
+:mod:`datarooms.services.openid`) before its body is read, parses and validates its
+input, calls the handler and shapes the answer. Every error is
+``{"errcode": ..., "error": ...}`` with its HTTP status (see
+:mod:`datarooms.services.scaffold`); a request body over the limit gets 413 before
+it is parsed. The OpenAPI document is at
 ``/openapi.json``, interactive docs at ``/docs`` and ``/redoc``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
-from datarooms.errors import DataroomsError
+from datarooms.config import STATEBOT_MAX_BODY_BYTES
 from datarooms.services.openid import Caller, OpenIdVerifier
+from datarooms.services.scaffold import (
+    RequestGuard,
+    bearer_token,
+    header,
+    install_error_handlers,
+    route_template,
+)
 from datarooms.services.statebot import events as sev
 from datarooms.services.statebot.handler import StateHandler
 from datarooms.services.statebot.metrics import Metrics
@@ -34,7 +39,7 @@ log = logging.getLogger(__name__)
 API_VERSION = "1.0.0"
 #: The largest request body: a state event is at most 65,536 bytes, and JSON
 #: escaping can double what a value takes in the request.
-MAX_BODY_BYTES = 256 * 1024
+MAX_BODY_BYTES = STATEBOT_MAX_BODY_BYTES
 
 _SERVER = r"[A-Za-z0-9.:\[\]-]+"
 _ROOM_ID = r"!(?:[^:\s/]+:" + _SERVER + r"|[A-Za-z0-9_-]+)"
@@ -220,6 +225,9 @@ async def _caller(
         ),
     ] = None,
 ) -> Caller:
+    known = getattr(request.state, "caller", None)
+    if isinstance(known, Caller):  # the request guard verified it before reading the body
+        return known
     verifier: OpenIdVerifier = request.app.state.verifier
     return await verifier.verify(credentials.credentials if credentials else None, server_name)
 
@@ -251,37 +259,7 @@ def create_app(
     )
     app.state.verifier = verifier
 
-    # -- errors --
-
-    @app.exception_handler(DataroomsError)
-    async def _dataroom_error(_request: Request, exc: DataroomsError) -> JSONResponse:
-        if exc.http_status >= 500:
-            log.warning("request failed", extra={"errcode": exc.errcode, "error": exc.message})
-        return JSONResponse(exc.to_json(), status_code=exc.http_status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(_validation_error(exc), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            body = {"errcode": "M_UNRECOGNIZED", "error": "no such endpoint; see /docs"}
-        elif exc.status_code == 405:
-            body = {"errcode": "M_UNRECOGNIZED", "error": "method not allowed on this endpoint"}
-        elif exc.status_code == 400:
-            body = {"errcode": "M_NOT_JSON", "error": f"the body could not be read: {exc.detail}"}
-        else:
-            body = {"errcode": "M_UNKNOWN", "error": str(exc.detail)}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
-        return JSONResponse(
-            {"errcode": "M_UNKNOWN", "error": "internal error in the state bot; see its log"},
-            status_code=500,
-        )
+    install_error_handlers(app, "the state bot")
 
     # -- service endpoints --
 
@@ -433,133 +411,8 @@ def create_app(
     return app
 
 
-def _validation_error(exc: RequestValidationError) -> dict[str, str]:
-    """One clear message from pydantic's errors, never echoing the input (it may be secret)."""
-    errors = exc.errors()
-    parts = []
-    errcode = "M_INVALID_PARAM"
-    for err in errors[:5]:
-        loc = [str(p) for p in err.get("loc", ())]
-        kind = str(err.get("type", ""))
-        if kind == "json_invalid":
-            ctx = err.get("ctx") or {}
-            return {
-                "errcode": "M_NOT_JSON",
-                "error": f"the body is not valid JSON: {ctx.get('error', 'parse error')}",
-            }
-        if loc and loc[0] == "body":
-            errcode = "M_BAD_JSON"
-        where = ".".join(loc[1:]) if len(loc) > 1 else (loc[0] if loc else "request")
-        if loc[:1] == ["body"] and len(loc) == 1:
-            where = "the body"
-        msg = str(err.get("msg", "invalid"))
-        if kind == "string_pattern_mismatch":
-            names = set(loc)
-            if names & {"room_id", "room"}:
-                msg = "not a Matrix room id (expected !opaque:server; or #alias:server to join)"
-            elif names & {"read", "write"}:
-                msg = "not a Matrix user id (expected @name:server)"
-            elif "key" in names:
-                msg = "a state key may not contain control characters"
-        parts.append(f"{where}: {msg}")
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return {"errcode": errcode, "error": "; ".join(parts) + more}
-
-
-_DOC_PATHS = frozenset({"/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"})
-
-
-class BodyLimitAndMetrics:
-    """Pure ASGI middleware: refuse bodies over the limit (413) and count every answer."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            body = await self._read_body(scope, receive, send_counted)
-            if body is None:
-                return
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send_counted)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None)
-            if template is None:  # the docs and OpenAPI routes; anything else stays unnamed
-                path = str(scope.get("path", ""))
-                template = path if path in _DOC_PATHS else "unmatched"
-            method = str(scope.get("method", ""))
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
-
-    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _send_error(send, 400, "M_BAD_JSON", "Content-Length is not a number")
-                    return None
-                if declared > self.max_body_bytes:
-                    await _send_error(send, 413, "M_TOO_LARGE", self._too_large())
-                    return None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await _send_error(send, 413, "M_TOO_LARGE", self._too_large())
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-    def _too_large(self) -> str:
-        return (
-            f"the request body is over {self.max_body_bytes} bytes; a state value is at most "
-            "65,536 bytes (one Matrix event)"
-        )
-
-
-async def _send_error(send: Send, status: int, errcode: str, error: str) -> None:
-    body = json.dumps({"errcode": errcode, "error": error}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+def _too_large() -> str:
+    return "a state value is at most 65,536 bytes (one Matrix event)"
 
 
 def build_asgi(
@@ -570,6 +423,28 @@ def build_asgi(
     synced: Callable[[], bool] = lambda: True,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> tuple[FastAPI, ASGIApp]:
-    """The FastAPI app (for its OpenAPI document) and the ASGI app to serve."""
+    """The FastAPI app (for its OpenAPI document) and the ASGI app to serve: the app
+    behind the services' :class:`RequestGuard`, which authenticates every ``/v1/`` call
+    before its body is read, caps the body and counts every answer."""
     app = create_app(handler, verifier, metrics, synced=synced)
-    return app, BodyLimitAndMetrics(app, metrics, max_body_bytes)
+
+    async def authenticate(scope: Scope) -> None:
+        if str(scope.get("path", "")).startswith("/v1/"):
+            scope["state"]["caller"] = await verifier.verify(
+                bearer_token(scope), header(scope, b"x-matrix-server-name")
+            )
+
+    def count(scope: Scope, status: int, seconds: float) -> None:
+        template = route_template(scope)
+        method = str(scope.get("method", ""))
+        metrics.requests.labels(method, template, str(status)).inc()
+        metrics.latency.labels(method, template).observe(seconds)
+
+    guard = RequestGuard(
+        app,
+        max_body=max_body_bytes,
+        authenticate=authenticate,
+        on_answer=count,
+        too_large=_too_large(),
+    )
+    return app, guard

@@ -26,16 +26,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
-import aiohttp
-
-from datarooms._transport.http import MatrixHttp
 from datarooms.errors import (
     AccessDeniedError,
     DataroomsError,
-    HomeserverError,
     NotFoundError,
     ValidationError,
 )
+from datarooms.homeserver.api import SERVICE_RETRY, MatrixApi
 from datarooms.services.statebot.access import Acl
 from datarooms.services.statebot.errors import (
     BadPathError,
@@ -58,7 +55,7 @@ class OpenIdTokens:
     """OpenID tokens of one Matrix account, requested from its homeserver and cached."""
 
     def __init__(self, homeserver_url: str, access_token: str, user_id: str | None = None) -> None:
-        self._http = MatrixHttp(homeserver_url, access_token)
+        self._http = MatrixApi(homeserver_url, access_token)
         self.user_id = user_id
         self._token: str | None = None
         self._server: str | None = None
@@ -74,13 +71,7 @@ class OpenIdTokens:
             if self._token is None or self._server is None or time.monotonic() >= self._expires:
                 if self.user_id is None:
                     self.user_id = str((await self._http.whoami())["user_id"])
-                res = await self._http.request(
-                    "POST",
-                    f"/_matrix/client/v3/user/{quote(self.user_id, safe='')}/openid/request_token",
-                    json={},
-                )
-                if not isinstance(res, dict) or not isinstance(res.get("access_token"), str):
-                    raise HomeserverError("the homeserver answered no OpenID token")
+                res = await self._http.openid_token(self.user_id)
                 lifetime = float(res.get("expires_in", 3600))
                 self._token = res["access_token"]
                 self._server = str(res.get("matrix_server_name") or self.user_id.split(":", 1)[1])
@@ -100,8 +91,14 @@ class StateBotClient:
     def __init__(self, url: str, tokens: OpenIdTokens, *, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
         self.tokens = tokens
-        self._session: aiohttp.ClientSession | None = None
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._http = MatrixApi(
+            self.url,
+            timeout=timeout,
+            retry=SERVICE_RETRY,
+            name="the state bot",
+            errors=lambda status, body, _what: _error(status, body),
+            unreachable_errcodes=("DR_STATEBOT_UNREACHABLE", "DR_STATEBOT_TIMEOUT"),
+        )
 
     @classmethod
     def for_client(cls, url: str, client: DataroomsClient, **kwargs: Any) -> StateBotClient:
@@ -123,9 +120,7 @@ class StateBotClient:
         return cls(url, OpenIdTokens(homeserver_url, access_token, user_id), **kwargs)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
         await self.tokens.close()
 
     async def __aenter__(self) -> StateBotClient:
@@ -221,33 +216,15 @@ class StateBotClient:
         params: dict[str, str] | None = None,
         auth: bool = True,
     ) -> Any:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
         for attempt in range(2):
             headers = {}
             if auth:
                 token, server = await self.tokens.get()
                 headers = {"Authorization": f"Bearer {token}", "X-Matrix-Server-Name": server}
-            try:
-                async with self._session.request(
-                    method, self.url + path, json=json, params=params, headers=headers
-                ) as resp:
-                    try:
-                        body = await resp.json(content_type=None)
-                    except ValueError:
-                        body = None
-                    status = resp.status
-            except aiohttp.ClientConnectionError as exc:
-                raise DataroomsError(
-                    f"cannot reach the state bot at {self.url}: {exc}. Is it running? "
-                    "(`datarooms status`)",
-                    errcode="DR_STATEBOT_UNREACHABLE",
-                ) from None
-            except TimeoutError:
-                raise DataroomsError(
-                    f"the state bot at {self.url} did not answer {method} {path} in time",
-                    errcode="DR_STATEBOT_TIMEOUT",
-                ) from None
+            answer = await self._http.answer(
+                method, path, json=json, params=params, headers=headers, auth=False
+            )
+            status, body = answer.status, answer.body
             if status < 400:
                 return body
             error = _error(status, body)

@@ -13,33 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import json
 import logging
-import os
-import socket
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 
-from datarooms._fs import ProcessLock, atomic_write
-from datarooms.config import Settings
+from datarooms._fs import ProcessLock
+from datarooms.config import Settings, StateBotSettings, load_section
 from datarooms.errors import (
-    ConfigError,
     DataroomsError,
     PlatformError,
-    PortInUseError,
 )
 from datarooms.ids import server_of
 from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.hooks import MembershipChanged, Subscription
+from datarooms.services import scaffold
 from datarooms.services.openid import Caller, OpenIdVerifier
 from datarooms.services.platform import PlatformContext
-from datarooms.services.statebot.api import MAX_BODY_BYTES, build_asgi
+from datarooms.services.scaffold import EmbeddedServer, ServiceRun, bind, http_url
+from datarooms.services.statebot.api import build_asgi
 from datarooms.services.statebot.handler import StateHandler
 from datarooms.services.statebot.metrics import Metrics
 
@@ -49,104 +44,20 @@ ENV_PREFIX = "DATAROOMS_STATEBOT_"
 DEFAULT_PORT = 8010
 
 
-@dataclass(frozen=True)
-class StateBotConfig:
-    """Settings of the state bot.
-
-    From ``[statebot]`` in the settings once the platform's config has that section,
-    else from ``DATAROOMS_STATEBOT_<FIELD>`` environment variables, else these
-    defaults. ``homeservers`` is a JSON object in the environment, e.g.
-    ``DATAROOMS_STATEBOT_HOMESERVERS='{"other.org": "https://matrix.other.org"}'``.
-    """
-
-    #: Listen address; loopback unless you put the bot behind a proxy.
-    host: str = "127.0.0.1"
-    #: Listen port; 0 picks a free one.
-    port: int = DEFAULT_PORT
-    #: Extra homeservers whose users may call the bot: ``{server_name: base_url}``.
-    #: The bot's own homeserver is always trusted.
-    homeservers: Mapping[str, str] = field(default_factory=dict)
-    #: How long a verified OpenID token is trusted without asking its homeserver again.
-    token_cache_seconds: float = 300.0
-    #: Accept invites from users of trusted homeservers by itself.
-    auto_join: bool = True
-    #: The bot account's localpart.
-    localpart: str = "statebot"
-    #: The largest request body accepted.
-    max_body_bytes: int = MAX_BODY_BYTES
-
-    @classmethod
-    def load(
-        cls, settings: Settings | None = None, env: Mapping[str, str] | None = None
-    ) -> StateBotConfig:
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        section = settings.section("statebot") if settings is not None else {}
-        known = {f.name for f in fields(cls)}
-        unknown = set(section) - known
-        if unknown:
-            raise ConfigError(
-                f"[statebot]: unknown setting(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        for name, value in section.items():
-            values[name] = _parse(name, value) if isinstance(value, str) else value
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, raw)
-        config = cls(**values)
-        config.check()
-        return config
-
-    def check(self) -> None:
-        if not 0 <= self.port < 65536:
-            raise ConfigError(f"statebot port must be between 0 and 65535, got {self.port}")
-        if self.token_cache_seconds < 0 or self.token_cache_seconds > 3600:
-            raise ConfigError(
-                "statebot token_cache_seconds must be between 0 and 3600 "
-                "(OpenID tokens live one hour)"
-            )
-        for name, url in self.homeservers.items():
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ConfigError(
-                    f"statebot homeservers: the URL of {name!r} must start with http:// or "
-                    f"https://, got {url!r}"
-                )
+#: The settings of the state bot: the ``[statebot]`` section of the platform's settings
+#: (``settings.statebot``), read from the config file and ``DATAROOMS_STATEBOT_<FIELD>``
+#: by :mod:`datarooms.config`. ``homeservers`` is a table in the file and a JSON object in
+#: the environment, e.g. ``DATAROOMS_STATEBOT_HOMESERVERS='{"other.org": "https://..."}'``.
+StateBotConfig = StateBotSettings
 
 
-def _parse(name: str, raw: str) -> Any:
-    var = ENV_PREFIX + name.upper()
-    try:
-        if name == "port" or name == "max_body_bytes":
-            return int(raw)
-        if name == "token_cache_seconds":
-            return float(raw)
-        if name == "auto_join":
-            low = raw.lower()
-            if low in {"1", "true", "yes", "on"}:
-                return True
-            if low in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(raw)
-        if name == "homeservers":
-            data = json.loads(raw)
-            if not isinstance(data, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-            ):
-                raise ValueError("not an object of strings")
-            return data
-    except ValueError:
-        raise ConfigError(f"{var} has an invalid value") from None
-    return raw
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handling: the platform owns SIGINT and SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+def load_config(
+    settings: Settings | None = None, env: Mapping[str, str] | None = None
+) -> StateBotSettings:
+    """``settings.statebot``; without settings, ``[statebot]`` from the environment alone."""
+    if settings is not None:
+        return settings.statebot
+    return load_section(StateBotSettings, "statebot", env=env)
 
 
 class StateBot:
@@ -186,8 +97,7 @@ class StateBot:
             max_body_bytes=self.config.max_body_bytes,
         )
         self._own_client = own_client
-        self._server: _Server | None = None
-        self._serve_task: asyncio.Task[None] | None = None
+        self._http = EmbeddedServer(self._asgi, name="the state bot")
         self._join_task: asyncio.Task[None] | None = None
         self._tried_invites: set[str] = set()
         self._invites: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -198,15 +108,21 @@ class StateBot:
     def url(self) -> str:
         if self.port is None:
             raise PlatformError("the state bot is not running")
-        host = self.config.host
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{self.port}"
+        return http_url(self.config.host, self.port)
 
     async def start(self) -> str:
         """Start the sync loop and the HTTP server; return the bot's base URL."""
-        sock = _bind(self.config.host, self.config.port)
+        sock = bind(
+            self.config.host,
+            self.config.port,
+            service="the state bot",
+            hint=f"Give it another port ({ENV_PREFIX}PORT, [statebot] port, or --port "
+            "for `datarooms statebot`).",
+        )
         try:
-            await self._serve(sock)
+            self.port = int(sock.getsockname()[1])
+            self.client.start_sync()
+            await self._http.start(sock)
         except BaseException:
             sock.close()
             await self.stop()
@@ -217,28 +133,6 @@ class StateBot:
         log.info("state bot listening", extra={"url": self.url, "user_id": self.client.user_id})
         return self.url
 
-    async def _serve(self, sock: socket.socket) -> None:
-        self.port = int(sock.getsockname()[1])
-        self.client.start_sync()
-        config = uvicorn.Config(
-            self._asgi,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-            proxy_headers=False,
-        )
-        self._server = _Server(config)
-        self._serve_task = asyncio.create_task(
-            self._server.serve(sockets=[sock]), name="statebot-http"
-        )
-        while not self._server.started:
-            if self._serve_task.done():
-                exc = self._serve_task.exception()
-                raise PlatformError(f"the state bot's HTTP server did not start: {exc!r}")
-            await asyncio.sleep(0.01)
-
     async def stop(self) -> None:
         if self._invite_hook is not None:
             self._invite_hook.cancel()
@@ -248,18 +142,7 @@ class StateBot:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._join_task
             self._join_task = None
-        if self._server is not None and self._serve_task is not None:
-            self._server.should_exit = True
-            try:
-                await asyncio.wait_for(asyncio.shield(self._serve_task), 10)
-            except TimeoutError:
-                self._server.force_exit = True
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._serve_task, 5)
-            except Exception:
-                log.exception("the state bot's HTTP server failed while stopping")
-        self._server = None
-        self._serve_task = None
+        await self._http.stop()
         await self.verifier.close()
         await self.handler.close()
         if self._own_client:
@@ -300,29 +183,6 @@ class StateBot:
                 )
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
-    # sockets that say they are TCP, and without it every answer waits ~40 ms for an ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUseError(
-                f"port {port} on {host} is already in use by another program; give the state "
-                f"bot another port ({ENV_PREFIX}PORT, or --port for `datarooms statebot`)"
-            ) from None
-        raise PlatformError(
-            f"the state bot cannot listen on {host}:{port}: {exc.strerror}"
-        ) from None
-    return sock
-
-
 class StateBotService:
     """The platform service ``statebot``: start with :meth:`start`, stop with :meth:`stop`."""
 
@@ -332,11 +192,10 @@ class StateBotService:
         self._config = config
         self._overrides = overrides
         self.bot: StateBot | None = None
-        self._lock: ProcessLock | None = None
-        self._run_file: Path | None = None
+        self._run: ServiceRun | None = None
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
-        config = self._config or StateBotConfig.load(platform.settings)
+        config = self._config or platform.settings.statebot
         if self._overrides:
             config = replace(config, **self._overrides)
             config.check()
@@ -347,7 +206,7 @@ class StateBotService:
             what=f"the state bot with the device in {store}",
             hint="Stop it first (`datarooms down`, or Ctrl-C).",
         )
-        lock.acquire()
+        run = ServiceRun(platform.settings, self.name, lock).acquire()
         try:
             client = await DataroomsClient.open(creds, store, device_name="datarooms state bot")
             try:
@@ -358,12 +217,11 @@ class StateBotService:
                 await client.close()
                 raise
         except BaseException:
-            lock.release()
+            run.release()
             raise
-        self.bot, self._lock = bot, lock
         info = {"url": url, "user": creds.user_id, "docs": f"{url}/docs"}
-        self._run_file = run_file(platform.settings)
-        atomic_write(self._run_file, json.dumps({**info, "pid": os.getpid()}))
+        run.publish(info)
+        self.bot, self._run = bot, run
         return info
 
     async def stop(self) -> None:
@@ -372,28 +230,19 @@ class StateBotService:
             if bot is not None:
                 await bot.stop()
         finally:
-            if self._run_file is not None:
-                self._run_file.unlink(missing_ok=True)
-                self._run_file = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            run, self._run = self._run, None
+            if run is not None:
+                run.release()
 
 
 def run_file(settings: Settings) -> Path:
     """``<data_dir>/run/statebot.json``: where the running state bot listens (and its pid)."""
-    return settings.run_dir / "statebot.json"
+    return scaffold.run_file(settings, StateBotService.name)
 
 
 def running_url(settings: Settings) -> str | None:
     """The URL of the state bot running on this data dir, if one is."""
-    try:
-        info = json.loads(run_file(settings).read_text())
-        pid, url = int(info["pid"]), str(info["url"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return url
+    return settings.running_url(StateBotService.name)
 
 
-__all__ = ["StateBot", "StateBotConfig", "StateBotService", "running_url"]
+__all__ = ["StateBot", "StateBotConfig", "StateBotService", "load_config", "running_url"]

@@ -83,9 +83,10 @@ async def test_killed_writer_loses_and_repeats_nothing(  # type: ignore[no-untyp
     rng = random.Random(seed)
     # Where each run is killed (see tests/telemetry_crash_writer.py). The first is killed
     # right after an append, before anything could be sent: the next run must resend.
-    plan = [f"acks:{rng.randint(40, 80)}:0"]
-    kinds = ["open", "started", *rng.choices(["open", "started", "acks", "acks"], k=KILLS - 3)]
-    rng.shuffle(kinds)  # every kind of point at least once
+    plan = [f"acks:{rng.randint(60, 100)}:0"]
+    others = rng.choices(["open", "started", "acks", "acks"], k=KILLS - 5)
+    kinds = ["open", "started", "acks", "acks", *others]
+    rng.shuffle(kinds)  # every kind of point at least once, 3 runs that append at least
     for kind in kinds:
         linger = rng.choice([0, rng.randint(1, 150)])
         plan.append(
@@ -93,7 +94,7 @@ async def test_killed_writer_loses_and_repeats_nothing(  # type: ignore[no-untyp
             if kind == "open"
             else f"started:{linger}"
             if kind == "started"
-            else f"acks:{rng.randint(20, 80)}:{linger}"
+            else f"acks:{rng.randint(30, 80)}:{linger}"
         )
     print(f"test_telemetry_crash: kill points {plan}")
     writer_user = await homeserver.new_user("crash-writer")

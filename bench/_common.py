@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: ``--smoke``: what CI runs (scripts/test) to see that a benchmark still works.
+SMOKE_HELP = "smallest sizes, a few seconds: checks that the benchmark runs; not a measurement"
+
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")

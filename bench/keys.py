@@ -1,6 +1,6 @@
 """Key backup: upload and restore throughput, and what backup adds to a record put.
 
-Run from the repo root: python bench/keys.py [--quick]
+Run from the repo root: python bench/keys.py [--quick | --smoke]
 
 Everything runs against a real embedded Synapse.
 
@@ -57,7 +57,7 @@ from typing import Any  # noqa: E402
 import vodozemac  # noqa: E402
 from nio.crypto.sessions import InboundGroupSession  # noqa: E402
 
-from _common import emit, machine, median, percentile  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, median, percentile  # noqa: E402
 from datarooms import Credentials, DataroomsClient  # noqa: E402
 from datarooms.homeserver.admin import RegisteredUser  # noqa: E402
 from datarooms.testing import TestHomeserver  # noqa: E402
@@ -315,13 +315,14 @@ async def bench_put(hs: TestHomeserver, tmp: Path, n: int, warmup: int) -> dict[
 # -- main ---------------------------------------------------------------------------
 
 
-async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
+async def run(hs: TestHomeserver, tmp: Path, quick: bool, smoke: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    n = 1000 if quick else 10_000
+    n = 200 if smoke else 1000 if quick else 10_000
     print(f"1/2 backup upload and restore of {n:,} sessions ...", flush=True)
-    result.update(await bench_backup(hs, tmp, n, 20 if quick else 100))
+    result.update(await bench_backup(hs, tmp, n, 3 if smoke else 20 if quick else 100))
     print("2/2 put latency, backup on vs off ...", flush=True)
-    result.update(await bench_put(hs, tmp, 30 if quick else 200, warmup=5 if quick else 10))
+    puts, warmup = (3, 1) if smoke else (30, 5) if quick else (200, 10)
+    result.update(await bench_put(hs, tmp, puts, warmup=warmup))
     return result
 
 
@@ -330,6 +331,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="1,000 sessions, 30 puts per variant")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
     # nio warns about every event it cannot decrypt yet (a new device before restore)
     # and every device it has no Olm session with yet: expected here, and noise.
@@ -338,7 +340,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-keys-"))
     try:
         with TestHomeserver(tmp / "homeserver") as hs:
-            r = asyncio.run(run(hs, tmp, args.quick))
+            r = asyncio.run(run(hs, tmp, args.quick, args.smoke))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     r["runtime_s"] = time.perf_counter() - started
@@ -364,7 +366,7 @@ def main() -> None:
         f"{r['put_new_session_ratio_on_off']:.3f}, {r['put_new_session_added_ms']:+.2f} ms"
     )
     print(f"runtime {r['runtime_s']:.0f} s")
-    emit({"bench": "keys", "quick": args.quick, **r, **machine()})
+    emit({"bench": "keys", "quick": args.quick, "smoke": args.smoke, **r, **machine()})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """MCP server: tool-call latency over streamable HTTP vs the same SDK work done directly.
 
-Run from the repo root: python bench/mcp.py [--quick]
+Run from the repo root: python bench/mcp.py [--quick | --smoke]
 
 A real embedded Synapse; the MCP service (McpService, as `datarooms up` runs it) in this
 process with one agent (write access), its own E2EE device and sync loop; a user who
@@ -46,7 +46,7 @@ from typing import Any  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.shared._httpx_utils import create_mcp_http_client  # noqa: E402
 
-from _common import emit, machine, median, percentile, rss_mb  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb  # noqa: E402
 from datarooms import Credentials, DataroomsClient  # noqa: E402
 from datarooms._logging import configure_logging  # noqa: E402
 from datarooms.account import write_credentials  # noqa: E402
@@ -105,8 +105,9 @@ def check(result: Any) -> dict[str, Any]:
     return dict(result.structured_content or {})
 
 
-async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
-    n = 40 if quick else 300
+async def run(hs: TestHomeserver, tmp: Path, quick: bool, smoke: bool = False) -> dict[str, Any]:
+    n = 4 if smoke else 40 if quick else 300
+    warmup = 1 if smoke else 5
     ctx = await setup_platform(hs, tmp / "data")
     name = f"bench-{uuid.uuid4().hex[:6]}"
     token = add_agent(agents_file(ctx.settings.data_dir), name, access="write", rooms=["*"])
@@ -149,8 +150,10 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
                 events, _ = await read_timeline(agent, room, limit=20)
                 assert len(events) == 20
 
-            tool_reads, sdk_reads = await interleaved(tool_read, sdk_recent, n, warmup=5)
-            _, timeline_reads = await interleaved(tool_read, agent_timeline, n // 2, warmup=2)
+            tool_reads, sdk_reads = await interleaved(tool_read, sdk_recent, n, warmup=warmup)
+            _, timeline_reads = await interleaved(
+                tool_read, agent_timeline, n // 2, warmup=min(2, warmup)
+            )
 
             print("2/3 put record ...", flush=True)
 
@@ -165,7 +168,7 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
             async def sdk_put(i: int) -> None:
                 await agent.records.put(room, f"sensor-{i % 10}", {"c": 20 + i % 7})
 
-            tool_puts, sdk_puts = await interleaved(tool_put, sdk_put, n, warmup=5)
+            tool_puts, sdk_puts = await interleaved(tool_put, sdk_put, n, warmup=warmup)
 
             print("3/3 get record (local index) ...", flush=True)
 
@@ -175,7 +178,7 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
             async def sdk_get(_i: int) -> None:
                 await agent.records.get(room, "sensor-1")
 
-            tool_gets, sdk_gets = await interleaved(tool_get, sdk_get, n, warmup=5)
+            tool_gets, sdk_gets = await interleaved(tool_get, sdk_get, n, warmup=warmup)
 
         result.update(stats("read_recent", tool_reads))
         result.update(stats("direct_read_recent", sdk_reads))
@@ -199,7 +202,7 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
         result["mcp_overhead_get_ms"] = (
             result["get_record_p50_ms"] - result["direct_get_record_p50_ms"]
         )
-        if not quick:
+        if not quick and not smoke:
             print("4/4 SDK messages.recent with the sync loop running (3 samples) ...", flush=True)
             waits = []
             for _ in range(3):
@@ -220,13 +223,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="fewer samples")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
     configure_logging("WARNING")
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-mcp-"))
     try:
         with TestHomeserver(tmp / "homeserver") as hs:
-            r = asyncio.run(run(hs, tmp, args.quick))
+            r = asyncio.run(run(hs, tmp, args.quick, args.smoke))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     r["runtime_s"] = time.perf_counter() - started
@@ -254,7 +258,7 @@ def main() -> None:
             f"{r['sdk_recent_with_sync_loop_ms']} ms"
         )
     print(f"{r['n']} samples each; RSS {r['rss_mb']:.0f} MB; runtime {r['runtime_s']:.0f} s")
-    emit({"bench": "mcp", "quick": args.quick, **r, **machine()})
+    emit({"bench": "mcp", "quick": args.quick, "smoke": args.smoke, **r, **machine()})
 
 
 if __name__ == "__main__":

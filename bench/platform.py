@@ -103,8 +103,9 @@ def time_synapse(data_dir: Path, port: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
+    ap.add_argument("--smoke", action="store_true", help=_common.SMOKE_HELP)
     args = ap.parse_args()
-    rounds = 2 if args.quick else 5
+    rounds = 1 if args.smoke else 2 if args.quick else 5
     tmp = Path(tempfile.mkdtemp(prefix="bench-platform-"))
     try:
         data_dir = tmp / "data"
@@ -119,8 +120,10 @@ def main() -> None:
                 f"round {i + 1}: up (core) {cores[-1]:.2f} s, up (all services) "
                 f"{ups[-1]:.2f} s, synapse alone {synapses[-1]:.2f} s"
             )
-        _, idle_rss = time_up(data_dir, port, idle_s=5.0)
-        _, core_idle_rss = time_up(data_dir, port, idle_s=5.0, services="none")
+        idle_rss = core_idle_rss = float("nan")  # not measured by a smoke run
+        if not args.smoke:
+            _, idle_rss = time_up(data_dir, port, idle_s=5.0)
+            _, core_idle_rss = time_up(data_dir, port, idle_s=5.0, services="none")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     up_s, core_s, syn_s = median(ups), median(cores), median(synapses)

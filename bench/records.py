@@ -1,6 +1,6 @@
 """Records and files: put latency, twin-state and key-history queries, file throughput.
 
-Run from the repo root: python bench/records.py [--quick]
+Run from the repo root: python bench/records.py [--quick | --smoke]
 
 Everything runs against a real embedded Synapse, with two SDK devices (two users)
 sharing an encrypted data room, so every Megolm session is really shared.
@@ -56,7 +56,7 @@ from typing import Any  # noqa: E402
 from nio import RoomMessagesError, RoomSendError  # noqa: E402
 from nio.api import MessageDirection  # noqa: E402
 
-from _common import emit, machine, median, percentile, rss_mb  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb  # noqa: E402
 from datarooms import Credentials, DataroomsClient  # noqa: E402
 from datarooms import events as ev  # noqa: E402
 from datarooms._store.index import LocalIndex, Record  # noqa: E402
@@ -421,24 +421,30 @@ async def bench_files(
 # -- main ---------------------------------------------------------------------------
 
 
-async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
+async def run(hs: TestHomeserver, tmp: Path, quick: bool, smoke: bool = False) -> dict[str, Any]:
     alice = await open_client(hs, await hs.new_user("writer"), tmp / "writer")
     bob = await open_client(hs, await hs.new_user("reader"), tmp / "reader")
     result: dict[str, Any] = {}
     try:
         room = await shared_room(alice, bob, "bench records")
         print("1/4 put vs raw send ...", flush=True)
-        result.update(await bench_put(alice, room, 40 if quick else 300, warmup=10))
+        result.update(
+            await bench_put(
+                alice, room, 4 if smoke else 40 if quick else 300, warmup=2 if smoke else 10
+            )
+        )
         print("2/4 twin and key history from a synthetic index ...", flush=True)
-        result.update(await bench_index(tmp, bob, 20 if quick else 100, 100 if quick else 300))
+        versions, runs = (2, 3) if smoke else (20, 100) if quick else (100, 300)
+        result.update(await bench_index(tmp, bob, versions, runs))
         print("3/4 key history: index vs /messages on a real room ...", flush=True)
         result.update(
             await bench_history(
-                alice, bob, 150 if quick else 1000, 3 if quick else 5, 50 if quick else 100
+                alice, bob, *((10, 1, 3) if smoke else (150, 3, 50) if quick else (1000, 5, 100))
             )
         )
         print("4/4 files ...", flush=True)
-        result.update(await bench_files(alice, bob, room, [32] if quick else [32, 256], tmp))
+        sizes = [1] if smoke else [32] if quick else [32, 256]
+        result.update(await bench_files(alice, bob, room, sizes, tmp))
     finally:
         await alice.close()
         await bob.close()
@@ -450,12 +456,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="smaller counts and files")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-records-"))
     try:
         with TestHomeserver(tmp / "homeserver") as hs:
-            r = asyncio.run(run(hs, tmp, args.quick))
+            r = asyncio.run(run(hs, tmp, args.quick, args.smoke))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     r["runtime_s"] = time.perf_counter() - started
@@ -487,7 +494,7 @@ def main() -> None:
         f"max growth {r['file_rss_growth_mb']:+.1f} MB"
     )
     print(f"runtime {r['runtime_s']:.0f} s")
-    emit({"bench": "records", "quick": args.quick, **r, **machine()})
+    emit({"bench": "records", "quick": args.quick, "smoke": args.smoke, **r, **machine()})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """State bot: authenticated queries and writes through the bot vs the homeserver directly.
 
-Run from the repo root: python bench/statebot.py [--quick]
+Run from the repo root: python bench/statebot.py [--quick | --smoke]
 
 Against a real embedded Synapse: a room owner (an SDK device) and the state bot
 (its own account and E2EE device, serving its REST API in this process). The
@@ -48,7 +48,7 @@ from typing import Any  # noqa: E402
 
 import aiohttp  # noqa: E402
 
-from _common import emit, machine, median, percentile, rss_mb  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb  # noqa: E402
 from datarooms import Credentials, DataroomsClient  # noqa: E402
 from datarooms.services.statebot import StateBot, StateBotClient, StateBotConfig  # noqa: E402
 from datarooms.testing import TestHomeserver  # noqa: E402
@@ -149,10 +149,10 @@ async def throughput(
 # -- the run ------------------------------------------------------------------------
 
 
-async def run(hs: TestHomeserver, tmp: Path, quick: bool) -> dict[str, Any]:
-    n = 100 if quick else 1000
-    set_n = 40 if quick else 300
-    load_s = 2.0 if quick else 8.0
+async def run(hs: TestHomeserver, tmp: Path, quick: bool, smoke: bool = False) -> dict[str, Any]:
+    n = 5 if smoke else 100 if quick else 1000
+    set_n = 4 if smoke else 40 if quick else 300
+    load_s = 0.5 if smoke else 2.0 if quick else 8.0
     owner_user = await hs.new_user("owner")
     bot_user = await hs.new_user("statebot")
     owner = await step(
@@ -282,12 +282,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="fewer samples, shorter load")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-statebot-"))
     try:
         with TestHomeserver(tmp / "homeserver") as hs:
-            r = asyncio.run(run(hs, tmp, args.quick))
+            r = asyncio.run(run(hs, tmp, args.quick, args.smoke))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     r["runtime_s"] = time.perf_counter() - started
@@ -314,7 +315,7 @@ def main() -> None:
         f"{r['qps_ratio']:.2f}x"
     )
     print(f"runtime {r['runtime_s']:.0f} s")
-    emit({"bench": "statebot", "quick": args.quick, **r, **machine()})
+    emit({"bench": "statebot", "quick": args.quick, "smoke": args.smoke, **r, **machine()})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Telemetry: sustained ingest vs one event per sample, ack latency, queries, live latency.
 
-Run from the repo root: python bench/telemetry.py [--quick]
+Run from the repo root: python bench/telemetry.py [--quick | --smoke]
 
 Everything runs against one real embedded Synapse (SQLite), started here, with
 two users' devices (a writer and a reader) sharing an encrypted device room.
@@ -56,7 +56,7 @@ import uuid  # noqa: E402
 from itertools import repeat  # noqa: E402
 from typing import Any  # noqa: E402
 
-from _common import emit, machine, median, percentile, rss_mb  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb  # noqa: E402
 from datarooms import Credentials, DataroomsClient  # noqa: E402
 from datarooms.homeserver.admin import RegisteredUser  # noqa: E402
 from datarooms.sdk.telemetry import Telemetry, TelemetryConfig  # noqa: E402
@@ -322,9 +322,9 @@ def fill_index(index: TelemetryIndex, room: str, metrics: int, per_metric: int, 
     return time.perf_counter() - started
 
 
-async def bench_queries(tmp: Path, runs: int) -> dict[str, Any]:
+async def bench_queries(tmp: Path, runs: int, metrics: int = 10) -> dict[str, Any]:
     room = "!synthetic:localhost"
-    metrics, per_metric = 10, 100_000
+    per_metric = 100_000
     t0 = 1_700_000_040_000  # a whole minute
     index = TelemetryIndex(tmp / "synthetic" / "index.db")
     try:
@@ -419,7 +419,9 @@ async def bench_live(writer: Telemetry, reader: Telemetry, room: str, n: int) ->
 # -- main ---------------------------------------------------------------------------------
 
 
-async def run(hs: TestHomeserver, tmp: Path, quick: bool, rate: float) -> dict[str, Any]:
+async def run(
+    hs: TestHomeserver, tmp: Path, quick: bool, rate: float, smoke: bool = False
+) -> dict[str, Any]:
     w_user = user_dict(await hs.new_user("tlm-writer"))
     r_user = user_dict(await hs.new_user("tlm-reader"))
     w_store, r_store = tmp / "writer", tmp / "reader"
@@ -438,7 +440,7 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool, rate: float) -> dict[s
         await reader.rooms.join(naive_room)
         await writer.sync_once()
         print("1/4 naive: one event per sample ...", flush=True)
-        result.update(await bench_naive(writer, naive_room, 5 if quick else 15))
+        result.update(await bench_naive(writer, naive_room, 0.5 if smoke else 5 if quick else 15))
         print(
             f"    sequential {result['naive_sequential_per_s']:.1f}/s, 16 in flight "
             f"{result['naive_concurrent_per_s']:.1f}/s",
@@ -447,7 +449,8 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool, rate: float) -> dict[s
     finally:
         await writer.close()
 
-    seconds = 15 if quick else 60
+    seconds = 2 if smoke else 15 if quick else 60
+    rate = min(rate, 20_000) if smoke else rate
     print(f"2/4 ingest: {seconds} s at an offered {rate:,.0f} samples/s ...", flush=True)
     load0 = os.getloadavg()[0]
     ingest = run_worker(
@@ -458,7 +461,7 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool, rate: float) -> dict[s
             "room": room,
             "rate": rate,
             "seconds": seconds,
-            "warmup": 3,
+            "warmup": 0.5 if smoke else 3,
         },
         hs.synapse.pid,
     )
@@ -483,14 +486,16 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool, rate: float) -> dict[s
         if have != result["appended"]:
             print(f"    MISMATCH: reader has {have:,}, writer appended {result['appended']:,}")
 
-        print("3/4 queries on a 1,000,000-sample index ...", flush=True)
-        result.update(await bench_queries(tmp, 50 if quick else 200))
+        print(f"3/4 queries on a {(1 if smoke else 10) * 100_000:,}-sample index ...", flush=True)
+        result.update(
+            await bench_queries(tmp, 3 if smoke else 50 if quick else 200, 1 if smoke else 10)
+        )
 
         print("4/4 live latency ...", flush=True)
         writer = await open_client(hs.base_url, w_user, w_store)
         wt = Telemetry(writer)
         try:
-            result.update(await bench_live(wt, rt, room, 15 if quick else 40))
+            result.update(await bench_live(wt, rt, room, 3 if smoke else 15 if quick else 40))
         finally:
             await wt.close()
             await writer.close()
@@ -505,6 +510,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="shorter windows, fewer runs")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     ap.add_argument("--rate", type=float, default=200_000, help="offered samples/s")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -524,7 +530,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-telemetry-"))
     try:
         with TestHomeserver(tmp / "homeserver") as hs:
-            r = asyncio.run(run(hs, tmp, args.quick, args.rate))
+            r = asyncio.run(run(hs, tmp, args.quick, args.rate, args.smoke))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     r["runtime_s"] = time.perf_counter() - started
@@ -558,7 +564,7 @@ def main() -> None:
         f"load average (1 min) before/after ingest: {r['load_avg_1m_before']:.2f} / "
         f"{r['load_avg_1m_after']:.2f}; runtime {r['runtime_s']:.0f} s"
     )
-    emit({"bench": "telemetry", "quick": args.quick, **r, **machine()})
+    emit({"bench": "telemetry", "quick": args.quick, "smoke": args.smoke, **r, **machine()})
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,7 +18,11 @@ from datarooms._transport.http import MatrixHttp
 from datarooms.chain import CometRpc, DevChain, DevChainServer, create_entity_tx
 from datarooms.homeserver.admin import RegisteredUser
 from datarooms.homeserver.embedded import free_port
-from datarooms.services.roomsbot.registration import Registration, write_registration
+from datarooms.services.roomsbot.registration import (
+    Registration,
+    load_registration,
+    write_registration,
+)
 from datarooms.testing import TestHomeserver
 
 
@@ -46,6 +51,17 @@ def appservice_homeserver(directory: Path) -> Iterator[AppserviceHomeserver]:
         directory / "synapse", extra_config={"app_service_config_files": [str(reg.path)]}
     ) as hs:
         yield AppserviceHomeserver(hs, reg, data_dir)
+
+
+def own_data_dir(shared: AppserviceHomeserver, directory: Path) -> AppserviceHomeserver:
+    """The shared appservice homeserver with a data dir of the caller's own in
+    ``directory`` (holding a copy of the registration, tokens and all): the bot's store,
+    chain cursor and run files start empty, as on a first `datarooms up`."""
+    data_dir = directory / "data"
+    dest = data_dir / "roomsbot" / "registration.yaml"
+    dest.parent.mkdir(parents=True)
+    shutil.copy2(shared.registration.path, dest)
+    return AppserviceHomeserver(shared.hs, load_registration(dest), data_dir)
 
 
 def controller_did(user: RegisteredUser) -> str:

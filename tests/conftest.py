@@ -7,6 +7,7 @@ import pytest
 
 from datarooms.homeserver.admin import RegisteredUser
 from datarooms.testing import TestHomeserver
+from tests._roomsbot import AppserviceHomeserver, appservice_homeserver
 
 
 @pytest.fixture(scope="session")
@@ -14,6 +15,16 @@ def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHomeser
     """One real Synapse for the whole test session."""
     with TestHomeserver(tmp_path_factory.mktemp("homeserver")) as hs:
         yield hs
+
+
+@pytest.fixture(scope="session")
+def appservice_hs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppserviceHomeserver]:
+    """One Synapse that loaded the rooms bot's registration, for every rooms-bot test of
+    the session (started on first use). Tests that need it carry
+    ``pytest.mark.xdist_group("appservice")`` so that they share one worker, and so
+    one such Synapse; each takes a data dir of its own (``tests._roomsbot.own_data_dir``)."""
+    with appservice_homeserver(tmp_path_factory.mktemp("appservice")) as env:
+        yield env
 
 
 @pytest.fixture

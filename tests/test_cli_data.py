@@ -8,6 +8,7 @@ import select
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from datarooms.testing import TestHomeserver
 from tests._cli import DATAROOMS, clean_env, cli
@@ -64,7 +65,8 @@ async def test_cli_rooms_records_files_messages(  # type: ignore[no-untyped-def]
     members = run("room", "members", room)
     assert alice.user_id in members and bob.user_id in members and "read" in members
 
-    # tail prints a message sent while it runs.
+    # tail prints a message sent while it runs. It follows the room once its sync loop
+    # runs, which it does not announce: send until it shows (no fixed wait).
     proc = subprocess.Popen(
         [DATAROOMS, "--data-dir", str(data_dir), "tail", room, "--json", "--recent", "0"],
         stdout=subprocess.PIPE,
@@ -73,21 +75,21 @@ async def test_cli_rooms_records_files_messages(  # type: ignore[no-untyped-def]
         env=env,
     )
     try:
-        time.sleep(3)  # let tail start its sync loop
-        run("send", room, "hello from the CLI")
-        deadline = time.monotonic() + 60
-        seen = []
         assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-            if not ready:
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(json.loads(line))
-            if any(e["content"].get("body") == "hello from the CLI" for e in seen):
-                break
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            e["content"].get("body") == "hello from the CLI" for e in seen
+        ):
+            run("send", room, "hello from the CLI")
+            patience = time.monotonic() + 3
+            while time.monotonic() < patience:
+                ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+                if ready:
+                    line = proc.stdout.readline()
+                    assert line, f"tail exited: {proc.stderr.read() if proc.stderr else ''}"
+                    seen.append(json.loads(line))
+                    break
         assert any(
             e["content"].get("body") == "hello from the CLI" and e["encrypted"] for e in seen
         ), seen

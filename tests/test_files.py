@@ -511,6 +511,7 @@ async def test_file_shrinking_during_upload(
         )
 
 
+@pytest.mark.xdist_group("small-homeserver")  # one worker, one such Synapse
 async def test_too_large_is_refused_before_uploading(
     small_homeserver: TestHomeserver, tmp_path: Path
 ) -> None:
@@ -529,6 +530,7 @@ async def test_too_large_is_refused_before_uploading(
     assert up.size == MB
 
 
+@pytest.mark.xdist_group("small-homeserver")  # one worker, one such Synapse
 async def test_too_large_answer_from_the_homeserver(
     small_homeserver: TestHomeserver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

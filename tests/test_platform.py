@@ -13,6 +13,11 @@ from datarooms.homeserver.embedded import free_port
 from tests._cli import clean_env, cli, pid_alive, start_up
 
 
+def _homeserver_only() -> dict[str, str]:
+    """`datarooms up` without its services: for tests of the homeserver's lifecycle."""
+    return clean_env(DATAROOMS_SERVICES="none")
+
+
 async def _login(url: str, user: str, password: str) -> str:
     async with MatrixHttp(url) as http:
         res = await http.login_password(user, password)
@@ -49,7 +54,7 @@ async def test_up_register_down_restart_keeps_data(data_dir: Path) -> None:
         up.kill()
 
     # Restart: same data dir, data intact, service account reused.
-    up2 = start_up(data_dir, "--port", str(port))
+    up2 = start_up(data_dir, "--port", str(port), env=_homeserver_only())
     try:
         up2.wait_running()
         assert await _login(url, "carol", "s3cret-pass") == "@carol:localhost"
@@ -62,7 +67,7 @@ async def test_up_register_down_restart_keeps_data(data_dir: Path) -> None:
 
 
 def test_second_up_is_refused_with_pid(data_dir: Path) -> None:
-    up = start_up(data_dir, "--port", str(free_port()))
+    up = start_up(data_dir, "--port", str(free_port()), env=_homeserver_only())
     try:
         state = up.wait_running()
         again = cli("up", "--port", str(free_port()), data_dir=data_dir)
@@ -111,7 +116,7 @@ def test_synapse_failing_to_start_shows_its_log(data_dir: Path) -> None:
 
 def test_ctrl_c_during_startup_leaves_nothing_behind(data_dir: Path) -> None:
     port = free_port()
-    up = start_up(data_dir, "--port", str(port))
+    up = start_up(data_dir, "--port", str(port), env=_homeserver_only())
     pid_file = data_dir / "synapse" / "homeserver.pid"
     stdout_log = data_dir / "synapse" / "stdout.log"
     deadline = time.monotonic() + 60
@@ -123,7 +128,7 @@ def test_ctrl_c_during_startup_leaves_nothing_behind(data_dir: Path) -> None:
     assert "interrupted" in err
     assert not pid_file.exists()
     # No synapse left listening, lock released: a re-run works.
-    up2 = start_up(data_dir, "--port", str(port))
+    up2 = start_up(data_dir, "--port", str(port), env=_homeserver_only())
     try:
         up2.wait_running()
     finally:
@@ -134,7 +139,7 @@ def test_ctrl_c_during_startup_leaves_nothing_behind(data_dir: Path) -> None:
 
 def test_killed_up_takes_synapse_with_it(data_dir: Path) -> None:
     port = free_port()
-    up = start_up(data_dir, "--port", str(port))
+    up = start_up(data_dir, "--port", str(port), env=_homeserver_only())
     state = up.wait_running()
     up.kill()  # SIGKILL: no cleanup code runs in `up`
     synapse_pid = int(str(state["synapse_pid"]))
@@ -142,7 +147,7 @@ def test_killed_up_takes_synapse_with_it(data_dir: Path) -> None:
     while pid_alive(synapse_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(synapse_pid)
-    up2 = start_up(data_dir, "--port", str(port))
+    up2 = start_up(data_dir, "--port", str(port), env=_homeserver_only())
     try:
         up2.wait_running()
     finally:

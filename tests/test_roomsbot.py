@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,23 +31,23 @@ from datarooms.services.roomsbot.registration import load_registration
 from datarooms.services.roomsbot.store import EntityFacts
 from tests._roomsbot import (
     AppserviceHomeserver,
-    appservice_homeserver,
     fuzz,
     new_controller,
     openid_token,
+    own_data_dir,
     register,
     resolve,
     running_devchain,
     state_of,
 )
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("appservice")]
 
 
-@pytest.fixture(scope="module")
-def ashs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppserviceHomeserver]:
-    with appservice_homeserver(tmp_path_factory.mktemp("roomsbot")) as env:
-        yield env
+@pytest.fixture
+def ashs(appservice_hs: AppserviceHomeserver, tmp_path: Path) -> AppserviceHomeserver:
+    """The session's appservice homeserver, with a data dir of this test's own."""
+    return own_data_dir(appservice_hs, tmp_path / "ashs")
 
 
 @dataclass

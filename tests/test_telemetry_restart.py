@@ -12,6 +12,7 @@ from datarooms import Credentials, DataroomsClient
 from datarooms.sdk.telemetry import Telemetry, TelemetryConfig
 from datarooms.testing import TestHomeserver
 from tests._rooms import shared_room
+from tests._wait import until
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +51,21 @@ async def test_writer_survives_homeserver_restarts(
                     await asyncio.sleep(0.02)
 
             producer = asyncio.create_task(produce())
-            await asyncio.sleep(1.5)
+            await until(lambda: ta.stats.acked_samples > 0, what="the first batches acknowledged")
             await hs.synapse.restart()  # a quick restart mid-stream
-            await asyncio.sleep(1.5)
+            acked = ta.stats.acked_samples
+            await until(lambda: ta.stats.acked_samples > acked, what="sends after the restart")
             await hs.synapse.stop()  # and a longer outage
-            down = produced
-            await asyncio.sleep(3)
+            down, retries = produced, ta.stats.retries
+            await until(
+                lambda: produced > down and ta.stats.retries >= retries + 4,  # backoff grew
+                what="appends and failed sends while the homeserver is down",
+            )
             assert produced > down  # appends go on while the homeserver is away
             assert ta.status().unacked_samples > 0
             await hs.synapse.start()
-            await asyncio.sleep(1.5)
+            acked = ta.stats.acked_samples
+            await until(lambda: ta.stats.acked_samples > acked, what="sends after the outage")
             stop.set()
             await producer
             await ta.flush(timeout=120)  # no help needed: the writer resumed by itself

@@ -6,9 +6,10 @@ dies with the process, so a crash never leaves a stale lock behind.
 ``<data_dir>/run/state.json`` says what is running and where, for
 ``datarooms status`` and ``datarooms down``.
 
-Services (the bots and the MCP server, added by later work) plug in through
-:class:`Service`; the platform starts them in order after the homeserver and
-stops them in reverse.
+Services (the bots, the devchain and the MCP server) plug in through
+:class:`Service`. :class:`Platform` starts them concurrently, each as soon as
+what it needs is up (the homeserver, another service), and stops them in the
+reverse order.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from datarooms._fs import ProcessLock, atomic_write, ensure_writable_dir
-from datarooms._transport.http import MatrixHttp
 from datarooms.account import Credentials, read_credentials, write_credentials
 from datarooms.config import Settings
 from datarooms.errors import (
@@ -34,8 +34,11 @@ from datarooms.errors import (
     NotRunningError,
     PlatformError,
 )
-from datarooms.homeserver.admin import override_ratelimit, register_user
-from datarooms.homeserver.embedded import EmbeddedSynapse
+
+if TYPE_CHECKING:
+    # Imported where used: the CLI imports this module for the run files, and
+    # must not pay for the HTTP client and the homeserver's dependencies.
+    from datarooms.homeserver.embedded import EmbeddedSynapse
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class PlatformContext:
         Registration uses the embedded homeserver's shared secret, or
         ``homeserver.registration_shared_secret`` for an external Synapse.
         """
+        from datarooms.homeserver.admin import override_ratelimit, register_user
+
         path = self.settings.data_dir / "accounts" / f"{localpart}.json"
         stored = read_credentials(path)
         if stored is not None:
@@ -148,23 +153,42 @@ class PlatformLock(ProcessLock):
         )
 
 
+#: The name under which services name the homeserver (and the checked service
+#: account) as something they need started first.
+HOMESERVER = "homeserver"
+
+
 class Platform:
-    """Starts and stops everything ``datarooms up`` runs, for one data directory."""
+    """Starts and stops everything ``datarooms up`` runs, for one data directory.
+
+    Start-up is concurrent: the homeserver's process is spawned first; while it
+    boots, the services are imported (``services`` may be a function that imports
+    and builds them) and those that do not need the homeserver start; each other
+    service starts as soon as what it ``requires`` is up. ``requires`` maps a
+    service's name to the names it needs first (:data:`HOMESERVER` for the
+    homeserver and the service account); a service it does not name needs only
+    the homeserver. Services stop in the reverse of the order they finished starting.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        services: Sequence[Service] = (),
+        services: Sequence[Service] | Callable[[], Sequence[Service]] = (),
         synapse_extra_config: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        requires: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.settings = settings
-        self.services = list(services)
+        self._services_factory = services if callable(services) else None
+        self.services: list[Service] = [] if callable(services) else list(services)
         self.homeserver: EmbeddedSynapse | None = None
         self.info: PlatformInfo | None = None
         self._lock = PlatformLock(settings.run_dir / "up.lock")
         self._started: list[Service] = []
         self._synapse_extra = synapse_extra_config or {}
+        self._requires = dict(requires or {})
+        #: Seconds each part took to start, for the log and for bench/startup.py.
+        self.timings: dict[str, float] = {}
 
     @property
     def state_file(self) -> Path:
@@ -174,35 +198,60 @@ class Platform:
         """Start everything. On failure or cancellation, stop what was started."""
         say = progress or (lambda _msg: None)
         s = self.settings
+        began = time.monotonic()
         ensure_writable_dir(s.data_dir)
         self._lock.acquire()
+        tasks: list[asyncio.Task[Any]] = []
         try:
+            # A run killed before it could clean up leaves its state behind: while we
+            # start, `datarooms status` must say "starting", not show the old run.
+            with contextlib.suppress(FileNotFoundError):
+                self.state_file.unlink()
             hs = s.homeserver
+            url = hs.base_url
             if hs.mode == "embedded":
                 say("starting the embedded homeserver (Synapse)")
-                # Computed only now: it may write files (the rooms bot's registration)
-                # into the data dir, which is known to be writable and ours here.
-                extra = self._synapse_extra
-                extra_config = extra() if callable(extra) else extra
-                self.homeserver = EmbeddedSynapse(
-                    s.synapse_dir,
-                    server_name=hs.server_name,
-                    host=hs.host,
-                    port=hs.port,
-                    max_upload_size=hs.max_upload_size,
-                    start_timeout=hs.start_timeout,
-                    extra_config=extra_config,
+                url = self._embedded_homeserver().base_url
+            account: asyncio.Future[Credentials] = asyncio.get_running_loop().create_future()
+            homeserver = asyncio.create_task(self._start_homeserver(url, say, account))
+            tasks.append(homeserver)
+            # Let it spawn Synapse before we spend CPU importing the services.
+            await asyncio.sleep(0)
+            if self._services_factory is not None:
+                t = time.monotonic()
+                self.services = list(self._services_factory())
+                self.timings["import services"] = time.monotonic() - t
+            early = PlatformContext(s, url, Credentials(url), self.homeserver)
+            ready: dict[str, asyncio.Future[None]] = {
+                svc.name: asyncio.get_running_loop().create_future() for svc in self.services
+            }
+            results: dict[str, dict[str, Any]] = {}
+
+            async def start_one(service: Service) -> None:
+                needs = self._requires.get(service.name, (HOMESERVER,))
+                ctx = early
+                for name in needs:
+                    if name == HOMESERVER:
+                        ctx = PlatformContext(s, url, await account, self.homeserver)
+                    elif name in ready:
+                        await ready[name]
+                say(f"starting {service.name}")
+                t = time.monotonic()
+                results[service.name] = await service.start(ctx)
+                self._started.append(service)
+                took = self.timings[service.name] = time.monotonic() - t
+                log.info(
+                    "service started",
+                    extra={
+                        "service": service.name,
+                        "seconds": round(took, 2),
+                    },
                 )
-                await self.homeserver.start()
-                url = self.homeserver.base_url
-            else:
-                url = hs.base_url
-                say(f"checking the external homeserver at {url}")
-                async with MatrixHttp(url) as http:
-                    await http.versions()
-            say("preparing the service account")
-            creds = await self._ensure_service_account(url)
-            ctx = PlatformContext(s, url, creds, self.homeserver)
+                ready[service.name].set_result(None)
+
+            tasks += [asyncio.create_task(start_one(svc)) for svc in self.services]
+            await _all_or_nothing(tasks)
+            creds = account.result()
             info = PlatformInfo(
                 pid=os.getpid(),
                 mode=hs.mode,
@@ -214,16 +263,70 @@ class Platform:
                 started_at=time.time(),
                 synapse_pid=self.homeserver.pid if self.homeserver else None,
                 homeserver_log=str(self.homeserver.log_path) if self.homeserver else None,
+                services={svc.name: results[svc.name] for svc in self.services},
             )
-            for service in self.services:
-                say(f"starting {service.name}")
-                info.services[service.name] = await service.start(ctx)
-                self._started.append(service)
             self.info = info
             self._write_state(info)
+            self.timings["total"] = time.monotonic() - began
+            log.info(
+                "datarooms started",
+                extra={k: round(v, 2) for k, v in self.timings.items()},
+            )
             return info
         except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.stop()
+            raise
+
+    def _embedded_homeserver(self) -> EmbeddedSynapse:
+        from datarooms.homeserver.embedded import EmbeddedSynapse
+
+        s, hs = self.settings, self.settings.homeserver
+        # Computed only now: it may write files (the rooms bot's registration)
+        # into the data dir, which is known to be writable and ours here.
+        extra = self._synapse_extra
+        t = time.monotonic()
+        extra_config = extra() if callable(extra) else extra
+        self.timings["homeserver config"] = time.monotonic() - t
+        self.homeserver = EmbeddedSynapse(
+            s.synapse_dir,
+            server_name=hs.server_name,
+            host=hs.host,
+            port=hs.port,
+            max_upload_size=hs.max_upload_size,
+            start_timeout=hs.start_timeout,
+            extra_config=extra_config,
+        )
+        return self.homeserver
+
+    async def _start_homeserver(
+        self, url: str, say: Callable[[str], None], account: asyncio.Future[Credentials]
+    ) -> None:
+        """Start (or check) the homeserver, then check the service account."""
+        t = time.monotonic()
+        try:
+            if self.homeserver is not None:
+                await self.homeserver.start()
+            else:
+                from datarooms._transport.http import MatrixHttp
+
+                say(f"checking the external homeserver at {url}")
+                async with MatrixHttp(url) as http:
+                    await http.versions()
+            self.timings[HOMESERVER] = time.monotonic() - t
+            say("preparing the service account")
+            t = time.monotonic()
+            account.set_result(await self._ensure_service_account(url))
+            self.timings["service account"] = time.monotonic() - t
+        except Exception as exc:
+            if not account.done():
+                account.set_exception(exc)
+                account.exception()  # retrieved here: this task reports the error
+            raise
+        except BaseException:
+            account.cancel()
             raise
 
     async def stop(self) -> None:
@@ -241,6 +344,8 @@ class Platform:
         self._lock.release()
 
     async def _ensure_service_account(self, url: str) -> Credentials:
+        from datarooms.homeserver.admin import override_ratelimit, register_user
+
         s = self.settings
         if s.homeserver.mode == "external":
             from datarooms.account import resolve_credentials
@@ -278,8 +383,23 @@ class Platform:
         atomic_write(self.state_file, json.dumps(asdict(info), indent=2))
 
 
+async def _all_or_nothing(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for every task; on the first failure cancel the others and raise it."""
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                for other in pending:
+                    other.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise task.exception()  # type: ignore[misc]
+
+
 async def _check_or_login(creds: Credentials) -> Credentials:
     """Verify a stored token with whoami; log in again with the password if it expired."""
+    from datarooms._transport.http import MatrixHttp
+
     if creds.access_token:
         try:
             async with MatrixHttp(creds.homeserver_url, creds.access_token) as http:
@@ -305,23 +425,44 @@ async def _check_or_login(creds: Credentials) -> Credentials:
 
 @dataclass
 class PlatformStatus:
+    #: ``up`` holds the lock on this data dir (it may still be starting).
     running: bool
     pid: int | None
+    #: What run/state.json says; None until the platform has finished starting.
     info: dict[str, Any] | None
+    #: Whether the homeserver answers; None while starting or not running.
     homeserver_healthy: bool | None
+
+    @property
+    def starting(self) -> bool:
+        """``up`` runs but has not finished starting (no state file yet)."""
+        return self.running and self.info is None
+
+    @property
+    def healthy(self) -> bool:
+        """Started, and the homeserver answers: what scripts wait for."""
+        return self.running and self.info is not None and self.homeserver_healthy is True
+
+
+def _read_state(settings: Settings) -> dict[str, Any] | None:
+    try:
+        data = json.loads((settings.run_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 async def platform_status(settings: Settings) -> PlatformStatus:
-    lock = settings.run_dir / "up.lock"
-    pid = PlatformLock.holder(lock)
-    info: dict[str, Any] | None = None
-    with contextlib.suppress(OSError, ValueError):
-        info = json.loads((settings.run_dir / "state.json").read_text())
+    pid = PlatformLock.holder(settings.run_dir / "up.lock")
     if pid is None:
         return PlatformStatus(False, None, None, None)
+    # Read after the lock: `up` removes a stale state file right after taking it.
+    info = _read_state(settings)
     healthy: bool | None = None
-    if info:
-        async with MatrixHttp(info["homeserver_url"], timeout=3) as http:
+    if info and info.get("homeserver_url"):
+        from datarooms._transport.http import MatrixHttp
+
+        async with MatrixHttp(str(info["homeserver_url"]), timeout=3) as http:
             try:
                 await http.versions()
                 healthy = True
@@ -330,12 +471,18 @@ async def platform_status(settings: Settings) -> PlatformStatus:
     return PlatformStatus(True, pid, info, healthy)
 
 
+def running_homeserver_url(settings: Settings) -> str | None:
+    """The homeserver URL of the platform `datarooms up` runs on this data dir (from
+    its run file), or None if none runs (or it is still starting)."""
+    if PlatformLock.holder(settings.run_dir / "up.lock") is None:
+        return None
+    url = (_read_state(settings) or {}).get("homeserver_url")
+    return str(url) if url else None
+
+
 def live_homeserver_url(settings: Settings) -> str:
     """The homeserver URL of the platform running on this data dir, else the configured one."""
-    if PlatformLock.holder(settings.run_dir / "up.lock") is not None:
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            return str(json.loads((settings.run_dir / "state.json").read_text())["homeserver_url"])
-    return settings.homeserver.base_url
+    return running_homeserver_url(settings) or settings.homeserver.base_url
 
 
 async def request_stop(settings: Settings, timeout: float = 30.0) -> int:
@@ -359,6 +506,7 @@ async def request_stop(settings: Settings, timeout: float = 30.0) -> int:
 
 
 __all__ = [
+    "HOMESERVER",
     "Platform",
     "PlatformContext",
     "PlatformInfo",
@@ -368,4 +516,5 @@ __all__ = [
     "live_homeserver_url",
     "platform_status",
     "request_stop",
+    "running_homeserver_url",
 ]

@@ -18,14 +18,11 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datarooms._fs import ProcessLock, atomic_write
-from datarooms.chain.devchain.node import DevChain
-from datarooms.chain.devchain.rpc import DevChainServer
 from datarooms.config import Settings
 from datarooms.services.platform import PlatformContext
-from datarooms.services.roomsbot.bot import RoomsBot
 from datarooms.services.roomsbot.registration import (
     Registration,
     load_registration,
@@ -39,6 +36,12 @@ from datarooms.services.roomsbot.settings import (
     load_roomsbot_settings,
     roomsbot_dir,
 )
+
+if TYPE_CHECKING:
+    # Imported when they start: `datarooms up` writes the registration (this module)
+    # before Synapse starts, and must not wait for the bot's imports to do so.
+    from datarooms.chain.devchain.rpc import DevChainServer
+    from datarooms.services.roomsbot.bot import RoomsBot
 
 
 def registration_path(settings: Settings) -> Path:
@@ -139,6 +142,9 @@ class DevchainService:
         cs = self._chain or load_chain_settings()
         if cs.mode != "devchain":
             return {"mode": "external", "rpc": cs.rpc_url}
+        from datarooms.chain.devchain.node import DevChain
+        from datarooms.chain.devchain.rpc import DevChainServer
+
         chain = DevChain(
             devchain_dir(platform.settings.data_dir),
             chain_id=cs.chain_id,
@@ -188,6 +194,8 @@ class RoomsBotService:
         )
         lock.acquire()
         try:
+            from datarooms.services.roomsbot.bot import RoomsBot
+
             watch = chain_url(settings, cs) if cs.watch else None
             bot = RoomsBot(
                 homeserver_url=platform.homeserver_url,

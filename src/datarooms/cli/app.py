@@ -20,7 +20,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from datarooms._logging import configure_logging
 from datarooms.cli import data as data_commands
-from datarooms.cli._common import CliState, console, err_console, run, state
+from datarooms.cli._common import CliState, acting_credentials, console, err_console, run, state
 from datarooms.errors import ConfigError, DataroomsError, PlatformError
 
 if TYPE_CHECKING:
@@ -420,9 +420,8 @@ def _registration_secret(settings: Any) -> str:
 def whoami(ctx: typer.Context) -> None:
     """Show which Matrix account the CLI acts as, checked against the homeserver."""
     from datarooms._transport.http import MatrixHttp
-    from datarooms.account import resolve_credentials
 
-    creds = resolve_credentials(state(ctx).settings())
+    creds = acting_credentials(state(ctx).settings())
 
     async def _who() -> dict[str, Any]:
         if creds.access_token:

@@ -7,6 +7,7 @@ first time something is printed through :data:`console`, not before.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
@@ -55,11 +56,30 @@ console = cast("Console", _LazyConsole(soft_wrap=True, width=None if sys.stdout.
 err_console = cast("Console", _LazyConsole(stderr=True, soft_wrap=True))
 
 
+def echo(text: str) -> None:
+    """Print one line of data (ids, keys, values): verbatim, never read as markup;
+    through rich only on a terminal, so that a script's `put` does not load it."""
+    if sys.stdout.isatty():
+        console.print(text, markup=False)
+    else:
+        print(text, flush=True)
+
+
+def print_json(value: Any) -> None:
+    """Print a JSON value indented, as ``console.print_json`` does (colours on a terminal)."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    if sys.stdout.isatty():
+        console.print_json(text)
+    else:
+        print(text, flush=True)
+
+
 @dataclass
 class CliState:
     data_dir: Path | None = None
     config_file: Path | None = None
     log_level: str | None = None
+    log_format: str = "text"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     _settings: Settings | None = None
 

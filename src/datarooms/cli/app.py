@@ -171,7 +171,9 @@ def _root(
     ] = None,
     log_format: Annotated[str, typer.Option("--log-format", help="text or json")] = "text",
 ) -> None:
-    ctx.obj = CliState(data_dir=data_dir, config_file=config, log_level=log_level)
+    ctx.obj = CliState(
+        data_dir=data_dir, config_file=config, log_level=log_level, log_format=log_format
+    )
     if log_format not in ("text", "json"):
         raise ConfigError(f"--log-format must be text or json, got {log_format!r}")
     configure_logging((log_level or "WARNING"), fmt=log_format)
@@ -190,7 +192,7 @@ def up(
     if port is not None:
         st.overrides.setdefault("homeserver", {})["port"] = port
     settings = st.settings()
-    configure_logging(st.log_level or settings.log_level)
+    configure_logging(st.log_level or settings.log_level, fmt=st.log_format)
     from datarooms.services.platform import Platform
 
     platform = Platform(

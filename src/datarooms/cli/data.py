@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from datarooms.cli._common import acting_credentials, console, real_console, run, state
+from datarooms.cli._common import (
+    acting_credentials,
+    console,
+    echo,
+    print_json,
+    real_console,
+    run,
+    state,
+)
 from datarooms.config import Settings
 from datarooms.errors import ValidationError
 from datarooms.events import ROOM_KINDS
@@ -131,9 +139,9 @@ def room_create(
         room = await c.rooms.create(
             kind, name=name, topic=topic, did=did, purpose=purpose, alias=alias
         )
-        console.print(room.room_id)
+        echo(room.room_id)
         if room.alias:
-            console.print(f"alias: {room.alias}")
+            echo(f"alias: {room.alias}")
 
     with_client(ctx, go)
 
@@ -161,7 +169,7 @@ def room_join(ctx: typer.Context, room: RoomArg) -> None:
 
 
 async def _join(c: DataroomsClient, room: str) -> None:
-    console.print(f"joined {await c.rooms.join(room)}")
+    echo(f"joined {await c.rooms.join(room)}")
 
 
 @room_app.command("members")
@@ -203,7 +211,7 @@ def room_grant(
         rid = await c.rooms.resolve(room)
         acc: Access = access  # type: ignore[assignment]
         await c.rooms.grant(rid, user, acc)
-        console.print(f"{user} has {access} access to {rid}")
+        echo(f"{user} has {access} access to {rid}")
 
     with_client(ctx, go)
 
@@ -217,7 +225,7 @@ def room_revoke(
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)
         await c.rooms.revoke(rid, user)
-        console.print(f"revoked {user} from {rid}")
+        echo(f"revoked {user} from {rid}")
 
     with_client(ctx, go)
 
@@ -240,7 +248,7 @@ def put(
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)
         rec = await c.records.put(rid, key, parsed, schema=schema, txn_id=txn)
-        console.print(f"{key} v{rec.version or '?'} {rec.event_id}")
+        echo(f"{key} v{rec.version or '?'} {rec.event_id}")
 
     with_client(ctx, go, rooms_from_index=True)
 
@@ -261,10 +269,10 @@ def get(
                 out = {k: _record_json(r) for k, r in latest.items()}
             else:
                 out = {k: r.value for k, r in latest.items()}
-            console.print_json(json.dumps(out))
+            print_json(out)
             return
         rec = await c.records.get(rid, key)
-        console.print_json(json.dumps(_record_json(rec) if as_json else rec.value))
+        print_json(_record_json(rec) if as_json else rec.value)
 
     with_client(ctx, go, rooms_from_index=True)
 
@@ -339,7 +347,7 @@ def file_put(
             ref = await c.files.put(
                 rid, path, progress=lambda d, t: progress.update(task, completed=d)
             )
-        console.print(f"{ref.event_id}  {ref.name}  {ref.size} bytes")
+        echo(f"{ref.event_id}  {ref.name}  {ref.size} bytes")
 
     with_client(ctx, go, rooms_from_index=True)
 
@@ -361,7 +369,7 @@ def file_get(
             out = await c.files.get(
                 rid, event_id, dest, progress=lambda d, t: progress.update(task, completed=d)
             )
-        console.print(f"wrote {out}")
+        echo(f"wrote {out}")
 
     with_client(ctx, go, rooms_from_index=True)
 
@@ -376,7 +384,7 @@ def send(
 
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)
-        console.print(await c.messages.send(rid, text))
+        echo(await c.messages.send(rid, text))
 
     with_client(ctx, go, rooms_from_index=True)
 

@@ -64,10 +64,23 @@ class PlatformContext:
     homeserver_url: str
     service_account: Credentials
     homeserver: EmbeddedSynapse | None
+    #: While the platform starts, the embedded homeserver's service account may still
+    #: be being registered or checked when a service starts (so that, on a first
+    #: start, the bots' accounts are registered alongside it): ``service_account``
+    #: then holds only its user id, and this resolves to the checked account.
+    service_account_ready: asyncio.Future[Credentials] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def server_name(self) -> str:
         return self.service_account.user_id.split(":", 1)[1]
+
+    async def checked_service_account(self) -> Credentials:
+        """The service account, once the platform has checked (or registered) it."""
+        if self.service_account_ready is not None:
+            return await asyncio.shield(self.service_account_ready)
+        return self.service_account
 
     async def ensure_account(self, localpart: str, displayname: str | None = None) -> Credentials:
         """The account of a bot or agent: registered on first use, kept in
@@ -105,9 +118,8 @@ class PlatformContext:
                 self.homeserver_url, user.user_id, user.access_token, user.device_id, user.password
             )
             try:
-                await override_ratelimit(
-                    self.homeserver_url, self.service_account.access_token, user.user_id
-                )
+                admin = await self.checked_service_account()
+                await override_ratelimit(self.homeserver_url, admin.access_token, user.user_id)
             except HomeserverError as exc:  # not a server admin on an external homeserver
                 log.warning(
                     "could not lift rate limits for a bot account; it will be throttled",
@@ -212,8 +224,10 @@ class Platform:
             if hs.mode == "embedded":
                 say("starting the embedded homeserver (Synapse)")
                 url = self._embedded_homeserver().base_url
-            account: asyncio.Future[Credentials] = asyncio.get_running_loop().create_future()
-            homeserver = asyncio.create_task(self._start_homeserver(url, say, account))
+            loop = asyncio.get_running_loop()
+            healthy: asyncio.Future[None] = loop.create_future()
+            account: asyncio.Future[Credentials] = loop.create_future()
+            homeserver = asyncio.create_task(self._start_homeserver(url, say, healthy, account))
             tasks.append(homeserver)
             # Let it spawn Synapse before we spend CPU importing the services.
             await asyncio.sleep(0)
@@ -221,9 +235,14 @@ class Platform:
                 t = time.monotonic()
                 self.services = list(self._services_factory())
                 self.timings["import services"] = time.monotonic() - t
-            early = PlatformContext(s, url, Credentials(url), self.homeserver)
+            # Before the service account is checked: its user id, and a future of it.
+            stored = read_credentials(s.credentials_file) if hs.mode == "embedded" else None
+            stand_in = Credentials(url, stored.user_id if stored else "")
+            if hs.mode == "embedded" and not stand_in.user_id:
+                stand_in = Credentials(url, f"@{SERVICE_ACCOUNT}:{hs.server_name}")
+            early = PlatformContext(s, url, stand_in, self.homeserver, account)
             ready: dict[str, asyncio.Future[None]] = {
-                svc.name: asyncio.get_running_loop().create_future() for svc in self.services
+                svc.name: loop.create_future() for svc in self.services
             }
             results: dict[str, dict[str, Any]] = {}
 
@@ -231,7 +250,9 @@ class Platform:
                 needs = self._requires.get(service.name, (HOMESERVER,))
                 ctx = early
                 for name in needs:
-                    if name == HOMESERVER:
+                    if name == HOMESERVER and hs.mode == "embedded":
+                        await healthy  # the account is checked meanwhile: ctx waits for it
+                    elif name == HOMESERVER:
                         ctx = PlatformContext(s, url, await account, self.homeserver)
                     elif name in ready:
                         await ready[name]
@@ -302,7 +323,11 @@ class Platform:
         return self.homeserver
 
     async def _start_homeserver(
-        self, url: str, say: Callable[[str], None], account: asyncio.Future[Credentials]
+        self,
+        url: str,
+        say: Callable[[str], None],
+        healthy: asyncio.Future[None],
+        account: asyncio.Future[Credentials],
     ) -> None:
         """Start (or check) the homeserver, then check the service account."""
         t = time.monotonic()
@@ -316,16 +341,19 @@ class Platform:
                 async with MatrixHttp(url) as http:
                     await http.versions()
             self.timings[HOMESERVER] = time.monotonic() - t
+            healthy.set_result(None)
             say("preparing the service account")
             t = time.monotonic()
             account.set_result(await self._ensure_service_account(url))
             self.timings["service account"] = time.monotonic() - t
         except Exception as exc:
-            if not account.done():
-                account.set_exception(exc)
-                account.exception()  # retrieved here: this task reports the error
+            for fut in (healthy, account):
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved here: this task reports the error
             raise
         except BaseException:
+            healthy.cancel()
             account.cancel()
             raise
 

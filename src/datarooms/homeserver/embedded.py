@@ -32,12 +32,9 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import yaml
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from datarooms._fs import atomic_write, ensure_writable_dir
 from datarooms.errors import (
@@ -45,6 +42,12 @@ from datarooms.errors import (
     PortInUseError,
     SynapseStartError,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
+
+# aiohttp and cryptography are imported where used: `datarooms up` spawns Synapse
+# first and imports the rest while it boots.
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +288,8 @@ class EmbeddedSynapse:
     async def _wait_healthy(self, started: float) -> None:
         assert self._proc is not None
         deadline = started + self.start_timeout
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
@@ -334,6 +339,8 @@ class EmbeddedSynapse:
         await self.start()
 
     async def health(self) -> bool:
+        import aiohttp
+
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             return await _healthy(session, self.base_url)
 
@@ -374,6 +381,8 @@ class EmbeddedSynapse:
 
 
 async def _healthy(session: aiohttp.ClientSession, base_url: str) -> bool:
+    import aiohttp
+
     try:
         async with session.get(f"{base_url}/health") as resp:
             return resp.status == 200
@@ -406,6 +415,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _new_signing_key() -> str:
     """A Synapse signing key file line: ``ed25519 <key id> <unpadded base64 seed>``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
     seed = Ed25519PrivateKey.generate().private_bytes(
         Encoding.Raw, PrivateFormat.Raw, NoEncryption()
     )

@@ -101,7 +101,8 @@ def test_a_service_command_still_runs(tmp_path: Path) -> None:
 
 
 def test_status_while_starting(data_dir: Path) -> None:
-    """`up` holds the lock but has not written its state yet: "starting", exit 4."""
+    """`up` holds the lock but has not written its state yet: "starting", exit 4;
+    written, but the homeserver does not answer: exit 5; only healthy is 0."""
     lock = ProcessLock(data_dir / "run" / "up.lock", what="test")
     # What a killed run leaves behind must not pass for a running platform.
     (data_dir / "run").mkdir(parents=True)
@@ -119,6 +120,12 @@ def test_status_while_starting(data_dir: Path) -> None:
         as_json = cli("status", "--json", data_dir=data_dir)
         assert as_json.returncode == 4
         assert json.loads(as_json.stdout)["starting"] is True
+        # Started, but its homeserver does not answer: not healthy either.
+        (data_dir / "run" / "state.json").write_text(
+            json.dumps({"homeserver_url": f"http://127.0.0.1:{free_port()}", "services": {}})
+        )
+        st = cli("status", data_dir=data_dir)
+        assert st.returncode == 5 and "NOT answering" in st.stdout, st.stdout + st.stderr
     finally:
         lock.release()
 

@@ -143,10 +143,11 @@ class DataroomsClient:
         incremental sync from it instead of a full-state one, taking each room's
         members and encryption from the index (they were written with that
         position). Sending stays as safe: a room is encrypted if the index, nio's
-        store or the server says so, members are re-read from the server before a
-        session is shared, and the sync brings the device lists that changed since
-        (a reader's new device gets the key). Enough for records, messages and
-        files; room listings and access reviews want the full state.
+        store or the server says so; before a session is shared the members are
+        re-read from the server and their device keys queried (a reader's new
+        device gets the key); the sync brings new events, keys sent to this device
+        and device-list changes. Enough for records, messages and files; room
+        listings and access reviews want the full state.
         """
         store = Path(store_dir)
         store.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import sys
 
-from rich.markup import escape
-
 from datarooms.errors import DataroomsError
 
 
@@ -21,9 +19,13 @@ def main() -> None:
     try:
         click_command().main(prog_name="datarooms")
     except DataroomsError as exc:
+        from rich.markup import escape
+
         err_console.print("[bold red]error:[/] " + escape(exc.message), highlight=False)
         sys.exit(1)
     except OSError as exc:  # a file or socket problem nothing above turned into a message
+        from rich.markup import escape
+
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         err_console.print(
             "[bold red]error:[/] " + escape(f"{exc.strerror or exc}{where}"), highlight=False

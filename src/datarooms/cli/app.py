@@ -1,35 +1,133 @@
-"""Top-level commands: up, down, status, user, config, whoami."""
+"""Top-level commands: up, down, status, user, config, whoami.
+
+Kept light to import: ``datarooms --help`` and the data commands must start in a
+fraction of a second, so everything heavy (the HTTP client, the platform, the
+services, rich tables) is imported inside the command that needs it, and the
+services' commands are loaded only when they run (:class:`LazyGroup`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
-import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from datarooms._logging import configure_logging
-from datarooms.account import resolve_credentials
 from datarooms.cli import data as data_commands
-from datarooms.cli._common import CliState, console, err_console, run, state
-from datarooms.config import PLATFORM_SERVICES, Settings
+from datarooms.cli._common import CliState, acting_credentials, console, err_console, run, state
 from datarooms.errors import ConfigError, DataroomsError, PlatformError
-from datarooms.homeserver.admin import register_user
-from datarooms.homeserver.api import MatrixApi
-from datarooms.services.platform import (
-    Platform,
-    PlatformInfo,
-    Service,
-    live_homeserver_url,
-    platform_status,
-    request_stop,
-)
+
+if TYPE_CHECKING:
+    # typer 0.29 vendors click; these are the types its groups are written against.
+    from typer import _click as click
+
+    from datarooms.config import Settings
+    from datarooms.services.platform import Platform, PlatformInfo, Service
+
+#: The services' commands, imported only when they run, so that `--help`, `up` and
+#: the data commands do not pay for importing every service (mcp, FastAPI, nio ...).
+#: name -> (module, attribute, "group" for a Typer app | "command" for a function,
+#: the one-line help `datarooms --help` shows; a test checks it matches the command's).
+LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "keys": (
+        "datarooms.cli.keys",
+        "keys_app",
+        "group",
+        "Cross-signing, recovery key, key backup, device verification.",
+    ),
+    "telemetry": (
+        "datarooms.cli.telemetry",
+        "telemetry_app",
+        "group",
+        "Time-series telemetry: durable, batched, end-to-end encrypted.",
+    ),
+    "state": (
+        "datarooms.cli.statebot",
+        "state_app",
+        "group",
+        "Keyed room state and ACLs through the state bot (ixo.room.state).",
+    ),
+    "statebot": (
+        "datarooms.cli.statebot",
+        "statebot",
+        "command",
+        "Run the state bot alone, in the foreground, against the running homeserver.",
+    ),
+    "entity": (
+        "datarooms.cli.roomsbot",
+        "entity_app",
+        "group",
+        "IXO entities on the chain (the devchain by default): register and list them.",
+    ),
+    "roomsbot": (
+        "datarooms.cli.roomsbot",
+        "roomsbot_command",
+        "command",
+        "Run the rooms bot on its own (appservice, REST API, chain watcher) until Ctrl-C.",
+    ),
+    "devchain": (
+        "datarooms.cli.roomsbot",
+        "devchain_command",
+        "command",
+        "Run the embedded devchain on its own until Ctrl-C (or only --verify it).",
+    ),
+    "mcp": (
+        "datarooms.cli.mcp",
+        "mcp",
+        "command",
+        "Serve one agent over MCP stdio (for Claude Desktop, IDEs, the MCP inspector).",
+    ),
+    "agents": (
+        "datarooms.cli.mcp",
+        "agents_app",
+        "group",
+        "AI agents of the MCP server: who they are and what they may do.",
+    ),
+}
+
+
+class LazyGroup(TyperGroup):
+    """The root group: the services' commands are listed from :data:`LAZY_COMMANDS`
+    and imported only when one of them runs (or its own ``--help`` is asked for)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in LAZY_COMMANDS:
+            # Listing (the root help): a stand-in with the one-line help, no import.
+            return TyperCommand(cmd_name, help=LAZY_COMMANDS[cmd_name][3])
+        return cmd
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in LAZY_COMMANDS and args[0] not in self.commands:
+            self.add_command(load_lazy_command(args[0]), args[0])
+        return super().resolve_command(ctx, args)
+
+
+def load_lazy_command(name: str) -> click.Command:
+    """Import one of the services' commands."""
+    module, attr, kind, _help = LAZY_COMMANDS[name]
+    obj = getattr(importlib.import_module(module), attr)
+    cmd: Any
+    if kind == "group":
+        cmd = typer.main.get_group(obj)
+    else:
+        single = typer.Typer()
+        single.command(name=name)(obj)
+        cmd = typer.main.get_command(single)
+    cmd.name = name
+    return cmd  # type: ignore[no-any-return]
+
 
 app = typer.Typer(
     name="datarooms",
@@ -37,6 +135,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=LazyGroup,
 )
 user_app = typer.Typer(help="Manage Matrix accounts on the homeserver.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
@@ -72,7 +171,9 @@ def _root(
     ] = None,
     log_format: Annotated[str, typer.Option("--log-format", help="text or json")] = "text",
 ) -> None:
-    ctx.obj = CliState(data_dir=data_dir, config_file=config, log_level=log_level)
+    ctx.obj = CliState(
+        data_dir=data_dir, config_file=config, log_level=log_level, log_format=log_format
+    )
     if log_format not in ("text", "json"):
         raise ConfigError(f"--log-format must be text or json, got {log_format!r}")
     configure_logging((log_level or "WARNING"), fmt=log_format)
@@ -91,11 +192,15 @@ def up(
     if port is not None:
         st.overrides.setdefault("homeserver", {})["port"] = port
     settings = st.settings()
-    configure_logging(st.log_level or settings.log_level)
+    configure_logging(st.log_level or settings.log_level, fmt=st.log_format)
+    from datarooms.services.platform import Platform
+
     platform = Platform(
         settings,
-        services=platform_services(settings),
+        # Imported and built while the homeserver boots (see Platform.start).
+        services=lambda: platform_services(settings),
         synapse_extra_config=lambda: synapse_extra_config(settings),
+        requires=SERVICE_REQUIRES,
     )
     info = run(_run_platform(platform))
     if info is None:
@@ -103,8 +208,17 @@ def up(
         raise typer.Exit(130)
 
 
+#: What each service needs started before it (the rest need only the homeserver):
+#: the devchain needs nothing, so it starts while the homeserver boots; the rooms
+#: bot watches the devchain.
+SERVICE_REQUIRES: dict[str, tuple[str, ...]] = {
+    "devchain": (),
+    "roomsbot": ("homeserver", "devchain"),
+}
+
+
 def platform_services(settings: Settings) -> list[Service]:
-    """The services `datarooms up` runs after the homeserver, in start order."""
+    """The services `datarooms up` runs, in the order it lists them."""
     # Each service is imported only if it runs: `datarooms up` starts faster.
     mcp_port = settings.mcp.port
     wanted = _wanted_services(settings)
@@ -133,6 +247,8 @@ def platform_services(settings: Settings) -> list[Service]:
 
 
 def _wanted_services(settings: Settings) -> set[str]:
+    from datarooms.config import PLATFORM_SERVICES
+
     names = {x.strip() for x in settings.services.split(",") if x.strip()}
     if "all" in names:
         return set(PLATFORM_SERVICES)
@@ -149,6 +265,9 @@ def synapse_extra_config(settings: Settings) -> dict[str, Any]:
 
 
 async def _run_platform(platform: Platform) -> PlatformInfo | None:
+    import contextlib
+    import signal
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -176,6 +295,8 @@ async def _run_platform(platform: Platform) -> PlatformInfo | None:
 
 
 def _print_running(info: PlatformInfo) -> None:
+    from rich.table import Table
+
     table = Table(title="datarooms is running", show_header=False, title_justify="left")
     table.add_row(
         "homeserver", f"{info.homeserver_url}  ({info.mode}, server name {info.server_name})"
@@ -199,8 +320,16 @@ def down(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for it to stop")] = 60.0,
 ) -> None:
     """Stop the platform started by `datarooms up` on this data directory."""
+    from datarooms.services.platform import request_stop
+
     pid = run(request_stop(state(ctx).settings(), timeout=timeout))
     console.print(f"stopped datarooms (pid {pid}).")
+
+
+#: `datarooms status` exit codes (0: running and healthy).
+STATUS_NOT_RUNNING = 3
+STATUS_STARTING = 4
+STATUS_UNHEALTHY = 5
 
 
 @app.command()
@@ -209,6 +338,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Show whether the platform is running on this data directory, and where."""
+    from datarooms.services.platform import platform_status
+
     settings = state(ctx).settings()
     st = run(platform_status(settings))
     if as_json:
@@ -216,6 +347,8 @@ def status(
             json.dumps(
                 {
                     "running": st.running,
+                    "starting": st.starting,
+                    "healthy": st.healthy,
                     "pid": st.pid,
                     "homeserver_healthy": st.homeserver_healthy,
                     "info": st.info,
@@ -224,15 +357,20 @@ def status(
         )
     elif not st.running:
         console.print(f"datarooms is not running on {settings.data_dir}.")
+    elif st.starting:
+        console.print(f"datarooms is starting (pid {st.pid}) on {settings.data_dir}")
     else:
         info = st.info or {}
-        health = {True: "healthy", False: "NOT answering", None: "unknown"}[st.homeserver_healthy]
+        health = "healthy" if st.homeserver_healthy else "NOT answering"
         console.print(f"datarooms is running (pid {st.pid}) on {settings.data_dir}")
         console.print(f"  homeserver  {info.get('homeserver_url', '?')}  {health}")
         for name, svc in (info.get("services") or {}).items():
             console.print(f"  {name:<11} " + ", ".join(f"{k}: {v}" for k, v in svc.items()))
+    # Scripts wait on this: 0 only once the platform is up and its homeserver answers.
     if not st.running:
-        raise typer.Exit(3)
+        raise typer.Exit(STATUS_NOT_RUNNING)
+    if not st.healthy:
+        raise typer.Exit(STATUS_STARTING if st.starting else STATUS_UNHEALTHY)
 
 
 # -- users ---------------------------------------------------------------------
@@ -252,6 +390,9 @@ def user_add(
     password = sys.stdin.readline().rstrip("\n") if password_stdin else None
     if password_stdin and not password:
         raise ConfigError("--password-stdin was given but stdin held no password")
+    from datarooms.homeserver.admin import register_user
+    from datarooms.services.platform import live_homeserver_url
+
     secret = _registration_secret(settings)
     user = run(register_user(live_homeserver_url(settings), secret, name, password, admin=admin))
     console.print(f"registered {user.user_id}")
@@ -279,7 +420,9 @@ def _registration_secret(settings: Any) -> str:
 @app.command()
 def whoami(ctx: typer.Context) -> None:
     """Show which Matrix account the CLI acts as, checked against the homeserver."""
-    creds = resolve_credentials(state(ctx).settings())
+    from datarooms.homeserver.api import MatrixApi
+
+    creds = acting_credentials(state(ctx).settings())
 
     async def _who() -> dict[str, Any]:
         if creds.access_token:
@@ -312,54 +455,10 @@ def config_show(ctx: typer.Context) -> None:
 
 data_commands.register(app)
 
-#: The services' commands, imported only when used, so that `datarooms up` and the
-#: core commands do not pay for importing every service (mcp, FastAPI, ...).
-#: name -> (module, attribute, "group" for a Typer app | "command" for a function).
-LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "keys": ("datarooms.cli.keys", "keys_app", "group"),
-    "telemetry": ("datarooms.cli.telemetry", "telemetry_app", "group"),
-    "state": ("datarooms.cli.statebot", "state_app", "group"),
-    "statebot": ("datarooms.cli.statebot", "statebot", "command"),
-    "entity": ("datarooms.cli.roomsbot", "entity_app", "group"),
-    "roomsbot": ("datarooms.cli.roomsbot", "roomsbot_command", "command"),
-    "devchain": ("datarooms.cli.roomsbot", "devchain_command", "command"),
-    "mcp": ("datarooms.cli.mcp", "mcp", "command"),
-    "agents": ("datarooms.cli.mcp", "agents_app", "group"),
-}
 
-
-def click_command() -> Any:
-    """The root command, with the services' commands loaded on first use."""
-    group: Any = typer.main.get_group(app)
-    known = group.get_command
-    listed = group.list_commands
-
-    def get_command(ctx: Any, name: str) -> Any:
-        cmd = known(ctx, name)
-        if cmd is None and name in LAZY_COMMANDS:
-            cmd = _load(name, *LAZY_COMMANDS[name])
-            group.add_command(cmd, name)
-        return cmd
-
-    def list_commands(ctx: Any) -> list[str]:
-        return [*listed(ctx), *(n for n in LAZY_COMMANDS if n not in group.commands)]
-
-    group.get_command = get_command
-    group.list_commands = list_commands
-    return group
-
-
-def _load(name: str, module: str, attr: str, kind: str) -> Any:
-    obj = getattr(importlib.import_module(module), attr)
-    cmd: Any
-    if kind == "group":
-        cmd = typer.main.get_group(obj)
-    else:
-        single = typer.Typer()
-        single.command(name=name)(obj)
-        cmd = typer.main.get_command(single)
-    cmd.name = name
-    return cmd
+def click_command() -> TyperGroup:
+    """The root command."""
+    return typer.main.get_group(app)
 
 
 __all__ = ["DataroomsError", "app"]

@@ -1,4 +1,10 @@
-"""Data-room commands: rooms, records, files, messages. Thin over the SDK."""
+"""Data-room commands: rooms, records, files, messages. Thin over the SDK.
+
+Scripts call ``put`` and ``get`` in loops, so a command imports only what it uses
+(rich tables and progress bars inside the commands that draw them) and the
+record and message commands open the device from its index (see
+:func:`open_client`) instead of re-reading every room's state.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +20,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
-from datarooms.account import resolve_credentials
-from datarooms.cli._common import console, run, state
+from datarooms.cli._common import (
+    acting_credentials,
+    console,
+    echo,
+    print_json,
+    real_console,
+    run,
+    state,
+)
 from datarooms.config import Settings
 from datarooms.errors import ValidationError
 from datarooms.events import ROOM_KINDS
-from datarooms.homeserver.api import MatrixApi
-from datarooms.services.platform import device_store_dir, live_homeserver_url
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+    from rich.table import Table
+
     from datarooms.sdk.client import DataroomsClient
     from datarooms.sdk.rooms import Access
 
@@ -44,21 +50,28 @@ RoomArg = Annotated[str, typer.Argument(help="Room id (!...) or alias (#...)")]
 
 
 @contextlib.asynccontextmanager
-async def open_client(settings: Settings) -> AsyncIterator[DataroomsClient]:
-    creds = resolve_credentials(settings)
-    url = live_homeserver_url(settings) if settings.homeserver.mode == "embedded" else None
-    if url and url != creds.homeserver_url:
-        creds = replace(creds, homeserver_url=url)
+async def open_client(
+    settings: Settings, *, rooms_from_index: bool = False
+) -> AsyncIterator[DataroomsClient]:
+    """This account's CLI device. ``rooms_from_index``: catch up with an incremental
+    sync from the stored position, taking what the device already knows of each room
+    (members, encryption) from its index, instead of a full-state sync of every room:
+    enough for writing and reading records and messages, and what keeps a `put` fast."""
+    from datarooms.sdk.client import DataroomsClient
+    from datarooms.services.platform import device_store_dir
+
+    creds = acting_credentials(settings)
     if not creds.user_id:
+        from datarooms.homeserver.api import MatrixApi
+
         async with MatrixApi(creds.homeserver_url, creds.access_token) as http:
             creds = replace(creds, user_id=(await http.whoami())["user_id"])
-    from datarooms.sdk.client import DataroomsClient
-
     client = await DataroomsClient.open(
         creds,
         device_store_dir(settings, creds.user_id),
         device_name="datarooms CLI",
         trust=settings.trust_policy,  # type: ignore[arg-type]
+        rooms_from_index=rooms_from_index,
     )
     # Entity rooms are the rooms bot's where one runs (datarooms.sdk.roomsbot).
     client.rooms.roomsbot_url = settings.roomsbot.url or settings.running_url("roomsbot")
@@ -68,14 +81,25 @@ async def open_client(settings: Settings) -> AsyncIterator[DataroomsClient]:
         await client.close()
 
 
-def with_client(ctx: typer.Context, fn: Callable[[DataroomsClient], Awaitable[T]]) -> T:
+def with_client(
+    ctx: typer.Context,
+    fn: Callable[[DataroomsClient], Awaitable[T]],
+    *,
+    rooms_from_index: bool = False,
+) -> T:
     settings = state(ctx).settings()
 
     async def go() -> T:
-        async with open_client(settings) as client:
+        async with open_client(settings, rooms_from_index=rooms_from_index) as client:
             return await fn(client)
 
     return run(go())
+
+
+def _table(*columns: str) -> Table:
+    from rich.table import Table
+
+    return Table(*columns)
 
 
 def _parse_value(raw: str, text: bool) -> Any:
@@ -117,9 +141,9 @@ def room_create(
         room = await c.rooms.create(
             kind, name=name, topic=topic, did=did, purpose=purpose, alias=alias
         )
-        console.print(room.room_id)
+        echo(room.room_id)
         if room.alias:
-            console.print(f"alias: {room.alias}")
+            echo(f"alias: {room.alias}")
 
     with_client(ctx, go)
 
@@ -129,7 +153,7 @@ def room_list(ctx: typer.Context) -> None:
     """Rooms this account is in, with their kind."""
 
     async def go(c: DataroomsClient) -> None:
-        table = Table("room", "kind", "name", "alias / DID")
+        table = _table("room", "kind", "name", "alias / DID")
         for r in c.rooms.list():
             table.add_row(r.room_id, r.kind or "-", r.name or "", r.alias or r.did or "")
         console.print(table)
@@ -147,7 +171,7 @@ def room_join(ctx: typer.Context, room: RoomArg) -> None:
 
 
 async def _join(c: DataroomsClient, room: str) -> None:
-    console.print(f"joined {await c.rooms.join(room)}")
+    echo(f"joined {await c.rooms.join(room)}")
 
 
 @room_app.command("members")
@@ -156,7 +180,7 @@ def room_members(ctx: typer.Context, room: RoomArg) -> None:
 
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)
-        table = Table("user", "membership", "access", "power", "devices", "last active")
+        table = _table("user", "membership", "access", "power", "devices", "last active")
         for m in await c.rooms.review(rid):
             devices = ", ".join(
                 f"{d.device_id}{' (verified)' if d.verified else ''}" for d in m.devices
@@ -189,7 +213,7 @@ def room_grant(
         rid = await c.rooms.resolve(room)
         acc: Access = access  # type: ignore[assignment]
         await c.rooms.grant(rid, user, acc)
-        console.print(f"{user} has {access} access to {rid}")
+        echo(f"{user} has {access} access to {rid}")
 
     with_client(ctx, go)
 
@@ -203,7 +227,7 @@ def room_revoke(
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)
         await c.rooms.revoke(rid, user)
-        console.print(f"revoked {user} from {rid}")
+        echo(f"revoked {user} from {rid}")
 
     with_client(ctx, go)
 
@@ -226,9 +250,9 @@ def put(
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)
         rec = await c.records.put(rid, key, parsed, schema=schema, txn_id=txn)
-        console.print(f"{key} v{rec.version or '?'} {rec.event_id}")
+        echo(f"{key} v{rec.version or '?'} {rec.event_id}")
 
-    with_client(ctx, go)
+    with_client(ctx, go, rooms_from_index=True)
 
 
 def get(
@@ -247,12 +271,12 @@ def get(
                 out = {k: _record_json(r) for k, r in latest.items()}
             else:
                 out = {k: r.value for k, r in latest.items()}
-            console.print_json(json.dumps(out))
+            print_json(out)
             return
         rec = await c.records.get(rid, key)
-        console.print_json(json.dumps(_record_json(rec) if as_json else rec.value))
+        print_json(_record_json(rec) if as_json else rec.value)
 
-    with_client(ctx, go)
+    with_client(ctx, go, rooms_from_index=True)
 
 
 def history(
@@ -265,12 +289,12 @@ def history(
 
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)
-        table = Table("version", "time", "sender", "value")
+        table = _table("version", "time", "sender", "value")
         for r in await c.records.history(rid, key, limit=limit):
             table.add_row(str(r.version), _ts(r.ts), r.sender, json.dumps(r.value))
         console.print(table)
 
-    with_client(ctx, go)
+    with_client(ctx, go, rooms_from_index=True)
 
 
 def _record_json(r: Any) -> dict[str, Any]:
@@ -289,13 +313,21 @@ def _record_json(r: Any) -> dict[str, Any]:
 
 
 def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=real_console(console),
         transient=False,
     )
 
@@ -317,9 +349,9 @@ def file_put(
             ref = await c.files.put(
                 rid, path, progress=lambda d, t: progress.update(task, completed=d)
             )
-        console.print(f"{ref.event_id}  {ref.name}  {ref.size} bytes")
+        echo(f"{ref.event_id}  {ref.name}  {ref.size} bytes")
 
-    with_client(ctx, go)
+    with_client(ctx, go, rooms_from_index=True)
 
 
 @file_app.command("get")
@@ -339,9 +371,9 @@ def file_get(
             out = await c.files.get(
                 rid, event_id, dest, progress=lambda d, t: progress.update(task, completed=d)
             )
-        console.print(f"wrote {out}")
+        echo(f"wrote {out}")
 
-    with_client(ctx, go)
+    with_client(ctx, go, rooms_from_index=True)
 
 
 # -- messages ------------------------------------------------------------------
@@ -354,9 +386,9 @@ def send(
 
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)
-        console.print(await c.messages.send(rid, text))
+        echo(await c.messages.send(rid, text))
 
-    with_client(ctx, go)
+    with_client(ctx, go, rooms_from_index=True)
 
 
 def tail(

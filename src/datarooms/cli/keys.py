@@ -11,7 +11,7 @@ import click
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
-from datarooms.cli._common import console, err_console
+from datarooms.cli._common import console, err_console, real_console
 from datarooms.cli.data import with_client
 from datarooms.errors import ValidationError
 from datarooms.sdk.keys import Verification, VerificationCancelled
@@ -101,7 +101,7 @@ def keys_restore(
 
     async def go(c: DataroomsClient) -> None:
         with Progress(
-            "restoring keys", BarColumn(), MofNCompleteColumn(), console=err_console
+            "restoring keys", BarColumn(), MofNCompleteColumn(), console=real_console(err_console)
         ) as progress:
             task = progress.add_task("restore", total=None)
             n = await c.keys.restore(

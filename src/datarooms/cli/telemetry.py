@@ -17,7 +17,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from datarooms.cli._common import console, err_console
+from datarooms.cli._common import console, err_console, real_console
 from datarooms.cli.data import with_client
 from datarooms.errors import ValidationError
 from datarooms.sdk.client import DataroomsClient
@@ -235,7 +235,7 @@ def _push_progress() -> Progress:
         TextColumn("{task.fields[rate]:>10,.0f} samples/s"),
         TextColumn("{task.fields[acked]:>12,} acknowledged"),
         TimeElapsedColumn(),
-        console=err_console,
+        console=real_console(err_console),
         transient=False,
     )
 

@@ -32,19 +32,22 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from datarooms._fs import PRIVATE_FILE, atomic_write, ensure_writable_dir, harden_tree, private_dir
-from datarooms._transport.http import NO_RETRY, JsonHttp, Unreachable
 from datarooms.errors import (
     MissingDependencyError,
     PortInUseError,
     SynapseStartError,
 )
+
+if TYPE_CHECKING:
+    from datarooms._transport.http import JsonHttp
+
+# aiohttp and cryptography are imported where used: `datarooms up` spawns Synapse
+# first and imports the rest while it boots.
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +291,8 @@ class EmbeddedSynapse:
     async def _wait_healthy(self, started: float) -> None:
         assert self._proc is not None
         deadline = started + self.start_timeout
+        from datarooms._transport.http import NO_RETRY, JsonHttp
+
         async with JsonHttp(self.base_url, timeout=2, retry=NO_RETRY) as session:
             while True:
                 code = self._proc.poll()
@@ -336,6 +341,8 @@ class EmbeddedSynapse:
         await self.start()
 
     async def health(self) -> bool:
+        from datarooms._transport.http import NO_RETRY, JsonHttp
+
         async with JsonHttp(self.base_url, timeout=2, retry=NO_RETRY) as session:
             return await _healthy(session)
 
@@ -376,6 +383,8 @@ class EmbeddedSynapse:
 
 
 async def _healthy(http: JsonHttp) -> bool:
+    from datarooms._transport.http import Unreachable
+
     try:
         return (await http.send("GET", "/health")).status == 200
     except Unreachable:
@@ -407,6 +416,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _new_signing_key() -> str:
     """A Synapse signing key file line: ``ed25519 <key id> <unpadded base64 seed>``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
     seed = Ed25519PrivateKey.generate().private_bytes(
         Encoding.Raw, PrivateFormat.Raw, NoEncryption()
     )

@@ -85,6 +85,7 @@ class DataroomsClient:
         initial_sync: bool = True,
         trust: TrustPolicy = "cross-signed",
         cross_sign: bool = True,
+        rooms_from_index: bool = False,
     ) -> DataroomsClient:
         """Open (or create) this device's session and stores, then catch up with the server.
 
@@ -95,6 +96,16 @@ class DataroomsClient:
         ``trust`` decides which devices receive room keys (see datarooms.sdk.keys);
         ``cross_sign`` makes sure the account has cross-signing keys and signs
         this device with them when it can.
+
+        ``rooms_from_index``: when the index holds a sync position, catch up with an
+        incremental sync from it instead of a full-state one, taking each room's
+        members and encryption from the index (they were written with that
+        position). Sending stays as safe: a room is encrypted if the index, nio's
+        store or the server says so; before a session is shared the members are
+        re-read from the server and their device keys queried (a reader's new
+        device gets the key); the sync brings new events, keys sent to this device
+        and device-list changes. Enough for records, messages and files; room
+        listings and access reviews want the full state.
         """
         store = Path(store_dir)
         private_dir(store)
@@ -107,7 +118,10 @@ class DataroomsClient:
                 await client._check(await nio.keys_upload(), "upload device keys")
             if cross_sign:
                 await client.keys.bootstrap()
-            if initial_sync:
+            if initial_sync and rooms_from_index and client.index.sync_token:
+                client._rooms_from_index()
+                await client.sync_once()
+            elif initial_sync:
                 await client.sync_once(full_state=True)
             if client.keys.backup_enabled:
                 await client.keys.backup_pending()
@@ -115,6 +129,32 @@ class DataroomsClient:
             await client.close()
             raise
         return client
+
+    def _rooms_from_index(self) -> None:
+        """Give nio the rooms the index knows we joined, with their members and
+        encryption, as of the index's sync position (see ``open(rooms_from_index=...)``)."""
+        from nio.rooms import MatrixRoom
+
+        me = self.user_id
+        for room_id in self.index.rooms_with_state("m.room.create"):
+            members = self.index.state_of_type(room_id, "m.room.member")
+            if (members.get(me) or {}).get("membership") != "join" or room_id in self.nio.rooms:
+                continue
+            encryption = self.index.state(room_id, "m.room.encryption")
+            encrypted = room_id in self.nio.encrypted_rooms or bool(encryption)
+            room = MatrixRoom(room_id, me, encrypted)
+            for user_id, content in members.items():
+                membership = content.get("membership")
+                if membership in ("join", "invite"):
+                    room.add_member(
+                        user_id,
+                        content.get("displayname"),
+                        content.get("avatar_url"),
+                        invited=membership == "invite",
+                    )
+            self.nio.rooms[room_id] = room
+            if encrypted:
+                self.nio.encrypted_rooms.add(room_id)
 
     async def close(self) -> None:
         if self._closed:

@@ -6,9 +6,10 @@ dies with the process, so a crash never leaves a stale lock behind.
 ``<data_dir>/run/state.json`` says what is running and where, for
 ``datarooms status`` and ``datarooms down``.
 
-Services (the bots and the MCP server, added by later work) plug in through
-:class:`Service`; the platform starts them in order after the homeserver and
-stops them in reverse.
+Services (the bots, the devchain and the MCP server) plug in through
+:class:`Service`. :class:`Platform` starts them concurrently, each as soon as
+what it needs is up (the homeserver, another service), and stops them in the
+reverse order.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from datarooms._fs import ProcessLock, atomic_write, ensure_writable_dir, harden_tree
 from datarooms.account import Credentials, read_credentials, write_credentials
@@ -33,9 +34,11 @@ from datarooms.errors import (
     NotRunningError,
     PlatformError,
 )
-from datarooms.homeserver.admin import override_ratelimit, register_user
-from datarooms.homeserver.api import MatrixApi
-from datarooms.homeserver.embedded import EmbeddedSynapse
+
+if TYPE_CHECKING:
+    # Imported where used: the CLI imports this module for the run files, and
+    # must not pay for the HTTP client and the homeserver's dependencies.
+    from datarooms.homeserver.embedded import EmbeddedSynapse
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +64,23 @@ class PlatformContext:
     homeserver_url: str
     service_account: Credentials
     homeserver: EmbeddedSynapse | None
+    #: While the platform starts, the embedded homeserver's service account may still
+    #: be being registered or checked when a service starts (so that, on a first
+    #: start, the bots' accounts are registered alongside it): ``service_account``
+    #: then holds only its user id, and this resolves to the checked account.
+    service_account_ready: asyncio.Future[Credentials] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def server_name(self) -> str:
         return self.service_account.user_id.split(":", 1)[1]
+
+    async def checked_service_account(self) -> Credentials:
+        """The service account, once the platform has checked (or registered) it."""
+        if self.service_account_ready is not None:
+            return await asyncio.shield(self.service_account_ready)
+        return self.service_account
 
     async def ensure_account(self, localpart: str, displayname: str | None = None) -> Credentials:
         """The account of a bot or agent: registered on first use, kept in
@@ -73,6 +89,8 @@ class PlatformContext:
         Registration uses the embedded homeserver's shared secret, or
         ``homeserver.registration_shared_secret`` for an external Synapse.
         """
+        from datarooms.homeserver.admin import override_ratelimit, register_user
+
         path = self.settings.data_dir / "accounts" / f"{localpart}.json"
         stored = read_credentials(path)
         if stored is not None:
@@ -100,9 +118,8 @@ class PlatformContext:
                 self.homeserver_url, user.user_id, user.access_token, user.device_id, user.password
             )
             try:
-                await override_ratelimit(
-                    self.homeserver_url, self.service_account.access_token, user.user_id
-                )
+                admin = await self.checked_service_account()
+                await override_ratelimit(self.homeserver_url, admin.access_token, user.user_id)
             except HomeserverError as exc:  # not a server admin on an external homeserver
                 log.warning(
                     "could not lift rate limits for a bot account; it will be throttled",
@@ -148,23 +165,42 @@ class PlatformLock(ProcessLock):
         )
 
 
+#: The name under which services name the homeserver (and the checked service
+#: account) as something they need started first.
+HOMESERVER = "homeserver"
+
+
 class Platform:
-    """Starts and stops everything ``datarooms up`` runs, for one data directory."""
+    """Starts and stops everything ``datarooms up`` runs, for one data directory.
+
+    Start-up is concurrent: the homeserver's process is spawned first; while it
+    boots, the services are imported (``services`` may be a function that imports
+    and builds them) and those that do not need the homeserver start; each other
+    service starts as soon as what it ``requires`` is up. ``requires`` maps a
+    service's name to the names it needs first (:data:`HOMESERVER` for the
+    homeserver and the service account); a service it does not name needs only
+    the homeserver. Services stop in the reverse of the order they finished starting.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        services: Sequence[Service] = (),
+        services: Sequence[Service] | Callable[[], Sequence[Service]] = (),
         synapse_extra_config: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        requires: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.settings = settings
-        self.services = list(services)
+        self._services_factory = services if callable(services) else None
+        self.services: list[Service] = [] if callable(services) else list(services)
         self.homeserver: EmbeddedSynapse | None = None
         self.info: PlatformInfo | None = None
         self._lock = PlatformLock(settings.run_dir / "up.lock")
         self._started: list[Service] = []
         self._synapse_extra = synapse_extra_config or {}
+        self._requires = dict(requires or {})
+        #: Seconds each part took to start, for the log and for bench/startup.py.
+        self.timings: dict[str, float] = {}
 
     @property
     def state_file(self) -> Path:
@@ -174,36 +210,70 @@ class Platform:
         """Start everything. On failure or cancellation, stop what was started."""
         say = progress or (lambda _msg: None)
         s = self.settings
+        began = time.monotonic()
         ensure_writable_dir(s.data_dir)
         harden_tree(s.data_dir)  # secrets, tokens and decrypted data: owner only
         self._lock.acquire()
+        tasks: list[asyncio.Task[Any]] = []
         try:
+            # A run killed before it could clean up leaves its state behind: while we
+            # start, `datarooms status` must say "starting", not show the old run.
+            with contextlib.suppress(FileNotFoundError):
+                self.state_file.unlink()
             hs = s.homeserver
+            url = hs.base_url
             if hs.mode == "embedded":
                 say("starting the embedded homeserver (Synapse)")
-                # Computed only now: it may write files (the rooms bot's registration)
-                # into the data dir, which is known to be writable and ours here.
-                extra = self._synapse_extra
-                extra_config = extra() if callable(extra) else extra
-                self.homeserver = EmbeddedSynapse(
-                    s.synapse_dir,
-                    server_name=hs.server_name,
-                    host=hs.host,
-                    port=hs.port,
-                    max_upload_size=hs.max_upload_size,
-                    start_timeout=hs.start_timeout,
-                    extra_config=extra_config,
+                url = self._embedded_homeserver().base_url
+            loop = asyncio.get_running_loop()
+            healthy: asyncio.Future[None] = loop.create_future()
+            account: asyncio.Future[Credentials] = loop.create_future()
+            homeserver = asyncio.create_task(self._start_homeserver(url, say, healthy, account))
+            tasks.append(homeserver)
+            # Let it spawn Synapse before we spend CPU importing the services.
+            await asyncio.sleep(0)
+            if self._services_factory is not None:
+                t = time.monotonic()
+                self.services = list(self._services_factory())
+                self.timings["import services"] = time.monotonic() - t
+            # Before the service account is checked: its user id, and a future of it.
+            stored = read_credentials(s.credentials_file) if hs.mode == "embedded" else None
+            stand_in = Credentials(url, stored.user_id if stored else "")
+            if hs.mode == "embedded" and not stand_in.user_id:
+                stand_in = Credentials(url, f"@{SERVICE_ACCOUNT}:{hs.server_name}")
+            early = PlatformContext(s, url, stand_in, self.homeserver, account)
+            ready: dict[str, asyncio.Future[None]] = {
+                svc.name: loop.create_future() for svc in self.services
+            }
+            results: dict[str, dict[str, Any]] = {}
+
+            async def start_one(service: Service) -> None:
+                needs = self._requires.get(service.name, (HOMESERVER,))
+                ctx = early
+                for name in needs:
+                    if name == HOMESERVER and hs.mode == "embedded":
+                        await healthy  # the account is checked meanwhile: ctx waits for it
+                    elif name == HOMESERVER:
+                        ctx = PlatformContext(s, url, await account, self.homeserver)
+                    elif name in ready:
+                        await ready[name]
+                say(f"starting {service.name}")
+                t = time.monotonic()
+                results[service.name] = await service.start(ctx)
+                self._started.append(service)
+                took = self.timings[service.name] = time.monotonic() - t
+                log.info(
+                    "service started",
+                    extra={
+                        "service": service.name,
+                        "seconds": round(took, 2),
+                    },
                 )
-                await self.homeserver.start()
-                url = self.homeserver.base_url
-            else:
-                url = hs.base_url
-                say(f"checking the external homeserver at {url}")
-                async with MatrixApi(url) as http:
-                    await http.versions()
-            say("preparing the service account")
-            creds = await self._ensure_service_account(url)
-            ctx = PlatformContext(s, url, creds, self.homeserver)
+                ready[service.name].set_result(None)
+
+            tasks += [asyncio.create_task(start_one(svc)) for svc in self.services]
+            await _all_or_nothing(tasks)
+            creds = account.result()
             info = PlatformInfo(
                 pid=os.getpid(),
                 mode=hs.mode,
@@ -215,16 +285,77 @@ class Platform:
                 started_at=time.time(),
                 synapse_pid=self.homeserver.pid if self.homeserver else None,
                 homeserver_log=str(self.homeserver.log_path) if self.homeserver else None,
+                services={svc.name: results[svc.name] for svc in self.services},
             )
-            for service in self.services:
-                say(f"starting {service.name}")
-                info.services[service.name] = await service.start(ctx)
-                self._started.append(service)
             self.info = info
             self._write_state(info)
+            self.timings["total"] = time.monotonic() - began
+            log.info(
+                "datarooms started",
+                extra={k: round(v, 2) for k, v in self.timings.items()},
+            )
             return info
         except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.stop()
+            raise
+
+    def _embedded_homeserver(self) -> EmbeddedSynapse:
+        from datarooms.homeserver.embedded import EmbeddedSynapse
+
+        s, hs = self.settings, self.settings.homeserver
+        # Computed only now: it may write files (the rooms bot's registration)
+        # into the data dir, which is known to be writable and ours here.
+        extra = self._synapse_extra
+        t = time.monotonic()
+        extra_config = extra() if callable(extra) else extra
+        self.timings["homeserver config"] = time.monotonic() - t
+        self.homeserver = EmbeddedSynapse(
+            s.synapse_dir,
+            server_name=hs.server_name,
+            host=hs.host,
+            port=hs.port,
+            max_upload_size=hs.max_upload_size,
+            start_timeout=hs.start_timeout,
+            extra_config=extra_config,
+        )
+        return self.homeserver
+
+    async def _start_homeserver(
+        self,
+        url: str,
+        say: Callable[[str], None],
+        healthy: asyncio.Future[None],
+        account: asyncio.Future[Credentials],
+    ) -> None:
+        """Start (or check) the homeserver, then check the service account."""
+        t = time.monotonic()
+        try:
+            if self.homeserver is not None:
+                await self.homeserver.start()
+            else:
+                from datarooms.homeserver.api import MatrixApi
+
+                say(f"checking the external homeserver at {url}")
+                async with MatrixApi(url) as http:
+                    await http.versions()
+            self.timings[HOMESERVER] = time.monotonic() - t
+            healthy.set_result(None)
+            say("preparing the service account")
+            t = time.monotonic()
+            account.set_result(await self._ensure_service_account(url))
+            self.timings["service account"] = time.monotonic() - t
+        except Exception as exc:
+            for fut in (healthy, account):
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved here: this task reports the error
+            raise
+        except BaseException:
+            healthy.cancel()
+            account.cancel()
             raise
 
     async def stop(self) -> None:
@@ -242,6 +373,8 @@ class Platform:
         self._lock.release()
 
     async def _ensure_service_account(self, url: str) -> Credentials:
+        from datarooms.homeserver.admin import override_ratelimit, register_user
+
         s = self.settings
         if s.homeserver.mode == "external":
             from datarooms.account import resolve_credentials
@@ -279,8 +412,23 @@ class Platform:
         atomic_write(self.state_file, json.dumps(asdict(info), indent=2))
 
 
+async def _all_or_nothing(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for every task; on the first failure cancel the others and raise it."""
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                for other in pending:
+                    other.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise task.exception()  # type: ignore[misc]
+
+
 async def _check_or_login(creds: Credentials) -> Credentials:
     """Verify a stored token with whoami; log in again with the password if it expired."""
+    from datarooms.homeserver.api import MatrixApi
+
     if creds.access_token:
         try:
             async with MatrixApi(creds.homeserver_url, creds.access_token) as http:
@@ -306,23 +454,44 @@ async def _check_or_login(creds: Credentials) -> Credentials:
 
 @dataclass
 class PlatformStatus:
+    #: ``up`` holds the lock on this data dir (it may still be starting).
     running: bool
     pid: int | None
+    #: What run/state.json says; None until the platform has finished starting.
     info: dict[str, Any] | None
+    #: Whether the homeserver answers; None while starting or not running.
     homeserver_healthy: bool | None
+
+    @property
+    def starting(self) -> bool:
+        """``up`` runs but has not finished starting (no state file yet)."""
+        return self.running and self.info is None
+
+    @property
+    def healthy(self) -> bool:
+        """Started, and the homeserver answers: what scripts wait for."""
+        return self.running and self.info is not None and self.homeserver_healthy is True
+
+
+def _read_state(settings: Settings) -> dict[str, Any] | None:
+    try:
+        data = json.loads((settings.run_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 async def platform_status(settings: Settings) -> PlatformStatus:
-    lock = settings.run_dir / "up.lock"
-    pid = PlatformLock.holder(lock)
-    info: dict[str, Any] | None = None
-    with contextlib.suppress(OSError, ValueError):
-        info = json.loads((settings.run_dir / "state.json").read_text())
+    pid = PlatformLock.holder(settings.run_dir / "up.lock")
     if pid is None:
         return PlatformStatus(False, None, None, None)
+    # Read after the lock: `up` removes a stale state file right after taking it.
+    info = _read_state(settings)
     healthy: bool | None = None
-    if info:
-        async with MatrixApi(info["homeserver_url"], timeout=3) as http:
+    if info and info.get("homeserver_url"):
+        from datarooms.homeserver.api import MatrixApi
+
+        async with MatrixApi(str(info["homeserver_url"]), timeout=3) as http:
             try:
                 await http.versions()
                 healthy = True
@@ -331,12 +500,18 @@ async def platform_status(settings: Settings) -> PlatformStatus:
     return PlatformStatus(True, pid, info, healthy)
 
 
+def running_homeserver_url(settings: Settings) -> str | None:
+    """The homeserver URL of the platform `datarooms up` runs on this data dir (from
+    its run file), or None if none runs (or it is still starting)."""
+    if PlatformLock.holder(settings.run_dir / "up.lock") is None:
+        return None
+    url = (_read_state(settings) or {}).get("homeserver_url")
+    return str(url) if url else None
+
+
 def live_homeserver_url(settings: Settings) -> str:
     """The homeserver URL of the platform running on this data dir, else the configured one."""
-    if PlatformLock.holder(settings.run_dir / "up.lock") is not None:
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            return str(json.loads((settings.run_dir / "state.json").read_text())["homeserver_url"])
-    return settings.homeserver.base_url
+    return running_homeserver_url(settings) or settings.homeserver.base_url
 
 
 async def request_stop(settings: Settings, timeout: float = 30.0) -> int:
@@ -360,6 +535,7 @@ async def request_stop(settings: Settings, timeout: float = 30.0) -> int:
 
 
 __all__ = [
+    "HOMESERVER",
     "Platform",
     "PlatformContext",
     "PlatformInfo",
@@ -369,4 +545,5 @@ __all__ = [
     "live_homeserver_url",
     "platform_status",
     "request_stop",
+    "running_homeserver_url",
 ]

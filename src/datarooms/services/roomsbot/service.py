@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datarooms._fs import ProcessLock
 from datarooms.config import ChainSettings, RoomsBotSettings, Settings
@@ -25,7 +25,6 @@ from datarooms.errors import PortInUseError
 from datarooms.homeserver.embedded import check_port_free, free_port
 from datarooms.services.devchain import DevchainService, chain_url
 from datarooms.services.platform import PlatformContext
-from datarooms.services.roomsbot.bot import RoomsBot
 from datarooms.services.roomsbot.registration import (
     Registration,
     load_registration,
@@ -36,6 +35,11 @@ from datarooms.services.scaffold import ServiceRun
 from datarooms.services.scaffold import run_file as _run_file
 
 NAME = "roomsbot"
+
+if TYPE_CHECKING:
+    # Imported when they start: `datarooms up` writes the registration (this module)
+    # before Synapse starts, and must not wait for the bot's imports to do so.
+    from datarooms.services.roomsbot.bot import RoomsBot
 
 
 def registration_path(settings: Settings) -> Path:
@@ -126,6 +130,8 @@ class RoomsBotService:
         )
         run = ServiceRun(settings, self.name, lock).acquire()
         try:
+            from datarooms.services.roomsbot.bot import RoomsBot
+
             watch = chain_url(settings, cs) if cs.watch else None
             bot = RoomsBot(
                 homeserver_url=platform.homeserver_url,

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, machine, median
+from _common import SMOKE_HELP, emit, machine, median
 from datarooms.account import read_credentials
 from datarooms.homeserver.embedded import free_port
 
@@ -102,13 +102,14 @@ async def sdk_puts(data_dir: Path, room: str, n: int) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="3 rounds instead of 15")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     ap.add_argument(
         "--no-bytecode-cache",
         action="store_true",
         help="measure as the environment is (see PYTHONDONTWRITEBYTECODE above)",
     )
     args = ap.parse_args()
-    rounds = 3 if args.quick else 15
+    rounds = 1 if args.smoke else 3 if args.quick else 15
     bytecode_cache = not args.no_bytecode_cache
     tmp = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     data_dir = tmp / "data"

@@ -35,32 +35,23 @@ Everything runs against a real embedded Synapse.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-# bench/ holds platform.py, which shadows the stdlib module that uuid (and more)
-# import: move this script's directory from the front of the import path to the end.
-_HERE = Path(__file__).resolve().parent
-for _p in [p for p in sys.path if Path(p or ".").resolve() == _HERE]:
-    sys.path.remove(_p)
-sys.path.append(str(_HERE))
+import vodozemac
+from nio.crypto.sessions import InboundGroupSession
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import logging  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Awaitable, Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-import vodozemac  # noqa: E402
-from nio.crypto.sessions import InboundGroupSession  # noqa: E402
-
-from _common import SMOKE_HELP, emit, machine, median, percentile  # noqa: E402
-from datarooms import Credentials, DataroomsClient  # noqa: E402
-from datarooms.homeserver.admin import RegisteredUser  # noqa: E402
-from datarooms.testing import TestHomeserver  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, median, percentile
+from datarooms import Credentials, DataroomsClient
+from datarooms.homeserver.admin import RegisteredUser
+from datarooms.testing import TestHomeserver
 
 PROBE = b"probe: made with a synthetic session before the backup"
 

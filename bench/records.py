@@ -28,40 +28,31 @@ sharing an encrypted data room, so every Megolm session is really shared.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import gc
+import hashlib
+import os
+import random
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-# bench/ holds platform.py, which shadows the stdlib module that uuid (and more)
-# import: move this script's directory from the front of the import path to the end.
-_HERE = Path(__file__).resolve().parent
-for _p in [p for p in sys.path if Path(p or ".").resolve() == _HERE]:
-    sys.path.remove(_p)
-sys.path.append(str(_HERE))
+from nio import RoomMessagesError, RoomSendError
+from nio.api import MessageDirection
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import gc  # noqa: E402
-import hashlib  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import sqlite3  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Awaitable, Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-from nio import RoomMessagesError, RoomSendError  # noqa: E402
-from nio.api import MessageDirection  # noqa: E402
-
-from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb  # noqa: E402
-from datarooms import Credentials, DataroomsClient  # noqa: E402
-from datarooms import events as ev  # noqa: E402
-from datarooms._store.index import LocalIndex, Record  # noqa: E402
-from datarooms.homeserver.admin import RegisteredUser  # noqa: E402
-from datarooms.testing import TestHomeserver  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb
+from datarooms import Credentials, DataroomsClient
+from datarooms import events as ev
+from datarooms._store.index import LocalIndex, Record
+from datarooms.homeserver.admin import RegisteredUser
+from datarooms.testing import TestHomeserver
 
 MIB = 1 << 20
 

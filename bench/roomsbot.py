@@ -25,39 +25,30 @@ homeserver's CPU is what bounds this on a small machine.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-# bench/ holds platform.py, which shadows the stdlib module: move this script's directory
-# from the front of the import path to the end.
-_HERE = Path(__file__).resolve().parent
-for _p in [p for p in sys.path if Path(p or ".").resolve() == _HERE]:
-    sys.path.remove(_p)
-sys.path.append(str(_HERE))
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from typing import Any  # noqa: E402
-from urllib.parse import quote  # noqa: E402
-
-from _common import SMOKE_HELP, emit, machine, rss_mb  # noqa: E402
-from datarooms._transport.http import MatrixHttp  # noqa: E402
-from datarooms.chain import (  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, rss_mb
+from datarooms._transport.http import MatrixHttp
+from datarooms.chain import (
     CometRpc,
     DevChain,
     DevChainServer,
     create_entity_tx,
     parse_tx_events,
 )
-from datarooms.homeserver.embedded import free_port  # noqa: E402
-from datarooms.sdk.rooms import ENCRYPTION, power_levels  # noqa: E402
-from datarooms.services.roomsbot import ENTITY_EVENT, RoomsBot, RoomsBotSettings  # noqa: E402
-from datarooms.services.roomsbot.registration import write_registration  # noqa: E402
-from datarooms.testing import TestHomeserver  # noqa: E402
+from datarooms.homeserver.embedded import free_port
+from datarooms.sdk.rooms import ENCRYPTION, power_levels
+from datarooms.services.roomsbot import ENTITY_EVENT, RoomsBot, RoomsBotSettings
+from datarooms.services.roomsbot.registration import write_registration
+from datarooms.testing import TestHomeserver
 
 CONTROLLER = "did:ixo:ixo1benchowner"
 

@@ -39,7 +39,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import emit, machine, median, tree_rss_mb
+from _common import SMOKE_HELP, emit, machine, median, tree_rss_mb
 from datarooms.homeserver.embedded import EmbeddedSynapse, free_port
 
 DATAROOMS = str(Path(sys.executable).parent / "datarooms")
@@ -137,13 +137,14 @@ def first_synapse(tmp: Path, env: dict[str, str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     ap.add_argument(
         "--no-bytecode-cache",
         action="store_true",
         help="measure as the environment is (see PYTHONDONTWRITEBYTECODE above)",
     )
     args = ap.parse_args()
-    rounds = 2 if args.quick else 5
+    rounds = 1 if args.smoke else 2 if args.quick else 5
     bytecode_cache = not args.no_bytecode_cache
     tmp = Path(tempfile.mkdtemp(prefix="bench-startup-"))
     try:

@@ -25,33 +25,24 @@ key ``config`` holds a 30-member object in ``ixo.room.state``.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
-# bench/ holds platform.py, which shadows the stdlib module that uuid (and more)
-# import: move this script's directory from the front of the import path to the end.
-_HERE = Path(__file__).resolve().parent
-for _p in [p for p in sys.path if Path(p or ".").resolve() == _HERE]:
-    sys.path.remove(_p)
-sys.path.append(str(_HERE))
+import aiohttp
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Awaitable, Callable  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from typing import Any  # noqa: E402
-
-import aiohttp  # noqa: E402
-
-from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb  # noqa: E402
-from datarooms import Credentials, DataroomsClient  # noqa: E402
-from datarooms.services.statebot import StateBot, StateBotClient, StateBotConfig  # noqa: E402
-from datarooms.testing import TestHomeserver  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb
+from datarooms import Credentials, DataroomsClient
+from datarooms.services.statebot import StateBot, StateBotClient, StateBotConfig
+from datarooms.testing import TestHomeserver
 
 CONCURRENCY = 16
 

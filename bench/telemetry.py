@@ -31,38 +31,30 @@ two users' devices (a writer and a reader) sharing an encrypted device room.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
 import sys
+import tempfile
+import threading
+import time
+import uuid
+from itertools import repeat
 from pathlib import Path
+from typing import Any
 
-# bench/ holds platform.py, which shadows the stdlib module that uuid (and more)
-# import: move this script's directory from the front of the import path to the end.
-_HERE = Path(__file__).resolve().parent
-for _p in [p for p in sys.path if Path(p or ".").resolve() == _HERE]:
-    sys.path.remove(_p)
-sys.path.append(str(_HERE))
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from itertools import repeat  # noqa: E402
-from typing import Any  # noqa: E402
-
-from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb  # noqa: E402
-from datarooms import Credentials, DataroomsClient  # noqa: E402
-from datarooms.homeserver.admin import RegisteredUser  # noqa: E402
-from datarooms.sdk.telemetry import Telemetry, TelemetryConfig  # noqa: E402
-from datarooms.sdk.telemetry.encoding import SeriesData, SeriesKey  # noqa: E402
-from datarooms.sdk.telemetry.index import DecodedBatch, TelemetryIndex  # noqa: E402
-from datarooms.testing import TestHomeserver  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb
+from datarooms import Credentials, DataroomsClient
+from datarooms.homeserver.admin import RegisteredUser
+from datarooms.sdk.telemetry import Telemetry, TelemetryConfig
+from datarooms.sdk.telemetry.encoding import SeriesData, SeriesKey
+from datarooms.sdk.telemetry.index import DecodedBatch, TelemetryIndex
+from datarooms.testing import TestHomeserver
 
 NAIVE_TYPE = "io.datarooms.telemetry.sample"
 METRICS = 100

@@ -1,6 +1,6 @@
 """MCP server: tool-call latency over streamable HTTP vs the same SDK work done directly.
 
-Run from the repo root: python bench/mcp.py [--quick | --smoke]
+Run from the repo root: python bench/mcp_tools.py [--quick | --smoke]
 
 A real embedded Synapse; the MCP service (McpService, as `datarooms up` runs it) in this
 process with one agent (write access), its own E2EE device and sync loop; a user who
@@ -23,41 +23,32 @@ client over HTTP with the agent's bearer token (one session, sequential calls).
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-# bench/ holds platform.py, which shadows the stdlib module that uuid (and more)
-# import: move this script's directory from the front of the import path to the end.
-_HERE = Path(__file__).resolve().parent
-for _p in [p for p in sys.path if Path(p or ".").resolve() == _HERE]:
-    sys.path.remove(_p)
-sys.path.append(str(_HERE))
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Awaitable, Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-from mcp.shared._httpx_utils import create_mcp_http_client  # noqa: E402
-
-from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb  # noqa: E402
-from datarooms import Credentials, DataroomsClient  # noqa: E402
-from datarooms._logging import configure_logging  # noqa: E402
-from datarooms.account import write_credentials  # noqa: E402
-from datarooms.config import load_settings  # noqa: E402
-from datarooms.homeserver.embedded import free_port  # noqa: E402
-from datarooms.services.mcp import McpService, add_agent  # noqa: E402
-from datarooms.services.mcp.config import agents_file  # noqa: E402
-from datarooms.services.mcp.reading import read_timeline  # noqa: E402
-from datarooms.services.platform import PlatformContext  # noqa: E402
-from datarooms.testing import TestHomeserver  # noqa: E402
-from mcp import Client  # noqa: E402
+from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb
+from datarooms import Credentials, DataroomsClient
+from datarooms._logging import configure_logging
+from datarooms.account import write_credentials
+from datarooms.config import load_settings
+from datarooms.homeserver.embedded import free_port
+from datarooms.services.mcp import McpService, add_agent
+from datarooms.services.mcp.config import agents_file
+from datarooms.services.mcp.reading import read_timeline
+from datarooms.services.platform import PlatformContext
+from datarooms.testing import TestHomeserver
 
 Call = Callable[[int], Awaitable[Any]]
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import typer
 
 from datarooms.config import Settings, load_settings
+from datarooms.errors import ValidationError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -118,3 +119,18 @@ def acting_credentials(settings: Settings) -> Credentials:
         if url and url != creds.homeserver_url:
             creds = replace(creds, homeserver_url=url)
     return creds
+
+
+def parse_value(raw: str, text: bool) -> Any:
+    """A value given on the command line: JSON (``-`` reads stdin), or text with ``--text``."""
+    if raw == "-":
+        raw = sys.stdin.read()
+    if text:
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"the value is not JSON ({exc.msg} at column {exc.colno}); quote text as "
+            "'\"like this\"' or pass --text"
+        ) from None

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -25,6 +24,7 @@ from datarooms.cli._common import (
     acting_credentials,
     console,
     echo,
+    parse_value,
     print_json,
     real_console,
     run,
@@ -100,20 +100,6 @@ def _table(*columns: str) -> Table:
     from rich.table import Table
 
     return Table(*columns)
-
-
-def _parse_value(raw: str, text: bool) -> Any:
-    if raw == "-":
-        raw = sys.stdin.read()
-    if text:
-        return raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(
-            f"the value is not JSON ({exc.msg} at column {exc.colno}); quote text as "
-            "'\"like this\"' or pass --text"
-        ) from None
 
 
 def _ts(ms: int | None) -> str:
@@ -245,7 +231,7 @@ def put(
     text: Annotated[bool, typer.Option("--text", help="Store VALUE as a plain string")] = False,
 ) -> None:
     """Write a new version of a record (end-to-end encrypted)."""
-    parsed = _parse_value(value, text)
+    parsed = parse_value(value, text)
 
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)

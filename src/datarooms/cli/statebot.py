@@ -28,7 +28,7 @@ from rich.table import Table
 
 from datarooms._logging import configure_logging
 from datarooms.account import resolve_credentials
-from datarooms.cli._common import console, run, state
+from datarooms.cli._common import console, parse_value, run, state
 from datarooms.config import Settings
 from datarooms.errors import HomeserverError, PlatformError, ValidationError
 from datarooms.homeserver.api import MatrixApi
@@ -129,20 +129,6 @@ async def _room_id(settings: Settings, room: str) -> str:
     return await resolve_alias(_homeserver_url(settings), creds.access_token, room)
 
 
-def _parse_value(raw: str, text: bool) -> Any:
-    if raw == "-":
-        raw = sys.stdin.read()
-    if text:
-        return raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(
-            f"the value is not JSON ({exc.msg} at column {exc.colno}); quote text as "
-            "'\"like this\"' or pass --text"
-        ) from None
-
-
 # -- commands ---------------------------------------------------------------------
 
 
@@ -179,7 +165,7 @@ def set_(
     text: Annotated[bool, typer.Option("--text", help="Take the value as text, not JSON")] = False,
 ) -> None:
     """Merge a JSON value into a key (at --path), through the state bot."""
-    parsed = _parse_value(value, text)
+    parsed = parse_value(value, text)
 
     async def go(bot: StateBotClient) -> None:
         room_id = await _room_id(state(ctx).settings(), room)

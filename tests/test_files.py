@@ -20,9 +20,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
+from datarooms._transport import media as media_transport
 from datarooms.errors import HomeserverError, ValidationError
 from datarooms.homeserver.admin import RegisteredUser
-from datarooms.sdk import attachments as files
 from datarooms.sdk.attachments import (
     AttachmentDecryptor,
     AttachmentEncryptor,
@@ -539,7 +539,7 @@ async def test_too_large_answer_from_the_homeserver(
     async def unknown_limit(*args: object) -> None:
         return None
 
-    monkeypatch.setattr(files, "_max_upload_size", unknown_limit)
+    monkeypatch.setattr(media_transport, "max_upload_size", unknown_limit)
     user = await small_homeserver.new_user("big")
     with pytest.raises(HomeserverError, match="larger than the homeserver's max_upload_size") as e:
         await upload_encrypted(small_homeserver.base_url, user.access_token, os.urandom(2 * MB))

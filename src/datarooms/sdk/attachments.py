@@ -1,6 +1,8 @@
 """Encrypted attachments: AES-256-CTR per the Matrix spec, streamed to and from the media repo.
 
-This module is transport and crypto only. It encrypts a file with a fresh key,
+This module is the attachment crypto (``EncryptedFile``, the encryptor and decryptor) and
+the streaming that ties it to the media repository, whose HTTP lives in
+:mod:`datarooms._transport.media`. It encrypts a file with a fresh key,
 uploads the ciphertext and hands back the ``EncryptedFile`` (the spec's
 ``file`` object, version ``v2``) that the caller puts in its own
 ``m.room.message`` event; and it downloads and decrypts such a file again,
@@ -21,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import io
@@ -33,12 +34,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
 
 import aiohttp
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
-from datarooms._transport.http import matrix_error, retry_after_seconds
+from datarooms._transport import media
+from datarooms._transport.http import retry_after_seconds
 from datarooms.errors import DataroomsError, HomeserverError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ IV_SIZE = 16
 SHA256_SIZE = 32
 DEFAULT_CHUNK_SIZE = 1 << 20
 
-_MAX_RATE_LIMIT_RETRIES = 8
+media.MAX_RATE_LIMIT_RETRIES = 8
 _CTR_WRAP_BYTES = (1 << 64) * 16  # bytes a 64-bit block counter covers before it wraps
 _MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -323,75 +324,6 @@ class AttachmentDecryptor:
             )
 
 
-# -- HTTP helpers -----------------------------------------------------------
-
-
-def _timeout(read_timeout: float) -> aiohttp.ClientTimeout:
-    # No total timeout: a big file may take as long as it takes, as long as it moves.
-    return aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout)
-
-
-@contextlib.asynccontextmanager
-async def _session_scope(
-    session: aiohttp.ClientSession | None,
-) -> AsyncIterator[aiohttp.ClientSession]:
-    if session is not None:
-        yield session
-        return
-    async with aiohttp.ClientSession() as own:
-        yield own
-
-
-async def _error_body(resp: aiohttp.ClientResponse) -> Any:
-    try:
-        return await resp.json(content_type=None)
-    except (ValueError, aiohttp.ClientError):
-        return None
-
-
-def _homeserver_error(what: str, status: int, body: Any) -> HomeserverError:
-    return matrix_error(status, body, what)
-
-
-def _too_large(size: int, limit: int | None) -> HomeserverError:
-    detail = f" ({size} bytes > {limit} bytes)" if limit is not None else ""
-    return HomeserverError(
-        f"file is larger than the homeserver's max_upload_size{detail}; ask the homeserver "
-        "admin to raise max_upload_size or send a smaller file",
-        errcode="M_TOO_LARGE",
-        status=413,
-    )
-
-
-def _auth(access_token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {access_token}"}
-
-
-async def _max_upload_size(
-    session: aiohttp.ClientSession, base_url: str, access_token: str, read_timeout: float
-) -> int | None:
-    """The homeserver's ``m.upload.size``, or None if it does not say."""
-    for path in ("/_matrix/client/v1/media/config", "/_matrix/media/v3/config"):
-        try:
-            async with session.get(
-                base_url + path, headers=_auth(access_token), timeout=_timeout(read_timeout)
-            ) as resp:
-                if resp.status != 200:
-                    continue
-                body = await _error_body(resp)
-        except aiohttp.ClientConnectionError as exc:
-            raise HomeserverError(
-                f"cannot reach the homeserver at {base_url}: {exc}. "
-                "Is it running? (`datarooms status`)"
-            ) from None
-        if isinstance(body, dict):
-            limit = body.get("m.upload.size")
-            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-                return limit
-        return None
-    return None
-
-
 # -- upload -----------------------------------------------------------------
 
 
@@ -481,44 +413,25 @@ async def _post_once(
     report: Callable[[int], None],
     read_timeout: float,
 ) -> tuple[int, Any]:
-    """One upload attempt: stream the whole ciphertext; returns (status, JSON answer)."""
-    failure: list[BaseException] = []
+    """One upload attempt: encrypt the source as it streams to the media repo."""
 
     async def body(handle: BinaryIO | None) -> AsyncIterator[bytes]:
-        try:
-            async for ciphertext in src.chunks(handle, enc, chunk_size):
-                yield ciphertext
-                report(enc.bytes_done)
-        except BaseException as exc:
-            failure.append(exc)
-            raise
+        async for ciphertext in src.chunks(handle, enc, chunk_size):
+            yield ciphertext
+            report(enc.bytes_done)
 
     handle = await src.open()
     try:
-        async with http.post(
-            base_url + "/_matrix/media/v3/upload",
+        return await media.post_upload(
+            http,
+            base_url,
             params=params,
-            data=body(handle),
             headers=headers,
-            timeout=_timeout(read_timeout),
-        ) as resp:
-            result = resp.status, await _error_body(resp)
-    except aiohttp.ClientError as exc:
-        if failure:  # our body generator failed first; aiohttp only reports the aftermath
-            raise failure[0] from None
-        raise HomeserverError(
-            f"uploading to {base_url} failed: {exc or type(exc).__name__}. "
-            "Is the homeserver running? (`datarooms status`)"
-        ) from None
-    except TimeoutError:
-        raise HomeserverError(
-            f"the homeserver at {base_url} stopped answering during the upload"
-        ) from None
+            body=body(handle),
+            read_timeout=read_timeout,
+        )
     finally:
         src.close(handle)
-    if failure:
-        raise failure[0]
-    return result
 
 
 def _read_encrypt(handle: BinaryIO, enc: AttachmentEncryptor, n: int) -> bytes:
@@ -564,7 +477,7 @@ async def upload_encrypted(
     total = src.size
     params = {"filename": filename} if filename else None
     headers = {
-        **_auth(access_token),
+        **media.auth(access_token),
         "Content-Type": "application/octet-stream",
         "Content-Length": str(total),
     }
@@ -576,12 +489,12 @@ async def upload_encrypted(
             reported = done
             progress(done, total)
 
-    async with _session_scope(session) as http:
-        limit = await _max_upload_size(http, base_url, access_token, read_timeout)
+    async with media.session_scope(session) as http:
+        limit = await media.max_upload_size(http, base_url, access_token, read_timeout)
         if limit is not None and total > limit:
-            raise _too_large(total, limit)
+            raise media.too_large(total, limit)
 
-        for _attempt in range(_MAX_RATE_LIMIT_RETRIES):
+        for _attempt in range(media.MAX_RATE_LIMIT_RETRIES):
             # A fresh key and IV for every attempt: nothing is ever encrypted twice
             # under the same key, even if a refused attempt left data behind.
             enc = AttachmentEncryptor()
@@ -603,9 +516,9 @@ async def upload_encrypted(
                 continue
             errcode = answer.get("errcode") if isinstance(answer, dict) else None
             if status == 413 or errcode == "M_TOO_LARGE":
-                raise _too_large(total, limit)
+                raise media.too_large(total, limit)
             if status >= 400:
-                raise _homeserver_error("uploading the file", status, answer)
+                raise media.homeserver_error("uploading the file", status, answer)
             uri = answer.get("content_uri") if isinstance(answer, dict) else None
             if not isinstance(uri, str) or not uri.startswith("mxc://"):
                 raise HomeserverError(
@@ -630,75 +543,7 @@ async def upload_encrypted(
 
 
 def _download_path(file: EncryptedFile) -> str:
-    return (
-        "/_matrix/client/v1/media/download/"
-        f"{quote(file.server_name, safe=':[]')}/{quote(file.media_id, safe='')}"
-    )
-
-
-@contextlib.asynccontextmanager
-async def _ciphertext_response(
-    http: aiohttp.ClientSession,
-    base_url: str,
-    access_token: str,
-    file: EncryptedFile,
-    read_timeout: float,
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """The successful response for ``file``'s ciphertext, after any 429 retries."""
-    url = base_url.rstrip("/") + _download_path(file)
-    for _attempt in range(_MAX_RATE_LIMIT_RETRIES):
-        try:
-            async with http.get(
-                url, headers=_auth(access_token), timeout=_timeout(read_timeout)
-            ) as resp:
-                if resp.status == 429:
-                    delay = retry_after_seconds(await _error_body(resp))
-                    log.info("download rate limited; retrying", extra={"delay_s": delay})
-                    await asyncio.sleep(delay)
-                    continue
-                if resp.status == 404:
-                    answer = await _error_body(resp)
-                    err = _homeserver_error(f"downloading {file.url}", 404, answer)
-                    raise HomeserverError(
-                        f"{file.url} is not on the homeserver (deleted, quarantined or "
-                        f"never uploaded): {err.message}",
-                        errcode=err.errcode,
-                        status=404,
-                    )
-                if resp.status >= 400:
-                    raise _homeserver_error(
-                        f"downloading {file.url}", resp.status, await _error_body(resp)
-                    )
-                yield resp
-                return
-        except aiohttp.ClientError as exc:
-            raise HomeserverError(
-                f"downloading {file.url} from {base_url} failed: {exc or type(exc).__name__}. "
-                "Is the homeserver running? (`datarooms status`)"
-            ) from None
-        except TimeoutError:
-            raise HomeserverError(
-                f"the homeserver at {base_url} stopped answering while sending {file.url}"
-            ) from None
-    raise HomeserverError(f"downloading {file.url}: still rate limited after retries", status=429)
-
-
-async def _iter_ciphertext(resp: aiohttp.ClientResponse, chunk_size: int) -> AsyncIterator[bytes]:
-    """The body in pieces of ``chunk_size`` (the last may be shorter)."""
-    buf: list[bytes] = []
-    held = 0
-    while True:
-        piece = await resp.content.read(chunk_size - held)
-        if not piece:
-            break
-        buf.append(piece)
-        held += len(piece)
-        if held >= chunk_size:
-            yield b"".join(buf)
-            buf.clear()
-            held = 0
-    if buf:
-        yield b"".join(buf)
+    return media.download_path(file.server_name, file.media_id)
 
 
 def _check_download_args(chunk_size: int) -> None:
@@ -739,12 +584,14 @@ async def download_decrypted(
     handle = await asyncio.to_thread(_create_private, tmp)
     try:
         async with (
-            _session_scope(session) as http,
-            _ciphertext_response(http, base_url, access_token, file, read_timeout) as resp,
+            media.session_scope(session) as http,
+            media.download_response(
+                http, base_url, access_token, file.url, _download_path(file), read_timeout
+            ) as resp,
         ):
             total = resp.content_length if resp.content_length is not None else -1
             try:
-                async for ciphertext in _iter_ciphertext(resp, chunk_size):
+                async for ciphertext in media.iter_body(resp, chunk_size):
                     await asyncio.to_thread(_decrypt_write, handle, dec, ciphertext)
                     if progress is not None:
                         progress(dec.bytes_done, total)
@@ -805,8 +652,10 @@ async def download_decrypted_bytes(
     dec = AttachmentDecryptor(file)
     parts: list[bytes] = []
     async with (
-        _session_scope(session) as http,
-        _ciphertext_response(http, base_url, access_token, file, read_timeout) as resp,
+        media.session_scope(session) as http,
+        media.download_response(
+            http, base_url, access_token, file.url, _download_path(file), read_timeout
+        ) as resp,
     ):
         total = resp.content_length if resp.content_length is not None else -1
         if max_size is not None and total > max_size:
@@ -815,7 +664,7 @@ async def download_decrypted_bytes(
                 "download it to a file instead"
             )
         try:
-            async for ciphertext in _iter_ciphertext(resp, chunk_size):
+            async for ciphertext in media.iter_body(resp, chunk_size):
                 parts.append(dec.update(ciphertext))
                 if max_size is not None and dec.bytes_done > max_size:
                     raise ValidationError(

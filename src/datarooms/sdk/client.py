@@ -31,6 +31,7 @@ from datarooms._store.index import LocalIndex
 from datarooms._transport.http import MatrixHttp
 from datarooms.account import Credentials
 from datarooms.errors import HomeserverError
+from datarooms.ids import EventID, UserID
 from datarooms.sdk._send import Sender
 from datarooms.sdk._session import load_or_create_session, nio_client
 from datarooms.sdk._sync import SyncEngine
@@ -178,8 +179,8 @@ class DataroomsClient:
         await self.close()
 
     @property
-    def user_id(self) -> str:
-        return str(self.nio.user_id)
+    def user_id(self) -> UserID:
+        return UserID(str(self.nio.user_id))
 
     @property
     def device_id(self) -> str:
@@ -268,7 +269,7 @@ class DataroomsClient:
 
     async def send(
         self, room_id: str, event_type: str, content: dict[str, Any], *, txn_id: str | None = None
-    ) -> str:
+    ) -> EventID:
         """Send an event, encrypted if the room is (it always is for data rooms).
 
         In an encrypted room the Megolm session is prepared by us, never by nio:
@@ -278,4 +279,4 @@ class DataroomsClient:
         the event encrypted, under the same lock, and sent. Returns the event id.
         Nothing is ever sent to a room that is not end-to-end encrypted.
         """
-        return await self._sender.send(room_id, event_type, content, txn_id)
+        return EventID(await self._sender.send(room_id, event_type, content, txn_id))

@@ -17,6 +17,7 @@ from nio.api import MessageDirection
 from nio.exceptions import EncryptionError
 
 from datarooms.errors import ValidationError
+from datarooms.ids import EventID
 from datarooms.sdk.timeline import (
     RoomEvent,
     TimelinePage,
@@ -51,11 +52,11 @@ class Messages:
 
     async def send(
         self, room_id: str, body: str, *, msgtype: str = "m.text", txn_id: str | None = None
-    ) -> str:
+    ) -> EventID:
         content = {"msgtype": msgtype, "body": _text(body)}
         return await self._c.send(room_id, "m.room.message", content, txn_id=txn_id)
 
-    async def reply(self, room_id: str, event_id: str, body: str) -> str:
+    async def reply(self, room_id: str, event_id: str, body: str) -> EventID:
         content = {
             "msgtype": "m.text",
             "body": _text(body),
@@ -63,7 +64,7 @@ class Messages:
         }
         return await self._c.send(room_id, "m.room.message", content)
 
-    async def thread_reply(self, room_id: str, root_event_id: str, body: str) -> str:
+    async def thread_reply(self, room_id: str, root_event_id: str, body: str) -> EventID:
         """Reply in the thread rooted at ``root_event_id`` (with the spec's fallback)."""
         content = {
             "msgtype": "m.text",
@@ -77,7 +78,7 @@ class Messages:
         }
         return await self._c.send(room_id, "m.room.message", content)
 
-    async def edit(self, room_id: str, event_id: str, new_body: str) -> str:
+    async def edit(self, room_id: str, event_id: str, new_body: str) -> EventID:
         content = {
             "msgtype": "m.text",
             "body": "* " + _text(new_body),
@@ -86,18 +87,18 @@ class Messages:
         }
         return await self._c.send(room_id, "m.room.message", content)
 
-    async def react(self, room_id: str, event_id: str, key: str) -> str:
+    async def react(self, room_id: str, event_id: str, key: str) -> EventID:
         if not key or len(key) > 64:
             raise ValidationError("a reaction key must be 1-64 characters")
         content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
         return await self._c.send(room_id, "m.reaction", content)
 
-    async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> str:
+    async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> EventID:
         await self._c.ensure_room(room_id)
         resp = await self._c.nio.room_redact(room_id, event_id, reason)
         if is_error(resp):
             raise error_from_response(resp, f"redacting {event_id}")
-        return str(resp.event_id)
+        return EventID(str(resp.event_id))
 
     async def typing(self, room_id: str, typing: bool = True, timeout_ms: int = 10_000) -> None:
         await self._c.nio.room_typing(room_id, typing, timeout_ms)

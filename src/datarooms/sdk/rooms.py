@@ -41,7 +41,7 @@ from datarooms.errors import (
     NotFoundError,
     ValidationError,
 )
-from datarooms.ids import entity_alias, entity_alias_localpart, server_of
+from datarooms.ids import RoomID, entity_alias, entity_alias_localpart, server_of
 from datarooms.ids import room_id as check_room_id
 from datarooms.ids import user_id as check_user_id
 from datarooms.sdk.timeline import error_from_response, is_error
@@ -74,7 +74,7 @@ def state_path(room_id: str, event_type: str, state_key: str = "") -> str:
 
 @dataclass(frozen=True)
 class DataRoom:
-    room_id: str
+    room_id: RoomID
     kind: str
     name: str | None = None
     alias: str | None = None
@@ -320,7 +320,9 @@ class Rooms:
                     if user != me:
                         await self.grant(made, user, access_for_power(level))
                 room = self.info(made)
-                return DataRoom(made, kind, room.name, entity_alias(did, server_of(me)), did)
+                return DataRoom(
+                    RoomID(made), kind, room.name, entity_alias(did, server_of(me)), did
+                )
         resp = await self._c.nio.room_create(
             visibility=RoomVisibility.private,
             alias=alias_name,
@@ -373,7 +375,7 @@ class Rooms:
                 if alias is True and did
                 else f"#{alias_name}:{server_of(me)}"
             )
-        return DataRoom(room_id, kind, name, full_alias, did, purpose)
+        return DataRoom(RoomID(room_id), kind, name, full_alias, did, purpose)
 
     async def _wait_known(self, room_id: str, timeout: float = 30.0) -> None:
         loop = asyncio.get_running_loop()
@@ -383,7 +385,7 @@ class Rooms:
         if room_id not in self._c.nio.rooms:
             raise HomeserverError(f"room {room_id} did not appear in sync")
 
-    async def join(self, room: str, *, timeout: float = 30.0) -> str:
+    async def join(self, room: str, *, timeout: float = 30.0) -> RoomID:
         """Join a room by id or alias (accepting an invite); return its id once sync has it.
 
         The one "join, then wait until this device's sync knows the room" in the SDK:
@@ -392,7 +394,7 @@ class Rooms:
         resp = await self._c.nio.join(room)
         if isinstance(resp, JoinError):
             raise _join_error(resp, room, self._c.user_id)
-        room_id = str(resp.room_id)
+        room_id = RoomID(str(resp.room_id))
         await self._wait_known(room_id, timeout)
         return room_id
 
@@ -522,7 +524,7 @@ class Rooms:
             raise NotFoundError(f"room {room_id} is unknown to {self._c.user_id}")
         info = self._c.index.state(room_id, ev.ROOM_INFO) or {}
         return DataRoom(
-            room_id,
+            RoomID(room_id),
             str(info.get("kind", "")),
             room.display_name,
             room.canonical_alias,
@@ -530,7 +532,7 @@ class Rooms:
             info.get("purpose"),
         )
 
-    async def resolve(self, room: str) -> str:
+    async def resolve(self, room: str) -> RoomID:
         """A room id for a room id or alias."""
         if room.startswith("!"):
             return check_room_id(room)
@@ -539,7 +541,7 @@ class Rooms:
             rid = getattr(resp, "room_id", None)
             if not rid:
                 raise NotFoundError(f"no room has the alias {room}")
-            return str(rid)
+            return RoomID(str(rid))
         raise ValidationError(f"{room!r} is neither a room id (!...) nor an alias (#...)")
 
     # -- access control ------------------------------------------------------

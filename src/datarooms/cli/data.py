@@ -346,8 +346,15 @@ def file_get(
     room: RoomArg,
     event_id: Annotated[str, typer.Argument(help="The file's event id ($...)")],
     dest: Annotated[Path, typer.Argument(help="File or directory to write")] = Path("."),
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing file; allow a hidden name")
+    ] = False,
 ) -> None:
-    """Download, verify (SHA-256) and decrypt a file. Nothing is written if it was tampered."""
+    """Download, verify (SHA-256) and decrypt a file. Nothing is written if it was tampered.
+
+    Into a directory, the file takes the sender's name (made safe); an existing file or a
+    hidden name (``.bashrc``) is refused unless ``--force``.
+    """
 
     async def go(c: DataroomsClient) -> None:
         rid = await c.rooms.resolve(room)
@@ -355,7 +362,11 @@ def file_get(
         with _progress() as progress:
             task = progress.add_task(f"downloading {ref.name}", total=ref.size or None)
             out = await c.files.get(
-                rid, event_id, dest, progress=lambda d, t: progress.update(task, completed=d)
+                rid,
+                event_id,
+                dest,
+                progress=lambda d, t: progress.update(task, completed=d),
+                overwrite=force,
             )
         echo(f"wrote {out}")
 

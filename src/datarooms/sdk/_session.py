@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nio import AsyncClient, AsyncClientConfig
+from nio.store import DefaultStore
+from peewee import SqliteDatabase
 
 from datarooms._fs import atomic_write, harden_tree, private_dir
 from datarooms._transport.http import MatrixHttp
@@ -33,12 +35,31 @@ class _Session:
         return f"_Session(user_id={self.user_id!r}, device_id={self.device_id!r})"
 
 
+class _SharedCryptoStore(DefaultStore):  # type: ignore[misc]
+    """nio's default crypto store, opened so that several processes of one device can use
+    it at once (``datarooms tail`` beside ``datarooms send``): write-ahead logging, so
+    readers never block the writer, and a busy timeout instead of "database is locked"."""
+
+    def _create_database(self) -> SqliteDatabase:
+        return SqliteDatabase(
+            self.database_path,
+            timeout=30,
+            pragmas={
+                "foreign_keys": 1,
+                "secure_delete": 1,
+                "journal_mode": "wal",
+                "busy_timeout": 30_000,
+            },
+        )
+
+
 def nio_client(session: _Session, store: Path) -> AsyncClient:
     """matrix-nio's client on this session, with its crypto store in ``<store>/crypto``."""
     config = AsyncClientConfig(
         encryption_enabled=True,
         store_sync_tokens=False,  # the index stores the position, after processing
         pickle_key=session.pickle_key,
+        store=_SharedCryptoStore,
         request_timeout=60,
         max_timeouts=5,
     )

@@ -113,17 +113,34 @@ class Files:
         )
 
     async def get(
-        self, room_id: str, event_id: str, dest: Path | str, *, progress: Progress | None = None
+        self,
+        room_id: str,
+        event_id: str,
+        dest: Path | str,
+        *,
+        progress: Progress | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Download, verify and decrypt into ``dest`` (a directory or a file path).
 
         The file appears at ``dest`` only if its SHA-256 matched; a tampered file
         raises :class:`datarooms.sdk.attachments.TamperedFileError` and writes nothing.
+        Into a directory, the file takes the sender's name made safe (:func:`safe_name`):
+        a hidden name (``.bashrc``) is refused, and so is an existing file, unless
+        ``overwrite``.
         """
         ref = await self.ref(room_id, event_id)
         target = Path(dest)
         if target.is_dir():
-            target = target / Path(ref.name).name
+            name = safe_name(ref.name)
+            if name.startswith(".") and not overwrite:
+                raise ValidationError(
+                    f"the sender named the file {name!r}, a hidden file; give a file name "
+                    "to save it as, or force it"
+                )
+            target = target / name
+        if target.exists() and not overwrite:
+            raise ValidationError(f"{target} exists; give another name, or force to replace it")
         return await download_decrypted(
             self._c.homeserver_url, self._c.access_token, ref.file, target, progress=progress
         )
@@ -134,3 +151,10 @@ class Files:
         return await download_decrypted_bytes(
             self._c.homeserver_url, self._c.access_token, ref.file
         )
+
+
+def safe_name(name: str) -> str:
+    """A file name chosen by a sender, made safe to create in a directory: its last path
+    component, without control characters; ``file.bin`` if nothing usable is left."""
+    base = "".join(ch for ch in Path(name.replace("\\", "/")).name if ch.isprintable())
+    return base if base not in ("", ".", "..") else "file.bin"

@@ -196,3 +196,17 @@ def test_config_show_masks_secrets(data_dir: Path) -> None:
     assert "9123" in res.stdout
     assert "syt_very_secret_token" not in res.stdout and "pw-in-file" not in res.stdout
     assert res.stdout.count("***") == 2
+
+
+def test_config_show_masks_service_secrets_and_url_userinfo(data_dir: Path) -> None:
+    """Service sections and URLs are masked too (issue 11): a chain node's basic-auth URL,
+    a homeserver map entry with userinfo, any *token*/*secret* field."""
+    data_dir.mkdir()
+    (data_dir / "datarooms.toml").write_text(
+        '[chain]\nmode = "external"\nrpc_url = "https://node:rpc-s3cr3t@rpc.example:443"\n'
+        '[roomsbot.homeservers]\n"partner.example" = "https://bot:hs-s3cr3t@partner.example"\n'
+    )
+    res = cli("config", "show", data_dir=data_dir)
+    assert res.returncode == 0, res.stderr
+    assert "rpc-s3cr3t" not in res.stdout and "hs-s3cr3t" not in res.stdout
+    assert "rpc.example:443" in res.stdout and "partner.example" in res.stdout

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 import warnings
 from collections.abc import Mapping
@@ -578,16 +579,28 @@ def mask_secret(value: str) -> str:
     return "***"
 
 
+#: A field or map key whose value is a secret, whatever the section (service tokens,
+#: appservice hs/as tokens, passwords, shared secrets, keys).
+_SECRET_NAME = re.compile(r"(token|secret|password|passphrase|private_key|pickle_key)", re.I)
+_URL_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+
+
+def _mask_value(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        if name in SECRET_FIELDS or _SECRET_NAME.search(name):
+            return mask_secret(value)
+        # user:password@ in a URL (a chain node, a homeserver, a webhook) is a secret too
+        return _URL_USERINFO.sub(r"\1***@", value)
+    return _to_masked_dict(value)
+
+
 def _to_masked_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out: dict[str, Any] = {}
-        for f in fields(obj):
-            value = getattr(obj, f.name)
-            if f.name in SECRET_FIELDS and isinstance(value, str):
-                out[f.name] = mask_secret(value)
-            else:
-                out[f.name] = _to_masked_dict(value)
-        return out
+        return {f.name: _mask_value(f.name, getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _mask_value(str(k), v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_mask_value("", v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     return obj

@@ -34,7 +34,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -464,11 +464,36 @@ class ServiceRun:
             self.lock.release()
 
 
-# -- locks -------------------------------------------------------------------------------
+class Stoppable(Protocol):
+    async def stop(self) -> None: ...
+
+
+B = TypeVar("B", bound=Stoppable)
+
+
+class BotService(Generic[B]):
+    """A platform service that runs one bot and holds a :class:`ServiceRun` for it:
+    :meth:`stop` stops the bot, then releases the lock and the run file, whatever
+    happened. Subclasses set ``bot`` and ``_run`` in their ``start``."""
+
+    def __init__(self) -> None:
+        self.bot: B | None = None
+        self._run: ServiceRun | None = None
+
+    async def stop(self) -> None:
+        bot, self.bot = self.bot, None
+        try:
+            if bot is not None:
+                await bot.stop()
+        finally:
+            run, self._run = self._run, None
+            if run is not None:
+                run.release()
 
 
 __all__ = [
     "INTERNAL_ERRCODE",
+    "BotService",
     "EmbeddedServer",
     "Refusal",
     "RequestGuard",

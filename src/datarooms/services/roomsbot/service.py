@@ -31,7 +31,7 @@ from datarooms.services.roomsbot.registration import (
     write_registration,
 )
 from datarooms.services.roomsbot.settings import roomsbot_dir
-from datarooms.services.scaffold import ServiceRun
+from datarooms.services.scaffold import BotService, ServiceRun
 from datarooms.services.scaffold import run_file as _run_file
 
 NAME = "roomsbot"
@@ -39,7 +39,7 @@ NAME = "roomsbot"
 if TYPE_CHECKING:
     # Imported when they start: `datarooms up` writes the registration (this module)
     # before Synapse starts, and must not wait for the bot's imports to do so.
-    from datarooms.services.roomsbot.bot import RoomsBot
+    from datarooms.services.roomsbot.bot import RoomsBot  # noqa: F401 - in BotService["RoomsBot"]
 
 
 def registration_path(settings: Settings) -> Path:
@@ -102,7 +102,7 @@ def running_url(settings: Settings, name: str = NAME) -> str | None:
     return settings.running_url(name)
 
 
-class RoomsBotService:
+class RoomsBotService(BotService["RoomsBot"]):
     """Runs the rooms bot: the appservice, its REST API and the chain watcher."""
 
     name = "roomsbot"
@@ -112,8 +112,7 @@ class RoomsBotService:
     ) -> None:
         self._settings = roomsbot
         self._chain = chain
-        self.bot: RoomsBot | None = None
-        self._run: ServiceRun | None = None
+        super().__init__()
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
         settings = platform.settings
@@ -153,16 +152,6 @@ class RoomsBotService:
             "chain": watch or "not watched",
             "entities": bot.store.count(),
         }
-
-    async def stop(self) -> None:
-        bot, self.bot = self.bot, None
-        try:
-            if bot is not None:
-                await bot.stop()
-        finally:
-            run, self._run = self._run, None
-            if run is not None:
-                run.release()
 
 
 __all__ = [

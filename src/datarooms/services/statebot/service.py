@@ -33,7 +33,7 @@ from datarooms.sdk.hooks import MembershipChanged, Subscription
 from datarooms.services import scaffold
 from datarooms.services.openid import Caller, OpenIdVerifier
 from datarooms.services.platform import PlatformContext
-from datarooms.services.scaffold import EmbeddedServer, ServiceRun, bind, http_url
+from datarooms.services.scaffold import BotService, EmbeddedServer, ServiceRun, bind, http_url
 from datarooms.services.statebot.api import build_asgi
 from datarooms.services.statebot.handler import StateHandler
 from datarooms.services.statebot.metrics import Metrics
@@ -183,7 +183,7 @@ class StateBot:
                 )
 
 
-class StateBotService:
+class StateBotService(BotService["StateBot"]):
     """The platform service ``statebot``: start with :meth:`start`, stop with :meth:`stop`."""
 
     name = "statebot"
@@ -191,8 +191,7 @@ class StateBotService:
     def __init__(self, config: StateBotConfig | None = None, **overrides: Any) -> None:
         self._config = config
         self._overrides = overrides
-        self.bot: StateBot | None = None
-        self._run: ServiceRun | None = None
+        super().__init__()
 
     async def start(self, platform: PlatformContext) -> dict[str, Any]:
         config = self._config or platform.settings.statebot
@@ -223,16 +222,6 @@ class StateBotService:
         run.publish(info)
         self.bot, self._run = bot, run
         return info
-
-    async def stop(self) -> None:
-        bot, self.bot = self.bot, None
-        try:
-            if bot is not None:
-                await bot.stop()
-        finally:
-            run, self._run = self._run, None
-            if run is not None:
-                run.release()
 
 
 def run_file(settings: Settings) -> Path:

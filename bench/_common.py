@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +66,53 @@ def emit(result: dict[str, Any]) -> None:
     """Print the result; the last line of every benchmark is this JSON object."""
     rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
     print(json.dumps(rounded, default=str), flush=True)
+
+
+def bench_args(doc: str | None, quick_help: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: ``--quick`` (what it shortens) and ``--smoke``."""
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    return ap
+
+
+def with_homeserver(
+    name: str, run: Callable[[Any, Path], Coroutine[Any, Any, dict[str, Any]]]
+) -> dict[str, Any]:
+    """Start a real embedded Synapse in a temp dir, ``run(homeserver, tmp)``, clean up;
+    the result gains ``runtime_s``."""
+    from datarooms.testing import TestHomeserver
+
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        with TestHomeserver(tmp / "homeserver") as hs:
+            result = asyncio.run(run(hs, tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result["runtime_s"] = time.perf_counter() - started
+    return result
+
+
+async def interleaved(
+    ours: Callable[[int], Awaitable[Any]],
+    base: Callable[[int], Awaitable[Any]],
+    n: int,
+    warmup: int,
+) -> tuple[list[float], list[float]]:
+    """Time ``ours(i)`` and ``base(i)`` n times each (ms), alternating which goes first,
+    so that noise hits both alike."""
+    for i in range(warmup):
+        await ours(i)
+        await base(i)
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(n):
+        pairs = [(ours, a), (base, b)]
+        for fn, out in pairs if i % 2 == 0 else reversed(pairs):
+            t0 = time.perf_counter()
+            await fn(i)
+            out.append((time.perf_counter() - t0) * 1000.0)
+    return a, b

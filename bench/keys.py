@@ -35,11 +35,7 @@ Everything runs against a real embedded Synapse.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,7 +44,7 @@ from typing import Any
 import vodozemac
 from nio.crypto.sessions import InboundGroupSession
 
-from _common import SMOKE_HELP, emit, machine, median, percentile
+from _common import bench_args, emit, machine, median, percentile, with_homeserver
 from datarooms import Credentials, DataroomsClient
 from datarooms.homeserver.admin import RegisteredUser
 from datarooms.testing import TestHomeserver
@@ -318,23 +314,12 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool, smoke: bool = False) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--quick", action="store_true", help="1,000 sessions, 30 puts per variant")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    ap = bench_args(__doc__, "1,000 sessions, 30 puts per variant")
     args = ap.parse_args()
     # nio warns about every event it cannot decrypt yet (a new device before restore)
     # and every device it has no Olm session with yet: expected here, and noise.
     logging.getLogger("nio").setLevel(logging.ERROR)
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-keys-"))
-    try:
-        with TestHomeserver(tmp / "homeserver") as hs:
-            r = asyncio.run(run(hs, tmp, args.quick, args.smoke))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    r["runtime_s"] = time.perf_counter() - started
+    r = with_homeserver("keys", lambda hs, tmp: run(hs, tmp, args.quick, args.smoke))
     print(
         f"backup upload: {r['backup_sessions']:,} sessions in {r['backup_s']:.2f} s: "
         f"{r['backup_sessions_per_s']:,.0f} sessions/s"

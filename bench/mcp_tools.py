@@ -23,11 +23,8 @@ client over HTTP with the agent's bearer token (one session, sequential calls).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -38,7 +35,16 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb
+from _common import (
+    bench_args,
+    emit,
+    interleaved,
+    machine,
+    median,
+    percentile,
+    rss_mb,
+    with_homeserver,
+)
 from datarooms import Credentials, DataroomsClient
 from datarooms._logging import configure_logging
 from datarooms.account import write_credentials
@@ -59,22 +65,6 @@ def ms(seconds: float) -> float:
 
 def stats(name: str, values_ms: list[float]) -> dict[str, float]:
     return {f"{name}_p50_ms": median(values_ms), f"{name}_p99_ms": percentile(values_ms, 99)}
-
-
-async def interleaved(a: Call, b: Call, n: int, warmup: int) -> tuple[list[float], list[float]]:
-    """Time ``a(i)`` and ``b(i)`` n times each, alternating which goes first."""
-    for i in range(warmup):
-        await a(i)
-        await b(i)
-    ta: list[float] = []
-    tb: list[float] = []
-    for i in range(n):
-        pairs = [(a, ta), (b, tb)]
-        for fn, out in pairs if i % 2 == 0 else reversed(pairs):
-            t0 = time.perf_counter()
-            await fn(i)
-            out.append(ms(time.perf_counter() - t0))
-    return ta, tb
 
 
 async def setup_platform(hs: TestHomeserver, data_dir: Path) -> PlatformContext:
@@ -210,21 +200,10 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool, smoke: bool = False) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--quick", action="store_true", help="fewer samples")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    ap = bench_args(__doc__, "fewer samples")
     args = ap.parse_args()
     configure_logging("WARNING")
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-mcp-"))
-    try:
-        with TestHomeserver(tmp / "homeserver") as hs:
-            r = asyncio.run(run(hs, tmp, args.quick, args.smoke))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    r["runtime_s"] = time.perf_counter() - started
+    r = with_homeserver("mcp", lambda hs, tmp: run(hs, tmp, args.quick, args.smoke))
     print(
         f"read recent (20 events): MCP tool p50 {r['read_recent_p50_ms']:.2f} ms "
         f"(p99 {r['read_recent_p99_ms']:.2f}) vs SDK messages.recent p50 "

@@ -28,15 +28,11 @@ sharing an encrypted data room, so every Megolm session is really shared.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import gc
 import hashlib
 import os
 import random
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
@@ -47,7 +43,15 @@ from typing import Any
 from nio import RoomMessagesError, RoomSendError
 from nio.api import MessageDirection
 
-from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb
+from _common import (
+    bench_args,
+    emit,
+    machine,
+    median,
+    percentile,
+    rss_mb,
+    with_homeserver,
+)
 from datarooms import Credentials, DataroomsClient
 from datarooms import events as ev
 from datarooms._store.index import LocalIndex, Record
@@ -443,20 +447,9 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool, smoke: bool = False) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--quick", action="store_true", help="smaller counts and files")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    ap = bench_args(__doc__, "smaller counts and files")
     args = ap.parse_args()
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-records-"))
-    try:
-        with TestHomeserver(tmp / "homeserver") as hs:
-            r = asyncio.run(run(hs, tmp, args.quick, args.smoke))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    r["runtime_s"] = time.perf_counter() - started
+    r = with_homeserver("records", lambda hs, tmp: run(hs, tmp, args.quick, args.smoke))
     print(
         f"put (E2EE): p50 {r['put_p50_ms']:.2f} ms (p99 {r['put_p99_ms']:.2f}) vs raw nio "
         f"room_send p50 {r['raw_send_p50_ms']:.2f} ms (p99 {r['raw_send_p99_ms']:.2f}); "

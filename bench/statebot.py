@@ -25,21 +25,27 @@ key ``config`` holds a 30-member object in ``ixo.room.state``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from _common import SMOKE_HELP, emit, machine, median, percentile, rss_mb
+from _common import (
+    bench_args,
+    emit,
+    interleaved,
+    machine,
+    median,
+    percentile,
+    rss_mb,
+    with_homeserver,
+)
 from datarooms import Credentials, DataroomsClient
 from datarooms.services.statebot import StateBot, StateBotClient, StateBotConfig
 from datarooms.testing import TestHomeserver
@@ -61,26 +67,6 @@ def ms(seconds: float) -> float:
 
 def stats(name: str, values_ms: list[float]) -> dict[str, float]:
     return {f"{name}_p50_ms": median(values_ms), f"{name}_p99_ms": percentile(values_ms, 99)}
-
-
-async def interleaved(
-    ours: Callable[[int], Awaitable[None]],
-    base: Callable[[int], Awaitable[None]],
-    n: int,
-    warmup: int,
-) -> tuple[list[float], list[float]]:
-    for i in range(warmup):
-        await ours(i)
-        await base(i)
-    a: list[float] = []
-    b: list[float] = []
-    for i in range(n):
-        pairs = [(ours, a), (base, b)]
-        for fn, out in pairs if i % 2 == 0 else reversed(pairs):
-            t0 = time.perf_counter()
-            await fn(i)
-            out.append(ms(time.perf_counter() - t0))
-    return a, b
 
 
 # -- the load generator (a separate process) ------------------------------------------
@@ -269,20 +255,9 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool, smoke: bool = False) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--quick", action="store_true", help="fewer samples, shorter load")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    ap = bench_args(__doc__, "fewer samples, shorter load")
     args = ap.parse_args()
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-statebot-"))
-    try:
-        with TestHomeserver(tmp / "homeserver") as hs:
-            r = asyncio.run(run(hs, tmp, args.quick, args.smoke))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    r["runtime_s"] = time.perf_counter() - started
+    r = with_homeserver("statebot", lambda hs, tmp: run(hs, tmp, args.quick, args.smoke))
     print(
         f"query (authenticated, ACL-checked, local index): p50 {r['query_p50_ms']:.2f} ms "
         f"(p99 {r['query_p99_ms']:.2f}) vs the homeserver's state endpoint p50 "

@@ -1,5 +1,5 @@
 """The MCP server over stdio, as an MCP client (Claude Desktop, an IDE) starts it:
-`python -m datarooms.services.mcp --agent NAME` (the code path of `datarooms mcp`), driven by
+`python -m datarooms.mcpserver --agent NAME` (the code path of `datarooms mcp`), driven by
 the official `mcp` client against the real Synapse."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from mcp import Client, StdioServerParameters
+
 from datarooms import DataroomsClient
 from datarooms.services.mcp import add_agent
 from datarooms.testing import TestHomeserver
-from mcp import Client, StdioServerParameters
 from tests._mcp import agent_mxid, agent_name, agents_path, audit_lines, error, ok, platform_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ async def test_agent_over_stdio_reads_writes_and_is_denied(  # type: ignore[no-u
         command=sys.executable,
         args=[
             "-m",
-            "datarooms.services.mcp",
+            "datarooms.mcpserver",  # the shim users' MCP configs name
             "--data-dir",
             str(ctx.settings.data_dir),
             "--agent",

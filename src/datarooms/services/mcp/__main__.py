@@ -20,7 +20,7 @@ from datarooms.services.mcp.stdio import run_stdio
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m datarooms.services.mcp",
+        prog="python -m datarooms.mcpserver",
         description="Serve one datarooms agent over MCP stdio.",
     )
     parser.add_argument("--agent", required=True, help="Agent name, as in agents.toml")

@@ -215,6 +215,11 @@ class DataroomsClient:
         """Wait until the background loop completes its next round."""
         await self._sync.wait_for_sync(timeout)
 
+    @property
+    def syncing(self) -> bool:
+        """Whether the background sync loop runs (the index then follows the server)."""
+        return self._sync.running
+
     def start_sync(self) -> None:
         """Keep syncing in the background (long-poll) until :meth:`stop_sync` or close."""
         self._sync.start()

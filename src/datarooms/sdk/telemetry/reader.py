@@ -134,8 +134,9 @@ class TelemetryReader:
         lock = self._locks.setdefault(room_id, asyncio.Lock())
         async with lock:
             await self._c.ensure_room(room_id)
-            if not self.following(room_id):
-                # A one-off read: collect room keys waiting in to-device messages first.
+            if not self.following(room_id) and not self._c.syncing:
+                # A one-off read: collect room keys waiting in to-device messages first
+                # (a running sync loop collects them as they come: no need to wait for it).
                 await self._key_sync()
             added = await self._retry_pending(room_id)
             token = self.index.cursor(room_id)

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CallToolResult
@@ -18,7 +19,6 @@ from datarooms.config import Settings, load_settings
 from datarooms.services.mcp.config import agents_file
 from datarooms.services.platform import PlatformContext
 from datarooms.testing import TestHomeserver
-from mcp import Client
 
 
 def agent_name(prefix: str) -> str:

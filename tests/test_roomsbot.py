@@ -190,7 +190,9 @@ async def test_the_same_entity_twice_yields_the_same_rooms(env: Env, tmp_path: P
 async def test_an_entity_created_on_request_is_completed_by_the_chain(env: Env) -> None:
     ctl, ctl_did = await new_controller(env.hs)
     did = "did:ixo:entity:" + "cd" * 16
-    # An ordinary client asks for the alias of an entity nobody created rooms for yet.
+    # Someone made the entity's rooms on request (POST /rooms/source) before the chain
+    # had it; an ordinary client finds them by alias.
+    await env.bot.rooms.ensure(EntityFacts(did))
     user = await env.hs.new_user("client")
     room_id = await resolve(env.hs, user.access_token, f"#{did.replace(':', '-')}:localhost")
     record = env.bot.store.get(did)
@@ -262,8 +264,8 @@ async def test_alias_queries_for_other_names_find_nothing(env: Env) -> None:
         with pytest.raises(HomeserverError) as info:
             await resolve(env.hs, user.access_token, alias)
         assert info.value.status == 404, alias
-    # The space alias of a new entity creates its rooms too.
-    did = "did:ixo:entity:" + "ef" * 16
+    # The space alias of a new entity (registered on the chain) creates its rooms too.
+    (did,) = await register(env.chain.url)
     space_id = await resolve(env.hs, user.access_token, f"#space.{did.replace(':', '-')}:localhost")
     record = env.bot.store.get(did)
     assert record is not None and record.space.room_id == space_id

@@ -146,8 +146,8 @@ _AS_ERRORS: dict[int | str, dict[str, Any]] = {
 _bearer = HTTPBearer(auto_error=False, description="A Matrix OpenID access token")
 
 
-class _Bucket:
-    """Per-user token bucket for requests that create rooms."""
+class TokenBucket:
+    """Token buckets (one per key) for requests that create rooms."""
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate, self.burst = rate, burst
@@ -175,7 +175,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         "datarooms rooms bot. REST calls take a Matrix OpenID token as a bearer token.",
         openapi_tags=[{"name": "rooms"}, {"name": "appservice"}, {"name": "operations"}],
     )
-    creations = _Bucket(rate=2.0, burst=60)
+    creations = TokenBucket(rate=2.0, burst=60)
 
     install_error_handlers(app, "the rooms bot")
 
@@ -442,15 +442,39 @@ async def answer_alias_query(bot: "RoomsBot", alias: str) -> dict[str, Any]:
     did = bot.store.did_for_alias(alias) or did_from_localpart(local)
     if did is None:
         raise not_found("the alias does not name a DID")
-    if not bot.settings.on_demand and bot.rooms.lookup(did) is None:
-        raise not_found("rooms are created on demand only when roomsbot.on_demand is on")
+    known = bot.rooms.lookup(did) is not None
+    facts = EntityFacts(did)
+    if not known:
+        # Anyone may ask (the homeserver's alias lookup needs no login): rooms are made
+        # only for an entity the chain has, and at a bounded pace.
+        if not bot.settings.on_demand:
+            raise not_found("rooms are created on demand only when roomsbot.on_demand is on")
+        wait = bot.on_demand_limit.take("alias")
+        if wait:
+            bot.metrics.alias_queries.labels("rate_limited").inc()
+            log.warning(
+                "alias queries for unknown entities are rate-limited", extra={"alias": alias}
+            )
+            raise NotFoundError(
+                f"{alias}: too many new entities asked for; try again in {wait:.0f} s",
+                errcode="M_NOT_FOUND",
+            )
+        try:
+            entity = await asyncio.wait_for(bot.chain_entity(did), _ALIAS_QUERY_TIMEOUT_S)
+        except (DataroomsError, TimeoutError, OSError) as exc:
+            log.warning(
+                "looking an entity up on the chain failed",
+                extra={"alias": alias, "error": str(exc) or type(exc).__name__},
+            )
+            raise not_found("the chain could not be asked just now; try again") from None
+        if entity is None:
+            raise not_found(f"{did} is not an entity on the chain this rooms bot follows")
+        facts = bot.facts_of(entity)
     # The homeserver asks only for aliases it does not have: if the store says the rooms
     # exist, it is out of date (say, the homeserver was reset), so check them again.
-    recheck = bot.rooms.lookup(did) is not None and not bot.rooms.busy(did)
+    recheck = known and not bot.rooms.busy(did)
     try:
-        await asyncio.wait_for(
-            bot.rooms.ensure(EntityFacts(did), recheck=recheck), _ALIAS_QUERY_TIMEOUT_S
-        )
+        await asyncio.wait_for(bot.rooms.ensure(facts, recheck=recheck), _ALIAS_QUERY_TIMEOUT_S)
     except ValidationError as exc:
         raise not_found(exc.message) from None
     except (DataroomsError, TimeoutError) as exc:

@@ -6,14 +6,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from datarooms.chain.entity import ChainEntity
+from datarooms.chain.entity import (
+    ENTITY_CREATED_EVENT,
+    ENTITY_CREATED_QUERY,
+    ChainEntity,
+    parse_tx_events,
+)
 from datarooms.chain.rpc import CometRpc
 from datarooms.chain.watcher import ChainWatcher, EntityRejected
 from datarooms.config import ChainSettings, RoomsBotSettings
 from datarooms.errors import HomeserverError, PlatformError, ValidationError
 from datarooms.homeserver.api import MatrixApi
 from datarooms.services.openid import OpenIdVerifier
-from datarooms.services.roomsbot.api import answer_alias_query, build_asgi
+from datarooms.services.roomsbot.api import TokenBucket, answer_alias_query, build_asgi
 from datarooms.services.roomsbot.entity_rooms import EntityRooms
 from datarooms.services.roomsbot.metrics import Metrics
 from datarooms.services.roomsbot.registration import Registration
@@ -62,6 +67,13 @@ class RoomsBot:
         )
         self.rpc: CometRpc | None = None
         self.watcher: ChainWatcher | None = None
+        #: Chain lookups of DIDs the bot does not know yet (alias queries).
+        self._lookup_rpc: CometRpc | None = None
+        #: Rooms made on demand for DIDs the bot did not know: anyone can ask (the
+        #: homeserver's alias lookup needs no login), so the pace is bounded.
+        self.on_demand_limit = TokenBucket(
+            rate=self.settings.on_demand_per_minute / 60.0, burst=self.settings.on_demand_burst
+        )
         self.app, asgi = build_asgi(self)
         self._http = EmbeddedServer(asgi, name="the rooms bot")
         self.metrics.watch(lambda: self.watcher.status if self.watcher else None, self.store.count)
@@ -99,9 +111,10 @@ class RoomsBot:
         if self.watcher is not None:
             await self.watcher.stop()
             self.watcher = None
-        if self.rpc is not None:
-            await self.rpc.close()
-            self.rpc = None
+        for rpc in (self.rpc, self._lookup_rpc):
+            if rpc is not None:
+                await rpc.close()
+        self.rpc = self._lookup_rpc = None
         await self._http.stop()
         await self.verifier.close()
         await self.http.close()
@@ -137,8 +150,28 @@ class RoomsBot:
 
     # -- handlers ------------------------------------------------------------------
 
-    async def _on_entity(self, entity: ChainEntity) -> None:
-        facts = EntityFacts(
+    async def chain_entity(self, did: str) -> ChainEntity | None:
+        """The entity ``did`` as the chain registered it, or None if the chain has none
+        (or the bot has no chain to ask). Network errors raise."""
+        if not self.chain_url:
+            return None
+        if "'" in did or "\\" in did:  # not in a DID; never inside a query
+            return None
+        if self._lookup_rpc is None:
+            self._lookup_rpc = CometRpc(self.chain_url)
+        query = f"{ENTITY_CREATED_QUERY} AND {ENTITY_CREATED_EVENT}.entity CONTAINS '{did}'"
+        txs, _ = await self._lookup_rpc.tx_search(query, per_page=20)
+        for tx in txs:
+            if tx.code != 0:
+                continue
+            for entity in parse_tx_events(tx.height, tx.hash, tx.events).entities:
+                if entity.did == did:
+                    return entity
+        return None
+
+    @staticmethod
+    def facts_of(entity: ChainEntity) -> EntityFacts:
+        return EntityFacts(
             entity.did,
             entity.type,
             entity.controllers,
@@ -147,6 +180,9 @@ class RoomsBot:
             entity.height,
             entity.tx_hash,
         )
+
+    async def _on_entity(self, entity: ChainEntity) -> None:
+        facts = self.facts_of(entity)
         try:
             await self.rooms.ensure(facts)
         except ValidationError as exc:

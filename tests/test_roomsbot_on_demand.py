@@ -82,7 +82,7 @@ async def test_alias_queries_create_rooms_only_for_chain_entities_at_a_bounded_p
 
     # A DID registered on the chain (the bot does not watch it): its rooms are made, from
     # the chain's facts, with its controller invited as admin.
-    ctl, ctl_did = await new_controller(ashs.hs)
+    ctl, ctl_did = await new_controller(ashs)
     (did,) = await register(chain_url, controllers=[ctl_did])
     assert await lookup(ashs, alias_of(did)) == 200
     record = rb.store.get(did)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ class RoomsBot:
             kinds=self.settings.kinds,
             concurrency=self.settings.concurrency,
             metrics=self.metrics,
+            controller_ok=registration.controller_in_namespace,
         )
         self.verifier = OpenIdVerifier(
             {
@@ -86,6 +88,7 @@ class RoomsBot:
         """Check the appservice token, serve HTTP, then start watching the chain."""
         try:
             await self._check_token()
+            await self._check_controller_namespace()
             await self.rooms.prepare()
             await self._serve()
             if self.chain_url and self.chain_settings.watch:
@@ -135,6 +138,45 @@ class RoomsBot:
             raise PlatformError(
                 f"the appservice token belongs to {who.get('user_id')}, not to "
                 f"{self.registration.user_id}: the registration and the homeserver disagree"
+            )
+
+    async def _check_controller_namespace(self) -> None:
+        """Does the homeserver hold ``@did-…`` for this appservice alone? If it would let
+        anyone register such a name (it has not loaded the current registration), no
+        controller is invited until it does: the name is the only binding of a
+        controller DID to its account."""
+        if not self.registration.controllers_exclusive:
+            log.warning(
+                "the appservice registration does not reserve @did- users; controllers "
+                "will not be invited (restart the platform to rewrite it)",
+                extra={"registration": str(self.registration.path)},
+            )
+            return
+        probe = "did-ixo-datarooms-namespace-probe"
+        try:
+            res = await self.http.request(
+                "GET",
+                "/_matrix/client/v3/register/available",
+                params={"username": probe},
+                auth=False,
+            )
+        except HomeserverError as exc:
+            if exc.errcode in ("M_EXCLUSIVE", "M_USER_IN_USE"):
+                return  # reserved for an appservice (this one: its registration says so)
+            if exc.status == 403:
+                return  # registration is closed: no one can take the name that way
+            log.warning(
+                "could not check that the homeserver reserves @did- users",
+                extra={"error": exc.errcode or str(exc)},
+            )
+            return
+        if isinstance(res, dict) and res.get("available") is True:
+            self.registration = replace(self.registration, controllers_exclusive=False)
+            self.rooms.controller_ok = self.registration.controller_in_namespace
+            log.warning(
+                "the homeserver lets anyone register @did- users (it has not loaded the rooms "
+                "bot's current registration); controllers will not be invited",
+                extra={"registration": str(self.registration.path)},
             )
 
     async def _serve(self) -> None:

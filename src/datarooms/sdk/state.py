@@ -442,19 +442,24 @@ class Acl:
 
     @classmethod
     def from_content(cls, content: Any) -> Acl:
-        """Parse an ACL event's content; anything malformed grants nobody (fail closed)."""
+        """Parse an ACL event's content; anything malformed grants nobody (fail closed):
+        a list that is not a list of strings empties the whole ACL, not just that list."""
         if not isinstance(content, dict):
             return cls()
-        return cls(_users(content.get("read")), _users(content.get("write")))
+        read, write = _users(content.get("read", [])), _users(content.get("write", []))
+        if read is None or write is None:
+            return cls()
+        return cls(read, write)
 
     def to_content(self) -> dict[str, list[str]]:
         return {"read": list(self.read), "write": list(self.write)}
 
 
-def _users(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        return ()
-    return tuple(u for u in value if isinstance(u, str))
+def _users(value: Any) -> tuple[str, ...] | None:
+    """The users of an ACL list; None if it is not a list of strings (malformed)."""
+    if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+        return None
+    return tuple(value)
 
 
 def dedupe(users: Iterable[str]) -> list[str]:

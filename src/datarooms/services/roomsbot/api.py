@@ -24,9 +24,10 @@ Every error is ``{"errcode": "...", "error": "..."}`` with a fitting HTTP status
 import asyncio
 import hmac
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import Response
@@ -45,7 +46,13 @@ from datarooms.ids import user_id as check_user_id
 from datarooms.sdk.rooms import POWER
 from datarooms.services.roomsbot.entity_rooms import SPACE, did_from_localpart, parse_alias
 from datarooms.services.roomsbot.store import EntityFacts, EntityRecord
-from datarooms.services.scaffold import RequestGuard, bearer_token, header, install_error_handlers
+from datarooms.services.scaffold import (
+    RequestGuard,
+    bearer_token,
+    header,
+    install_error_handlers,
+    route_template,
+)
 
 if TYPE_CHECKING:
     from datarooms.services.roomsbot.bot import RoomsBot
@@ -299,8 +306,8 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         st = bot.watcher.status if bot.watcher is not None else None
         chain = None
         if st is not None:
+            # Unauthenticated: no chain URL (it may carry credentials), not even in errors.
             chain = {
-                "url": bot.chain_url,
                 "connected": st.connected,
                 "height": st.height,
                 "chain_height": st.chain_height,
@@ -309,7 +316,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
                 "skipped": st.skipped,
                 "reconnects": st.reconnects,
                 "pending": st.pending,
-                "last_error": st.last_error,
+                "last_error": without_urls(st.last_error, bot.chain_url),
             }
         return {
             "status": "ok" if st is None or st.connected else "degraded",
@@ -419,10 +426,26 @@ def build_asgi(bot: "RoomsBot") -> tuple[FastAPI, ASGIApp]:
 
     def count(scope: Scope, status: int, _seconds: float) -> None:
         if not str(scope.get("path", "")).startswith("/_matrix/"):
-            template = getattr(scope.get("route"), "path", None) or "other"
+            template = route_template(scope)
             bot.metrics.rest_requests.labels(template, str(status)).inc()
 
     return app, RequestGuard(app, max_body=limit, authenticate=authenticate, on_answer=count)
+
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")
+
+
+def without_urls(text: str | None, *known: str | None) -> str | None:
+    """``text`` with every URL (and so any userinfo in one) replaced by ``<url>``, and
+    the hosts of the ``known`` URLs by ``<host>``."""
+    if text is None:
+        return None
+    text = _URL.sub("<url>", text)
+    for url in known:
+        host = urlsplit(url).hostname if url else None
+        if host:
+            text = re.sub(re.escape(host) + r"(:\d+)?", "<host>", text)
+    return text
 
 
 async def answer_alias_query(bot: "RoomsBot", alias: str) -> dict[str, Any]:

@@ -8,6 +8,8 @@ rooms only for a DID the bot knows or finds on the chain, and at a bounded pace.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import aiohttp
 import pytest
 
 from datarooms.config import ChainSettings
+from datarooms.homeserver.embedded import free_port
 from datarooms.services.roomsbot import RoomsBot, RoomsBotSettings
 from tests._roomsbot import (
     AppserviceHomeserver,
@@ -31,7 +34,7 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def ashs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppserviceHomeserver]:
-    with appservice_homeserver(tmp_path_factory.mktemp("roomsbot-on-demand")) as env:
+    with appservice_homeserver(tmp_path_factory.mktemp("roomsbot-hardening")) as env:
         yield env
 
 
@@ -102,3 +105,33 @@ async def test_alias_queries_create_rooms_only_for_chain_entities_at_a_bounded_p
     assert rb.store.get(later) is None
     assert rb.metrics.alias_queries.labels("rate_limited")._value.get() >= 1
     assert rb.store.count() == 1
+
+
+async def test_health_never_shows_the_chain_url(ashs: AppserviceHomeserver, tmp_path: Path) -> None:
+    """Issue 11, item 8: the unauthenticated ``/health`` showed the chain URL (with any
+    credentials in it), in ``chain.url`` and in the watcher's last error."""
+    secret = "s3cret-" + uuid.uuid4().hex[:8]
+    port = free_port()
+    chain_url = f"http://watcher:{secret}@127.0.0.1:{port}"  # nothing listens there
+    bot = RoomsBot(
+        homeserver_url=ashs.hs.base_url,
+        registration=ashs.registration,
+        store_path=tmp_path / "store.db",
+        settings=RoomsBotSettings(port=ashs.port),
+        chain_url=chain_url,
+    )
+    await bot.start()
+    try:
+        for _ in range(200):
+            if bot.watcher is not None and bot.watcher.status.last_error:
+                break
+            await asyncio.sleep(0.05)
+        assert bot.watcher is not None and bot.watcher.status.last_error
+        async with aiohttp.ClientSession() as s, s.get(f"{bot.url}/health") as r:
+            body = await r.text()
+        assert r.status == 200
+        health = json.loads(body)
+        assert health["status"] == "degraded" and health["chain"]["connected"] is False
+        assert secret not in body and f":{port}" not in body and "watcher:" not in body
+    finally:
+        await bot.stop()

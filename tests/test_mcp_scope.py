@@ -88,8 +88,9 @@ async def test_forged_kind_and_did_are_out_of_scope(  # type: ignore[no-untyped-
         assert ok(await mcp.call_tool("join_room", {"room": genuine}))["joined"]
         got = ok(await mcp.call_tool("get_record", {"room": genuine, "key": "level"}))
         assert got["value"] == 3
-        listed = {r["room_id"] for r in ok(await mcp.call_tool("list_rooms", {}))["rooms"]}
+        listed = {r["room_id"]: r for r in ok(await mcp.call_tool("list_rooms", {}))["rooms"]}
         assert genuine in listed and forged not in listed
+        assert listed[genuine]["did"] == victim and "unverified" not in listed[genuine]
         # A room the agent makes itself is its own word, and in scope.
         made = ok(
             await mcp.call_tool(

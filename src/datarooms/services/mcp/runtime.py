@@ -45,9 +45,16 @@ _ALIAS_RETRY_S = 30.0
 
 def platform_senders(settings: Settings, server_name: str, *extra: str) -> frozenset[str]:
     """The platform's own accounts on ``server_name``: the rooms bot, the state bot,
-    the service account (``extra``: more of them, e.g. the service account's real id)."""
+    the service account (``extra``: more of them, e.g. the service account's real id),
+    and the rooms bot's operators (``[roomsbot] operators``)."""
     localparts = (settings.roomsbot.sender_localpart, settings.statebot.localpart, "datarooms")
-    return frozenset({*(f"@{lp}:{server_name}" for lp in localparts), *extra})
+    return frozenset(
+        {
+            *(f"@{lp}:{server_name}" for lp in localparts),
+            *settings.roomsbot.operator_ids,
+            *extra,
+        }
+    )
 
 
 @dataclass(frozen=True)

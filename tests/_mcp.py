@@ -84,3 +84,10 @@ def audit_lines(ctx: PlatformContext) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def trust_operators(path: Path, *user_ids: str) -> None:
+    """``[mcp] operators``: users whose rooms' kind and DID the agents believe."""
+    listed = ", ".join(json.dumps(u) for u in user_ids)
+    with path.open("a") as f:
+        f.write(f"\n[mcp]\noperators = [{listed}]\n")

@@ -71,8 +71,17 @@ def controller_did(user: RegisteredUser) -> str:
     return "did:ixo:" + localpart[len("did-ixo-") :]
 
 
-async def new_controller(hs: TestHomeserver) -> tuple[RegisteredUser, str]:
-    user = await hs.new_user("did-ixo-ixo1")
+async def new_controller(ashs: AppserviceHomeserver) -> tuple[RegisteredUser, str]:
+    """A controller DID's account. ``@did-…`` is the appservice's exclusive namespace, so
+    (as in production) only the appservice can create it: no password, no open sign-up."""
+    localpart = f"did-ixo-ixo1{uuid.uuid4().hex[:10]}"
+    async with MatrixHttp(ashs.hs.base_url, ashs.registration.as_token) as http:
+        res = await http.request(
+            "POST",
+            "/_matrix/client/v3/register",
+            json={"type": "m.login.application_service", "username": localpart},
+        )
+    user = RegisteredUser(res["user_id"], res["access_token"], res.get("device_id", ""), "")
     return user, controller_did(user)
 
 

@@ -32,6 +32,7 @@ from tests._mcp import (
     ok,
     platform_for,
     text,
+    trust_operators,
 )
 
 
@@ -236,9 +237,10 @@ async def test_each_kind_of_denial_never_reaches_the_homeserver(  # type: ignore
             path, jailed, access="write", rooms=["*"], files_dir=str(tmp_path / "jail")
         ),
     }
+    alice: DataroomsClient = await open_client(await homeserver.new_user("alice"))
+    trust_operators(path, alice.user_id)  # her rooms' kinds count for the agents
     svc, url = await service(ctx)
 
-    alice: DataroomsClient = await open_client(await homeserver.new_user("alice"))
     device = (await alice.rooms.create("device", name="sensor")).room_id
     project = (await alice.rooms.create("project", name="plans")).room_id
     for agent in (reader, limited, nofiles, jailed):

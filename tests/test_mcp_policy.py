@@ -170,7 +170,10 @@ def test_room_scope() -> None:
     with pytest.raises(CapabilityDenied) as err:
         p.check_room(RoomFacts("!e:x", kind="project"))
     assert err.value.capability == "room:!e:x" and "a project room" in err.value.message
-    assert p.alias_allowed("#did-ixo-entity-1:x") and not p.alias_allowed("#other:x")
+    assert p.alias_allowed("#did-ixo-entity-1:x", "x") and not p.alias_allowed("#other:x", "x")
+    # A DID alias counts only on the agent's own server (where the rooms bot owns them).
+    assert not p.alias_allowed("#did-ixo-entity-1:evil.example", "x")
+    assert not p.alias_allowed("#did-ixo-entity-1:x")
     assert _policy(rooms=frozenset({"*"})).room_allowed(RoomFacts("!z:x"))
     assert not _policy().room_allowed(RoomFacts("!z:x"))
     p.check_new_room("device", None)

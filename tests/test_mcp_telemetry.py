@@ -26,6 +26,7 @@ from tests._mcp import (
     http_client,
     ok,
     platform_for,
+    trust_operators,
 )
 
 T0 = 1_700_000_040_000  # a whole minute
@@ -71,9 +72,10 @@ async def test_agent_queries_and_aggregates_telemetry(  # type: ignore[no-untype
         viewer: add_agent(path, viewer, access="write", room_kinds=["device"]),
         outsider: add_agent(path, outsider, access="read", room_kinds=["project"]),
     }
+    alice: DataroomsClient = await open_client(await homeserver.new_user("alice"))
+    trust_operators(path, alice.user_id)  # her rooms' kinds count for the agents
     _, url = await service(ctx)
 
-    alice: DataroomsClient = await open_client(await homeserver.new_user("alice"))
     device = (await alice.rooms.create("device", name="pump-7")).room_id
     await alice.rooms.grant(device, agent_mxid(viewer, homeserver), "write")
     await alice.rooms.grant(device, agent_mxid(outsider, homeserver), "read")

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import stat
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from datarooms._transport.http import MatrixHttp
 from datarooms.chain import ENTITY_CREATED_EVENT, CometRpc, DevChainServer, emit_events_tx
 from datarooms.errors import HomeserverError
 from datarooms.homeserver.admin import RegisteredUser
+from datarooms.homeserver.embedded import free_port
 from datarooms.sdk.rooms import ENCRYPTION
 from datarooms.services.roomsbot import ENTITY_EVENT, RoomsBot, RoomsBotSettings, write_registration
 from datarooms.services.roomsbot.registration import load_registration
@@ -120,7 +122,7 @@ async def call(
 
 
 async def test_a_chain_entity_gets_an_encrypted_room_and_a_space(env: Env) -> None:
-    ctl, ctl_did = await new_controller(env.hs)
+    ctl, ctl_did = await new_controller(env.ashs)
     [did] = await register(env.chain.url, controllers=[ctl_did], entity_type="asset/device")
     await until(lambda: env.bot.store.get(did) is not None, what="the entity's rooms")
     record = env.bot.store.get(did)
@@ -162,7 +164,7 @@ async def test_a_chain_entity_gets_an_encrypted_room_and_a_space(env: Env) -> No
 
 
 async def test_the_same_entity_twice_yields_the_same_rooms(env: Env, tmp_path: Path) -> None:
-    _ctl, ctl_did = await new_controller(env.hs)
+    _ctl, ctl_did = await new_controller(env.ashs)
     facts = EntityFacts("did:ixo:entity:" + "ab" * 16, "dao", (ctl_did,), "chain")
     first, created = await env.bot.rooms.ensure(facts)
     again, created_again = await env.bot.rooms.ensure(facts)
@@ -188,9 +190,11 @@ async def test_the_same_entity_twice_yields_the_same_rooms(env: Env, tmp_path: P
 
 
 async def test_an_entity_created_on_request_is_completed_by_the_chain(env: Env) -> None:
-    ctl, ctl_did = await new_controller(env.hs)
+    ctl, ctl_did = await new_controller(env.ashs)
     did = "did:ixo:entity:" + "cd" * 16
-    # An ordinary client asks for the alias of an entity nobody created rooms for yet.
+    # Someone made the entity's rooms on request (POST /rooms/source) before the chain
+    # had it; an ordinary client finds them by alias.
+    await env.bot.rooms.ensure(EntityFacts(did))
     user = await env.hs.new_user("client")
     room_id = await resolve(env.hs, user.access_token, f"#{did.replace(':', '-')}:localhost")
     record = env.bot.store.get(did)
@@ -262,8 +266,8 @@ async def test_alias_queries_for_other_names_find_nothing(env: Env) -> None:
         with pytest.raises(HomeserverError) as info:
             await resolve(env.hs, user.access_token, alias)
         assert info.value.status == 404, alias
-    # The space alias of a new entity creates its rooms too.
-    did = "did:ixo:entity:" + "ef" * 16
+    # The space alias of a new entity (registered on the chain) creates its rooms too.
+    (did,) = await register(env.chain.url)
     space_id = await resolve(env.hs, user.access_token, f"#space.{did.replace(':', '-')}:localhost")
     record = env.bot.store.get(did)
     assert record is not None and record.space.room_id == space_id
@@ -364,12 +368,59 @@ async def test_synapse_refuses_the_namespace_to_ordinary_users(env: Env) -> None
     assert info.value.status == 400 and info.value.errcode == "M_EXCLUSIVE"
 
 
+async def test_controller_names_belong_to_the_appservice(env: Env, tmp_path: Path) -> None:
+    """Issue 11, item 9: a controller DID maps to ``@did-…`` by name, so whoever could
+    register that name would get the entity rooms' admin invites. The registration
+    reserves ``@did-…`` exclusively; a bot whose registration does not never invites."""
+    reg = env.ashs.registration
+    ctl, controller = await new_controller(env.ashs)  # made through the appservice
+    ctl_uid = ctl.user_id
+    assert reg.controllers_exclusive and reg.controller_in_namespace(ctl_uid)
+    assert not reg.controller_in_namespace("@alice:localhost")
+    assert not reg.controller_in_namespace(ctl_uid.replace("localhost", "elsewhere.org"))
+    # Synapse refuses the name to anyone but the appservice, even to its admin API (and
+    # so to open registration).
+    with pytest.raises(HomeserverError) as info:
+        await env.hs.new_user("did-ixo-ixo1squatter")
+    assert info.value.errcode == "M_EXCLUSIVE"
+
+    # An old registration (no @did- namespace): its bot invites no controller.
+    data = yaml.safe_load(reg.path.read_text())
+    data["namespaces"]["users"] = data["namespaces"]["users"][:1]
+    old_path = tmp_path / "old-registration.yaml"
+    old_path.write_text(yaml.safe_dump(data))
+    old = load_registration(old_path)
+    assert not old.controllers_exclusive and not old.controller_in_namespace(ctl_uid)
+    bot = RoomsBot(
+        homeserver_url=env.hs.base_url,
+        registration=old,
+        store_path=tmp_path / "old-store.db",
+        settings=RoomsBotSettings(port=free_port()),
+    )
+    await bot.http.whoami()
+    await bot.rooms.prepare()
+    try:
+        did = "did:ixo:entity:" + uuid.uuid4().hex
+        record, _ = await bot.rooms.ensure(EntityFacts(did, None, (controller,), "chain"))
+        assert record.members == ()
+        state = await state_of(env.hs, env.as_token, record.room_id)
+        assert ("m.room.member", ctl_uid) not in state
+        assert ctl_uid not in state[("m.room.power_levels", "")]["users"]
+    finally:
+        await bot.stop()
+    # The current registration's bot does invite it.
+    record, _ = await env.bot.rooms.ensure(
+        EntityFacts("did:ixo:entity:" + uuid.uuid4().hex, None, (controller,), "chain")
+    )
+    assert record.members == (ctl_uid,)
+
+
 # -- the REST API ---------------------------------------------------------------------
 
 
 async def test_rest_api(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    ctl, ctl_did = await new_controller(env.hs)
+    ctl, ctl_did = await new_controller(env.ashs)
     stranger = await env.hs.new_user("stranger")
     token = await openid_token(env.hs, stranger)
     ctl_token = await openid_token(env.hs, ctl)

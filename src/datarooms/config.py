@@ -148,8 +148,13 @@ class RoomsBotSettings:
     room_kinds: str = "entity"
     #: Rooms created at once; the homeserver's CPU is the limit, not this.
     concurrency: int = 12
-    #: Create an entity's rooms when someone asks for an alias that does not exist yet.
+    #: Create an entity's rooms when someone asks for an alias that does not exist yet
+    #: (only for a DID the bot knows, or finds on the chain).
     on_demand: bool = True
+    #: Such creations for DIDs the bot did not know yet: at most this many a minute ...
+    on_demand_per_minute: int = 60
+    #: ... after a burst of this many.
+    on_demand_burst: int = 10
     #: Matrix ids (comma-separated) allowed to invite anyone to any entity's rooms.
     operators: str = ""
     #: Other homeservers whose OpenID tokens the REST API accepts: ``{server_name: url}``
@@ -193,6 +198,11 @@ class RoomsBotSettings:
         _check_port("roomsbot.port", self.port)
         if self.concurrency < 1:
             raise ConfigError("roomsbot.concurrency must be at least 1")
+        if self.on_demand_per_minute < 1 or self.on_demand_burst < 1:
+            raise ConfigError(
+                "roomsbot.on_demand_per_minute and roomsbot.on_demand_burst must be at least 1 "
+                "(set roomsbot.on_demand = false to create no rooms on alias queries)"
+            )
         if self.url and not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"roomsbot.url must start with http:// or https://, got {self.url!r}")
         _check_homeservers("roomsbot.homeservers", self.homeservers)

@@ -50,7 +50,13 @@ A read resolves the reference in the local index: the decrypted record with that
 event id, sent by the sender of the reference (anything else is refused). The ACL
 guards reads through this API; every member's own device receives the room key
 and can read the record directly. A key stays secure across writes that leave
-``secure`` out; ``secure=False`` stores it in the clear again.
+``secure`` out; ``secure=False`` stores it in the clear again. Merging into a
+secure value, writing under a path of it, or downgrading it to the clear reveals
+the value, so it needs *read* access (power alone is not enough); a power-only
+writer may only replace the whole value and keep it secure. A reference must name
+the key's own record (``ixo.room.state/<key>``), and the record's sender must be
+the reference's sender, both taken from one source (the index for reads, the
+homeserver's event for writes).
 
 State content travels in the clear, so it must be *canonical JSON* (room versions
 6+): integers within +-(2**53 - 1), no fractions, no NaN or infinities. Secure
@@ -436,19 +442,24 @@ class Acl:
 
     @classmethod
     def from_content(cls, content: Any) -> Acl:
-        """Parse an ACL event's content; anything malformed grants nobody (fail closed)."""
+        """Parse an ACL event's content; anything malformed grants nobody (fail closed):
+        a list that is not a list of strings empties the whole ACL, not just that list."""
         if not isinstance(content, dict):
             return cls()
-        return cls(_users(content.get("read")), _users(content.get("write")))
+        read, write = _users(content.get("read", [])), _users(content.get("write", []))
+        if read is None or write is None:
+            return cls()
+        return cls(read, write)
 
     def to_content(self) -> dict[str, list[str]]:
         return {"read": list(self.read), "write": list(self.write)}
 
 
-def _users(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        return ()
-    return tuple(u for u in value if isinstance(u, str))
+def _users(value: Any) -> tuple[str, ...] | None:
+    """The users of an ACL list; None if it is not a list of strings (malformed)."""
+    if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+        return None
+    return tuple(value)
 
 
 def dedupe(users: Iterable[str]) -> list[str]:
@@ -603,7 +614,13 @@ class State:
         if content is None:
             raise NotFoundError(f"room {room_id} has no state key {key!r}")
         ref = secure_ref(content)
-        value = await self._secure_value(view, key, ref) if ref is not None else content
+        value = (
+            await self._secure_value(
+                view, key, ref, setter=self._c.index.state_sender(room_id, STATE_EVENT, key)
+            )
+            if ref is not None
+            else content
+        )
         return StateValue(
             room_id, key, format_path(tokens), get_at(value, tokens, key=key), ref is not None
         )
@@ -613,17 +630,33 @@ class State:
         key = check_key(key)
         return self._member(room_id, as_user or self._me).acl(key)
 
-    async def _secure_value(self, view: StateView, key: str, ref: dict[str, Any]) -> Any:
+    async def _secure_value(
+        self, view: StateView, key: str, ref: dict[str, Any], *, setter: str | None
+    ) -> Any:
+        """The decrypted value a secure reference points at.
+
+        ``setter`` is the sender of the ``ixo.room.state`` event holding ``ref``, taken
+        from the same source as ``ref`` (the index, or the homeserver's event). The
+        reference must name this key's own record, and the record must have been sent
+        by the same account as the reference: anything else is refused, so no one can
+        point a key at a record they did not write (another key's secret, say).
+        """
         record_key, event_id = ref.get("record"), ref.get("event_id")
-        if not isinstance(record_key, str) or not isinstance(event_id, str):
+        if (
+            not isinstance(record_key, str)
+            or not isinstance(event_id, str)
+            or record_key != SECURE_RECORD_PREFIX + key
+            or not setter
+        ):
             raise NotFoundError(
-                f"the secure reference of key {key!r} is malformed", errcode="DR_SECURE_UNAVAILABLE"
+                f"the secure reference of key {key!r} is malformed (it must name the key's "
+                "own record, and its sender must be known)",
+                errcode="DR_SECURE_UNAVAILABLE",
             )
-        setter = self._c.index.state_sender(view.room_id, STATE_EVENT, key)
         for attempt in range(2):
             record = self._find_record(view.room_id, record_key, event_id)
             if record is not None:
-                if setter and record.sender != setter:
+                if record.sender != setter:
                     break  # a reference to someone else's record: not ours to vouch for
                 return record.value
             if attempt == 0:
@@ -681,11 +714,28 @@ class State:
                 by_acl=acl is not None,
             )
         async with self._locks.hold((room_id, key)):
-            current = await self._fresh_state(room_id, STATE_EVENT, key)
+            current, setter = await self._fresh_state_event(room_id, STATE_EVENT, key)
             ref = secure_ref(current)
             make_secure = secure if secure is not None else ref is not None
             if ref is not None:
-                current = await self._secure_value(view, key, ref)
+                # The new value carries the secret one over (a merge, a write under a
+                # path), or puts it in the clear (secure=False): only for readers. A
+                # blind replace of the whole value that stays secure reveals nothing.
+                blind = mode == "replace" and not tokens and make_secure
+                if blind:
+                    current = None
+                else:
+                    if not view.can_read(actor, acl):
+                        raise StateAccessError(
+                            f"{actor} may not merge into or downgrade the secure key {key!r} "
+                            f"in {room_id}: that reveals its value, and the key's ACL does not "
+                            "let them read it (replace the whole value, keeping it secure, or "
+                            "ask to be added to 'read')",
+                            action="read",
+                            key=key,
+                            by_acl=True,
+                        )
+                    current = await self._secure_value(view, key, ref, setter=setter)
             new = put_at(current, tokens, value, mode)
             if not isinstance(new, dict):
                 raise ValidationError(
@@ -839,13 +889,22 @@ class State:
             errcode="M_FORBIDDEN",
         )
 
-    async def _fresh_state(self, room_id: str, event_type: str, key: str) -> Any:
+    async def _fresh_state_event(
+        self, room_id: str, event_type: str, key: str
+    ) -> tuple[Any, str | None]:
+        """The current content of a state event and its sender, both from the homeserver."""
         try:
-            return await self._http_client().request("GET", state_path(room_id, event_type, key))
+            event = await self._http_client().request(
+                "GET", state_path(room_id, event_type, key), params={"format": "event"}
+            )
         except HomeserverError as exc:
             if exc.errcode == "M_NOT_FOUND":
-                return None
+                return None, None
             raise _client_error(exc, f"reading {event_type} {key!r} in {room_id}") from None
+        if not isinstance(event, dict) or not isinstance(event.get("content"), dict):
+            return None, None
+        sender = event.get("sender")
+        return event["content"], sender if isinstance(sender, str) else None
 
     async def _put_state(
         self, room_id: str, event_type: str, key: str, content: dict[str, Any], actor: str

@@ -16,8 +16,13 @@ default holds just its own homeserver.
 Verified tokens are cached (keyed by a SHA-256 of the token, never the token
 itself) for ``cache_seconds``; the userinfo answer does not say when a token
 expires, and Synapse's tokens live one hour, so keep ``cache_seconds`` well
-under that. Rejected tokens are remembered for a few seconds, so a flood of bad
-tokens does not become a flood of requests to the homeserver. Concurrent
+under that. Rejected tokens are remembered for a few seconds, in a cache of
+their own (``max_negative_entries``), so random tokens can evict only other
+rejected ones, never a verified caller. Tokens not in either cache are checked
+with their homeserver at a bounded pace (``verify_per_second`` after a burst of
+``verify_burst``, per homeserver): past it the answer is ``429 M_LIMIT_EXCEEDED``
+until the budget refills, so a flood of made-up tokens becomes neither a flood of
+requests to the homeserver nor a way to push verified callers out. Concurrent
 requests with the same new token share one verification.
 """
 
@@ -45,6 +50,13 @@ _SERVER_NAME = re.compile(
 )
 
 
+class VerificationLimitedError(UnauthorizedError):
+    """Too many unknown tokens to check just now: retry in a moment."""
+
+    errcode = "M_LIMIT_EXCEEDED"
+    http_status = 429
+
+
 @dataclass(frozen=True)
 class Caller:
     """A verified Matrix user."""
@@ -67,6 +79,9 @@ class OpenIdVerifier:
         cache_seconds: float = 300.0,
         negative_cache_seconds: float = 5.0,
         max_entries: int = 10_000,
+        max_negative_entries: int = 1_000,
+        verify_per_second: float = 20.0,
+        verify_burst: int = 100,
         timeout: float = 10.0,
         on_result: Callable[[str], None] | None = None,
     ) -> None:
@@ -77,9 +92,16 @@ class OpenIdVerifier:
         self.cache_seconds = cache_seconds
         self.negative_cache_seconds = negative_cache_seconds
         self.max_entries = max_entries
+        self.max_negative_entries = max_negative_entries
+        self.verify_per_second = verify_per_second
+        self.verify_burst = verify_burst
         self._timeout = timeout
         self._apis: dict[str, MatrixApi] = {}
-        self._cache: OrderedDict[bytes, tuple[float, Caller | None]] = OrderedDict()
+        #: Verified callers, and (apart, so they cannot evict those) rejected tokens.
+        self._cache: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()
+        self._rejected: OrderedDict[bytes, float] = OrderedDict()
+        #: Per homeserver: (tokens left, when counted) of the verification budget.
+        self._budget: dict[str, tuple[float, float]] = {}
         self._inflight: dict[bytes, asyncio.Future[Caller]] = {}
         self._on_result = on_result or (lambda _r: None)
 
@@ -125,12 +147,15 @@ class OpenIdVerifier:
             expires, caller = hit
             if expires > now:
                 self._cache.move_to_end(cache_key)
-                if caller is None:
-                    self._on_result("rejected")
-                    raise UnauthorizedError(_UNKNOWN)
                 self._on_result("cached")
                 return caller
             del self._cache[cache_key]
+        rejected_until = self._rejected.get(cache_key)
+        if rejected_until is not None:
+            if rejected_until > now:
+                self._on_result("rejected")
+                raise UnauthorizedError(_UNKNOWN)
+            del self._rejected[cache_key]
         pending = self._inflight.get(cache_key)
         if pending is not None:
             # Someone is already asking the homeserver about this token: share the answer.
@@ -138,6 +163,11 @@ class OpenIdVerifier:
             if pending.cancelled():  # that request went away mid-way: ask ourselves
                 return await self.verify(token, server_name)
             return pending.result()
+        if not self._spend(server, now):
+            self._on_result("limited")
+            raise VerificationLimitedError(
+                "too many unknown OpenID tokens to check just now; retry in a few seconds"
+            )
         future: asyncio.Future[Caller] = asyncio.get_running_loop().create_future()
         self._inflight[cache_key] = future
         try:
@@ -161,8 +191,28 @@ class OpenIdVerifier:
         finally:
             self._inflight.pop(cache_key, None)
 
+    @property
+    def rejected_cache_size(self) -> int:
+        return len(self._rejected)
+
+    def _spend(self, server: str, now: float) -> bool:
+        """Take one homeserver check from ``server``'s budget; False if it is spent."""
+        tokens, last = self._budget.get(server, (float(self.verify_burst), now))
+        tokens = min(float(self.verify_burst), tokens + (now - last) * self.verify_per_second)
+        if tokens < 1:
+            self._budget[server] = (tokens, now)
+            return False
+        self._budget[server] = (tokens - 1, now)
+        return True
+
     def _remember(self, key: bytes, caller: Caller | None, ttl: float) -> None:
         if ttl <= 0:
+            return
+        if caller is None:
+            self._rejected[key] = time.monotonic() + ttl
+            self._rejected.move_to_end(key)
+            while len(self._rejected) > self.max_negative_entries:
+                self._rejected.popitem(last=False)
             return
         self._cache[key] = (time.monotonic() + ttl, caller)
         self._cache.move_to_end(key)

@@ -285,6 +285,17 @@ def route_template(scope: Scope) -> str:
     return path if path in _DOC_PATHS else "unmatched"
 
 
+#: The HTTP methods metrics name; any other is counted as ``other``.
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def metric_method(scope: Scope) -> str:
+    """The request's method as a metrics label: a known one, else ``other`` (a client
+    choosing methods must not choose how many series there are)."""
+    method = str(scope.get("method", ""))
+    return method if method in METRIC_METHODS else "other"
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -504,6 +515,7 @@ __all__ = [
     "header",
     "http_url",
     "install_error_handlers",
+    "metric_method",
     "route_template",
     "run_file",
     "running_url",

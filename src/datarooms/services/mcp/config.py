@@ -45,6 +45,7 @@ from datarooms.events import ROOM_KINDS
 from datarooms.ids import did as check_did
 from datarooms.ids import is_room_alias
 from datarooms.ids import room_id as check_room_id
+from datarooms.ids import user_id as check_user_id
 from datarooms.services.mcp.policy import ACCESS_LEVELS, ANY_ROOM, TOOLS, AgentPolicy
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,14 @@ _AGENT_KEYS = {
     "files_dir",
     "token_sha256",
 }
-_MCP_KEYS = {"host", "port", "audit_log", "max_inline_file_bytes", "max_wait_seconds"}
+_MCP_KEYS = {
+    "host",
+    "port",
+    "audit_log",
+    "max_inline_file_bytes",
+    "max_wait_seconds",
+    "operators",
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,9 @@ class McpSettings:
     max_inline_file_bytes: int = 1024 * 1024
     #: Longest wait_for_messages may block.
     max_wait_seconds: float = 120.0
+    #: Matrix users whose ``io.datarooms.room`` (kind, DID) and canonical alias the
+    #: agents trust, besides the platform's own accounts (docs/mcp.md, "Whose word").
+    operators: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -195,7 +206,13 @@ def _parse_mcp(raw: Any, path: Path, data_dir: Path) -> McpSettings:
     wait = raw.get("max_wait_seconds", 120)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 < wait <= 3600:
         raise ConfigError(f"{where} max_wait_seconds must be a number from 1 to 3600, got {wait!r}")
-    return McpSettings(host, port, audit_path, cap, float(wait))
+    operators = _strings(raw.get("operators", []), f"{where} operators")
+    for u in operators:
+        try:
+            check_user_id(u)
+        except ValidationError as exc:
+            raise ConfigError(f"{where} operators: {exc.message}") from None
+    return McpSettings(host, port, audit_path, cap, float(wait), frozenset(operators))
 
 
 def _parse_agent(name: str, raw: Any, path: Path, data_dir: Path) -> AgentPolicy:

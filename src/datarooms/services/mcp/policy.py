@@ -169,11 +169,19 @@ class AgentPolicy:
         if not self.room_allowed(facts):
             raise CapabilityDenied(self.name, f"room:{facts.room_id}", self._scope_text(facts))
 
-    def alias_allowed(self, alias: str) -> bool:
-        """An alias the policy names, or the IXO entity alias of one of its DIDs."""
+    def alias_allowed(self, alias: str, local_server: str | None = None) -> bool:
+        """An alias the policy names, or the IXO entity alias of one of its DIDs on
+        ``local_server`` (the agent's homeserver, where the rooms bot owns those aliases:
+        on any other server anyone could claim one)."""
         if self.any_room or alias in self.rooms:
             return True
-        localpart = alias[1:].split(":", 1)[0]
+        return self.did_alias(alias, local_server)
+
+    def did_alias(self, alias: str, local_server: str | None) -> bool:
+        """Is ``alias`` the IXO entity alias of one of the policy's DIDs, on ``local_server``?"""
+        localpart, _, server = alias[1:].partition(":")
+        if local_server is None or server != local_server:
+            return False
         return any(entity_alias_localpart(d) == localpart for d in self.dids)
 
     def check_new_room(self, kind: str, did: str | None) -> None:

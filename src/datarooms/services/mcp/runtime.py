@@ -4,6 +4,14 @@ that run before any of its calls reaches the homeserver.
 Room arguments are resolved and checked here from what the device already
 knows (its local index and the SDK's room list). An alias the policy does not
 name and the device does not know is refused without asking the homeserver.
+
+A room's kind and DID (``io.datarooms.room``) and its canonical alias are state
+that whoever created the room chose. They count for the scope only when a
+*trusted sender* wrote them: the agent itself, the platform's accounts (the
+service account, the rooms bot, the state bot) and the ``[mcp] operators``; and
+an alias only on the agent's own homeserver, from a sender on it (whose server
+checked that the alias points at the room). Anything else is a room of unknown
+kind: out of scope unless the policy lists it by id or by a resolved alias.
 """
 
 from __future__ import annotations
@@ -14,11 +22,14 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from datarooms import events as ev
+from datarooms.config import Settings
 from datarooms.errors import DataroomsError, NotFoundError, ValidationError
 from datarooms.ids import room_id as check_room_id
+from datarooms.ids import server_of
 from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.timeline import RoomEvent
 from datarooms.services.mcp import audit
@@ -30,6 +41,20 @@ log = logging.getLogger(__name__)
 #: How many live events an agent's buffer keeps for wait_for_messages.
 EVENT_BUFFER = 1000
 _ALIAS_RETRY_S = 30.0
+
+
+def platform_senders(settings: Settings, server_name: str, *extra: str) -> frozenset[str]:
+    """The platform's own accounts on ``server_name``: the rooms bot, the state bot,
+    the service account (``extra``: more of them, e.g. the service account's real id),
+    and the rooms bot's operators (``[roomsbot] operators``)."""
+    localparts = (settings.roomsbot.sender_localpart, settings.statebot.localpart, "datarooms")
+    return frozenset(
+        {
+            *(f"@{lp}:{server_name}" for lp in localparts),
+            *settings.roomsbot.operator_ids,
+            *extra,
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -48,11 +73,16 @@ class AgentRuntime:
         settings: McpSettings,
         *,
         transport: str,
+        trusted_senders: Iterable[str] = (),
     ) -> None:
         self.client = client
         self.policy = policy
         self.settings = settings
         self.transport = transport
+        #: The agent's homeserver: the only one whose aliases the room facts trust.
+        self.server_name = server_of(client.user_id)
+        #: Whose io.datarooms.room and canonical alias count (with [mcp] operators).
+        self.platform_senders = frozenset({client.user_id, *trusted_senders})
         self._events: deque[BufferedEvent] = deque(maxlen=EVENT_BUFFER)
         self._seq = 0
         self._arrived = asyncio.Condition()
@@ -92,6 +122,7 @@ class AgentRuntime:
             self.watcher.current()
 
     def apply_config(self, config: AgentsConfig) -> None:
+        self.settings = config.mcp
         policy = config.agents.get(self.name)
         self.removed = policy is None
         if policy is not None:
@@ -130,20 +161,34 @@ class AgentRuntime:
 
     # -- rooms -----------------------------------------------------------------
 
+    def trusted(self, sender: str | None) -> bool:
+        """May ``sender``'s word on a room's kind, DID and alias count for the scope?"""
+        return sender is not None and (
+            sender in self.platform_senders or sender in self.settings.operators
+        )
+
     def facts(self, room_id: str) -> RoomFacts:
+        """What the scope may go by: kind, DID and aliases only from trusted senders."""
         idx = self.client.index
-        info = idx.state(room_id, ev.ROOM_INFO) or {}
         aliases: set[str] = set()
         canonical = idx.state(room_id, "m.room.canonical_alias") or {}
-        if isinstance(canonical.get("alias"), str):
-            aliases.add(canonical["alias"])
-        alt = canonical.get("alt_aliases")
-        if isinstance(alt, list):
-            aliases.update(a for a in alt if isinstance(a, str))
-        details = self.client.rooms.details(room_id)
-        if details is not None and details.alias:
-            aliases.add(details.alias)
-        kind, did = info.get("kind"), info.get("did")
+        alias_sender = idx.state_sender(room_id, "m.room.canonical_alias")
+        if alias_sender is not None and server_of(alias_sender) == self.server_name:
+            # The agent's own server checked that these point at the room (a remote
+            # server's word on an alias is not checked by anyone here).
+            named = [canonical.get("alias")]
+            alt = canonical.get("alt_aliases")
+            if isinstance(alt, list):
+                named.extend(alt)
+            aliases.update(
+                a
+                for a in named
+                if isinstance(a, str) and ":" in a and server_of(a) == self.server_name
+            )
+        kind = did = None
+        if self.trusted(idx.state_sender(room_id, ev.ROOM_INFO)):
+            info = idx.state(room_id, ev.ROOM_INFO) or {}
+            kind, did = info.get("kind"), info.get("did")
         return RoomFacts(
             room_id,
             frozenset(aliases),
@@ -155,12 +200,10 @@ class AgentRuntime:
         """A just-joined room's facts, once its room info state has reached this device."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        facts = self.facts(room_id)
-        while facts.kind is None and loop.time() < deadline:
+        while self.client.index.state(room_id, ev.ROOM_INFO) is None and loop.time() < deadline:
             with contextlib.suppress(TimeoutError):
                 await self.client.wait_for_sync(timeout=min(1.0, deadline - loop.time()))
-            facts = self.facts(room_id)
-        return facts
+        return self.facts(room_id)
 
     def local_alias(self, alias: str) -> str | None:
         """The room id of an alias, from what this device knows (no homeserver call)."""
@@ -192,7 +235,7 @@ class AgentRuntime:
             audit.note_room(rid_or_none)
             return rid_or_none
         audit.note_room(room)
-        if not self.policy.alias_allowed(room):
+        if not self.policy.alias_allowed(room, self.server_name):
             raise CapabilityDenied(
                 self.name,
                 f"room:{room}",

@@ -23,7 +23,7 @@ from datarooms.services.mcp.config import (
     load_agents,
 )
 from datarooms.services.mcp.http import HttpServer, build_http_app
-from datarooms.services.mcp.runtime import AgentRuntime
+from datarooms.services.mcp.runtime import AgentRuntime, platform_senders
 from datarooms.services.mcp.server import AgentServer
 from datarooms.services.platform import PlatformContext
 
@@ -76,7 +76,17 @@ class McpService:
                 client.rooms.roomsbot_url = lambda s=platform.settings: (
                     s.roomsbot.url or s.running_url("roomsbot")
                 )
-                rt = AgentRuntime(client, policy, config.mcp, transport="http")
+                rt = AgentRuntime(
+                    client,
+                    policy,
+                    config.mcp,
+                    transport="http",
+                    trusted_senders=platform_senders(
+                        platform.settings,
+                        platform.server_name,
+                        platform.service_account.user_id,
+                    ),
+                )
                 rt.watcher = self.watcher
                 self.runtimes[name] = rt
                 await rt.start()

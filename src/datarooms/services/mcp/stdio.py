@@ -17,10 +17,11 @@ from datarooms.account import Credentials, read_credentials, resolve_credentials
 from datarooms.config import Settings
 from datarooms.errors import ConfigError
 from datarooms.homeserver.embedded import EmbeddedSynapse
+from datarooms.ids import server_of
 from datarooms.sdk.client import DataroomsClient
 from datarooms.services.mcp import audit
 from datarooms.services.mcp.config import ConfigWatcher, agent_localpart, agents_file, load_agents
-from datarooms.services.mcp.runtime import AgentRuntime
+from datarooms.services.mcp.runtime import AgentRuntime, platform_senders
 from datarooms.services.mcp.server import AgentServer
 from datarooms.services.platform import PlatformContext, device_store_dir, live_homeserver_url
 
@@ -73,7 +74,13 @@ async def run_stdio(settings: Settings, name: str) -> None:
             device_name=f"datarooms MCP agent {name}",
         )
         try:
-            rt = AgentRuntime(client, policy, config.mcp, transport="stdio")
+            rt = AgentRuntime(
+                client,
+                policy,
+                config.mcp,
+                transport="stdio",
+                trusted_senders=platform_senders(settings, server_of(creds.user_id)),
+            )
             watcher = ConfigWatcher(config, settings.data_dir)
             watcher.on_change(rt.apply_config)
             rt.watcher = watcher

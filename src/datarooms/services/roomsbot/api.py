@@ -24,9 +24,10 @@ Every error is ``{"errcode": "...", "error": "..."}`` with a fitting HTTP status
 import asyncio
 import hmac
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import Response
@@ -45,7 +46,13 @@ from datarooms.ids import user_id as check_user_id
 from datarooms.sdk.rooms import POWER
 from datarooms.services.roomsbot.entity_rooms import SPACE, did_from_localpart, parse_alias
 from datarooms.services.roomsbot.store import EntityFacts, EntityRecord
-from datarooms.services.scaffold import RequestGuard, bearer_token, header, install_error_handlers
+from datarooms.services.scaffold import (
+    RequestGuard,
+    bearer_token,
+    header,
+    install_error_handlers,
+    route_template,
+)
 
 if TYPE_CHECKING:
     from datarooms.services.roomsbot.bot import RoomsBot
@@ -146,8 +153,8 @@ _AS_ERRORS: dict[int | str, dict[str, Any]] = {
 _bearer = HTTPBearer(auto_error=False, description="A Matrix OpenID access token")
 
 
-class _Bucket:
-    """Per-user token bucket for requests that create rooms."""
+class TokenBucket:
+    """Token buckets (one per key) for requests that create rooms."""
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate, self.burst = rate, burst
@@ -175,7 +182,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         "datarooms rooms bot. REST calls take a Matrix OpenID token as a bearer token.",
         openapi_tags=[{"name": "rooms"}, {"name": "appservice"}, {"name": "operations"}],
     )
-    creations = _Bucket(rate=2.0, burst=60)
+    creations = TokenBucket(rate=2.0, burst=60)
 
     install_error_handlers(app, "the rooms bot")
 
@@ -299,8 +306,8 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         st = bot.watcher.status if bot.watcher is not None else None
         chain = None
         if st is not None:
+            # Unauthenticated: no chain URL (it may carry credentials), not even in errors.
             chain = {
-                "url": bot.chain_url,
                 "connected": st.connected,
                 "height": st.height,
                 "chain_height": st.chain_height,
@@ -309,7 +316,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
                 "skipped": st.skipped,
                 "reconnects": st.reconnects,
                 "pending": st.pending,
-                "last_error": st.last_error,
+                "last_error": without_urls(st.last_error, bot.chain_url),
             }
         return {
             "status": "ok" if st is None or st.connected else "degraded",
@@ -419,10 +426,26 @@ def build_asgi(bot: "RoomsBot") -> tuple[FastAPI, ASGIApp]:
 
     def count(scope: Scope, status: int, _seconds: float) -> None:
         if not str(scope.get("path", "")).startswith("/_matrix/"):
-            template = getattr(scope.get("route"), "path", None) or "other"
+            template = route_template(scope)
             bot.metrics.rest_requests.labels(template, str(status)).inc()
 
     return app, RequestGuard(app, max_body=limit, authenticate=authenticate, on_answer=count)
+
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")
+
+
+def without_urls(text: str | None, *known: str | None) -> str | None:
+    """``text`` with every URL (and so any userinfo in one) replaced by ``<url>``, and
+    the hosts of the ``known`` URLs by ``<host>``."""
+    if text is None:
+        return None
+    text = _URL.sub("<url>", text)
+    for url in known:
+        host = urlsplit(url).hostname if url else None
+        if host:
+            text = re.sub(re.escape(host) + r"(:\d+)?", "<host>", text)
+    return text
 
 
 async def answer_alias_query(bot: "RoomsBot", alias: str) -> dict[str, Any]:
@@ -442,15 +465,39 @@ async def answer_alias_query(bot: "RoomsBot", alias: str) -> dict[str, Any]:
     did = bot.store.did_for_alias(alias) or did_from_localpart(local)
     if did is None:
         raise not_found("the alias does not name a DID")
-    if not bot.settings.on_demand and bot.rooms.lookup(did) is None:
-        raise not_found("rooms are created on demand only when roomsbot.on_demand is on")
+    known = bot.rooms.lookup(did) is not None
+    facts = EntityFacts(did)
+    if not known:
+        # Anyone may ask (the homeserver's alias lookup needs no login): rooms are made
+        # only for an entity the chain has, and at a bounded pace.
+        if not bot.settings.on_demand:
+            raise not_found("rooms are created on demand only when roomsbot.on_demand is on")
+        wait = bot.on_demand_limit.take("alias")
+        if wait:
+            bot.metrics.alias_queries.labels("rate_limited").inc()
+            log.warning(
+                "alias queries for unknown entities are rate-limited", extra={"alias": alias}
+            )
+            raise NotFoundError(
+                f"{alias}: too many new entities asked for; try again in {wait:.0f} s",
+                errcode="M_NOT_FOUND",
+            )
+        try:
+            entity = await asyncio.wait_for(bot.chain_entity(did), _ALIAS_QUERY_TIMEOUT_S)
+        except (DataroomsError, TimeoutError, OSError) as exc:
+            log.warning(
+                "looking an entity up on the chain failed",
+                extra={"alias": alias, "error": str(exc) or type(exc).__name__},
+            )
+            raise not_found("the chain could not be asked just now; try again") from None
+        if entity is None:
+            raise not_found(f"{did} is not an entity on the chain this rooms bot follows")
+        facts = bot.facts_of(entity)
     # The homeserver asks only for aliases it does not have: if the store says the rooms
     # exist, it is out of date (say, the homeserver was reset), so check them again.
-    recheck = bot.rooms.lookup(did) is not None and not bot.rooms.busy(did)
+    recheck = known and not bot.rooms.busy(did)
     try:
-        await asyncio.wait_for(
-            bot.rooms.ensure(EntityFacts(did), recheck=recheck), _ALIAS_QUERY_TIMEOUT_S
-        )
+        await asyncio.wait_for(bot.rooms.ensure(facts, recheck=recheck), _ALIAS_QUERY_TIMEOUT_S)
     except ValidationError as exc:
         raise not_found(exc.message) from None
     except (DataroomsError, TimeoutError) as exc:

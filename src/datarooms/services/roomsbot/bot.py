@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from datarooms.chain.entity import ChainEntity
+from datarooms.chain.entity import (
+    ENTITY_CREATED_EVENT,
+    ENTITY_CREATED_QUERY,
+    ChainEntity,
+    parse_tx_events,
+)
 from datarooms.chain.rpc import CometRpc
 from datarooms.chain.watcher import ChainWatcher, EntityRejected
 from datarooms.config import ChainSettings, RoomsBotSettings
 from datarooms.errors import HomeserverError, PlatformError, ValidationError
 from datarooms.homeserver.api import MatrixApi
 from datarooms.services.openid import OpenIdVerifier
-from datarooms.services.roomsbot.api import answer_alias_query, build_asgi
+from datarooms.services.roomsbot.api import TokenBucket, answer_alias_query, build_asgi
 from datarooms.services.roomsbot.entity_rooms import EntityRooms
 from datarooms.services.roomsbot.metrics import Metrics
 from datarooms.services.roomsbot.registration import Registration
@@ -52,6 +58,7 @@ class RoomsBot:
             kinds=self.settings.kinds,
             concurrency=self.settings.concurrency,
             metrics=self.metrics,
+            controller_ok=registration.controller_in_namespace,
         )
         self.verifier = OpenIdVerifier(
             {
@@ -62,6 +69,13 @@ class RoomsBot:
         )
         self.rpc: CometRpc | None = None
         self.watcher: ChainWatcher | None = None
+        #: Chain lookups of DIDs the bot does not know yet (alias queries).
+        self._lookup_rpc: CometRpc | None = None
+        #: Rooms made on demand for DIDs the bot did not know: anyone can ask (the
+        #: homeserver's alias lookup needs no login), so the pace is bounded.
+        self.on_demand_limit = TokenBucket(
+            rate=self.settings.on_demand_per_minute / 60.0, burst=self.settings.on_demand_burst
+        )
         self.app, asgi = build_asgi(self)
         self._http = EmbeddedServer(asgi, name="the rooms bot")
         self.metrics.watch(lambda: self.watcher.status if self.watcher else None, self.store.count)
@@ -74,6 +88,7 @@ class RoomsBot:
         """Check the appservice token, serve HTTP, then start watching the chain."""
         try:
             await self._check_token()
+            await self._check_controller_namespace()
             await self.rooms.prepare()
             await self._serve()
             if self.chain_url and self.chain_settings.watch:
@@ -99,9 +114,10 @@ class RoomsBot:
         if self.watcher is not None:
             await self.watcher.stop()
             self.watcher = None
-        if self.rpc is not None:
-            await self.rpc.close()
-            self.rpc = None
+        for rpc in (self.rpc, self._lookup_rpc):
+            if rpc is not None:
+                await rpc.close()
+        self.rpc = self._lookup_rpc = None
         await self._http.stop()
         await self.verifier.close()
         await self.http.close()
@@ -124,6 +140,45 @@ class RoomsBot:
                 f"{self.registration.user_id}: the registration and the homeserver disagree"
             )
 
+    async def _check_controller_namespace(self) -> None:
+        """Does the homeserver hold ``@did-…`` for this appservice alone? If it would let
+        anyone register such a name (it has not loaded the current registration), no
+        controller is invited until it does: the name is the only binding of a
+        controller DID to its account."""
+        if not self.registration.controllers_exclusive:
+            log.warning(
+                "the appservice registration does not reserve @did- users; controllers "
+                "will not be invited (restart the platform to rewrite it)",
+                extra={"registration": str(self.registration.path)},
+            )
+            return
+        probe = "did-ixo-datarooms-namespace-probe"
+        try:
+            res = await self.http.request(
+                "GET",
+                "/_matrix/client/v3/register/available",
+                params={"username": probe},
+                auth=False,
+            )
+        except HomeserverError as exc:
+            if exc.errcode in ("M_EXCLUSIVE", "M_USER_IN_USE"):
+                return  # reserved for an appservice (this one: its registration says so)
+            if exc.status == 403:
+                return  # registration is closed: no one can take the name that way
+            log.warning(
+                "could not check that the homeserver reserves @did- users",
+                extra={"error": exc.errcode or str(exc)},
+            )
+            return
+        if isinstance(res, dict) and res.get("available") is True:
+            self.registration = replace(self.registration, controllers_exclusive=False)
+            self.rooms.controller_ok = self.registration.controller_in_namespace
+            log.warning(
+                "the homeserver lets anyone register @did- users (it has not loaded the rooms "
+                "bot's current registration); controllers will not be invited",
+                extra={"registration": str(self.registration.path)},
+            )
+
     async def _serve(self) -> None:
         sock = bind(
             self.settings.host,
@@ -137,8 +192,28 @@ class RoomsBot:
 
     # -- handlers ------------------------------------------------------------------
 
-    async def _on_entity(self, entity: ChainEntity) -> None:
-        facts = EntityFacts(
+    async def chain_entity(self, did: str) -> ChainEntity | None:
+        """The entity ``did`` as the chain registered it, or None if the chain has none
+        (or the bot has no chain to ask). Network errors raise."""
+        if not self.chain_url:
+            return None
+        if "'" in did or "\\" in did:  # not in a DID; never inside a query
+            return None
+        if self._lookup_rpc is None:
+            self._lookup_rpc = CometRpc(self.chain_url)
+        query = f"{ENTITY_CREATED_QUERY} AND {ENTITY_CREATED_EVENT}.entity CONTAINS '{did}'"
+        txs, _ = await self._lookup_rpc.tx_search(query, per_page=20)
+        for tx in txs:
+            if tx.code != 0:
+                continue
+            for entity in parse_tx_events(tx.height, tx.hash, tx.events).entities:
+                if entity.did == did:
+                    return entity
+        return None
+
+    @staticmethod
+    def facts_of(entity: ChainEntity) -> EntityFacts:
+        return EntityFacts(
             entity.did,
             entity.type,
             entity.controllers,
@@ -147,6 +222,9 @@ class RoomsBot:
             entity.height,
             entity.tx_hash,
         )
+
+    async def _on_entity(self, entity: ChainEntity) -> None:
+        facts = self.facts_of(entity)
         try:
             await self.rooms.ensure(facts)
         except ValidationError as exc:

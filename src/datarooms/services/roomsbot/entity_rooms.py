@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -130,6 +130,7 @@ class EntityRooms:
         kinds: Sequence[str] = ("entity",),
         concurrency: int = 12,
         metrics: Metrics | None = None,
+        controller_ok: Callable[[str], bool] | None = None,
     ) -> None:
         if not kinds or kinds[0] != "entity":
             raise ValueError("the entity room kind must come first")
@@ -139,6 +140,9 @@ class EntityRooms:
         self.bot_user_id = bot_user_id
         self.kinds = tuple(kinds)
         self.metrics = metrics or Metrics()
+        #: Is a controller's user id one only this appservice can create (its exclusive
+        #: namespace)? A name anyone could register is never invited.
+        self.controller_ok = controller_ok or (lambda _uid: True)
         self._calls = asyncio.Semaphore(concurrency)
         self._locks: KeyedLocks[str] = KeyedLocks()
         self._creator_in_power_levels = False
@@ -172,6 +176,13 @@ class EntityRooms:
             if uid is None:
                 log.info(
                     "a controller DID has no Matrix user; not inviting it",
+                    extra={"entity": facts.did, "controller": c},
+                )
+            elif not self.controller_ok(uid):
+                log.warning(
+                    "a controller's user is outside the appservice's exclusive @did- "
+                    "namespace, so anyone could own that name; not inviting it (rewrite "
+                    "the registration: restart the platform)",
                     extra={"entity": facts.did, "controller": c},
                 )
             elif uid != self.bot_user_id and uid not in users:

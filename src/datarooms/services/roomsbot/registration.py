@@ -4,7 +4,11 @@ Written once with random tokens (mode 0600) and kept: later writes refresh the U
 server name and namespaces but keep the tokens, so a running homeserver and a
 restarted bot still agree. Namespaces, both exclusive:
 
-- users: ``@roomsbot`` and ``@roomsbot-<name>`` (the bot and users it manages);
+- users: ``@roomsbot`` and ``@roomsbot-<name>`` (the bot and users it manages), and
+  ``@did-...`` (the Matrix users of controller DIDs, by IXO's convention). Exclusive:
+  no one can register a ``@did-...`` name with a password or open registration, so the
+  entity rooms' admin invites reach only accounts made through this appservice (the
+  binding of a controller DID to its account; docs/roomsbot.md, docs/security.md);
 - aliases: ``#did-...`` (IXO's entity-room aliases) and ``#<kind>.did-...`` (the
   entity's space and its other data rooms), on this server only.
 
@@ -36,6 +40,9 @@ class Registration:
     hs_token: str
     sender_localpart: str
     server_name: str
+    #: The file reserves ``@did-...`` exclusively (older files did not): without it the
+    #: bot invites no controllers, since anyone could have registered their names.
+    controllers_exclusive: bool = True
 
     def __repr__(self) -> str:  # the tokens stay out of reprs and logs
         return f"Registration(id={self.id!r}, url={self.url!r}, user_id={self.user_id!r})"
@@ -49,6 +56,15 @@ class Registration:
         return (
             f"@{re.escape(self.sender_localpart)}(-[a-z0-9._=/+-]+)?:{re.escape(self.server_name)}$"
         )
+
+    @property
+    def controller_regex(self) -> str:
+        """Controller DIDs' users, ``@did-<method>-<id>:<server>`` (IXO's convention)."""
+        return f"@did-[a-z0-9._=/+-]+:{re.escape(self.server_name)}$"
+
+    def controller_in_namespace(self, user_id: str) -> bool:
+        """May ``user_id`` be invited as a controller: is it in the exclusive namespace?"""
+        return self.controllers_exclusive and re.match(self.controller_regex, user_id) is not None
 
     @property
     def alias_regex(self) -> str:
@@ -75,7 +91,10 @@ class Registration:
             "rate_limited": False,
             "receive_ephemeral": False,
             "namespaces": {
-                "users": [{"exclusive": True, "regex": self.user_regex}],
+                "users": [
+                    {"exclusive": True, "regex": self.user_regex},
+                    {"exclusive": True, "regex": self.controller_regex},
+                ],
                 "aliases": [{"exclusive": True, "regex": self.alias_regex}],
                 "rooms": [],
             },
@@ -95,8 +114,14 @@ def load_registration(path: Path, server_name: str | None = None) -> Registratio
         raise ConfigError(f"cannot read the appservice registration {path}: {exc}") from None
     try:
         # The users regex is "@<localpart>(-...)?:<escaped server name>$" (no ':' before).
-        regex = data["namespaces"]["users"][0]["regex"]
+        users = data["namespaces"]["users"]
+        regex = users[0]["regex"]
         server = server_name or re.sub(r"\\(.)", r"\1", regex.split(":", 1)[1].rstrip("$"))
+        controllers = f"@did-[a-z0-9._=/+-]+:{re.escape(server)}$"
+        exclusive = any(
+            isinstance(u, dict) and u.get("exclusive") is True and u.get("regex") == controllers
+            for u in users
+        )
         return Registration(
             path=path,
             id=str(data["id"]),
@@ -105,6 +130,7 @@ def load_registration(path: Path, server_name: str | None = None) -> Registratio
             hs_token=str(data["hs_token"]),
             sender_localpart=str(data["sender_localpart"]),
             server_name=server,
+            controllers_exclusive=exclusive,
         )
     except (KeyError, IndexError, TypeError, AttributeError):
         raise ConfigError(f"{path} is not a rooms bot registration (fields missing)") from None

@@ -28,6 +28,7 @@ from datarooms.services.scaffold import (
     bearer_token,
     header,
     install_error_handlers,
+    metric_method,
     route_template,
 )
 from datarooms.services.statebot import events as sev
@@ -436,7 +437,7 @@ def build_asgi(
 
     def count(scope: Scope, status: int, seconds: float) -> None:
         template = route_template(scope)
-        method = str(scope.get("method", ""))
+        method = metric_method(scope)
         metrics.requests.labels(method, template, str(status)).inc()
         metrics.latency.labels(method, template).observe(seconds)
 

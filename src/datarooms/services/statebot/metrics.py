@@ -37,7 +37,7 @@ class Metrics:
         )
         self.auth = Counter(
             "statebot_auth",
-            "OpenID token checks: cached, verified, rejected, missing",
+            "OpenID token checks: cached, verified, rejected, missing, limited",
             ["result"],
             registry=r,
         )

@@ -60,6 +60,11 @@ def room_json(r: DataRoom, rt: AgentRuntime) -> dict[str, Any]:
         out["alias"] = r.alias
     if r.did:
         out["did"] = r.did
+    # The scope goes by kind and DID from trusted senders only (runtime.facts): say so
+    # when the room's claim is someone else's, so the model does not take it as fact.
+    facts = rt.facts(r.room_id)
+    if (r.kind and r.kind != facts.kind) or (r.did and r.did != facts.did):
+        out["unverified"] = "kind and DID were set by a sender this agent does not trust"
     if r.purpose:
         out["purpose"] = r.purpose
     if details is not None:

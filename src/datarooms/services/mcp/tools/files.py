@@ -15,6 +15,7 @@ from pydantic import Field
 
 from datarooms.errors import ValidationError
 from datarooms.sdk.attachments import download_decrypted, download_decrypted_bytes
+from datarooms.sdk.files import safe_name
 from datarooms.services.mcp.tools._common import EventArg, RoomArg, ToolBase
 
 
@@ -95,7 +96,7 @@ class FileTools(ToolBase):
         if target is not None:
             if target.is_dir():
                 target = self.rt.policy.file_path(
-                    str(target / _safe_name(ref.name)), purpose="saving a file"
+                    str(target / safe_name(ref.name)), purpose="saving a file"
                 )
             if target.exists() and not overwrite:
                 raise ValidationError(f"{save_as!r} exists; pass overwrite=true to replace it")
@@ -140,10 +141,3 @@ class FileTools(ToolBase):
 
 def file_uri(room_id: str, event_id: str) -> str:
     return f"datarooms://rooms/{quote(room_id, safe='')}/files/{quote(event_id, safe='')}"
-
-
-def _safe_name(name: str) -> str:
-    base = Path(name).name
-    if base in ("", ".", ".."):
-        return "file.bin"
-    return base

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from datarooms.sdk.state import STATE_EVENT
 from datarooms.services.mcp import audit
 from datarooms.services.mcp.reading import event_json, parse_time
 from datarooms.services.mcp.tools._common import EventArg, RoomArg, TextArg, TimeArg, ToolBase
@@ -32,7 +33,20 @@ class MessageTools(ToolBase):
         page = await self._c.messages.read(
             rid, limit=limit, since_ms=since_ms, until_ms=until_ms, include_state=include_state
         )
-        return {"room_id": rid, "events": [event_json(e) for e in page.events], "more": page.more}
+        view = self._c.state.view(rid)
+        events = []
+        for e in page.events:
+            out = event_json(e)
+            if (
+                e.type == STATE_EVENT
+                and e.state_key is not None
+                and not view.can_read(self.rt.user_id, view.acl(e.state_key))
+            ):
+                # The same rule as get_state: a key's ACL guards every way of reading it.
+                out.pop("content", None)
+                out["withheld"] = f"the ACL of key {e.state_key!r} does not let this agent read it"
+            events.append(out)
+        return {"room_id": rid, "events": events, "more": page.more}
 
     async def read_thread(
         self,

@@ -63,12 +63,17 @@ class RoomTools(ToolBase):
             )
         explicit = False
         if room.startswith("#"):
-            explicit = policy.alias_allowed(room)
+            explicit = policy.any_room or room in policy.rooms
+            if not explicit and not policy.did_alias(room, self.rt.server_name):
+                raise CapabilityDenied(
+                    self.rt.name, f"room:{room}", f"{room} is not one of its rooms"
+                )
         elif room.startswith("!"):
             explicit = policy.any_room or room in policy.explicit_room_ids()
             audit.note_room(room)
-        if not explicit:
-            if not room.startswith("!") or not (policy.room_kinds or policy.dids):
+        if not explicit and room.startswith("!"):
+            # In scope only by kind or DID (checked after joining, from trusted senders).
+            if not (policy.room_kinds or policy.dids):
                 raise CapabilityDenied(
                     self.rt.name, f"room:{room}", f"{room} is not one of its rooms"
                 )
@@ -82,6 +87,7 @@ class RoomTools(ToolBase):
         audit.note_room(rid)
         if not explicit:
             # Kind and DID are only readable from inside: check now, and leave if outside.
+            # (A DID alias too: the room it names must say so, from a trusted sender.)
             facts = await self.rt.facts_after_join(rid)
             if not policy.room_allowed(facts):
                 await self._c.rooms.leave(rid)
@@ -117,6 +123,7 @@ class RoomTools(ToolBase):
         r = await self._c.rooms.create("collaboration", name=name, topic=topic, writers=writers)
         audit.note_room(r.room_id)
         await self.rt.until_encrypted(r.room_id)
+        await self.rt.facts_after_join(r.room_id)  # its kind, for the scope of later calls
         return room_json(r, self.rt)
 
     async def create_data_room(
@@ -147,6 +154,7 @@ class RoomTools(ToolBase):
         r = await self._c.rooms.create(kind, name=name, did=did, purpose=purpose, alias=alias)
         audit.note_room(r.room_id)
         await self.rt.until_encrypted(r.room_id)
+        await self.rt.facts_after_join(r.room_id)  # its kind, for the scope of later calls
         return room_json(r, self.rt)
 
     async def invite_user(

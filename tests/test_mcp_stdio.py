@@ -12,7 +12,16 @@ from mcp import Client, StdioServerParameters
 from datarooms import DataroomsClient
 from datarooms.services.mcp import add_agent
 from datarooms.testing import TestHomeserver
-from tests._mcp import agent_mxid, agent_name, agents_path, audit_lines, error, ok, platform_for
+from tests._mcp import (
+    agent_mxid,
+    agent_name,
+    agents_path,
+    audit_lines,
+    error,
+    ok,
+    platform_for,
+    trust_operators,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,6 +32,8 @@ async def test_agent_over_stdio_reads_writes_and_is_denied(  # type: ignore[no-u
     ctx = await platform_for(homeserver, tmp_path / "data")
     name = agent_name("stdio")
     add_agent(agents_path(ctx), name, access="write", room_kinds=["project"], with_token=False)
+    alice: DataroomsClient = await open_client(await homeserver.new_user("alice"))
+    trust_operators(agents_path(ctx), alice.user_id)  # her rooms' kinds count for the agent
     params = StdioServerParameters(
         command=sys.executable,
         args=[
@@ -37,7 +48,6 @@ async def test_agent_over_stdio_reads_writes_and_is_denied(  # type: ignore[no-u
     )
     async with Client(params) as mcp:
         # The server registered the agent's account and opened its device on start.
-        alice: DataroomsClient = await open_client(await homeserver.new_user("alice"))
         project = (await alice.rooms.create("project", name="plans")).room_id
         device = (await alice.rooms.create("device", name="sensor")).room_id
         for room in (project, device):

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nio import AsyncClient, AsyncClientConfig
+from nio.exceptions import LocalProtocolError
 
 from datarooms._fs import atomic_write, harden_tree, private_dir
 from datarooms._transport.http import MatrixHttp
 from datarooms.account import Credentials
 from datarooms.errors import ConfigError, HomeserverError
+from datarooms.sdk.keys.olm import DataroomsOlm
 
 
 @dataclass
@@ -33,6 +35,31 @@ class _Session:
         return f"_Session(user_id={self.user_id!r}, device_id={self.device_id!r})"
 
 
+class _NioClient(AsyncClient):  # type: ignore[misc]
+    """nio's client whose Olm machine is ours (:class:`DataroomsOlm`): nio's
+    ``load_store`` with the one class changed, on our own subclass."""
+
+    def load_store(self) -> None:
+        if self.store is not None:  # type: ignore[has-type]
+            return
+        if not self.user_id or not self.device_id:
+            raise LocalProtocolError("the user id and device id must be set to load the store")
+        if not self.config.encryption_enabled or not self.store_path:
+            return
+        store = self.config.store(
+            self.user_id,
+            self.device_id,
+            self.store_path,
+            self.config.pickle_key,
+            self.config.store_name,
+        )
+        self.store = store
+        self.olm = DataroomsOlm(self.user_id, self.device_id, store)
+        self.encrypted_rooms = store.load_encrypted_rooms()
+        if self.config.store_sync_tokens:
+            self.loaded_sync_token = store.load_sync_token()
+
+
 def nio_client(session: _Session, store: Path) -> AsyncClient:
     """matrix-nio's client on this session, with its crypto store in ``<store>/crypto``."""
     config = AsyncClientConfig(
@@ -44,7 +71,7 @@ def nio_client(session: _Session, store: Path) -> AsyncClient:
     )
     crypto_dir = store / "crypto"
     private_dir(crypto_dir)
-    nio = AsyncClient(
+    nio = _NioClient(
         session.homeserver_url,
         session.user_id,
         device_id=session.device_id,

@@ -266,6 +266,9 @@ class SyncEngine:
         ]
         resp.to_device_events = [raw[i] for i in for_nio]
         await nio.receive_response(resp)
+        # Key bundles and m.shared_history flags nio's Olm machine (ours) kept aside:
+        # persisted now, an Olm message decrypts only once.
+        self._c.keys.sharing.take_received()
         processed = dict(zip(for_nio, resp.to_device_events, strict=True))
         resp.to_device_events = [processed.get(i, e) for i, e in enumerate(raw)]
         out: list[tuple[str, ToDeviceReceived | None]] = []

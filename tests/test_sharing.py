@@ -1,0 +1,134 @@
+"""History sharing on grant (MSC4268 key bundles), between our own SDK clients.
+
+Real Synapse, no mocks: a grantee on a fresh device reads history written before
+the grant; ``joined`` visibility shares nothing; bad bundles import nothing; one
+outbound Megolm session serves many processes of one device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from datarooms import Credentials, DataroomsClient
+from datarooms.testing import TestHomeserver
+
+FULL = os.environ.get("DATAROOMS_FULL_TESTS") == "1"
+N = 1000 if FULL else 120  # > 100: more than one Megolm session
+
+
+async def _set_visibility(client: DataroomsClient, room: str, visibility: str) -> None:
+    async with client.http() as http:
+        await http.request(
+            "PUT",
+            f"/_matrix/client/v3/rooms/{room}/state/m.room.history_visibility/",
+            json={"history_visibility": visibility},
+        )
+    await client.sync_once()
+
+
+def _sessions(client: DataroomsClient, room: str) -> set[str]:
+    olm = client.nio.olm
+    assert olm is not None
+    return {s.id for s in olm.inbound_group_store if s.room_id == room}
+
+
+async def _grant_and_join(owner: DataroomsClient, grantee: DataroomsClient, room: str) -> None:
+    await owner.rooms.grant(room, grantee.user_id, "read")
+    await grantee.sync_once()
+    await grantee.rooms.join(room)
+    await grantee.fill_gaps(room)
+    await grantee.sync_once()
+
+
+async def test_grantee_reads_history_written_before_the_grant(alice_bob) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = alice_bob
+    room = (await alice.rooms.create("device", name="history")).room_id
+    for i in range(N):
+        await alice.records.put(room, f"k{i}", {"i": i})
+    await alice.messages.send(room, "a message before the grant")
+    assert len(_sessions(alice, room)) >= 2
+    await _grant_and_join(alice, bob, room)
+    got = {i for i in range(N) if bob.index.latest(room, f"k{i}") is not None}
+    assert got == set(range(N))
+    assert (await bob.records.get(room, f"k{N - 1}")).value == {"i": N - 1}
+    assert _sessions(bob, room) == _sessions(alice, room)
+    # What bob imported is shareable again by bob (a bundle re-shares it).
+    assert bob.index.shared_sessions(room) >= _sessions(alice, room)
+
+
+async def test_joined_visibility_shares_nothing(alice_bob) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = alice_bob
+    room = (await alice.rooms.create("device", name="joined only")).room_id
+    await _set_visibility(alice, room, "joined")
+    await alice.records.put(room, "secret", "before bob")
+    assert alice.index.shared_sessions(room) == set()
+    assert await alice.keys.sharing.share_history(room, bob.user_id) == 0
+    await _grant_and_join(alice, bob, room)
+    assert bob.index.latest(room, "secret") is None
+    assert _sessions(bob, room) == set()
+
+
+async def test_visibility_change_rotates_the_session(alice_bob) -> None:  # type: ignore[no-untyped-def]
+    alice, _bob = alice_bob
+    room = (await alice.rooms.create("device", name="flip")).room_id
+    await alice.records.put(room, "a", 1)
+    first = _sessions(alice, room)
+    assert alice.index.shared_sessions(room) == first
+    await _set_visibility(alice, room, "joined")
+    await alice.records.put(room, "b", 2)
+    second = _sessions(alice, room) - first
+    assert len(second) == 1
+    assert not (second & alice.index.shared_sessions(room))
+    bundle = alice.keys.sharing.build_bundle(room)
+    assert [k["session_id"] for k in bundle["room_keys"]] == sorted(first)
+    assert [w["session_id"] for w in bundle["withheld"]] == sorted(second)
+    assert bundle["withheld"][0]["code"] == "m.history_not_shared"
+
+
+async def test_one_session_across_processes(homeserver: TestHomeserver, tmp_path: Path) -> None:
+    user = await homeserver.new_user("putter")
+    creds = Credentials(homeserver.base_url, user.user_id, user.access_token)
+    store = tmp_path / "store"
+    async with await DataroomsClient.open(creds, store) as c:
+        room = (await c.rooms.create("device", name="cli")).room_id
+    for i in range(5):  # five processes of one device, one after the other
+        async with await DataroomsClient.open(creds, store) as c:
+            await c.records.put(room, f"k{i}", i)
+    async with await DataroomsClient.open(creds, store) as c:
+        assert len(_sessions(c, room)) == 1
+        for i in range(5):
+            assert (await c.records.get(room, f"k{i}")).value == i
+
+
+async def test_bundles_that_must_be_rejected(alice_bob, homeserver, open_client) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = alice_bob
+    mallory = await open_client(await homeserver.new_user("mallory"))
+    room = (await alice.rooms.create("device", name="target")).room_id
+    await alice.records.put(room, "k", "v")
+    other = (await mallory.rooms.create("device", name="mallory's")).room_id
+    await mallory.records.put(other, "x", "y")
+    # Mallory (not the inviter) sends bob a bundle for alice's room: kept, never used.
+    await mallory.rooms.grant(other, bob.user_id, "read")  # a real bundle for her room
+    await bob.sync_once()
+    sent = bob.index.bundle(other, mallory.user_id)
+    assert sent is not None
+    forged = json.loads(sent)
+    forged["content"]["room_id"] = room
+    bob.index.put_bundle(room, mallory.user_id, json.dumps(forged), 0)
+    # Alice invites; her own bundle is tampered with on the way (hash mismatch).
+    await alice.rooms.grant(room, bob.user_id, "read")
+    await bob.sync_once()
+    real = json.loads(bob.index.bundle(room, alice.user_id) or "{}")
+    real["content"]["file"]["hashes"]["sha256"] = "A" * 43
+    bob.index.put_bundle(room, alice.user_id, json.dumps(real), 0)
+    await bob.rooms.join(room)
+    await bob.fill_gaps(room)
+    assert bob.index.latest(room, "k") is None
+    assert _sessions(bob, room) == set()
+    assert bob.index.bundle(room, alice.user_id) is None  # one shot, as the peers
+    # A bundle whose keys are for another room imports nothing of them.
+    await bob.rooms.join(other)
+    assert _sessions(bob, room) == set()
+    assert _sessions(bob, other) == _sessions(mallory, other)

@@ -310,7 +310,9 @@ class HistorySharing:
             store.add(s)
         c.index.mark_shared([(room_id, s.sender_key, s.id) for s in to_save], inviter)
         log.info(
-            "imported a room key bundle",
+            "imported a room key bundle (%d keys, %d withheld)",
+            len(to_save),
+            len(data["withheld"]),
             extra={"room": room_id, "sender": inviter, "keys": len(to_save)},
         )
         if c.keys.backup_enabled and to_save:

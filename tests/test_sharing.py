@@ -132,3 +132,40 @@ async def test_bundles_that_must_be_rejected(alice_bob, homeserver, open_client)
     await bob.rooms.join(other)
     assert _sessions(bob, room) == set()
     assert _sessions(bob, other) == _sessions(mallory, other)
+
+
+async def test_cli_puts_share_one_session_and_room_grant_shares_history(  # type: ignore[no-untyped-def]
+    homeserver: TestHomeserver, open_client, tmp_path: Path
+) -> None:
+    from tests._cli import clean_env, cli
+
+    owner = await homeserver.new_user("cli-owner")
+    bob = await open_client(await homeserver.new_user("cli-reader"))
+    env = clean_env(
+        DATAROOMS_HOMESERVER_MODE="external",
+        DATAROOMS_HOMESERVER_URL=homeserver.base_url,
+        DATAROOMS_ACCOUNT_USER_ID=owner.user_id,
+        DATAROOMS_ACCOUNT_ACCESS_TOKEN=owner.access_token,
+    )
+    data_dir = tmp_path / "cli"
+
+    def run(*args: str) -> str:
+        res = cli(*args, data_dir=data_dir, env=env)
+        assert res.returncode == 0, f"{args}: {res.stderr}"
+        return res.stdout
+
+    room = run("room", "create", "device", "--name", "cli history").split()[0]
+    for i in range(5):  # five processes
+        run("put", room, f"k{i}", str(i))
+    run("room", "grant", room, bob.user_id, "read")  # after the writes: history is shared
+    await bob.sync_once()
+    await bob.rooms.join(room)
+    await bob.fill_gaps(room)
+    for i in range(5):
+        assert (await bob.records.get(room, f"k{i}")).value == i
+    async with bob.http() as http:
+        page = await http.request(
+            "GET", f"/_matrix/client/v3/rooms/{room}/messages", params={"dir": "b", "limit": "50"}
+        )
+    sessions = {e["content"]["session_id"] for e in page["chunk"] if e["type"] == "m.room.encrypted"}
+    assert len(sessions) == 1

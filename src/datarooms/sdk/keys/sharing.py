@@ -63,6 +63,7 @@ class HistorySharing:
     def __init__(self, client: DataroomsClient) -> None:
         self._c = client
         self._tasks: set[asyncio.Task[int]] = set()
+        self._resumed = False
 
     @property
     def _olm(self) -> DataroomsOlm:
@@ -200,6 +201,12 @@ class HistorySharing:
         if not isinstance(olm, DataroomsOlm):
             return
         index = self._c.index
+        if not self._resumed:
+            # A join whose import did not finish (the process ended): resume it.
+            self._resumed = True
+            for room_id, (inviter, _) in index.pending_joins().items():
+                if index.bundle(room_id, inviter) is not None:
+                    self._spawn(room_id)
         if olm.received_shared:
             rows, olm.received_shared = olm.received_shared, []
             index.mark_shared(rows)
@@ -211,9 +218,12 @@ class HistorySharing:
             log.info("received a room key bundle", extra={"room": room_id, "sender": sender})
             pending = index.pending_joins().get(room_id)
             if pending is not None and pending[0] == sender:
-                task = asyncio.get_running_loop().create_task(self.accept(room_id))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(room_id)
+
+    def _spawn(self, room_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.accept(room_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def joined(self, room_id: str, inviter: str | None) -> None:
         if inviter:

@@ -167,5 +167,6 @@ async def test_cli_puts_share_one_session_and_room_grant_shares_history(  # type
         page = await http.request(
             "GET", f"/_matrix/client/v3/rooms/{room}/messages", params={"dir": "b", "limit": "50"}
         )
-    sessions = {e["content"]["session_id"] for e in page["chunk"] if e["type"] == "m.room.encrypted"}
+    chunk = page["chunk"]
+    sessions = {e["content"]["session_id"] for e in chunk if e["type"] == "m.room.encrypted"}
     assert len(sessions) == 1

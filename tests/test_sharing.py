@@ -170,3 +170,27 @@ async def test_cli_puts_share_one_session_and_room_grant_shares_history(  # type
     chunk = page["chunk"]
     sessions = {e["content"]["session_id"] for e in chunk if e["type"] == "m.room.encrypted"}
     assert len(sessions) == 1
+
+
+async def test_bundle_from_a_device_its_owner_did_not_cross_sign_is_rejected(  # type: ignore[no-untyped-def]
+    homeserver: TestHomeserver, open_client, tmp_path: Path
+) -> None:
+    bob = await open_client(await homeserver.new_user("bob"))
+    user = await homeserver.new_user("unsigned")
+    solo = await DataroomsClient.open(
+        Credentials(homeserver.base_url, user.user_id, user.access_token),
+        tmp_path / "solo",
+        cross_sign=False,
+    )
+    try:
+        room = (await solo.rooms.create("device", name="unsigned sender")).room_id
+        await solo.records.put(room, "k", "v")
+        await solo.rooms.grant(room, bob.user_id, "read")
+        await bob.sync_once()
+        assert bob.index.bundle(room, solo.user_id) is not None  # it came
+        await bob.rooms.join(room)
+        await bob.fill_gaps(room)
+        assert _sessions(bob, room) == set()  # and was refused
+        assert bob.index.latest(room, "k") is None
+    finally:
+        await solo.close()

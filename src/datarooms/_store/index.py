@@ -364,6 +364,14 @@ class LocalIndex:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def pending_in_room(self, room_id: str) -> int:
+        """How many events of ``room_id`` still wait for their key."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM pending WHERE room_id = ?", (room_id,)
+            ).fetchone()
+        return int(row[0])
+
     def put_bundle(self, room_id: str, sender: str, payload: str, received_ms: int) -> None:
         """A received key bundle; a newer one from the same user replaces the older."""
         with self._tx() as db:

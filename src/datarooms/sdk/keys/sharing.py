@@ -150,8 +150,9 @@ class HistorySharing:
         if not history_shareable(c.index, room_id):
             log.info("history visibility does not share history: no key bundle", extra={})
             return 0
-        if c.keys.backup_enabled:
-            await c.keys.restore_room(room_id)  # sessions this device lacks
+        if c.keys.backup_enabled and c.index.pending_in_room(room_id):
+            # History this device cannot decrypt: its sessions may be in the backup.
+            await c.keys.restore_room(room_id)
         bundle = self.build_bundle(room_id)
         res = await c.keys.query_keys([user_id])
         signed = c.keys.cross_signed_devices(user_id, res)

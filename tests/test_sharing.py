@@ -194,3 +194,19 @@ async def test_bundle_from_a_device_its_owner_did_not_cross_sign_is_rejected(  #
         assert bob.index.latest(room, "k") is None
     finally:
         await solo.close()
+
+
+async def test_a_bundle_more_than_24_hours_after_the_join_is_not_used(alice_bob) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    alice, bob = alice_bob
+    room = (await alice.rooms.create("device", name="stale")).room_id
+    await alice.records.put(room, "k", "v")
+    await alice.rooms.grant(room, bob.user_id, "read")
+    await bob.sync_once()
+    assert bob.index.bundle(room, alice.user_id) is not None
+    day_ago = int(time.time() * 1000) - 25 * 3600 * 1000
+    bob.index.set_join(room, alice.user_id, day_ago)
+    assert await bob.keys.sharing.accept(room) == 0
+    assert _sessions(bob, room) == set()
+    assert bob.index.pending_joins() == {}

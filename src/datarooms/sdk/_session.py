@@ -20,7 +20,7 @@ from datarooms._fs import atomic_write, harden_tree, private_dir
 from datarooms._transport.http import MatrixHttp
 from datarooms.account import Credentials
 from datarooms.errors import ConfigError, HomeserverError
-from datarooms.sdk.keys.olm import DataroomsOlm
+from datarooms.sdk.keys.olm import DataroomsOlm, KeyedStore
 
 
 @dataclass
@@ -66,6 +66,7 @@ def nio_client(session: _Session, store: Path) -> AsyncClient:
         encryption_enabled=True,
         store_sync_tokens=False,  # the index stores the position, after processing
         pickle_key=session.pickle_key,
+        store=KeyedStore,
         request_timeout=60,
         max_timeouts=5,
     )

@@ -25,7 +25,7 @@ from nio.crypto import Olm
 from nio.crypto.memorystores import GroupSessionStore
 from nio.crypto.olm_machine import encode_base64
 from nio.crypto.sessions import InboundGroupSession
-from nio.store import MatrixStore
+from nio.store import DefaultStore, MatrixStore, use_database
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,32 @@ class KeyedGroupSessionStore(GroupSessionStore):  # type: ignore[misc]
         return [s for by_id in self._entries.get(room_id, {}).values() for s in by_id.values()]
 
 
+class KeyedStore(DefaultStore):  # type: ignore[misc]
+    """nio's default crypto store, loading inbound sessions into a keyed store:
+    nio's own load adds each session with an O(n) scan (1.5 s at 10k sessions)."""
+
+    @use_database  # type: ignore[untyped-decorator]
+    def load_inbound_group_sessions(self) -> KeyedGroupSessionStore:
+        store = KeyedGroupSessionStore()
+        account = self._get_account()
+        if not account:
+            return store
+        for s in account.inbound_group_sessions:
+            session = InboundGroupSession.from_pickle(
+                s.session,
+                s.fp_key,
+                s.sender_key,
+                s.room_id,
+                self.pickle_key,
+                [chain.sender_key for chain in s.forwarded_chains],
+            )
+            store.add(session)
+            if session.upgrade_pickle:
+                session.upgrade_pickle = False
+                self.save_inbound_group_session(session)
+        return store
+
+
 class DataroomsOlm(Olm):  # type: ignore[misc]
     """nio's Olm machine plus MSC4147 / MSC3061 / MSC4268 (see the module doc)."""
 
@@ -68,6 +94,8 @@ class DataroomsOlm(Olm):  # type: ignore[misc]
 
     def load(self) -> None:
         super().load()
+        if isinstance(self.inbound_group_store, KeyedGroupSessionStore):  # type: ignore[has-type]
+            return
         keyed = KeyedGroupSessionStore()
         loaded: GroupSessionStore = self.inbound_group_store  # type: ignore[has-type]
         for session in loaded:

@@ -412,9 +412,12 @@ class SyncEngine:
             ):
                 olm.inbound_group_store.add(session)
 
-    def retry_decryption(self, room_id: str | None = None) -> int:
-        self._store_stamp = None  # keys may have come by another way (a backup restore)
-        self.merge_sessions_from_store(self._c.index.pending())
+    def retry_decryption(self, room_id: str | None = None, *, reload: bool = True) -> int:
+        """``reload=False``: the new keys are in memory already (an import by this
+        process), so the crypto store is not read again."""
+        if reload:
+            self._store_stamp = None  # keys may have come by another way (another process)
+            self.merge_sessions_from_store(self._c.index.pending())
         late = self._decrypt_pending(room_id)
         if late:
             hooks = self._c.hooks

@@ -627,7 +627,7 @@ class KeyManager:
         self._c.index.mark_backed_up(version, imported)
         self._c.index.mark_shared(shared)
         self._backed = None
-        self._c.retry_decryption()
+        self._c._sync.retry_decryption(reload=False)  # the sessions are in memory
         return len(imported)
 
     # -- status ----------------------------------------------------------------

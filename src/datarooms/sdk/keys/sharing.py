@@ -328,5 +328,5 @@ class HistorySharing:
         )
         if c.keys.backup_enabled and to_save:
             await c.keys.backup_sessions(to_save)
-        c.retry_decryption(room_id)
+        c._sync.retry_decryption(room_id, reload=False)  # the sessions are in memory
         return len(to_save)

@@ -37,7 +37,7 @@ from datarooms.errors import DataroomsError, HomeserverError, NotFoundError, Val
 from datarooms.sdk.keys import ssss
 from datarooms.sdk.keys.backup import ALGORITHM as BACKUP_ALGORITHM
 from datarooms.sdk.keys.backup import MEGOLM, BackupKey, encrypt_session, session_payload
-from datarooms.sdk.keys.olm import SHARED_HISTORY
+from datarooms.sdk.keys.olm import SHARED_HISTORY, save_sessions
 from datarooms.sdk.keys.recovery import decode_recovery_key, encode_recovery_key, new_key
 from datarooms.sdk.keys.sharing import HistorySharing
 from datarooms.sdk.keys.signing import SigningKey, canonical_json, decode_b64, verify_json
@@ -618,10 +618,8 @@ class KeyManager:
                 to_save.append(session)
             if progress and (i % 100 == 0 or i == len(entries)):
                 progress(i, len(entries))
-        # One transaction for the whole import (a commit per session is ~5x slower).
-        with store.database.bind_ctx(store.models), store.database.atomic():
-            for session in to_save:
-                store.save_inbound_group_session(session)
+        # One transaction, a few statements, for the whole import.
+        save_sessions(store, to_save)
         for session in to_save:
             olm.inbound_group_store.add(session)
         self._c.index.mark_backed_up(version, imported)

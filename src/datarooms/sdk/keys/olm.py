@@ -26,6 +26,8 @@ from nio.crypto.memorystores import GroupSessionStore
 from nio.crypto.olm_machine import encode_base64
 from nio.crypto.sessions import InboundGroupSession
 from nio.store import DefaultStore, MatrixStore, use_database
+from nio.store.models import ForwardedChains, MegolmInboundSessions
+from peewee import EXCLUDED  # type: ignore[import-untyped]  # nio's ORM
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,48 @@ class KeyedStore(DefaultStore):  # type: ignore[misc]
                 session.upgrade_pickle = False
                 self.save_inbound_group_session(session)
         return store
+
+    @use_database  # type: ignore[untyped-decorator]
+    def save_inbound_group_sessions(self, sessions: list[InboundGroupSession]) -> None:
+        """nio's ``save_inbound_group_session`` for many sessions, in one transaction
+        and a few statements (an import of 10k sessions: 4 queries each otherwise)."""
+        account = self._get_account()
+        assert account
+        rows = [
+            {
+                "sender_key": s.sender_key,
+                "account": account,
+                "fp_key": s.ed25519,
+                "room_id": s.room_id,
+                "session": s.pickle(self.pickle_key),
+                "session_id": s.id,
+            }
+            for s in sessions
+        ]
+        chains = [
+            {"sender_key": key, "session": s.id} for s in sessions for key in s.forwarding_chain
+        ]
+        with self.database.atomic():
+            for i in range(0, len(rows), _ROWS):
+                MegolmInboundSessions.insert_many(rows[i : i + _ROWS]).on_conflict(
+                    conflict_target=[MegolmInboundSessions.session_id],
+                    update={MegolmInboundSessions.session: EXCLUDED.session},
+                ).execute()
+            for i in range(0, len(chains), _ROWS):
+                ForwardedChains.insert_many(chains[i : i + _ROWS]).on_conflict_replace().execute()
+
+
+_ROWS = 150  # rows per INSERT: 6 variables each, under SQLite's oldest 999 limit
+
+
+def save_sessions(store: MatrixStore, sessions: list[InboundGroupSession]) -> None:
+    """Save imported sessions to the crypto store in one transaction."""
+    if isinstance(store, KeyedStore):
+        store.save_inbound_group_sessions(sessions)
+        return
+    with store.database.bind_ctx(store.models), store.database.atomic():
+        for session in sessions:
+            store.save_inbound_group_session(session)
 
 
 class DataroomsOlm(Olm):  # type: ignore[misc]

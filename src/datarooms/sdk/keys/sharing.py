@@ -34,7 +34,12 @@ from datarooms.sdk.attachments import (
     download_decrypted_bytes,
     upload_encrypted,
 )
-from datarooms.sdk.keys.olm import BUNDLE_TYPES, DataroomsOlm, KeyedGroupSessionStore
+from datarooms.sdk.keys.olm import (
+    BUNDLE_TYPES,
+    DataroomsOlm,
+    KeyedGroupSessionStore,
+    save_sessions,
+)
 from datarooms.sdk.keys.outbound import history_shareable
 
 if TYPE_CHECKING:
@@ -314,9 +319,7 @@ class HistorySharing:
                 "dropped keys of other rooms from a bundle",
                 extra={"room": room_id, "dropped": dropped},
             )
-        with nio_store.database.bind_ctx(nio_store.models), nio_store.database.atomic():
-            for s in to_save:
-                nio_store.save_inbound_group_session(s)
+        save_sessions(nio_store, to_save)
         for s in to_save:
             store.add(s)
         c.index.mark_shared([(room_id, s.sender_key, s.id) for s in to_save], inviter)

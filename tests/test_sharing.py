@@ -210,3 +210,22 @@ async def test_a_bundle_more_than_24_hours_after_the_join_is_not_used(alice_bob)
     assert await bob.keys.sharing.accept(room) == 0
     assert _sessions(bob, room) == set()
     assert bob.index.pending_joins() == {}
+
+
+def test_keyed_store_keeps_the_copy_that_decrypts_from_earlier() -> None:
+    import vodozemac
+    from nio.crypto.sessions import InboundGroupSession
+
+    from datarooms.sdk.keys.olm import KeyedGroupSessionStore
+
+    outbound = vodozemac.GroupSession()
+    full = InboundGroupSession(outbound.session_key.to_base64(), "ed", "curve", "!r:x")
+    for _ in range(3):
+        outbound.encrypt(b"x")
+    later = InboundGroupSession.import_session(full.export_session(3), "ed", "curve", "!r:x")
+    store = KeyedGroupSessionStore()
+    assert store.add(later) is True
+    assert store.add(full) is True  # better: replaces
+    assert store.add(later) is False  # worse: ignored
+    assert store.get("!r:x", "curve", full.id) is full
+    assert store.room_sessions("!r:x") == [full] and store.count() == 1

@@ -229,3 +229,32 @@ def test_keyed_store_keeps_the_copy_that_decrypts_from_earlier() -> None:
     assert store.add(later) is False  # worse: ignored
     assert store.get("!r:x", "curve", full.id) is full
     assert store.room_sessions("!r:x") == [full] and store.count() == 1
+
+
+async def test_a_device_without_the_keys_shares_them_from_the_backup(  # type: ignore[no-untyped-def]
+    homeserver: TestHomeserver, open_client, tmp_path: Path
+) -> None:
+    owner = await homeserver.new_user("owner")
+    laptop = await open_client(owner, "laptop")
+    bob = await open_client(await homeserver.new_user("bob"))
+    recovery_key = await laptop.keys.setup_recovery()
+    room = (await laptop.rooms.create("device", name="backed up")).room_id
+    for i in range(3):
+        await laptop.records.put(room, f"k{i}", i)
+    # A second device of the owner, with the backup unlocked but nothing restored.
+    phone = await DataroomsClient.open(
+        Credentials(homeserver.base_url, owner.user_id, password=owner.password),
+        tmp_path / "phone",
+    )
+    try:
+        await phone.keys.unlock(recovery_key)
+        await phone.fill_gaps(room)
+        assert phone.index.pending_in_room(room) > 0
+        await phone.rooms.grant(room, bob.user_id, "read")
+        await bob.sync_once()
+        await bob.rooms.join(room)
+        await bob.fill_gaps(room)
+        for i in range(3):
+            assert (await bob.records.get(room, f"k{i}")).value == i
+    finally:
+        await phone.close()

@@ -153,11 +153,20 @@ class HistorySharing:
         to. Nothing when the current visibility is not shared/world_readable."""
         c = self._c
         if not history_shareable(c.index, room_id):
-            log.info("history visibility does not share history: no key bundle", extra={})
+            log.info(
+                "the room's history visibility shares no history: no key bundle",
+                extra={"room": room_id},
+            )
             return 0
         if c.keys.backup_enabled and c.index.pending_in_room(room_id):
             # History this device cannot decrypt: its sessions may be in the backup.
-            await c.keys.restore_room(room_id)
+            try:
+                await c.keys.restore_room(room_id)
+            except DataroomsError as exc:  # share what this device has
+                log.warning(
+                    "could not read the key backup before sharing history",
+                    extra={"room": room_id, "error": str(exc)},
+                )
         bundle = self.build_bundle(room_id)
         res = await c.keys.query_keys([user_id])
         signed = c.keys.cross_signed_devices(user_id, res)

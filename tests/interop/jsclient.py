@@ -389,6 +389,34 @@ class JsClient:
             "join", room_id=room_id, timeout_ms=int(timeout * 1000), timeout=timeout + 10
         )
 
+    async def create_room(self, name: str = "js room", history_visibility: str = "shared") -> str:
+        res = await self.request(
+            "create_room", name=name, history_visibility=history_visibility, timeout=60
+        )
+        return str(res["room_id"])
+
+    async def invite(self, room_id: str, user_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        return await self.request("invite", room_id=room_id, user_id=user_id, timeout=timeout)
+
+    async def accept_invite(self, room_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        return await self.request(
+            "accept_invite", room_id=room_id, timeout_ms=int(timeout * 1000), timeout=timeout + 10
+        )
+
+    async def history(
+        self, room_id: str, event_type: str, want: int, *, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Page back to the room's creation; the decrypted events of ``event_type`` and the
+        decryption failures (with matrix-js-sdk's ``decryptionFailureReason``)."""
+        return await self.request(
+            "history",
+            room_id=room_id,
+            type=event_type,
+            want=want,
+            timeout_ms=int(timeout * 1000),
+            timeout=timeout + 30,
+        )
+
     async def wait_event(
         self,
         room_id: str,

@@ -92,6 +92,38 @@ _MIGRATIONS: list[str] = [
         changed_to TEXT
     );
     """,
+    # v3: history sharing (MSC4268) and the persisted outbound Megolm session
+    """
+    CREATE TABLE shared_sessions (
+        session_id TEXT PRIMARY KEY,
+        room_id    TEXT NOT NULL,
+        sender_key TEXT NOT NULL,
+        shared_by  TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX shared_sessions_room ON shared_sessions (room_id);
+    CREATE TABLE key_bundles (
+        room_id     TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        payload     TEXT NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (room_id, sender)
+    );
+    CREATE TABLE joins (
+        room_id   TEXT PRIMARY KEY,
+        inviter   TEXT NOT NULL,
+        joined_ms INTEGER NOT NULL
+    );
+    CREATE TABLE outbound_sessions (
+        room_id        TEXT PRIMARY KEY,
+        session_id     TEXT NOT NULL,
+        pickle         TEXT NOT NULL,
+        created_ms     INTEGER NOT NULL,
+        message_count  INTEGER NOT NULL,
+        shared_history INTEGER NOT NULL,
+        shared_with    TEXT NOT NULL,
+        members        TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -314,6 +346,117 @@ class LocalIndex:
                 "WHERE changed_to IS NOT NULL"
             ).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
+
+    # -- history sharing ------------------------------------------------------
+
+    def mark_shared(self, rows: Iterable[tuple[str, str, str]], shared_by: str = "") -> None:
+        """(room_id, sender_key, session_id) of sessions that may be shared on a grant."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO shared_sessions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(sid, room, key, shared_by) for room, key, sid in rows],
+            )
+
+    def shared_sessions(self, room_id: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT session_id FROM shared_sessions WHERE room_id = ?", (room_id,)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def pending_in_room(self, room_id: str) -> int:
+        """How many events of ``room_id`` still wait for their key."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM pending WHERE room_id = ?", (room_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def put_bundle(self, room_id: str, sender: str, payload: str, received_ms: int) -> None:
+        """A received key bundle; a newer one from the same user replaces the older."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO key_bundles VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE "
+                "SET payload = excluded.payload, received_ms = excluded.received_ms",
+                (room_id, sender, payload, received_ms),
+            )
+
+    def bundle(self, room_id: str, sender: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT payload FROM key_bundles WHERE room_id = ? AND sender = ?",
+                (room_id, sender),
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def drop_bundle(self, room_id: str, sender: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM key_bundles WHERE room_id = ? AND sender = ?", (room_id, sender)
+            )
+
+    def set_join(self, room_id: str, inviter: str, joined_ms: int) -> None:
+        """A join awaiting the inviter's key bundle."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO joins VALUES (?, ?, ?) ON CONFLICT DO UPDATE "
+                "SET inviter = excluded.inviter, joined_ms = excluded.joined_ms",
+                (room_id, inviter, joined_ms),
+            )
+
+    def pending_joins(self) -> dict[str, tuple[str, int]]:
+        with self._lock:
+            rows = self._db.execute("SELECT room_id, inviter, joined_ms FROM joins").fetchall()
+        return {r[0]: (r[1], int(r[2])) for r in rows}
+
+    def drop_join(self, room_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM joins WHERE room_id = ?", (room_id,))
+
+    def outbound(self, room_id: str) -> dict[str, Any] | None:
+        """The persisted outbound Megolm session of this device in ``room_id``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT session_id, pickle, created_ms, message_count, shared_history, "
+                "shared_with, members FROM outbound_sessions WHERE room_id = ?",
+                (room_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return {
+            "session_id": row[0],
+            "pickle": row[1],
+            "created_ms": int(row[2]),
+            "message_count": int(row[3]),
+            "shared_history": bool(row[4]),
+            "shared_with": json.loads(row[5]),
+            "members": json.loads(row[6]),
+        }
+
+    def put_outbound(self, room_id: str, data: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO outbound_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET session_id = excluded.session_id, "
+                "pickle = excluded.pickle, created_ms = excluded.created_ms, "
+                "message_count = excluded.message_count, "
+                "shared_history = excluded.shared_history, "
+                "shared_with = excluded.shared_with, members = excluded.members",
+                (
+                    room_id,
+                    data["session_id"],
+                    data["pickle"],
+                    data["created_ms"],
+                    data["message_count"],
+                    int(data["shared_history"]),
+                    json.dumps(data["shared_with"]),
+                    json.dumps(data["members"]),
+                ),
+            )
+
+    def drop_outbound(self, room_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM outbound_sessions WHERE room_id = ?", (room_id,))
 
     # -- reads ----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from datarooms.errors import AccessDeniedError, HomeserverError, NotFoundError
+from datarooms.sdk.keys import outbound
 
 if TYPE_CHECKING:
     from datarooms.sdk.client import DataroomsClient
@@ -23,6 +24,10 @@ class Sender:
     def __init__(self, client: DataroomsClient) -> None:
         self._c = client
         self._share_locks: dict[str, asyncio.Lock] = {}
+        #: The outbound session id this process last held per room: nio's
+        #: ``invalidate_outbound_session`` (a revoke, a trust change) drops it from
+        #: memory, and then the persisted copy must not come back.
+        self._held: dict[str, str] = {}
 
     async def ensure_room(self, room_id: str) -> None:
         c = self._c
@@ -40,13 +45,14 @@ class Sender:
         await self.ensure_room(room_id)
         await self._c.rooms.require_encrypted(room_id)  # the SDK's one guard
         lock = self._share_locks.setdefault(room_id, asyncio.Lock())
-        async with lock:
+        async with lock, outbound.room_file_lock(self._c.store_dir, room_id):
             await self._prepare_session(room_id)
             try:
                 enc_type, enc_content = nio.encrypt(room_id, event_type, content)
             except Exception:  # the session was invalidated meanwhile: prepare a new one
                 await self._prepare_session(room_id)
                 enc_type, enc_content = nio.encrypt(room_id, event_type, content)
+            self._persist_session(room_id)  # before the lock goes: the index moved on
         if event_type == "m.reaction":
             # The spec copies m.relates_to outside the ciphertext so servers can
             # aggregate; for an annotation that shows the server what was written
@@ -89,10 +95,54 @@ class Sender:
             await c._check(await nio.joined_members(room_id), "list room members")
         if nio.should_query_keys:
             await c._check(await nio.keys_query(), "query device keys")
+        shareable = outbound.history_shareable(c.index, room_id)
+        members = set(room.users)
+        held = self._held.get(room_id)
+        row = c.index.outbound(room_id)
+        if (
+            held is not None
+            and room_id not in olm.outbound_group_sessions
+            and row is not None
+            and row["session_id"] == held
+        ):
+            c.index.drop_outbound(room_id)  # invalidated in this process: rotate
+        # The index holds the newest state of this device's session (another process
+        # of this device may have used or rotated it): it replaces ours in memory.
+        persisted = outbound.load(c.index, room_id, self._pickle_key, members, shareable)
+        if persisted is not None:
+            olm.outbound_group_sessions[room_id] = persisted
+        else:
+            olm.outbound_group_sessions.pop(room_id, None)
+        if shareable:
+            olm.shared_history_rooms.add(room_id)
+        else:
+            olm.shared_history_rooms.discard(room_id)
         if olm.should_share_group_session(room_id):
             await c.keys.apply_trust(room_id)
             missing = nio.get_missing_sessions(room_id)
             if missing:
                 await c._check(await nio.keys_claim(missing), "claim one-time keys")
             await nio.share_group_session(room_id, ignore_unverified_devices=True)
+            session = olm.outbound_group_sessions[room_id]
+            session.max_age, session.max_messages = outbound.rotation_rules(c.index, room_id)
+            if shareable:  # our own inbound copy carries the flag too
+                own_key = olm.account.identity_keys["curve25519"]
+                c.index.mark_shared([(room_id, own_key, session.id)], c.user_id)
+            await c.keys.sharing.send_withheld(room_id, session.id)
+            self._persist_session(room_id)
         await c.keys.backup_outbound(room_id)
+
+    @property
+    def _pickle_key(self) -> str:
+        return str(self._c.nio.config.pickle_key)
+
+    def _persist_session(self, room_id: str) -> None:
+        nio = self._c.nio
+        olm = nio.olm
+        session = olm.outbound_group_sessions.get(room_id) if olm is not None else None
+        if session is None or not session.shared:
+            return
+        self._held[room_id] = session.id
+        members = set(nio.rooms[room_id].users)
+        shareable = room_id in olm.shared_history_rooms
+        outbound.save(self._c.index, room_id, session, self._pickle_key, members, shareable)

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nio import AsyncClient, AsyncClientConfig
-from nio.store import DefaultStore
-from peewee import SqliteDatabase
+from nio.exceptions import LocalProtocolError
 
 from datarooms._fs import atomic_write, harden_tree, private_dir
 from datarooms._transport.http import MatrixHttp
 from datarooms.account import Credentials
 from datarooms.errors import ConfigError, HomeserverError
+from datarooms.sdk.keys.olm import DataroomsOlm, KeyedStore
 
 
 @dataclass
@@ -35,22 +35,29 @@ class _Session:
         return f"_Session(user_id={self.user_id!r}, device_id={self.device_id!r})"
 
 
-class _SharedCryptoStore(DefaultStore):  # type: ignore[misc]
-    """nio's default crypto store, opened so that several processes of one device can use
-    it at once (``datarooms tail`` beside ``datarooms send``): write-ahead logging, so
-    readers never block the writer, and a busy timeout instead of "database is locked"."""
+class _NioClient(AsyncClient):  # type: ignore[misc]
+    """nio's client whose Olm machine is ours (:class:`DataroomsOlm`): nio's
+    ``load_store`` with the one class changed, on our own subclass."""
 
-    def _create_database(self) -> SqliteDatabase:
-        return SqliteDatabase(
-            self.database_path,
-            timeout=30,
-            pragmas={
-                "foreign_keys": 1,
-                "secure_delete": 1,
-                "journal_mode": "wal",
-                "busy_timeout": 30_000,
-            },
+    def load_store(self) -> None:
+        if self.store is not None:  # type: ignore[has-type]
+            return
+        if not self.user_id or not self.device_id:
+            raise LocalProtocolError("the user id and device id must be set to load the store")
+        if not self.config.encryption_enabled or not self.store_path:
+            return
+        store = self.config.store(
+            self.user_id,
+            self.device_id,
+            self.store_path,
+            self.config.pickle_key,
+            self.config.store_name,
         )
+        self.store = store
+        self.olm = DataroomsOlm(self.user_id, self.device_id, store)
+        self.encrypted_rooms = store.load_encrypted_rooms()
+        if self.config.store_sync_tokens:
+            self.loaded_sync_token = store.load_sync_token()
 
 
 def nio_client(session: _Session, store: Path) -> AsyncClient:
@@ -59,13 +66,13 @@ def nio_client(session: _Session, store: Path) -> AsyncClient:
         encryption_enabled=True,
         store_sync_tokens=False,  # the index stores the position, after processing
         pickle_key=session.pickle_key,
-        store=_SharedCryptoStore,
+        store=KeyedStore,
         request_timeout=60,
         max_timeouts=5,
     )
     crypto_dir = store / "crypto"
     private_dir(crypto_dir)
-    nio = AsyncClient(
+    nio = _NioClient(
         session.homeserver_url,
         session.user_id,
         device_id=session.device_id,

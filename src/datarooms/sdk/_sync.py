@@ -266,6 +266,9 @@ class SyncEngine:
         ]
         resp.to_device_events = [raw[i] for i in for_nio]
         await nio.receive_response(resp)
+        # Key bundles and m.shared_history flags nio's Olm machine (ours) kept aside:
+        # persisted now, an Olm message decrypts only once.
+        self._c.keys.sharing.take_received()
         processed = dict(zip(for_nio, resp.to_device_events, strict=True))
         resp.to_device_events = [processed.get(i, e) for i, e in enumerate(raw)]
         out: list[tuple[str, ToDeviceReceived | None]] = []
@@ -409,9 +412,12 @@ class SyncEngine:
             ):
                 olm.inbound_group_store.add(session)
 
-    def retry_decryption(self, room_id: str | None = None) -> int:
-        self._store_stamp = None  # keys may have come by another way (a backup restore)
-        self.merge_sessions_from_store(self._c.index.pending())
+    def retry_decryption(self, room_id: str | None = None, *, reload: bool = True) -> int:
+        """``reload=False``: the new keys are in memory already (an import by this
+        process), so the crypto store is not read again."""
+        if reload:
+            self._store_stamp = None  # keys may have come by another way (another process)
+            self.merge_sessions_from_store(self._c.index.pending())
         late = self._decrypt_pending(room_id)
         if late:
             hooks = self._c.hooks

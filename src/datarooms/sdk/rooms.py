@@ -391,11 +391,15 @@ class Rooms:
         The one "join, then wait until this device's sync knows the room" in the SDK:
         after it returns, the room's state is in the local index.
         """
+        inviters = self._c.invites()
         resp = await self._c.nio.join(room)
         if isinstance(resp, JoinError):
             raise _join_error(resp, room, self._c.user_id)
         room_id = RoomID(str(resp.room_id))
+        sharing = self._c.keys.sharing
+        sharing.joined(room_id, inviters.get(room_id))  # awaits the inviter's key bundle
         await self._wait_known(room_id, timeout)
+        await sharing.accept(room_id)
         return room_id
 
     async def leave(self, room_id: str) -> None:
@@ -557,6 +561,9 @@ class Rooms:
         await self._set_power(room_id, {user: POWER[access]})
         room = self._c.nio.rooms[room_id]
         if user not in room.users:
+            # History first (MSC4268), as matrix-js-sdk does: the invitee's client then
+            # holds the bundle when it accepts. Only for shared/world_readable rooms.
+            await self._c.keys.sharing.share_history(room_id, user)
             resp = await self._c.nio.room_invite(room_id, user)
             if is_error(resp):
                 raise error_from_response(resp, f"inviting {user} to {room_id}")

@@ -354,6 +354,86 @@ const handlers = {
         return { room_id: room?.roomId ?? p.room_id };
     },
 
+    // {name?, history_visibility?} -> {room_id}: an encrypted room (history sharing, MSC4268)
+    async create_room(p) {
+        const c = requireClient();
+        const res = await c.createRoom({
+            name: p.name ?? "js room",
+            initial_state: [
+                { type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } },
+                { type: "m.room.history_visibility", state_key: "", content: { history_visibility: p.history_visibility ?? "shared" } },
+            ],
+        });
+        await waitJoined(res.room_id, p.timeout_ms ?? 30000);
+        // The first event must not go out before the client knows the room is encrypted.
+        await waitFor(
+            async () => await c.getCrypto().isEncryptionEnabledInRoom(res.room_id),
+            p.timeout_ms ?? 30000,
+            `encryption enabled in ${res.room_id}`,
+        );
+        return { room_id: res.room_id };
+    },
+
+    // {room_id, user_id} -> {}: matrix-js-sdk's invite, which shares the room's history
+    // (a key bundle) first when the visibility is shared/world_readable.
+    async invite(p) {
+        need(p, "room_id", "user_id");
+        const c = requireClient();
+        await c.invite(p.room_id, p.user_id);
+        return { invited: p.user_id };
+    },
+
+    // {room_id, timeout_ms?} -> {room_id}: wait for the invite, then join, as a user
+    // accepting it (matrix-js-sdk then imports the inviter's key bundle).
+    async accept_invite(p) {
+        need(p, "room_id");
+        const c = requireClient();
+        const timeoutMs = p.timeout_ms ?? 30000;
+        await waitFor(
+            () => c.getRoom(p.room_id)?.getMyMembership() === "invite",
+            timeoutMs,
+            () => `an invite to ${p.room_id} (membership: ${c.getRoom(p.room_id)?.getMyMembership() ?? "unknown room"})`,
+        );
+        await c.joinRoom(p.room_id);
+        await waitJoined(p.room_id, timeoutMs);
+        return { room_id: p.room_id };
+    },
+
+    // {room_id, type, want, timeout_ms?} -> {events: [{event_id, type, content}], failures:
+    // [{event_id, reason, message}]}: page back to the room's creation, then wait until
+    // `want` events of `type` are decrypted (or time runs out: the failures say why).
+    async history(p) {
+        need(p, "room_id", "type", "want");
+        const c = requireClient();
+        const room = await waitJoined(p.room_id, 30000);
+        const timeoutMs = p.timeout_ms ?? 60000;
+        const deadline = Date.now() + timeoutMs;
+        const tl = () => room.getLiveTimeline();
+        while (!tl().getEvents().some((e) => e.getType() === "m.room.create") && Date.now() < deadline) {
+            const before = tl().getEvents().length;
+            await c.scrollback(room, 100);
+            if (tl().getEvents().length === before && !tl().getPaginationToken("b")) break;
+        }
+        const collect = () => {
+            const events = [];
+            const failures = [];
+            for (const ev of tl().getEvents()) {
+                if (ev.isDecryptionFailure()) {
+                    failures.push({ event_id: ev.getId(), reason: ev.decryptionFailureReason ?? null, message: ev.getContent()?.body ?? null });
+                } else if (ev.getType() === p.type) {
+                    events.push({ event_id: ev.getId(), type: ev.getType(), content: ev.getContent(), encrypted: ev.isEncrypted() });
+                }
+            }
+            return { events, failures };
+        };
+        while (Date.now() < deadline) {
+            const got = collect();
+            if (got.events.length >= p.want) return got;
+            await sleep(250);
+        }
+        return collect();
+    },
+
     // {room_id, type, match?, timeout_ms?} ->
     //   {event_id, sender, type, content, encrypted}
     async wait_event(p) {

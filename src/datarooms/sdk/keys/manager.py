@@ -37,7 +37,9 @@ from datarooms.errors import DataroomsError, HomeserverError, NotFoundError, Val
 from datarooms.sdk.keys import ssss
 from datarooms.sdk.keys.backup import ALGORITHM as BACKUP_ALGORITHM
 from datarooms.sdk.keys.backup import MEGOLM, BackupKey, encrypt_session, session_payload
+from datarooms.sdk.keys.olm import SHARED_HISTORY, save_sessions
 from datarooms.sdk.keys.recovery import decode_recovery_key, encode_recovery_key, new_key
+from datarooms.sdk.keys.sharing import HistorySharing
 from datarooms.sdk.keys.signing import SigningKey, canonical_json, decode_b64, verify_json
 from datarooms.sdk.keys.verification import Verifier
 
@@ -110,6 +112,8 @@ class KeyManager:
         self._backed: tuple[str, set[str]] | None = None  # (version, session ids), cached
         #: Interactive verification (SAS); hooked into the client's sync from here on.
         self.verification = Verifier(client)
+        #: History sharing on grant (MSC4268 key bundles) and withheld notices.
+        self.sharing = HistorySharing(client)
 
     # -- local secrets (mode 0600, beside the crypto store) ----------------------
 
@@ -493,15 +497,21 @@ class KeyManager:
                 self._backed = (version, self._c.index.backed_up(version))
             done = self._backed[1]
             todo = [s for s in sessions if s.id not in done]
+            shared: dict[str, set[str]] = {}
             for i in range(0, len(todo), _UPLOAD_CHUNK):
                 chunk = todo[i : i + _UPLOAD_CHUNK]
                 rooms: dict[str, Any] = {}
                 for s in chunk:
+                    if s.room_id not in shared:
+                        shared[s.room_id] = self._c.index.shared_sessions(s.room_id)
+                    payload = session_payload(s)
+                    if s.id in shared[s.room_id]:
+                        payload[SHARED_HISTORY] = True
                     rooms.setdefault(s.room_id, {"sessions": {}})["sessions"][s.id] = {
                         "first_message_index": s.first_known_index,
                         "forwarded_count": len(s.forwarding_chain),
                         "is_verified": False,
-                        "session_data": encrypt_session(key.public_key, session_payload(s)),
+                        "session_data": encrypt_session(key.public_key, payload),
                     }
                 try:
                     await self._request(
@@ -537,10 +547,16 @@ class KeyManager:
         if inbound is not None:
             await self.backup_sessions([inbound])
 
+    async def restore_room(self, room_id: str) -> int:
+        """Import the backed-up sessions of one room (e.g. before sharing its history)."""
+        return await self.restore(room_id=room_id)
+
     async def restore(
         self,
         recovery_key: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        *,
+        room_id: str | None = None,
     ) -> int:
         """Import every session in the backup (unlocking with ``recovery_key`` first)."""
         if recovery_key is not None:
@@ -548,9 +564,21 @@ class KeyManager:
         key, version = self.backup_key, self.backup_version
         if key is None or version is None:
             raise NotFoundError("no key backup is unlocked on this device; give the recovery key")
-        data = await self._request(
-            "GET", f"/_matrix/client/v3/room_keys/keys?version={quote(version)}"
-        )
+        if room_id is None:
+            data = await self._request(
+                "GET", f"/_matrix/client/v3/room_keys/keys?version={quote(version)}"
+            )
+        else:
+            try:
+                room_data = await self._request(
+                    "GET",
+                    f"/_matrix/client/v3/room_keys/keys/{quote(room_id)}?version={quote(version)}",
+                )
+            except HomeserverError as exc:
+                if exc.errcode != "M_NOT_FOUND":
+                    raise
+                room_data = {}
+            data = {"rooms": {room_id: room_data}}
         entries = [
             (room_id, sid, entry)
             for room_id, room in data.get("rooms", {}).items()
@@ -560,6 +588,7 @@ class KeyManager:
         assert olm is not None and store is not None
         imported: list[str] = []
         to_save: list[InboundGroupSession] = []
+        shared: list[tuple[str, str, str]] = []
         for i, (room_id, sid, entry) in enumerate(entries, 1):
             try:
                 payload = key.decrypt(entry["session_data"])
@@ -581,21 +610,22 @@ class KeyManager:
                 log.warning("skipping a backed-up session with a wrong id", extra={"session": sid})
                 continue
             imported.append(sid)
+            if payload.get(SHARED_HISTORY) is True:
+                shared.append((room_id, session.sender_key, sid))
             held = olm.inbound_group_store.get(room_id, session.sender_key, sid)
             # Never replace a copy that can decrypt from an earlier message.
             if held is None or held.first_known_index > session.first_known_index:
                 to_save.append(session)
             if progress and (i % 100 == 0 or i == len(entries)):
                 progress(i, len(entries))
-        # One transaction for the whole import (a commit per session is ~5x slower).
-        with store.database.bind_ctx(store.models), store.database.atomic():
-            for session in to_save:
-                store.save_inbound_group_session(session)
+        # One transaction, a few statements, for the whole import.
+        save_sessions(store, to_save)
         for session in to_save:
             olm.inbound_group_store.add(session)
         self._c.index.mark_backed_up(version, imported)
+        self._c.index.mark_shared(shared)
         self._backed = None
-        self._c.retry_decryption()
+        self._c._sync.retry_decryption(reload=False)  # the sessions are in memory
         return len(imported)
 
     # -- status ----------------------------------------------------------------

@@ -374,7 +374,7 @@ async def bench_files(
             up_ms, ref = await timed(writer.files.put(room, src))
         await reader.sync_once()  # the room key of the m.file event, if new
         with RssSampler() as down:
-            down_ms, _ = await timed(reader.files.get(room, ref.event_id, dest))
+            down_ms, _ = await timed(reader.files.get(room, ref.event_id, dest, overwrite=True))
         if sha256_file(dest) != want:
             raise SystemExit(f"the {mib} MB file came back different")
         src.unlink()

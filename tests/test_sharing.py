@@ -258,3 +258,21 @@ async def test_a_device_without_the_keys_shares_them_from_the_backup(  # type: i
             assert (await bob.records.get(room, f"k{i}")).value == i
     finally:
         await phone.close()
+
+
+async def test_a_session_never_steps_back_to_an_index_it_used(alice_bob) -> None:  # type: ignore[no-untyped-def]
+    """The persisted session must not replace one this process advanced without the SDK
+    (here nio's own room_send on the same device): the reader would see the same message
+    index twice and refuse the second event as a replay."""
+    alice, bob = alice_bob
+    room = (await alice.rooms.create("project", name="index")).room_id
+    await _grant_and_join(alice, bob, room)
+    await alice.records.put(room, "a", 1)
+    raw = await alice.nio.room_send(
+        room, "m.room.message", {"msgtype": "m.text", "body": "raw"}, ignore_unverified_devices=True
+    )
+    assert getattr(raw, "event_id", None), raw
+    await alice.records.put(room, "b", 2)
+    await bob.sync_once()
+    assert (await bob.records.get(room, "a")).value == 1
+    assert (await bob.records.get(room, "b")).value == 2

@@ -109,7 +109,22 @@ class Sender:
         # The index holds the newest state of this device's session (another process
         # of this device may have used or rotated it): it replaces ours in memory.
         persisted = outbound.load(c.index, room_id, self._pickle_key, members, shareable)
+        current = olm.outbound_group_sessions.get(room_id)
+        if (
+            persisted is not None
+            and current is not None
+            and current.id == persisted.id
+            and current.message_index > persisted.message_index
+        ):
+            # This process went further with the same session (nio encrypted without us,
+            # e.g. ``nio.room_send``): never step a session back to an index it used.
+            persisted = current
         if persisted is not None:
+            devices = {
+                u: [d.id for d in olm.device_store.active_user_devices(u)] for u in members
+            }
+            if outbound.unshared_devices(persisted, devices, (c.user_id, c.device_id)):
+                persisted.shared = False  # share it with those devices too (nio skips the rest)
             olm.outbound_group_sessions[room_id] = persisted
         else:
             olm.outbound_group_sessions.pop(room_id, None)

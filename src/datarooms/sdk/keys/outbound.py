@@ -98,8 +98,19 @@ def load(
     session.message_count = row["message_count"]
     session.max_age, session.max_messages = period, max_msgs
     session.users_shared_with = {tuple(x) for x in row["shared_with"]}
+    session.users_ignored = {tuple(x) for x in row.get("ignored", [])}
     session.shared = True
     return session
+
+
+def unshared_devices(
+    session: OutboundGroupSession, devices: dict[str, list[str]], own: tuple[str, str]
+) -> set[tuple[str, str]]:
+    """Devices of the members (``{user: [device ids]}``) this session has neither been
+    shared with nor withheld from: a member's new device since it was shared (nio shares
+    a session once; another process of this device loaded it shared)."""
+    known = session.users_shared_with | session.users_ignored | {own}
+    return {(u, d) for u, ids in devices.items() for d in ids if (u, d) not in known}
 
 
 def save(
@@ -117,6 +128,7 @@ def save(
         "message_count": session.message_count,
         "shared_history": shareable,
         "shared_with": sorted(list(x) for x in session.users_shared_with),
+        "ignored": sorted(list(x) for x in session.users_ignored),
         "members": sorted(members),
     }
     index.put_outbound(room_id, data)

@@ -767,7 +767,19 @@ const handlers = {
     async cross_signing_from_secret_storage(p) {
         const c = requireClient();
         const crypto = c.getCrypto();
-        await crypto.bootstrapCrossSigning({});
+        // bootstrapCrossSigning imports the private keys from secret storage only if they
+        // match the public keys this device knows: make sure it has fetched ours first
+        // (under load the first key query may still be in flight), and try again once.
+        for (let attempt = 1; ; attempt++) {
+            await crypto.getUserDeviceInfo([c.getUserId()], true);
+            try {
+                await crypto.bootstrapCrossSigning({});
+                break;
+            } catch (err) {
+                if (attempt >= 3) throw err;
+                await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
+            }
+        }
         // The device signature goes out with the outgoing requests; our own
         // device list is then re-queried. Wait (a while) until it shows.
         const signed = async () =>

@@ -120,9 +120,7 @@ class Sender:
             # e.g. ``nio.room_send``): never step a session back to an index it used.
             persisted = current
         if persisted is not None:
-            devices = {
-                u: [d.id for d in olm.device_store.active_user_devices(u)] for u in members
-            }
+            devices = {u: [d.id for d in olm.device_store.active_user_devices(u)] for u in members}
             if outbound.unshared_devices(persisted, devices, (c.user_id, c.device_id)):
                 persisted.shared = False  # share it with those devices too (nio skips the rest)
             olm.outbound_group_sessions[room_id] = persisted

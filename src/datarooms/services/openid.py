@@ -41,6 +41,7 @@ from datarooms.errors import HomeserverError, UnauthorizedError, ValidationError
 from datarooms.homeserver.api import MatrixApi, openid_userinfo
 from datarooms.ids import server_of
 from datarooms.ids import user_id as check_user_id
+from datarooms.services.scaffold import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class OpenIdVerifier:
         self._cache: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()
         self._rejected: OrderedDict[bytes, float] = OrderedDict()
         #: Per homeserver: (tokens left, when counted) of the verification budget.
-        self._budget: dict[str, tuple[float, float]] = {}
+        self._budget = TokenBucket(verify_per_second, verify_burst)
         self._inflight: dict[bytes, asyncio.Future[Caller]] = {}
         self._on_result = on_result or (lambda _r: None)
 
@@ -197,13 +198,7 @@ class OpenIdVerifier:
 
     def _spend(self, server: str, now: float) -> bool:
         """Take one homeserver check from ``server``'s budget; False if it is spent."""
-        tokens, last = self._budget.get(server, (float(self.verify_burst), now))
-        tokens = min(float(self.verify_burst), tokens + (now - last) * self.verify_per_second)
-        if tokens < 1:
-            self._budget[server] = (tokens, now)
-            return False
-        self._budget[server] = (tokens - 1, now)
-        return True
+        return self._budget.take(server) == 0.0
 
     def _remember(self, key: bytes, caller: Caller | None, ttl: float) -> None:
         if ttl <= 0:

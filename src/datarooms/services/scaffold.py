@@ -475,6 +475,28 @@ class ServiceRun:
             self.lock.release()
 
 
+class TokenBucket:
+    """Token buckets, one per key (a client, a homeserver): ``rate`` per second after a
+    burst of ``burst``. The rooms bot's room creations and OpenID verification use it."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """0 if allowed, else seconds to wait."""
+        now = time.monotonic()
+        tokens, last = self._state.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._state[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self._state[key] = (tokens - 1, now)
+        if len(self._state) > 50_000:
+            self._state.clear()
+        return 0.0
+
+
 class Stoppable(Protocol):
     async def stop(self) -> None: ...
 
@@ -509,6 +531,7 @@ __all__ = [
     "Refusal",
     "RequestGuard",
     "ServiceRun",
+    "TokenBucket",
     "bearer_token",
     "bind",
     "error_response",

@@ -25,7 +25,6 @@ import asyncio
 import hmac
 import logging
 import re
-import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -48,6 +47,7 @@ from datarooms.services.roomsbot.entity_rooms import SPACE, did_from_localpart, 
 from datarooms.services.roomsbot.store import EntityFacts, EntityRecord
 from datarooms.services.scaffold import (
     RequestGuard,
+    TokenBucket,
     bearer_token,
     header,
     install_error_handlers,
@@ -151,27 +151,6 @@ _AS_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 _bearer = HTTPBearer(auto_error=False, description="A Matrix OpenID access token")
-
-
-class TokenBucket:
-    """Token buckets (one per key) for requests that create rooms."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self._state: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float:
-        """0 if allowed, else seconds to wait."""
-        now = time.monotonic()
-        tokens, last = self._state.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._state[key] = (tokens, now)
-            return (1 - tokens) / self.rate
-        self._state[key] = (tokens - 1, now)
-        if len(self._state) > 50_000:
-            self._state.clear()
-        return 0.0
 
 
 def create_app(bot: "RoomsBot") -> FastAPI:

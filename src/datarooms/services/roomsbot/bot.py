@@ -19,12 +19,12 @@ from datarooms.config import ChainSettings, RoomsBotSettings
 from datarooms.errors import HomeserverError, PlatformError, ValidationError
 from datarooms.homeserver.api import MatrixApi
 from datarooms.services.openid import OpenIdVerifier
-from datarooms.services.roomsbot.api import TokenBucket, answer_alias_query, build_asgi
+from datarooms.services.roomsbot.api import answer_alias_query, build_asgi
 from datarooms.services.roomsbot.entity_rooms import EntityRooms
 from datarooms.services.roomsbot.metrics import Metrics
 from datarooms.services.roomsbot.registration import Registration
 from datarooms.services.roomsbot.store import EntityFacts, Store
-from datarooms.services.scaffold import EmbeddedServer, bind
+from datarooms.services.scaffold import EmbeddedServer, TokenBucket, bind
 
 log = logging.getLogger(__name__)
 

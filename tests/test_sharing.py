@@ -276,3 +276,27 @@ async def test_a_session_never_steps_back_to_an_index_it_used(alice_bob) -> None
     await bob.sync_once()
     assert (await bob.records.get(room, "a")).value == 1
     assert (await bob.records.get(room, "b")).value == 2
+
+
+async def test_regrant_after_revoke_shares_only_what_visibility_allowed(alice_bob) -> None:  # type: ignore[no-untyped-def]
+    """Revoked, then granted again: the bundle carries what was written while the room's
+    history was shareable (also while bob was out), never a `joined`-visibility session."""
+    alice, bob = alice_bob
+    room = (await alice.rooms.create("project", name="regrant")).room_id
+    await alice.records.put(room, "before", 1)
+    await _grant_and_join(alice, bob, room)
+    assert (await bob.records.get(room, "before")).value == 1
+
+    await alice.rooms.revoke(room, bob.user_id)
+    await alice.records.put(room, "while-out", 2)  # shared visibility: a member may read it
+    await _set_visibility(alice, room, "joined")
+    await alice.records.put(room, "joined-only", 3)  # never shareable
+    await _set_visibility(alice, room, "shared")
+    await alice.records.put(room, "after", 4)
+
+    # Bob does not sync between the kick and the new invite: both come in one sync.
+    await _grant_and_join(alice, bob, room)
+    assert bob.index.pending_joins() == {}, "the bundle of the new invite was used"
+    assert (await bob.records.get(room, "while-out")).value == 2
+    assert (await bob.records.get(room, "after")).value == 4
+    assert bob.index.latest(room, "joined-only") is None, "a joined-visibility key was shared"

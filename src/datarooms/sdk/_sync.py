@@ -588,11 +588,13 @@ def _next_invites(
     invites: dict[str, str], resp: SyncResponse, hooks: list[HookEvent]
 ) -> dict[str, str]:
     out = dict(invites)
+    for room_id in (*resp.rooms.join, *resp.rooms.leave):
+        out.pop(room_id, None)
+    # After the leaves: a kick then a new invite in one window puts the room in both
+    # sections, and the invite is the current membership.
     for h in hooks:
         if isinstance(h, MembershipChanged) and h.own and h.room_id in resp.rooms.invite:
             out[h.room_id] = h.sender
-    for room_id in (*resp.rooms.join, *resp.rooms.leave):
-        out.pop(room_id, None)
     return out
 
 

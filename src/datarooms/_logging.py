@@ -141,3 +141,8 @@ def configure_logging(level: str = "INFO", *, fmt: str = "text", stream: Any = N
     # nio logs every request at INFO through logbook/logging; keep it quiet.
     for noisy in ("nio", "aiohttp.access", "peewee"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # nio warns about every event whose key has not arrived yet; the SDK keeps such
+    # events and decrypts them when the key comes (or says why it cannot): below DEBUG,
+    # those warnings are noise on a user's terminal.
+    if root.level > logging.DEBUG:
+        logging.getLogger("nio.crypto").setLevel(logging.ERROR)

@@ -116,3 +116,14 @@ async def interleaved(
             await fn(i)
             out.append((time.perf_counter() - t0) * 1000.0)
     return a, b
+
+
+def child_env(tmp: Path, bytecode_cache: bool, **extra: str) -> dict[str, str]:
+    """The environment for a timed ``datarooms`` process: no DATAROOMS_* of the caller's;
+    with ``bytecode_cache``, a private warmed bytecode cache, as an installed package has."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAROOMS_")}
+    if bytecode_cache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    env.update(extra)
+    return env

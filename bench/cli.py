@@ -25,9 +25,7 @@ benchmark's temp dir (PYTHONPYCACHEPREFIX), warmed by a first run;
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -36,20 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SMOKE_HELP, emit, machine, median
+from _common import bench_args, child_env, emit, machine, median
 from datarooms.account import read_credentials
 from datarooms.homeserver.embedded import free_port
 
 DATAROOMS = str(Path(sys.executable).parent / "datarooms")
-
-
-def child_env(tmp: Path, bytecode_cache: bool, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAROOMS_")}
-    if bytecode_cache:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-    env.update(extra)
-    return env
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -100,9 +89,7 @@ async def sdk_puts(data_dir: Path, room: str, n: int) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="3 rounds instead of 15")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    ap = bench_args(__doc__, "3 rounds instead of 15")
     ap.add_argument(
         "--no-bytecode-cache",
         action="store_true",

@@ -26,9 +26,7 @@ by a first run; --no-bytecode-cache measures as the environment is.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -39,22 +37,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _common import SMOKE_HELP, emit, machine, median, tree_rss_mb
+from _common import bench_args, child_env, emit, machine, median, tree_rss_mb
 from datarooms.homeserver.embedded import EmbeddedSynapse, free_port
 
 DATAROOMS = str(Path(sys.executable).parent / "datarooms")
 #: The `up` process logs this once it is ready, with each part's start time.
 STARTED_MSG = "datarooms started"
 LOG_JSON = ("--log-level", "INFO", "--log-format", "json")
-
-
-def child_env(tmp: Path, bytecode_cache: bool, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAROOMS_")}
-    if bytecode_cache:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
-    env.update(extra)
-    return env
 
 
 def time_up(
@@ -135,9 +124,7 @@ def first_synapse(tmp: Path, env: dict[str, str]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    ap = bench_args(__doc__, "2 rounds instead of 5")
     ap.add_argument(
         "--no-bytecode-cache",
         action="store_true",

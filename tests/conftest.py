@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +57,23 @@ async def alice_bob(homeserver: TestHomeserver, open_client):  # type: ignore[no
     alice = await open_client(await homeserver.new_user("alice"))
     bob = await open_client(await homeserver.new_user("bob"))
     return alice, bob
+
+
+@pytest.fixture
+async def service():  # type: ignore[no-untyped-def]
+    """Start MCP servers over HTTP on a platform context (each on a free port); all are
+    stopped after the test. ``svc, url = await service(ctx)``."""
+    from datarooms.homeserver.embedded import free_port
+    from datarooms.services.mcp import McpService
+
+    started: list[McpService] = []
+
+    async def _start(ctx: Any) -> tuple[McpService, str]:
+        svc = McpService(port=free_port())
+        info = await svc.start(ctx)
+        started.append(svc)
+        return svc, str(info["url"])
+
+    yield _start
+    for svc in started:
+        await svc.stop()

@@ -9,7 +9,6 @@ import asyncio
 import base64
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -34,21 +33,6 @@ from tests._mcp import (
     text,
     trust_operators,
 )
-
-
-@pytest.fixture
-async def service():  # type: ignore[no-untyped-def]
-    started: list[McpService] = []
-
-    async def _start(ctx: Any) -> tuple[McpService, str]:
-        svc = McpService(port=free_port())
-        info = await svc.start(ctx)
-        started.append(svc)
-        return svc, str(info["url"])
-
-    yield _start
-    for svc in started:
-        await svc.stop()
 
 
 @pytest.fixture

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from datarooms import DataroomsClient
-from datarooms.homeserver.embedded import free_port
-from datarooms.services.mcp import McpService, add_agent
+from datarooms.services.mcp import add_agent
 from datarooms.testing import TestHomeserver
 from tests._mcp import (
     agent_mxid,
@@ -29,21 +25,6 @@ from tests._mcp import (
     platform_for,
     trust_operators,
 )
-
-
-@pytest.fixture
-async def service():  # type: ignore[no-untyped-def]
-    started: list[McpService] = []
-
-    async def _start(ctx: Any) -> tuple[McpService, str]:
-        svc = McpService(port=free_port())
-        info = await svc.start(ctx)
-        started.append(svc)
-        return svc, str(info["url"])
-
-    yield _start
-    for svc in started:
-        await svc.stop()
 
 
 async def test_forged_kind_and_did_are_out_of_scope(  # type: ignore[no-untyped-def]

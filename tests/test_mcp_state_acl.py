@@ -11,30 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from datarooms import DataroomsClient
-from datarooms.homeserver.embedded import free_port
-from datarooms.services.mcp import McpService, add_agent
+from datarooms.services.mcp import add_agent
 from datarooms.testing import TestHomeserver
 from tests._mcp import agent_mxid, agent_name, agents_path, error, http_client, ok, platform_for
 
 STATE, ACL = "ixo.room.state", "ixo.room.state.acl"
-
-
-@pytest.fixture
-async def service():  # type: ignore[no-untyped-def]
-    started: list[McpService] = []
-
-    async def _start(ctx: Any) -> tuple[McpService, str]:
-        svc = McpService(port=free_port())
-        info = await svc.start(ctx)
-        started.append(svc)
-        return svc, str(info["url"])
-
-    yield _start
-    for svc in started:
-        await svc.stop()
 
 
 async def put_state(client: DataroomsClient, room: str, etype: str, key: str, content: Any) -> None:

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from datarooms import DataroomsClient
 from datarooms.errors import ValidationError
-from datarooms.homeserver.embedded import free_port
-from datarooms.services.mcp import McpService, add_agent
+from datarooms.services.mcp import add_agent
 from datarooms.services.mcp.reading import iso
 from datarooms.services.mcp.tools import parse_step
 from datarooms.testing import TestHomeserver
@@ -30,21 +28,6 @@ from tests._mcp import (
 )
 
 T0 = 1_700_000_040_000  # a whole minute
-
-
-@pytest.fixture
-async def service():  # type: ignore[no-untyped-def]
-    started: list[McpService] = []
-
-    async def _start(ctx: Any) -> tuple[McpService, str]:
-        svc = McpService(port=free_port())
-        info = await svc.start(ctx)
-        started.append(svc)
-        return svc, str(info["url"])
-
-    yield _start
-    for svc in started:
-        await svc.stop()
 
 
 def test_steps() -> None:

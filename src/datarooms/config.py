@@ -81,6 +81,95 @@ class AccountSettings:
     device_id: str = ""
 
 
+@dataclass(frozen=True)
+class FederationSettings:
+    """``[federation]``: the embedded homeserver federates with other organisations'
+    homeservers (docs/federation.md). Off by default."""
+
+    #: Turn federation on: a TLS federation listener, and talking to the servers of ``allow``.
+    enabled: bool = False
+    #: Where the federation listener (TLS) listens. Peers reach it at the server name's
+    #: host: with ``homeserver.server_name = "127.0.0.2:8448"``, port 8448 of 127.0.0.2.
+    #: Empty: the server name's address if it is a loopback one, else 127.0.0.1.
+    host: str = ""
+    port: int = 8448
+    #: The organisations (server names) this platform federates with, comma-separated;
+    #: ``*`` for any server. Required when federation is on: who we federate with is a
+    #: choice, not an accident. The platform's own server name is always allowed.
+    allow: str = ""
+    #: The local CA that organisations on one machine share (docs/federation.md); the
+    #: platform creates it if missing and issues its server a certificate. Default:
+    #: ``<data_dir>/ca``. Ignored when ``tls_cert_file`` is set.
+    ca_dir: str = ""
+    #: Production: your federation certificate (full chain, PEM) and its key. Peers are
+    #: then verified against the system's CAs.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: How long the homeserver waits before retrying a peer it could not reach (a
+    #: duration: ``5s``, ``10m``). Empty: 5 s with the local CA, Synapse's 10 minutes
+    #: otherwise.
+    retry_interval: str = ""
+
+    @property
+    def allowed(self) -> tuple[str, ...] | None:
+        """The allowed server names; ``None`` for any server (``*``)."""
+        names = tuple(dict.fromkeys(x.strip() for x in self.allow.split(",") if x.strip()))
+        return None if "*" in names else names
+
+    @property
+    def local_ca(self) -> bool:
+        return not self.tls_cert_file
+
+    def check(self, server_name: str) -> None:
+        _check_port("federation.port", self.port, zero=False)
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("federation.tls_cert_file and federation.tls_key_file go together")
+        if self.retry_interval and not re.fullmatch(r"[0-9]+(ms|s|m|h|d)?", self.retry_interval):
+            raise ConfigError(
+                f"federation.retry_interval must be a duration such as 5s or 10m, "
+                f"got {self.retry_interval!r}"
+            )
+        names = [x.strip() for x in self.allow.split(",") if x.strip()]
+        for name in names:
+            if name != "*" and not _SERVER_NAME.match(name):
+                raise ConfigError(f"federation.allow: {name!r} is not a Matrix server name")
+        if not self.enabled:
+            return
+        if not names:
+            raise ConfigError(
+                "federation is on but federation.allow names no organisation: list the "
+                "server names you federate with (comma-separated), or '*' for any server"
+            )
+        host, _, port = server_name.rpartition(":") if ":" in server_name else (server_name, "", "")
+        local = host == "localhost" or host.startswith("127.")
+        if host == "localhost" or (local and not port):
+            raise ConfigError(
+                "federation needs a server name other servers can reach. For organisations "
+                "on one machine give each a loopback address of its own and name the server "
+                f"by it: homeserver.server_name = '127.0.0.2:{self.port}' "
+                "(DATAROOMS_HOMESERVER_SERVER_NAME); 'localhost' cannot tell organisations "
+                "apart in server ACLs, which match hosts, not ports"
+            )
+        if local and int(port) != self.port:
+            raise ConfigError(
+                f"homeserver.server_name {server_name!r} sends peers to port {port}, but the "
+                f"federation listener is on port {self.port} (federation.port)"
+            )
+
+    def listen_host(self, server_name: str) -> str:
+        """Where the listener binds: ``host``, else a loopback server name's own address."""
+        if self.host:
+            return self.host
+        host = server_name.rpartition(":")[0] if ":" in server_name else server_name
+        return host if host.startswith("127.") else "127.0.0.1"
+
+
+#: A Matrix server name: a DNS name, IPv4 or [IPv6] literal, optional port.
+_SERVER_NAME = re.compile(
+    r"^[A-Za-z0-9.\-]{1,255}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
+
+
 def _check_port(where: str, port: int, *, zero: bool = True) -> None:
     low = 0 if zero else 1
     if not low <= port < 65536:
@@ -297,6 +386,7 @@ class Settings:
     roomsbot: RoomsBotSettings = field(default_factory=RoomsBotSettings)
     chain: ChainSettings = field(default_factory=ChainSettings)
     mcp: McpPlatformSettings = field(default_factory=McpPlatformSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
     #: The file these settings were read from, if any.
     config_file: Path | None = None
     #: Raw tables of sections datarooms itself does not type (``[devchain]``,
@@ -321,6 +411,12 @@ class Settings:
     @property
     def synapse_dir(self) -> Path:
         return self.data_dir / "synapse"
+
+    @property
+    def ca_dir(self) -> Path:
+        """The local federation CA (``federation.ca_dir``, default ``<data_dir>/ca``)."""
+        ca = self.federation.ca_dir
+        return Path(ca).expanduser() if ca else self.data_dir / "ca"
 
     def running_url(self, service: str) -> str | None:
         """Where the ``service`` of the platform on this data dir listens, if it runs: the
@@ -349,6 +445,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "roomsbot": RoomsBotSettings,
     "chain": ChainSettings,
     "mcp": McpPlatformSettings,
+    "federation": FederationSettings,
 }
 #: Typed sections whose ``DATAROOMS_<SECTION>_*`` namespace other tools share (the CLI's
 #: ``DATAROOMS_STATEBOT_URL``): there, an unknown variable is not an error.
@@ -581,6 +678,12 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"account.user_id must look like @name:server, got {s.account.user_id!r}")
     for section in (s.statebot, s.roomsbot, s.chain, s.mcp):
         section.check()
+    s.federation.check(hs.server_name)
+    if s.federation.enabled and hs.mode == "external":
+        raise ConfigError(
+            "federation.enabled configures the embedded homeserver; an external homeserver "
+            "federates as its own config says"
+        )
 
 
 def mask_secret(value: str) -> str:

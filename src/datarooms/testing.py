@@ -25,7 +25,8 @@ from types import TracebackType
 from typing import Any
 
 from datarooms.homeserver.admin import RegisteredUser, register_user
-from datarooms.homeserver.embedded import EmbeddedSynapse, free_port
+from datarooms.homeserver.embedded import EmbeddedSynapse, FederationListener, free_port
+from datarooms.homeserver.tls import ensure_server_certificate
 
 #: Settings that make a test homeserver faster without changing behaviour.
 TEST_SYNAPSE_CONFIG: dict[str, Any] = {"bcrypt_rounds": 4}
@@ -42,6 +43,7 @@ class TestHomeserver:
         *,
         server_name: str = "localhost",
         extra_config: dict[str, Any] | None = None,
+        federation: FederationListener | None = None,
     ) -> None:
         self.synapse = EmbeddedSynapse(
             directory,
@@ -49,6 +51,7 @@ class TestHomeserver:
             port=free_port(),
             start_timeout=180,
             extra_config={**TEST_SYNAPSE_CONFIG, **(extra_config or {})},
+            federation=federation,
         )
 
     @property
@@ -77,3 +80,81 @@ class TestHomeserver:
         return await register_user(
             self.base_url, self.synapse.registration_shared_secret, name, admin=admin
         )
+
+
+class TestFederation:
+    """Several homeservers that federate over TLS, as organisations on one machine.
+
+    Each gets a loopback address of its own and the server name ``127.0.0.N:<port>``
+    (server ACLs match hosts, not ports, so ``localhost:<port>`` cannot tell
+    organisations apart), and a certificate
+    from one local CA in ``<directory>/ca`` that all of them trust; certificate
+    verification is on. ``allow`` maps an organisation to the organisations it
+    federates with (default: all of them); ``rogue`` names organisations whose
+    certificate comes from a CA of their own, which no one else trusts::
+
+        with TestFederation(tmp, ["a", "b", "c"]) as orgs:
+            alice = await orgs["a"].new_user("alice")
+    """
+
+    __test__ = False
+
+    def __init__(
+        self,
+        directory: Path,
+        names: list[str],
+        *,
+        allow: dict[str, list[str]] | None = None,
+        rogue: tuple[str, ...] = (),
+        extra_config: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        # One loopback address each (127.0.0.2, .3, ...): server ACLs match hosts, not ports.
+        hosts = {name: f"127.0.0.{i + 2}" for i, name in enumerate(names)}
+        ports = {name: free_port(hosts[name]) for name in names}
+        self.server_names = {name: f"{hosts[name]}:{ports[name]}" for name in names}
+        self.orgs: dict[str, TestHomeserver] = {}
+        for name in names:
+            ca_dir = self.directory / (f"ca-{name}" if name in rogue else "ca")
+            cert = ensure_server_certificate(
+                self.directory / name / "tls", ca_dir, [hosts[name], "localhost", "127.0.0.1"]
+            )
+            peers = (allow or {}).get(name, names)
+            listener = FederationListener(
+                port=ports[name],
+                host=hosts[name],
+                certificate=cert.cert,
+                private_key=cert.key,
+                ca=cert.ca,
+                allow=tuple(self.server_names[p] for p in {name, *peers}),
+                loopback_peers=True,
+                retry_interval="1s",
+            )
+            self.orgs[name] = TestHomeserver(
+                self.directory / name,
+                server_name=self.server_names[name],
+                extra_config=(extra_config or {}).get(name),
+                federation=listener,
+            )
+
+    def __getitem__(self, name: str) -> TestHomeserver:
+        return self.orgs[name]
+
+    def __enter__(self) -> TestFederation:
+        async def start_all() -> None:
+            results = await asyncio.gather(
+                *(org.synapse.start() for org in self.orgs.values()), return_exceptions=True
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                await asyncio.gather(*(org.synapse.stop() for org in self.orgs.values()))
+                raise errors[0]
+
+        asyncio.run(start_all())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop_all() -> None:
+            await asyncio.gather(*(org.synapse.stop() for org in self.orgs.values()))
+
+        asyncio.run(stop_all())

@@ -301,6 +301,10 @@ def _print_running(info: PlatformInfo) -> None:
     table.add_row(
         "homeserver", f"{info.homeserver_url}  ({info.mode}, server name {info.server_name})"
     )
+    if info.federation_url:
+        table.add_row(
+            "federation", f"{info.federation_url}  (TLS; federates with {info.federates_with})"
+        )
     table.add_row("service account", info.service_user)
     table.add_row("credentials", info.credentials_file)
     table.add_row("data dir", info.data_dir)
@@ -364,6 +368,8 @@ def status(
         health = "healthy" if st.homeserver_healthy else "NOT answering"
         console.print(f"datarooms is running (pid {st.pid}) on {settings.data_dir}")
         console.print(f"  homeserver  {info.get('homeserver_url', '?')}  {health}")
+        if info.get("federation_url"):
+            console.print(f"  federation  {info['federation_url']}")
         for name, svc in (info.get("services") or {}).items():
             console.print(f"  {name:<11} " + ", ".join(f"{k}: {v}" for k, v in svc.items()))
     # Scripts wait on this: 0 only once the platform is up and its homeserver answers.

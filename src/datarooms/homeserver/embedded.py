@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,83 @@ LOCAL_RATE_LIMITS: dict[str, Any] = {
     "rc_key_requests": {"per_second": 1000, "burst_count": 10000},
 }
 
+#: Synapse's DEFAULT_IP_RANGE_BLOCKLIST without loopback: organisations on one machine.
+FEDERATION_BLOCKLIST_BUT_LOOPBACK = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "192.0.0.0/24",
+    "169.254.0.0/16",
+    "192.88.99.0/24",
+    "198.18.0.0/15",
+    "192.0.2.0/24",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "fe80::/10",
+    "fc00::/7",
+    "2001:db8::/32",
+    "ff00::/8",
+    "fec0::/10",
+]
+
+
+@dataclass(frozen=True)
+class FederationListener:
+    """Federation on an embedded Synapse: a TLS listener and who it may talk to.
+
+    ``allow`` is Synapse's ``federation_domain_whitelist`` (``None``: any server).
+    ``ca`` is a CA certificate file trusted *instead of* the system's (the local CA
+    that peers on one machine share); ``None`` trusts the system's CAs.
+    ``loopback_peers`` lets Synapse connect to peers on 127.0.0.0/8 and ::1, which it
+    refuses by default (SSRF protection): on for organisations on one machine only.
+    ``retry_interval`` is how long Synapse waits before retrying a peer it could not
+    reach (Synapse's default is 10 minutes, then doubling).
+    """
+
+    port: int
+    certificate: Path
+    private_key: Path
+    host: str = "127.0.0.1"
+    ca: Path | None = None
+    allow: tuple[str, ...] | None = None
+    loopback_peers: bool = False
+    retry_interval: str = "10m"
+
+    def render(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "tls_certificate_path": str(self.certificate),
+            "tls_private_key_path": str(self.private_key),
+            "federation_verify_certificates": True,
+            "federation": {
+                "destination_min_retry_interval": self.retry_interval,
+                "destination_max_retry_interval": "1h",
+            },
+        }
+        if self.ca is not None:
+            config["federation_custom_ca_list"] = [str(self.ca)]
+        if self.allow is not None:
+            config["federation_domain_whitelist"] = list(self.allow)
+        if self.loopback_peers:
+            # Synapse's default blocklist, but loopback, for federation only (IP-literal
+            # server names bypass ip_range_whitelist); URL previews and pushers keep it.
+            config["ip_range_whitelist"] = ["127.0.0.0/8", "::1/128"]
+            config["federation_ip_range_blacklist"] = FEDERATION_BLOCKLIST_BUT_LOOPBACK
+        return config
+
+    def listener(self) -> dict[str, Any]:
+        return {
+            "port": self.port,
+            "bind_addresses": [self.host],
+            "type": "http",
+            "tls": True,
+            "x_forwarded": False,
+            # federation includes the key server (/_matrix/key/v2) and OpenID userinfo
+            "resources": [{"names": ["federation"], "compress": False}],
+        }
+
+
 _HEALTH_POLL_S = 0.05
 _LOG_TAIL_LINES = 40
 
@@ -96,8 +174,10 @@ class EmbeddedSynapse:
         max_upload_size: str = "2G",
         start_timeout: float = 90.0,
         extra_config: Mapping[str, Any] | None = None,
+        federation: FederationListener | None = None,
     ) -> None:
         self.directory = Path(directory).absolute()
+        self.federation = federation
         self.server_name = server_name
         self.host = host
         self.port = port
@@ -140,6 +220,17 @@ class EmbeddedSynapse:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def federation_url(self) -> str | None:
+        """Where peers reach this server's federation API (TLS), if federation is on."""
+        fed = self.federation
+        if fed is None:
+            return None
+        from datarooms.homeserver.tls import host_of
+
+        host = host_of(self.server_name)
+        return f"https://[{host}]:{fed.port}" if ":" in host else f"https://{host}:{fed.port}"
 
     @property
     def pid(self) -> int | None:
@@ -202,6 +293,12 @@ class EmbeddedSynapse:
             "max_upload_size": self.max_upload_size,
             **LOCAL_RATE_LIMITS,
         }
+        if self.federation is None:
+            # No federation listener and no outgoing federation: a local homeserver.
+            config["federation_domain_whitelist"] = []
+        else:
+            config["listeners"].append(self.federation.listener())
+            config.update(self.federation.render())
         config.update(self.extra_config)
         return config
 
@@ -263,6 +360,8 @@ class EmbeddedSynapse:
         self.prepare()
         self._stop_stale()
         check_port_free(self.host, self.port)
+        if self.federation is not None:
+            check_port_free(self.federation.host, self.federation.port)
 
         fd = os.open(self.stdout_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
         self._stdout = os.fdopen(fd, "ab")

@@ -133,6 +133,11 @@ class PlatformContext:
         return device_store_dir(self.settings, user_id)
 
 
+def _federates_with(s: Settings) -> str:
+    allowed = s.federation.allowed
+    return "any server" if allowed is None else ", ".join(allowed)
+
+
 def device_store_dir(settings: Settings, user_id: str) -> Path:
     """``<data_dir>/devices/<user_id>``: one E2EE device per account on this machine."""
     return settings.data_dir / "devices" / user_id
@@ -150,6 +155,10 @@ class PlatformInfo:
     started_at: float
     synapse_pid: int | None = None
     homeserver_log: str | None = None
+    #: Where peers reach the federation API, when federation is on.
+    federation_url: str | None = None
+    #: The allow-list, as said to users: "any server" or the server names.
+    federates_with: str | None = None
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -285,6 +294,8 @@ class Platform:
                 started_at=time.time(),
                 synapse_pid=self.homeserver.pid if self.homeserver else None,
                 homeserver_log=str(self.homeserver.log_path) if self.homeserver else None,
+                federation_url=self.homeserver.federation_url if self.homeserver else None,
+                federates_with=_federates_with(s) if s.federation.enabled else None,
                 services={svc.name: results[svc.name] for svc in self.services},
             )
             self.info = info
@@ -304,6 +315,7 @@ class Platform:
 
     def _embedded_homeserver(self) -> EmbeddedSynapse:
         from datarooms.homeserver.embedded import EmbeddedSynapse
+        from datarooms.homeserver.federation import listener_for
 
         s, hs = self.settings, self.settings.homeserver
         # Computed only now: it may write files (the rooms bot's registration)
@@ -320,6 +332,7 @@ class Platform:
             max_upload_size=hs.max_upload_size,
             start_timeout=hs.start_timeout,
             extra_config=extra_config,
+            federation=listener_for(s),
         )
         return self.homeserver
 

@@ -109,6 +109,10 @@ class FederationSettings:
     #: duration: ``5s``, ``10m``). Empty: 5 s with the local CA, Synapse's 10 minutes
     #: otherwise.
     retry_interval: str = ""
+    #: The longest wait between such retries (it doubles up to this). Empty: 30 s with the
+    #: local CA, 1 hour otherwise. Catch-up after a peer's outage takes up to this long,
+    #: unless the peer contacts us first.
+    retry_max_interval: str = ""
 
     @property
     def allowed(self) -> tuple[str, ...] | None:
@@ -124,11 +128,12 @@ class FederationSettings:
         _check_port("federation.port", self.port, zero=False)
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("federation.tls_cert_file and federation.tls_key_file go together")
-        if self.retry_interval and not re.fullmatch(r"[0-9]+(ms|s|m|h|d)?", self.retry_interval):
-            raise ConfigError(
-                f"federation.retry_interval must be a duration such as 5s or 10m, "
-                f"got {self.retry_interval!r}"
-            )
+        for name in ("retry_interval", "retry_max_interval"):
+            value = getattr(self, name)
+            if value and not re.fullmatch(r"[0-9]+(ms|s|m|h|d)?", value):
+                raise ConfigError(
+                    f"federation.{name} must be a duration such as 5s or 10m, got {value!r}"
+                )
         names = [x.strip() for x in self.allow.split(",") if x.strip()]
         for name in names:
             if name != "*" and not _SERVER_NAME.match(name):

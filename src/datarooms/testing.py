@@ -129,6 +129,7 @@ class TestFederation:
                 allow=tuple(self.server_names[p] for p in {name, *peers}),
                 loopback_peers=True,
                 retry_interval="1s",
+                retry_max_interval="4s",
             )
             self.orgs[name] = TestHomeserver(
                 self.directory / name,
@@ -139,6 +140,19 @@ class TestFederation:
 
     def __getitem__(self, name: str) -> TestHomeserver:
         return self.orgs[name]
+
+    async def stop(self, name: str) -> None:
+        """Take organisation ``name``'s homeserver down (an outage)."""
+        await self.orgs[name].synapse.stop()
+
+    async def start(self, name: str) -> None:
+        """Bring it back as ``datarooms up`` does: start it, then tell its peers it is back."""
+        from datarooms.homeserver.federation import wake_peers
+
+        org = self.orgs[name]
+        await org.synapse.start()
+        admin = await org.new_user("wake", admin=True)
+        await wake_peers(org.base_url, admin.access_token, org.server_name)
 
     def __enter__(self) -> TestFederation:
         async def start_all() -> None:

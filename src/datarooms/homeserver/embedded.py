@@ -112,7 +112,8 @@ class FederationListener:
     ``loopback_peers`` lets Synapse connect to peers on 127.0.0.0/8 and ::1, which it
     refuses by default (SSRF protection): on for organisations on one machine only.
     ``retry_interval`` is how long Synapse waits before retrying a peer it could not
-    reach (Synapse's default is 10 minutes, then doubling).
+    reach, doubling up to ``retry_max_interval`` (Synapse's defaults: 10 minutes and a
+    week). A peer that comes back is also retried at once when it next contacts us.
     """
 
     port: int
@@ -123,6 +124,7 @@ class FederationListener:
     allow: tuple[str, ...] | None = None
     loopback_peers: bool = False
     retry_interval: str = "10m"
+    retry_max_interval: str = "1h"
 
     def render(self) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -131,7 +133,7 @@ class FederationListener:
             "federation_verify_certificates": True,
             "federation": {
                 "destination_min_retry_interval": self.retry_interval,
-                "destination_max_retry_interval": "1h",
+                "destination_max_retry_interval": self.retry_max_interval,
             },
         }
         if self.ca is not None:

@@ -58,6 +58,7 @@ def listener_for(settings: Settings) -> FederationListener | None:
             allow=allow,
             loopback_peers=True,
             retry_interval=fed.retry_interval or "5s",
+            retry_max_interval=fed.retry_max_interval or "30s",
         )
     cert_file, key_file = Path(fed.tls_cert_file).expanduser(), Path(fed.tls_key_file).expanduser()
     for path in (cert_file, key_file):
@@ -70,6 +71,7 @@ def listener_for(settings: Settings) -> FederationListener | None:
         private_key=key_file.absolute(),
         allow=allow,
         retry_interval=fed.retry_interval or "10m",
+        retry_max_interval=fed.retry_max_interval or "1h",
     )
 
 
@@ -157,7 +159,9 @@ class ServerResolver:
         if delegated is not None:
             d_host, d_port = _split(delegated)
             if _is_ip(d_host) or d_port is not None:
-                return Resolved(server_name, _url(d_host, d_port or DEFAULT_FEDERATION_PORT), d_host)
+                return Resolved(
+                    server_name, _url(d_host, d_port or DEFAULT_FEDERATION_PORT), d_host
+                )
             target = self._srv(d_host)
             return Resolved(server_name, target or _url(d_host, DEFAULT_FEDERATION_PORT), d_host)
         target = self._srv(host)
@@ -195,10 +199,67 @@ class ServerResolver:
         for service in ("_matrix-fed._tcp", "_matrix._tcp"):
             try:
                 answers = dns.resolver.resolve(f"{service}.{host}", "SRV", lifetime=5)
-            except Exception:  # noqa: BLE001 - NXDOMAIN, no answer, timeout: try the next
+            except Exception as exc:  # NXDOMAIN, no answer, timeout: try the next
+                log.debug("no SRV record", extra={"name": f"{service}.{host}", "error": str(exc)})
                 continue
             best = sorted(answers, key=lambda r: (r.priority, -r.weight))
             if best:
                 target = str(best[0].target).rstrip(".")
                 return _url(target, int(best[0].port))
         return None
+
+
+async def wake_peers(base_url: str, admin_token: str, own_server: str) -> list[str]:
+    """Tell the homeservers ours federates with that it is back, so they send what they
+    queued for it now rather than after their backoff (Synapse retries a peer it could
+    not reach only every few minutes, doubling up to an hour or more).
+
+    For each destination the homeserver knows (admin API), its own backoff is reset and
+    one signed federation request is sent (a display-name query, which ignores backoff);
+    receiving a request from us makes the peer mark us up and flush its queue for us.
+    Returns the peers that answered. Never raises for an unreachable peer.
+    """
+    from urllib.parse import quote
+
+    from datarooms.homeserver.api import MatrixApi
+
+    async with MatrixApi(base_url, admin_token, timeout=15) as api:
+        destinations: list[str] = []
+        start = "0"
+        while True:
+            page = await api.request(
+                "GET",
+                "/_synapse/admin/v1/federation/destinations",
+                params={"from": start, "limit": "500"},
+            )
+            destinations += [
+                str(d["destination"]) for d in page.get("destinations", []) if "destination" in d
+            ]
+            if not page.get("next_token"):
+                break
+            start = str(page["next_token"])
+        peers = [d for d in dict.fromkeys(destinations) if d != own_server]
+
+        async def wake(peer: str) -> str | None:
+            dest = quote(peer, safe="")
+            try:
+                await api.answer(
+                    "POST", f"/_synapse/admin/v1/federation/destinations/{dest}/reset_connection"
+                )
+                answer = await api.answer(
+                    "GET",
+                    f"/_matrix/client/v3/profile/{quote('@datarooms-wake:' + peer, safe='')}"
+                    "/displayname",
+                    timeout=10,
+                )
+            except HomeserverError as exc:
+                log.info("could not wake a peer", extra={"peer": peer, "error": exc.message})
+                return None
+            return peer if answer.status in (200, 404) else None
+
+        import asyncio
+
+        woken = await asyncio.gather(*(wake(p) for p in peers))
+    answered = [p for p in woken if p]
+    log.info("told peers we are back", extra={"peers": len(peers), "answered": len(answered)})
+    return answered

@@ -27,9 +27,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datarooms._fs import atomic_write, private_dir
 from datarooms.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -111,7 +115,9 @@ def ensure_ca(ca_dir: Path) -> Path:
         return cert_path
 
 
-def ensure_server_certificate(tls_dir: Path, ca_dir: Path, hostnames: list[str]) -> ServerCertificate:
+def ensure_server_certificate(
+    tls_dir: Path, ca_dir: Path, hostnames: list[str]
+) -> ServerCertificate:
     """A certificate for ``hostnames`` (DNS names or IP literals) signed by the local CA in
     ``ca_dir``, kept in ``tls_dir``; reissued when missing, for other names, signed by
     another CA, or near expiry."""
@@ -146,7 +152,9 @@ def ensure_server_certificate(tls_dir: Path, ca_dir: Path, hostnames: list[str])
         .add_extension(x509.SubjectAlternativeName(_san(names)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(
@@ -180,10 +188,10 @@ def _still_good(cert_path: Path, ca_cert: object, names: list[str]) -> bool:
     return cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > _RENEW_BEFORE
 
 
-def _san(names: list[str]) -> list[object]:
+def _san(names: list[str]) -> list[x509.GeneralName]:
     from cryptography import x509
 
-    out: list[object] = []
+    out: list[x509.GeneralName] = []
     for name in names:
         try:
             out.append(x509.IPAddress(ipaddress.ip_address(name)))

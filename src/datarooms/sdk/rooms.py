@@ -24,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
-from collections.abc import Callable
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from datarooms.sdk.client import DataroomsClient
 
 Access = Literal["read", "write", "admin"]
+SERVER_ACL = "m.room.server_acl"
 POWER: dict[str, int] = {"read": 0, "write": 50, "admin": 100}
 ENCRYPTION = {
     "algorithm": "m.megolm.v1.aes-sha2",
@@ -99,6 +103,81 @@ class MemberAccess:
     devices: list[DeviceInfo] = field(default_factory=list)
     last_active_ts: int | None = None
     display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerAcl:
+    """A room's ``m.room.server_acl``: the homeservers allowed to take part (host globs;
+    ports are ignored, as the spec says). ``None`` from :meth:`Rooms.server_acl`: no ACL,
+    every server may take part."""
+
+    allow: tuple[str, ...]
+    deny: tuple[str, ...] = ()
+    allow_ip_literals: bool = False
+
+    def allows(self, server_name: str) -> bool:
+        """Whether ``server_name`` may take part, by the spec's matching rules."""
+        host = _host(server_name)
+        if _is_ip_literal(host) and not self.allow_ip_literals:
+            return False
+        if any(fnmatch.fnmatchcase(host.lower(), g.lower()) for g in self.deny):
+            return False
+        return any(fnmatch.fnmatchcase(host.lower(), g.lower()) for g in self.allow)
+
+    def content(self) -> dict[str, Any]:
+        return {
+            "allow": list(self.allow),
+            "deny": list(self.deny),
+            "allow_ip_literals": self.allow_ip_literals,
+        }
+
+
+@dataclass(frozen=True)
+class ServerCopy:
+    """A homeserver that holds a copy of a room: every server with a joined member stores
+    the room's (encrypted) history and sees its metadata."""
+
+    server_name: str
+    members: tuple[str, ...]
+    allowed: bool
+
+
+def _host(server_name: str) -> str:
+    if server_name.startswith("["):
+        return server_name[1 : server_name.index("]")]
+    return server_name.rsplit(":", 1)[0] if ":" in server_name else server_name
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _glob_of(name: str) -> str:
+    """The ACL entry for a server name (or glob): its host, as ACLs ignore ports."""
+    if not isinstance(name, str) or not _SERVER_GLOB.match(name):
+        raise ValidationError(f"{name!r} is not a server name (or a glob of them)")
+    return _host(name)
+
+
+def _acl_for(servers: Sequence[str], own: str) -> ServerAcl:
+    hosts = [_glob_of(own)]
+    if ":" in own and not own.endswith("]"):
+        # Synapse checks that an ACL admits its own server by the whole server name,
+        # port included (spec matchers strip the port); this entry satisfies it.
+        hosts.append(own)
+    for name in servers:
+        host = _glob_of(name)
+        if host not in hosts:
+            hosts.append(host)
+    return ServerAcl(tuple(hosts), (), any(_is_ip_literal(_host(h)) for h in hosts))
+
+
+#: A server name, or a glob of them (``*.example.org``), with an optional port.
+_SERVER_GLOB = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.*?\-]{1,255})(:[0-9]{1,5})?$")
 
 
 @dataclass(frozen=True)
@@ -273,6 +352,7 @@ class Rooms:
         writers: list[str] | tuple[str, ...] = (),
         admins: list[str] | tuple[str, ...] = (),
         alias: bool | str = False,
+        servers: Sequence[str] | None = None,
     ) -> DataRoom:
         """Create an encrypted data room of ``kind``.
 
@@ -281,6 +361,9 @@ class Rooms:
         runs, it owns those aliases: then it makes (or finds) the entity's rooms and
         invites the caller, who joins; ``name``, ``topic`` and ``purpose`` are the
         bot's (see :mod:`datarooms.sdk.roomsbot`).
+        ``servers`` limits the homeservers that may take part to these and ours (an
+        ``m.room.server_acl``); ``None`` leaves the room open to every server the
+        homeserver federates with. Members of other servers cannot join it.
         Room state (name, topic, kind, purpose, DID) is not encrypted by Matrix:
         never put secrets there.
         """
@@ -310,6 +393,14 @@ class Rooms:
         elif isinstance(alias, str) and alias:
             alias_name = alias
         me = self._c.user_id
+        acl = None if servers is None else _acl_for(servers, server_of(me))
+        if acl is not None:
+            for u in levels:
+                if not acl.allows(server_of(u)):
+                    raise ValidationError(
+                        f"{u} is on a server the room's server ACL does not allow "
+                        f"({server_of(u)}); add it to servers=[...]"
+                    )
         if kind == "entity" and alias is True and did:
             from datarooms.sdk.roomsbot import entity_room_from_roomsbot
 
@@ -343,6 +434,11 @@ class Rooms:
                     "content": {"guest_access": "forbidden"},
                 },
                 {"type": ev.ROOM_INFO, "state_key": "", "content": info},
+                *(
+                    [{"type": SERVER_ACL, "state_key": "", "content": acl.content()}]
+                    if acl is not None
+                    else []
+                ),
             ],
             power_level_override=power_levels(kind, {u: p for u, p in levels.items() if u != me}),
         )
@@ -558,6 +654,13 @@ class Rooms:
         await self._c.ensure_room(room_id)
         if user in self.view(room_id).creators:
             raise ValidationError(f"{user} created {room_id} and always has admin access")
+        acl = self.server_acl(room_id)
+        if acl is not None and not acl.allows(server_of(user)):
+            raise AccessDeniedError(
+                f"{user} is on {server_of(user)}, which the server ACL of {room_id} does not "
+                f"allow (allowed: {', '.join(acl.allow) or 'none'}); "
+                "allow it first (rooms.allow_server / datarooms room allow-server)"
+            )
         await self._set_power(room_id, {user: POWER[access]})
         room = self._c.nio.rooms[room_id]
         if user not in room.users:
@@ -615,6 +718,100 @@ class Rooms:
             except HomeserverError as exc:
                 raise _as_access_error(exc, room_id) from None
 
+    # -- servers (federation) ------------------------------------------------------
+
+    def server_acl(self, room_id: str) -> ServerAcl | None:
+        """The room's server ACL as this device knows it; ``None``: every server may take part."""
+        content = self._c.index.state(room_id, SERVER_ACL)
+        if not content:
+            return None
+        return _parse_acl(content)
+
+    def servers(self, room_id: str) -> builtins.list[ServerCopy]:
+        """The homeservers holding a copy of the room (those of its joined members), each
+        with its members and whether the room's ACL still allows it. Every one of them
+        stores the room's history (ciphertext) and sees its metadata."""
+        view = self.view(room_id)
+        acl = self.server_acl(room_id)
+        by_server: dict[str, builtins.list[str]] = {}
+        for m in self.members(room_id):
+            if m.membership == "join" or view.is_joined(m.user_id):
+                by_server.setdefault(server_of(m.user_id), []).append(m.user_id)
+        return [
+            ServerCopy(name, tuple(sorted(users)), acl is None or acl.allows(name))
+            for name, users in sorted(by_server.items())
+        ]
+
+    async def allow_server(self, room_id: str, server: str) -> ServerAcl | None:
+        """Let ``server`` take part in the room: add it to the ACL's allow list and take it
+        off the deny list. A room with no ACL already allows every server (returns None)."""
+        host = _acl_for([server], server_of(self._c.user_id)).allow[-1]
+
+        def change(acl: ServerAcl) -> ServerAcl:
+            allow = (
+                acl.allow
+                if any(fnmatch.fnmatchcase(host, g) for g in acl.allow)
+                else (
+                    *acl.allow,
+                    host,
+                )
+            )
+            return ServerAcl(
+                allow,
+                tuple(g for g in acl.deny if g != host),
+                acl.allow_ip_literals or _is_ip_literal(host),
+            )
+
+        return await self._change_acl(room_id, change, create=False)
+
+    async def deny_server(self, room_id: str, server: str) -> ServerAcl:
+        """Shut ``server`` out of the room: deny it in the ACL, then revoke its members (they
+        are removed and the room key rotates, so nothing written later reaches them)."""
+        own = server_of(self._c.user_id)
+        host = _glob_of(server)
+        if host == _host(own):
+            raise ValidationError("a room cannot deny its own homeserver")
+
+        def change(acl: ServerAcl) -> ServerAcl:
+            return ServerAcl(
+                tuple(g for g in acl.allow if g != host),
+                acl.deny if host in acl.deny else (*acl.deny, host),
+                acl.allow_ip_literals,
+            )
+
+        result = await self._change_acl(room_id, change, create=True)
+        assert result is not None
+        for m in self.members(room_id):
+            if _host(server_of(m.user_id)) == host:
+                await self.revoke(room_id, m.user_id, reason=f"the room no longer allows {host}")
+        return result
+
+    async def _change_acl(
+        self, room_id: str, change: Callable[[ServerAcl], ServerAcl], *, create: bool
+    ) -> ServerAcl | None:
+        await self._c.ensure_room(room_id)
+        path = state_path(room_id, SERVER_ACL)
+        async with self._c.http() as http:
+            try:
+                current = await http.request("GET", path)
+            except HomeserverError as exc:
+                if exc.errcode != "M_NOT_FOUND":
+                    raise _as_access_error(exc, room_id) from None
+                current = None
+            if not current:
+                if not create:
+                    return None
+                current = _acl_for(["*"], server_of(self._c.user_id)).content()
+            new = change(_parse_acl(current))
+            if not new.allows(server_of(self._c.user_id)):
+                raise ValidationError("that ACL would shut this room's own homeserver out")
+            try:
+                await http.request("PUT", path, json=new.content())
+            except HomeserverError as exc:
+                raise _as_access_error(exc, room_id) from None
+        await self._c.sync_once()
+        return new
+
     async def review(self, room_id: str) -> builtins.list[MemberAccess]:
         """Who has access: members and invitees, their power, devices and last activity."""
         await self._c.ensure_room(room_id)
@@ -655,6 +852,14 @@ async def resolve_alias(homeserver_url: str, access_token: str, alias: str) -> s
                 raise NotFoundError(f"no room has the alias {alias}") from None
             raise
     return str(res["room_id"])
+
+
+def _parse_acl(content: dict[str, Any]) -> ServerAcl:
+    def globs(key: str) -> tuple[str, ...]:
+        value = content.get(key)
+        return tuple(g for g in value if isinstance(g, str)) if isinstance(value, list) else ()
+
+    return ServerAcl(globs("allow"), globs("deny"), content.get("allow_ip_literals", True) is True)
 
 
 def _join_error(resp: JoinError, room: str, user: str) -> DataroomsError:

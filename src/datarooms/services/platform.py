@@ -210,6 +210,7 @@ class Platform:
         self._requires = dict(requires or {})
         #: Seconds each part took to start, for the log and for bench/startup.py.
         self.timings: dict[str, float] = {}
+        self._waking: asyncio.Task[None] | None = None
 
     @property
     def state_file(self) -> Path:
@@ -358,8 +359,12 @@ class Platform:
             healthy.set_result(None)
             say("preparing the service account")
             t = time.monotonic()
-            account.set_result(await self._ensure_service_account(url))
+            creds = await self._ensure_service_account(url)
+            account.set_result(creds)
             self.timings["service account"] = time.monotonic() - t
+            if self.homeserver is not None and self.homeserver.federation is not None:
+                # Peers queued events for us while we were down: have them send now.
+                self._waking = asyncio.create_task(self._wake_peers(creds))
         except Exception as exc:
             for fut in (healthy, account):
                 if not fut.done():
@@ -371,8 +376,22 @@ class Platform:
             account.cancel()
             raise
 
+    async def _wake_peers(self, creds: Credentials) -> None:
+        from datarooms.homeserver.federation import wake_peers
+
+        try:
+            await wake_peers(
+                creds.homeserver_url, creds.access_token, self.settings.homeserver.server_name
+            )
+        except Exception as exc:  # a courtesy to peers: never fails the platform
+            log.warning("could not tell peers we are back", extra={"error": str(exc)})
+
     async def stop(self) -> None:
         """Stop services in reverse order, then the homeserver; release the lock."""
+        if self._waking is not None:
+            self._waking.cancel()
+            await asyncio.gather(self._waking, return_exceptions=True)
+            self._waking = None
         for service in reversed(self._started):
             try:
                 await service.stop()

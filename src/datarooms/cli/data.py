@@ -120,12 +120,20 @@ def room_create(
     did: Annotated[str | None, typer.Option(help="Entity DID (required for entity rooms)")] = None,
     purpose: Annotated[str | None, typer.Option(help="What the room is for")] = None,
     alias: Annotated[bool, typer.Option(help="Give an entity room its DID alias")] = False,
+    server: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server",
+            help="Only this homeserver (and ours) may take part; repeat for several "
+            "(a server ACL). Default: any server ours federates with",
+        ),
+    ] = None,
 ) -> None:
     """Create an encrypted data room."""
 
     async def go(c: DataroomsClient) -> None:
         room = await c.rooms.create(
-            kind, name=name, topic=topic, did=did, purpose=purpose, alias=alias
+            kind, name=name, topic=topic, did=did, purpose=purpose, alias=alias, servers=server
         )
         echo(room.room_id)
         if room.alias:
@@ -180,6 +188,51 @@ def room_members(ctx: typer.Context, room: RoomArg) -> None:
                 _ts(m.last_active_ts),
             )
         console.print(table)
+        _print_servers(c, rid)
+
+    with_client(ctx, go)
+
+
+def _print_servers(c: DataroomsClient, rid: str) -> None:
+    acl = c.rooms.server_acl(rid)
+    table = _table("server holding a copy", "members", "allowed by the room")
+    for copy in c.rooms.servers(rid):
+        table.add_row(copy.server_name, str(len(copy.members)), "yes" if copy.allowed else "NO")
+    console.print(table)
+    if acl is None:
+        echo("server ACL: none (any server our homeserver federates with may take part)")
+    else:
+        echo(
+            "server ACL: allow "
+            + (", ".join(acl.allow) or "-")
+            + ("; deny " + ", ".join(acl.deny) if acl.deny else "")
+        )
+
+
+@room_app.command("allow-server")
+def room_allow_server(
+    ctx: typer.Context, room: RoomArg, server: Annotated[str, typer.Argument(help="server name")]
+) -> None:
+    """Let a homeserver take part in the room (its server ACL)."""
+
+    async def go(c: DataroomsClient) -> None:
+        rid = await c.rooms.resolve(room)
+        acl = await c.rooms.allow_server(rid, server)
+        echo(f"{server} may take part in {rid}" + ("" if acl else " (the room has no server ACL)"))
+
+    with_client(ctx, go)
+
+
+@room_app.command("deny-server")
+def room_deny_server(
+    ctx: typer.Context, room: RoomArg, server: Annotated[str, typer.Argument(help="server name")]
+) -> None:
+    """Shut a homeserver out of the room: deny it, and revoke its members."""
+
+    async def go(c: DataroomsClient) -> None:
+        rid = await c.rooms.resolve(room)
+        await c.rooms.deny_server(rid, server)
+        echo(f"{server} is denied in {rid}; its members were removed")
 
     with_client(ctx, go)
 

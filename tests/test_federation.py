@@ -238,3 +238,43 @@ async def test_an_outage_of_the_readers_server_loses_nothing(orgs, device) -> No
     async with Telemetry(bob) as tb:
         rows = await tb.query(rid, "temp", limit=1000)
     assert [s.value for s in rows] == [float(i) for i in range(100)]
+
+
+async def test_the_state_bot_finds_callers_homeservers_by_discovery(orgs, device) -> None:  # type: ignore[no-untyped-def]
+    """No URL map: the bot on org a verifies org b's caller with b's own homeserver, found by
+    server discovery and reached over TLS verified against the local CA; a caller of a
+    server outside the bot's federation policy is refused without a request to it."""
+    import ssl
+
+    from datarooms.errors import UnauthorizedError
+    from datarooms.homeserver.federation import ServerResolver
+    from datarooms.services.openid import FederationTrust
+    from datarooms.services.statebot import StateBot, StateBotClient, StateBotConfig
+
+    ctx = ssl.create_default_context(cafile=str(orgs.ca_file))
+    policy = FederationTrust((orgs.server_names["b"],), ServerResolver(ssl_context=ctx), ctx)
+    bot = StateBot(
+        await device(orgs["a"], "statebot"), config=StateBotConfig(port=0), federation=policy
+    )
+    await bot.start()
+    try:
+        alice = await device(orgs["a"], "alice")
+        bob = await device(orgs["b"], "bob")
+        carol = await device(orgs["c"], "carol")
+        rid = (await alice.rooms.create("device")).room_id
+        await alice.rooms.grant(rid, bob.user_id, "admin")  # room state needs admin power
+        await alice.rooms.grant(rid, carol.user_id, "admin")
+        await alice.rooms.grant(rid, bot.client.user_id, "admin")
+        await _accept(bob, rid)
+        await _accept(carol, rid)
+        async with StateBotClient.for_client(bot.url, alice) as api:
+            assert await api.join(rid) == rid
+        async with StateBotClient.for_client(bot.url, bob) as api:
+            await api.set(rid, "config", {"mode": "eco"})
+            assert await api.get(rid, "config") == {"mode": "eco"}
+        async with StateBotClient.for_client(bot.url, carol) as api:
+            with pytest.raises(UnauthorizedError, match="not one this service trusts"):
+                await api.get(rid, "config")
+        assert bot.verifier.cache_size == 2  # alice's and bob's tokens; carol's never asked
+    finally:
+        await bot.stop()

@@ -141,6 +141,11 @@ class TestFederation:
     def __getitem__(self, name: str) -> TestHomeserver:
         return self.orgs[name]
 
+    @property
+    def ca_file(self) -> Path:
+        """The local CA's certificate that the organisations (but rogue ones) trust."""
+        return self.directory / "ca" / "ca.pem"
+
     async def stop(self, name: str) -> None:
         """Take organisation ``name``'s homeserver down (an outage)."""
         await self.orgs[name].synapse.stop()

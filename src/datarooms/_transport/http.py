@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
@@ -104,8 +105,14 @@ class JsonHttp:
         session: aiohttp.ClientSession | None = None,
         timeout: float | aiohttp.ClientTimeout = 30.0,
         retry: RetryPolicy = DEFAULT_RETRY,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_host: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: How HTTPS peers are verified (None: the system's CAs), and the host name their
+        #: certificate must be valid for when it is not the URL's (federation delegation).
+        self._ssl = ssl_context
+        self._tls_host = tls_host
         self._session = session
         self._own_session = session is None
         self._timeout = (
@@ -129,7 +136,8 @@ class JsonHttp:
     def session(self) -> aiohttp.ClientSession:
         """The aiohttp session (created on first use), e.g. for a websocket."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self._session
 
     async def send(
@@ -156,10 +164,14 @@ class JsonHttp:
         per_try = aiohttp.ClientTimeout(total=timeout) if timeout is not None else session.timeout
         rate_limited = failed = 0
         backoff = policy.backoff
+        extra: dict[str, Any] = {}
+        if self._tls_host is not None:
+            extra["server_hostname"] = self._tls_host
+            headers = {"Host": self._tls_host, **(headers or {})}
         while True:
             try:
                 async with session.request(
-                    method, url, json=json, params=params, headers=headers, timeout=per_try
+                    method, url, json=json, params=params, headers=headers, timeout=per_try, **extra
                 ) as resp:
                     try:
                         body = await resp.json(content_type=None)
@@ -247,8 +259,17 @@ class MatrixHttp(JsonHttp):
         name: str = "the homeserver",
         errors: ErrorFactory = matrix_error,
         unreachable_errcodes: tuple[str | None, str | None] = (None, None),
+        ssl_context: ssl.SSLContext | None = None,
+        tls_host: str | None = None,
     ) -> None:
-        super().__init__(base_url, session=session, timeout=timeout, retry=retry)
+        super().__init__(
+            base_url,
+            session=session,
+            timeout=timeout,
+            retry=retry,
+            ssl_context=ssl_context,
+            tls_host=tls_host,
+        )
         self.access_token = access_token
         self.name = name
         self._errors = errors

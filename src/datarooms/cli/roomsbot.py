@@ -238,6 +238,8 @@ def roomsbot_command(
     reg = write_appservice_registration(settings, rb)
     url = homeserver_url or live_homeserver_url(settings)
     watch = None if no_watch or not cs.watch else (chain_rpc or chain_url(settings, cs))
+    from datarooms.services.openid import federation_trust
+
     bot = RoomsBot(
         homeserver_url=url,
         registration=reg,
@@ -245,6 +247,7 @@ def roomsbot_command(
         settings=rb,
         chain_url=watch,
         chain=cs,
+        federation=federation_trust(settings),
     )
 
     running = ServiceRun(

@@ -9,9 +9,13 @@ The bot asks that homeserver who the token belongs to
 (``GET /_matrix/federation/v1/openid/userinfo``), and accepts the answer only for
 a user *of that server*: a homeserver can vouch for its own users, no one else's.
 
-Federation discovery (``.well-known``, SRV) is not done here: the bot knows the
-homeservers it trusts from a mapping ``{server_name: base_url}``, which by
-default holds just its own homeserver.
+Which homeservers: the bot's own, those of an explicit mapping
+``{server_name: base_url}`` (``[statebot] homeservers``), and, when the platform
+federates, every server its federation policy allows (``[federation] allow``),
+found by the spec's server discovery (``.well-known/matrix/server``, SRV, port 8448)
+and asked over TLS verified as the homeserver verifies its peers
+(:class:`FederationTrust`). A server outside all of these is refused before any
+request leaves the bot.
 
 Verified tokens are cached (keyed by a SHA-256 of the token, never the token
 itself) for ``cache_seconds``; the userinfo answer does not say when a token
@@ -32,16 +36,22 @@ import asyncio
 import hashlib
 import logging
 import re
+import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from datarooms.errors import HomeserverError, UnauthorizedError, ValidationError
 from datarooms.homeserver.api import MatrixApi, openid_userinfo
+from datarooms.homeserver.federation import ServerResolver, ssl_context_for
 from datarooms.ids import server_of
 from datarooms.ids import user_id as check_user_id
 from datarooms.services.scaffold import TokenBucket
+
+if TYPE_CHECKING:
+    from datarooms.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,54 @@ class VerificationLimitedError(UnauthorizedError):
 
     errcode = "M_LIMIT_EXCEEDED"
     http_status = 429
+
+
+@dataclass(frozen=True)
+class FederationTrust:
+    """The platform's federation policy, for services that verify other servers' users:
+    which servers are allowed (``None``: any), how to find them, how to verify them."""
+
+    allowed: tuple[str, ...] | None
+    resolver: ServerResolver
+    ssl_context: ssl.SSLContext
+
+    def allows(self, server_name: str) -> bool:
+        return self.allowed is None or server_name in self.allowed
+
+
+def federation_trust(settings: Settings) -> FederationTrust | None:
+    """The platform's :class:`FederationTrust`, or ``None`` when it does not federate."""
+    if not settings.federation.enabled:
+        return None
+    ctx = ssl_context_for(settings)
+    return FederationTrust(settings.federation.allowed, ServerResolver(ssl_context=ctx), ctx)
+
+
+class TrustedServers:
+    """The homeservers whose users a service accepts: named ones, plus (when the platform
+    federates) every server its policy allows. ``server in trusted`` asks."""
+
+    def __init__(self, named: Mapping[str, str], federation: FederationTrust | None = None) -> None:
+        self.named = {name: url.rstrip("/") for name, url in named.items()}
+        self.federation = federation
+
+    def __contains__(self, server: object) -> bool:
+        if not isinstance(server, str):
+            return False
+        return server in self.named or (
+            self.federation is not None and self.federation.allows(server)
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.named
+        if self.federation is not None and self.federation.allowed is not None:
+            yield from (s for s in self.federation.allowed if s not in self.named)
+
+    def describe(self) -> str:
+        names = ", ".join(sorted(self)) or "none"
+        if self.federation is not None and self.federation.allowed is None:
+            return names + " and any other server (federation allows any)"
+        return names
 
 
 @dataclass(frozen=True)
@@ -77,6 +135,7 @@ class OpenIdVerifier:
         homeservers: Mapping[str, str],
         *,
         default_server: str,
+        federation: FederationTrust | None = None,
         cache_seconds: float = 300.0,
         negative_cache_seconds: float = 5.0,
         max_entries: int = 10_000,
@@ -88,7 +147,9 @@ class OpenIdVerifier:
     ) -> None:
         if not homeservers:
             raise ValueError("OpenID verification needs at least one trusted homeserver")
-        self.homeservers = {name: url.rstrip("/") for name, url in homeservers.items()}
+        #: Who may call: the named homeservers, and those the federation policy allows.
+        self.trusted = TrustedServers(homeservers, federation)
+        self.homeservers = self.trusted.named
         self.default_server = default_server
         self.cache_seconds = cache_seconds
         self.negative_cache_seconds = negative_cache_seconds
@@ -133,12 +194,11 @@ class OpenIdVerifier:
             raise UnauthorizedError(
                 "X-Matrix-Server-Name is not a Matrix server name", errcode="DR_UNKNOWN_HOMESERVER"
             )
-        base = self.homeservers.get(server)
-        if base is None:
+        if server not in self.trusted:
             self._on_result("rejected")
             raise UnauthorizedError(
-                f"the state bot does not know the homeserver {server!r}; it verifies tokens "
-                f"of: {', '.join(sorted(self.homeservers))}",
+                f"the homeserver {server!r} is not one this service trusts; it verifies "
+                f"tokens of: {self.trusted.describe()}",
                 errcode="DR_UNKNOWN_HOMESERVER",
             )
         cache_key = hashlib.sha256(f"{server}\0{token}".encode()).digest()
@@ -172,7 +232,7 @@ class OpenIdVerifier:
         future: asyncio.Future[Caller] = asyncio.get_running_loop().create_future()
         self._inflight[cache_key] = future
         try:
-            caller = await self._ask(base, server, token)
+            caller = await self._ask(server, token)
         except UnauthorizedError as exc:
             self._remember(cache_key, None, self.negative_cache_seconds)
             self._on_result("rejected")
@@ -214,12 +274,30 @@ class OpenIdVerifier:
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
 
-    async def _ask(self, base: str, server: str, token: str) -> Caller:
-        api = self._apis.get(base)
-        if api is None:
-            api = self._apis[base] = MatrixApi(
-                base, timeout=self._timeout, name=f"the homeserver {server}"
+    async def _api(self, server: str) -> MatrixApi:
+        api = self._apis.get(server)
+        if api is not None:
+            return api
+        base = self.trusted.named.get(server)
+        if base is not None:
+            api = MatrixApi(base, timeout=self._timeout, name=f"the homeserver {server}")
+        else:
+            fed = self.trusted.federation
+            assert fed is not None  # server in self.trusted, and not named
+            found = await fed.resolver.resolve(server)
+            url_host = found.base_url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+            api = MatrixApi(
+                found.base_url,
+                timeout=self._timeout,
+                name=f"the homeserver {server} (federation API)",
+                ssl_context=fed.ssl_context,
+                tls_host=None if found.tls_host == url_host else found.tls_host,
             )
+        self._apis[server] = api
+        return api
+
+    async def _ask(self, server: str, token: str) -> Caller:
+        api = await self._api(server)
         try:
             answer = await openid_userinfo(api, token)
         except HomeserverError as exc:

@@ -18,7 +18,7 @@ from datarooms.chain.watcher import ChainWatcher, EntityRejected
 from datarooms.config import ChainSettings, RoomsBotSettings
 from datarooms.errors import HomeserverError, PlatformError, ValidationError
 from datarooms.homeserver.api import MatrixApi
-from datarooms.services.openid import OpenIdVerifier
+from datarooms.services.openid import FederationTrust, OpenIdVerifier
 from datarooms.services.roomsbot.api import answer_alias_query, build_asgi
 from datarooms.services.roomsbot.entity_rooms import EntityRooms
 from datarooms.services.roomsbot.metrics import Metrics
@@ -41,6 +41,7 @@ class RoomsBot:
         settings: RoomsBotSettings | None = None,
         chain_url: str | None = None,
         chain: ChainSettings | None = None,
+        federation: FederationTrust | None = None,
     ) -> None:
         self.homeserver_url = homeserver_url.rstrip("/")
         self.registration = registration
@@ -66,6 +67,7 @@ class RoomsBot:
                 **self.settings.trusted_homeserver_urls,
             },
             default_server=registration.server_name,
+            federation=federation,
         )
         self.rpc: CometRpc | None = None
         self.watcher: ChainWatcher | None = None

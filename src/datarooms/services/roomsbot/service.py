@@ -129,6 +129,7 @@ class RoomsBotService(BotService["RoomsBot"]):
         )
         run = ServiceRun(settings, self.name, lock).acquire()
         try:
+            from datarooms.services.openid import federation_trust
             from datarooms.services.roomsbot.bot import RoomsBot
 
             watch = chain_url(settings, cs) if cs.watch else None
@@ -139,6 +140,7 @@ class RoomsBotService(BotService["RoomsBot"]):
                 settings=rb,
                 chain_url=watch,
                 chain=cs,
+                federation=federation_trust(settings),
             )
             await bot.start()
         except BaseException:

@@ -33,7 +33,7 @@ from datarooms.sdk.state import (
     check_key,
     secure_ref,
 )
-from datarooms.services.openid import Caller
+from datarooms.services.openid import Caller, TrustedServers
 from datarooms.services.statebot import events as sev
 from datarooms.services.statebot.errors import UnknownRoomError
 
@@ -70,12 +70,22 @@ class RoomStatus:
 class StateHandler:
     """Everything the REST API can do, for a verified :class:`Caller`."""
 
-    def __init__(self, client: DataroomsClient, *, trusted_servers: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        client: DataroomsClient,
+        *,
+        trusted_servers: Iterable[str] | TrustedServers = (),
+    ) -> None:
         self.client = client
         self.state = client.state
         self.state.writer_name = "the state bot"
         #: Homeservers whose rooms the bot may join when asked (its own, at least).
-        self.trusted_servers = {server_of(client.user_id), *trusted_servers}
+        if not isinstance(trusted_servers, TrustedServers):
+            trusted_servers = TrustedServers(dict.fromkeys(trusted_servers, ""))
+        own = server_of(client.user_id)
+        if own not in trusted_servers.named:
+            trusted_servers.named[own] = client.homeserver_url
+        self.trusted_servers = trusted_servers
 
     @property
     def bot_id(self) -> str:
@@ -124,7 +134,7 @@ class StateHandler:
         if not invited and server is not None and server not in self.trusted_servers:
             raise AccessDeniedError(
                 f"the state bot joins rooms on the homeservers it trusts only "
-                f"({', '.join(sorted(self.trusted_servers))}), or rooms it was invited to; "
+                f"({self.trusted_servers.describe()}), or rooms it was invited to; "
                 f"invite {self.bot_id} to {room} first",
                 errcode="M_FORBIDDEN",
             )

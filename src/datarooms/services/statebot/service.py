@@ -31,7 +31,7 @@ from datarooms.ids import server_of
 from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.hooks import MembershipChanged, Subscription
 from datarooms.services import scaffold
-from datarooms.services.openid import Caller, OpenIdVerifier
+from datarooms.services.openid import Caller, FederationTrust, OpenIdVerifier, federation_trust
 from datarooms.services.platform import PlatformContext
 from datarooms.services.scaffold import BotService, EmbeddedServer, ServiceRun, bind, http_url
 from datarooms.services.statebot.api import build_asgi
@@ -70,21 +70,23 @@ class StateBot:
         config: StateBotConfig | None = None,
         homeservers: Mapping[str, str] | None = None,
         own_client: bool = False,
+        federation: FederationTrust | None = None,
     ) -> None:
         self.client = client
         self.config = config or StateBotConfig()
         self.server_name = server_of(client.user_id)
-        trusted = {self.server_name: client.homeserver_url}
-        trusted.update(self.config.homeservers)
-        trusted.update(homeservers or {})
+        named = {self.server_name: client.homeserver_url}
+        named.update(self.config.homeservers)
+        named.update(homeservers or {})
         self.metrics = Metrics()
-        self.handler = StateHandler(client, trusted_servers=trusted)
         self.verifier = OpenIdVerifier(
-            trusted,
+            named,
             default_server=self.server_name,
+            federation=federation,
             cache_seconds=self.config.token_cache_seconds,
             on_result=lambda result: self.metrics.auth.labels(result).inc(),
         )
+        self.handler = StateHandler(client, trusted_servers=self.verifier.trusted)
         self.metrics.watch(
             lambda: len(self.handler.joined_rooms()), lambda: self.verifier.cache_size
         )
@@ -157,7 +159,7 @@ class StateBot:
 
     async def _auto_join(self) -> None:
         """Accept invites from users of trusted homeservers."""
-        trusted = set(self.verifier.homeservers)
+        trusted = self.verifier.trusted
         for room_id, inviter in self.client.invites().items():
             self._invites.put_nowait((room_id, inviter))
         while True:
@@ -210,7 +212,13 @@ class StateBotService(BotService["StateBot"]):
             client = await DataroomsClient.open(creds, store, device_name="datarooms state bot")
             try:
                 homeservers = {server_of(creds.user_id): platform.homeserver_url}
-                bot = StateBot(client, config=config, homeservers=homeservers, own_client=True)
+                bot = StateBot(
+                    client,
+                    config=config,
+                    homeservers=homeservers,
+                    own_client=True,
+                    federation=federation_trust(platform.settings),
+                )
                 url = await bot.start()
             except BaseException:
                 await client.close()

@@ -30,12 +30,25 @@ T0 = 1_700_000_040_000
 
 @pytest.fixture(scope="module")
 def orgs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestFederation]:
-    with TestFederation(
-        tmp_path_factory.mktemp("federation"),
+    from datarooms.homeserver.embedded import free_port
+    from datarooms.services.roomsbot.registration import write_registration
+
+    directory = tmp_path_factory.mktemp("federation")
+    federation = TestFederation(
+        directory,
         ["a", "b", "c", "d"],
         allow={"b": ["a"], "c": ["a", "b"], "a": ["b", "c", "d"], "d": ["a"]},
         rogue=("d",),
-    ) as federation:
+    )
+    # Org a runs a rooms bot: its Synapse loads the bot's appservice registration.
+    reg = write_registration(
+        directory / "roomsbot" / "registration.yaml",
+        server_name=federation.server_names["a"],
+        url=f"http://127.0.0.1:{free_port()}",
+    )
+    federation["a"].synapse.extra_config["app_service_config_files"] = [str(reg.path)]
+    federation.roomsbot_registration = reg  # type: ignore[attr-defined]
+    with federation:
         yield federation
 
 
@@ -278,3 +291,69 @@ async def test_the_state_bot_finds_callers_homeservers_by_discovery(orgs, device
         assert bot.verifier.cache_size == 2  # alice's and bob's tokens; carol's never asked
     finally:
         await bot.stop()
+
+
+async def test_a_controller_on_another_homeserver_gets_its_entity_room(  # type: ignore[no-untyped-def]
+    orgs, device, tmp_path: Path
+) -> None:
+    """Org a's rooms bot makes an entity's rooms when org b resolves the entity's alias (a
+    federated directory query reaches a's appservice), and gives the entity's controller,
+    whose account is on org b, admin access when it asks with a token from b."""
+    import ssl
+
+    from datarooms.chain.entity import controller_localpart
+    from datarooms.config import ChainSettings, RoomsBotSettings
+    from datarooms.homeserver.admin import register_user
+    from datarooms.homeserver.federation import ServerResolver
+    from datarooms.ids import entity_alias
+    from datarooms.services.openid import FederationTrust
+    from datarooms.services.roomsbot.bot import RoomsBot
+    from tests._roomsbot import register, resolve, running_devchain
+
+    b_name = orgs.server_names["b"]
+    ctx = ssl.create_default_context(cafile=str(orgs.ca_file))
+    controller_did = f"did:ixo:ixo1{uuid.uuid4().hex[:12]}"
+    async with running_devchain(tmp_path / "chain") as chain:
+        (did,) = await register(chain.url, controllers=[controller_did])
+        bot = RoomsBot(
+            homeserver_url=orgs["a"].base_url,
+            registration=orgs.roomsbot_registration,
+            store_path=tmp_path / "roomsbot.db",
+            settings=RoomsBotSettings(controller_servers=b_name),
+            chain_url=chain.url,
+            chain=ChainSettings(watch=False),
+            federation=FederationTrust((b_name,), ServerResolver(ssl_context=ctx), ctx),
+        )
+        await bot.start()
+        try:
+            # Org b asks its own homeserver for the alias; a's rooms bot makes the rooms.
+            someone = await orgs["b"].new_user("someone")
+            alias = entity_alias(did, orgs.server_names["a"])
+            room_id = await resolve(orgs["b"], someone.access_token, alias)
+            assert room_id.startswith("!")
+
+            local = controller_localpart(controller_did)
+            assert local is not None
+            secret = orgs["b"].synapse.registration_shared_secret
+            user = await register_user(orgs["b"].base_url, secret, local)
+            ctrl = await DataroomsClient.open(
+                Credentials(orgs["b"].base_url, user.user_id, user.access_token),
+                tmp_path / "controller",
+            )
+            try:
+                ctrl.rooms.roomsbot_url = bot.url
+                room = await ctrl.rooms.create("entity", did=did, alias=True)
+                assert room.room_id == room_id and room.alias == alias
+                await ctrl.sync_once()
+                assert ctrl.rooms.view(room_id).power(ctrl.user_id) == 100
+                await ctrl.records.put(room_id, "owner-note", {"ok": True})
+
+                # Anyone else on b is not the controller: refused.
+                stranger = await device(orgs["b"], "stranger")
+                stranger.rooms.roomsbot_url = bot.url
+                with pytest.raises(AccessDeniedError, match="controllers"):
+                    await stranger.rooms.create("entity", did=did, alias=True)
+            finally:
+                await ctrl.close()
+        finally:
+            await bot.stop()

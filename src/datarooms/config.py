@@ -259,6 +259,16 @@ class RoomsBotSettings:
     #: Where clients (the SDK, for entity rooms) reach a rooms bot that this data dir
     #: does not run, e.g. ``https://rooms.example.org``. Empty: the running platform's.
     url: str = ""
+    #: Other organisations' homeservers (comma-separated server names) whose ``@did-...``
+    #: users are the DIDs' holders: their platforms reserve that namespace for their own
+    #: rooms bot, as ours does. A controller DID's user there (``@did-ixo-X:<server>``),
+    #: verified by its own homeserver, may ask for admin access to the entity's rooms.
+    #: They must also be allowed by ``[federation] allow``.
+    controller_servers: str = ""
+
+    @property
+    def controller_server_names(self) -> frozenset[str]:
+        return frozenset(x.strip() for x in self.controller_servers.split(",") if x.strip())
 
     @property
     def kinds(self) -> tuple[str, ...]:

@@ -404,16 +404,15 @@ class Rooms:
         if kind == "entity" and alias is True and did:
             from datarooms.sdk.roomsbot import entity_room_from_roomsbot
 
-            made = await entity_room_from_roomsbot(self._c, did, self.roomsbot_url)
-            if made is not None:
+            found = await entity_room_from_roomsbot(self._c, did, self.roomsbot_url)
+            if found is not None:
+                made, bot_server = found
                 await self.join(made)
                 for user, level in levels.items():
                     if user != me:
                         await self.grant(made, user, access_for_power(level))
                 room = self.info(made)
-                return DataRoom(
-                    RoomID(made), kind, room.name, entity_alias(did, server_of(me)), did
-                )
+                return DataRoom(RoomID(made), kind, room.name, entity_alias(did, bot_server), did)
         resp = await self._c.nio.room_create(
             visibility=RoomVisibility.private,
             alias=alias_name,

@@ -67,10 +67,11 @@ def _error(status: int, body: Any, what: str) -> DataroomsError:
     )
 
 
-async def _serves(bot: MatrixHttp, server_name: str) -> bool:
+async def _bot_server(bot: MatrixHttp) -> str | None:
+    """The homeserver the rooms bot serves (its user's), from its ``/health``."""
     health = await bot.request("GET", "/health", auth=False)
     user = health.get("user_id") if isinstance(health, dict) else None
-    return isinstance(user, str) and ":" in user and server_of(user) == server_name
+    return server_of(user) if isinstance(user, str) and ":" in user else None
 
 
 #: A rooms bot's URL, or a function that finds it when it is needed (None: none runs).
@@ -79,9 +80,14 @@ RoomsBotLocator = str | Callable[[], str | None] | None
 
 async def entity_room_from_roomsbot(
     client: DataroomsClient, did: str, locator: RoomsBotLocator = None
-) -> str | None:
+) -> tuple[str, str] | None:
     """Ask the rooms bot for ``did``'s entity room, invite the caller to it, and return its
-    id; None if no rooms bot serves the caller's homeserver."""
+    id and the bot's server name (the entity alias's); None if no rooms bot serves the
+    caller's homeserver.
+
+    A rooms bot named explicitly (a URL) may be another organisation's: then the caller
+    must be one of the entity's controllers on a homeserver that bot trusts for
+    controllers (``[roomsbot] controller_servers``), or one of its operators."""
     explicit = isinstance(locator, str)
     url = locator() if callable(locator) else locator
     url = url or (None if callable(locator) else configured_roomsbot())
@@ -96,17 +102,15 @@ async def entity_room_from_roomsbot(
         unreachable_errcodes=("DR_ROOMSBOT_UNREACHABLE", "DR_ROOMSBOT_TIMEOUT"),
     ) as bot:
         try:
-            serves = await _serves(bot, server_of(me))
+            bot_server = await _bot_server(bot)
         except HomeserverError:
             if explicit:
                 raise
             return None  # the run file is stale or the bot is stopping: make the room here
-        if not serves:
-            if explicit:
-                raise ValidationError(
-                    f"the rooms bot at {url} does not serve {server_of(me)}, the homeserver of {me}"
-                )
-            return None
+        if bot_server is None:
+            raise HomeserverError(f"the rooms bot at {url} does not say which server it serves")
+        if bot_server != server_of(me) and not explicit:
+            return None  # another organisation's bot is used only when named
         async with MatrixHttp(client.homeserver_url, client.access_token) as hs:
             token = await hs.openid_token(me)
         res = await bot.request(
@@ -123,7 +127,7 @@ async def entity_room_from_roomsbot(
     room_id = res.get("room_id") if isinstance(res, dict) else None
     if not isinstance(room_id, str) or not room_id.startswith("!"):
         raise HomeserverError(f"the rooms bot at {url} answered no room id for {did}")
-    return room_id
+    return room_id, bot_server
 
 
 __all__ = ["RoomsBotLocator", "configured_roomsbot", "entity_room_from_roomsbot"]

@@ -224,6 +224,11 @@ def create_app(bot: "RoomsBot") -> FastAPI:
                 who in bot.settings.operator_ids
                 or who in record.members
                 or who == bot.registration.user_id
+                # a controller on another organisation's homeserver adds itself
+                or (
+                    user == who
+                    and bot.rooms.is_controller(record, who, bot.settings.controller_server_names)
+                )
             )
             if not allowed:
                 raise AccessDeniedError(

@@ -189,6 +189,20 @@ class EntityRooms:
                 users.append(uid)
         return tuple(users)
 
+    def is_controller(self, record: EntityRecord, user_id: str, servers: frozenset[str]) -> bool:
+        """Whether ``user_id`` is the Matrix user of one of the entity's controller DIDs, on
+        our server or on one of ``servers`` (organisations trusted for ``@did-`` users)."""
+        if ":" not in user_id:
+            return False
+        local, server = user_id[1:].split(":", 1)
+        if server != self.server_name and server not in servers:
+            return False
+        return any(
+            controller_user_id(c, server) == user_id
+            and (server != self.server_name or self.controller_ok(user_id))
+            for c in record.facts.controllers
+        ) and bool(local)
+
     def lookup(self, did: str) -> EntityRecord | None:
         return self.store.get(did)
 

@@ -225,7 +225,7 @@ async def test_forged_expired_and_missing_tokens_are_refused(
         bot, "GET", path, token=await openid_token(alice), server="evil.example.org"
     )
     assert (status, body["errcode"]) == (401, "DR_UNKNOWN_HOMESERVER")
-    assert "does not know the homeserver 'evil.example.org'" in body["error"]
+    assert "the homeserver 'evil.example.org' is not one this service trusts" in body["error"]
     # An access token is not an OpenID token.
     status, body = await raw_call(bot, "GET", path, token=alice.access_token)
     assert status == 401

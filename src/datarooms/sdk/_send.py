@@ -137,6 +137,21 @@ class Sender:
                 await c._check(await nio.keys_claim(missing), "claim one-time keys")
             await nio.share_group_session(room_id, ignore_unverified_devices=True)
             session = olm.outbound_group_sessions[room_id]
+            # Members whose homeserver could not be reached (no device keys, or no
+            # one-time keys): the session is owed to them until it is back.
+            unreachable = {
+                u
+                for u in members
+                if u != c.user_id
+                and (
+                    u in olm.users_for_key_query
+                    or any(
+                        not olm.session_store.get(d.curve25519)
+                        for d in olm.device_store.active_user_devices(u)
+                    )
+                )
+            }
+            c.keys.sharing.owe(room_id, session.id, unreachable)
             session.max_age, session.max_messages = outbound.rotation_rules(c.index, room_id)
             if shareable:  # our own inbound copy carries the flag too
                 own_key = olm.account.identity_keys["curve25519"]

@@ -293,6 +293,7 @@ class SyncEngine:
                 await nio.keys_claim(nio.get_users_for_key_claiming()), "claim one-time keys"
             )
         await nio.send_to_device_messages()
+        await c.keys.sharing.pay_owed()
 
     # -- turning sync responses into index batches ------------------------------------
 

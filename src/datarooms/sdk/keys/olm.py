@@ -25,6 +25,7 @@ from nio.crypto import Olm
 from nio.crypto.memorystores import GroupSessionStore
 from nio.crypto.olm_machine import encode_base64
 from nio.crypto.sessions import InboundGroupSession
+from nio.events import ForwardedRoomKeyEvent
 from nio.store import DefaultStore, MatrixStore, use_database
 from nio.store.models import ForwardedChains, MegolmInboundSessions
 from peewee import EXCLUDED, SqliteDatabase  # nio's ORM
@@ -208,6 +209,21 @@ class DataroomsOlm(Olm):  # type: ignore[misc]
             },
         }
 
+    def _own_forward(
+        self, sender: str, sender_key: str, payload: dict[str, Any]
+    ) -> ForwardedRoomKeyEvent | None:
+        session = _forward_from_creator(self, sender, sender_key, payload["content"])
+        if session is None:
+            return None
+        if self.inbound_group_store.add(session):
+            self.save_inbound_group_session(session)
+            log.info(
+                "imported a room key its creator owed us",
+                extra={"room": session.room_id, "sender": sender},
+            )
+        event = ForwardedRoomKeyEvent.from_dict(payload, sender, sender_key)
+        return event if isinstance(event, ForwardedRoomKeyEvent) else None
+
     def _handle_olm_event(self, sender: str, sender_key: str, payload: dict[str, Any]) -> Any:
         etype = payload.get("type")
         content = payload.get("content")
@@ -219,6 +235,10 @@ class DataroomsOlm(Olm):  # type: ignore[misc]
             else:
                 log.warning("ignoring a malformed room key bundle", extra={"sender": sender})
             return None
+        if etype == "m.forwarded_room_key" and isinstance(content, dict):
+            own = self._own_forward(sender, sender_key, payload)
+            if own is not None:
+                return own
         event = super()._handle_olm_event(sender, sender_key, payload)
         if etype == "m.room_key" and isinstance(content, dict):
             if any(content.get(k) is True for k in _SHARED_ALIASES):
@@ -226,6 +246,36 @@ class DataroomsOlm(Olm):  # type: ignore[misc]
                 if isinstance(room_id, str) and isinstance(session_id, str):
                     self.received_shared.append((room_id, sender_key, session_id))
         return event
+
+
+def _forward_from_creator(
+    olm: DataroomsOlm, sender: str, sender_key: str, content: dict[str, Any]
+) -> InboundGroupSession | None:
+    """A session its creator's device sent us itself (an owed key, see
+    ``HistorySharing.pay_owed``): as trustworthy as the ``m.room_key`` that device would
+    have sent, since the Olm channel proves the sending device is the session's creator
+    (``sender_key``) and its device keys vouch for the signing key. Anything else (a
+    forward of someone else's session, a chain, a mismatched key) is nio's to judge."""
+    if (
+        content.get("algorithm") != "m.megolm.v1.aes-sha2"
+        or content.get("forwarding_curve25519_key_chain")
+        or content.get("sender_key") != sender_key
+    ):
+        return None
+    device = olm.device_store.device_from_sender_key(sender, sender_key)
+    room_id, session_key = content.get("room_id"), content.get("session_key")
+    if (
+        device is None
+        or device.user_id != sender
+        or content.get("sender_claimed_ed25519_key") != device.ed25519
+        or not isinstance(room_id, str)
+        or not isinstance(session_key, str)
+    ):
+        return None
+    session = Olm._import_group_session(session_key, device.ed25519, sender_key, room_id, [])
+    if session is None or session.id != content.get("session_id"):
+        return None
+    return session
 
 
 def _to_json(obj: Any) -> str:

@@ -51,6 +51,8 @@ MEGOLM = "m.megolm.v1.aes-sha2"
 MAX_BUNDLE_BYTES = 16 * 1024 * 1024
 BUNDLE_WINDOW_MS = 24 * 3600 * 1000
 WITHHELD = "m.room_key.withheld"
+#: Index meta: ``{room_id: {session_id: [user_id, ...]}}`` of sessions owed to members.
+OWED_META = "owed_room_keys"
 _REASONS = {
     "m.unverified": "The sender's trust policy excludes this device (not cross-signed or "
     "not verified).",
@@ -69,6 +71,7 @@ class HistorySharing:
         self._c = client
         self._tasks: set[asyncio.Task[int]] = set()
         self._resumed = False
+        self._paid_at = float("-inf")
 
     @property
     def _olm(self) -> DataroomsOlm:
@@ -117,6 +120,111 @@ class HistorySharing:
                 f"/_matrix/client/v3/sendToDevice/{event_type}/{secrets.token_hex(16)}",
                 json={"messages": messages},
             )
+
+    # -- keys owed to members whose homeserver could not be reached ---------------------
+
+    def owe(self, room_id: str, session_id: str, users: set[str]) -> None:
+        """Remember that ``users`` (members of ``room_id``) did not get ``session_id``:
+        their homeserver was unreachable (another organisation's, down), so their device
+        keys or one-time keys could not be fetched. Persisted: :meth:`pay_owed` sends the
+        session (from its first index) once their devices can be reached again."""
+        if not users:
+            return
+        owed = self._owed()
+        entry = owed.setdefault(room_id, {})
+        entry[session_id] = sorted(set(entry.get(session_id, [])) | users)
+        self._c.index.set_meta(OWED_META, json.dumps(owed))
+        log.warning(
+            "members' homeservers are unreachable: the room key goes to them once they are back",
+            extra={"room": room_id, "users": len(users)},
+        )
+
+    def _owed(self) -> dict[str, dict[str, list[str]]]:
+        text = self._c.index.get_meta(OWED_META)
+        return json.loads(text) if text else {}
+
+    @property
+    def owes(self) -> bool:
+        return bool(self._c.index.get_meta(OWED_META) not in (None, "{}"))
+
+    async def pay_owed(self, *, every_s: float = 5.0) -> int:
+        """Send owed sessions to the devices (cross-signed by their owner) of members that
+        can be reached now, as ``m.forwarded_room_key`` from this device, the sessions'
+        creator (receivers accept that from the creator's own device only). At most once
+        every ``every_s`` seconds; returns the devices sent to."""
+        now = time.monotonic()
+        if now - self._paid_at < every_s or not self.owes:
+            return 0
+        self._paid_at = now
+        c, olm = self._c, self._olm
+        owed = self._owed()
+        own_key = olm.account.identity_keys["curve25519"]
+        users = sorted({u for sessions in owed.values() for us in sessions.values() for u in us})
+        try:
+            res = await c.keys.query_keys(users)
+        except DataroomsError as exc:
+            log.info("owed room keys: cannot query devices yet", extra={"error": str(exc)})
+            return 0
+        failed = set(res.get("failures", {}))
+        reachable = {u for u in users if u.split(":", 1)[1] not in failed}
+        signed = {u: c.keys.cross_signed_devices(u, res) for u in reachable}
+        olm.users_for_key_query.update(reachable)
+        await c._check(await c.nio.keys_query(), "query device keys")
+        devices = {
+            u: [d for d in c.nio.device_store.active_user_devices(u) if d.id in signed[u]]
+            for u in reachable
+        }
+        missing = {
+            u: [d.id for d in ds if not olm.session_store.get(d.curve25519)]
+            for u, ds in devices.items()
+        }
+        missing = {u: ids for u, ids in missing.items() if ids}
+        if missing:
+            claimed = await c.nio.keys_claim(missing)
+            failed |= set(getattr(claimed, "failures", {}) or {})
+        messages: dict[str, dict[str, Any]] = {}
+        paid: set[tuple[str, str, str]] = set()
+        for room_id, sessions in owed.items():
+            for session_id, members in sessions.items():
+                group = olm.inbound_group_store.get(room_id, own_key, session_id)
+                for user in members:
+                    if user not in reachable or user.split(":", 1)[1] in failed:
+                        continue
+                    sent = False
+                    for d in devices.get(user, []):
+                        olm_session = olm.session_store.get(d.curve25519)
+                        if olm_session is None or group is None:
+                            continue
+                        content = {
+                            "algorithm": MEGOLM,
+                            "forwarding_curve25519_key_chain": [],
+                            "room_id": room_id,
+                            "sender_claimed_ed25519_key": group.ed25519,
+                            "sender_key": group.sender_key,
+                            "session_id": group.id,
+                            "session_key": group.export_session(group.first_known_index),
+                        }
+                        messages.setdefault(user, {})[d.id] = olm.olm_encrypt_payload(
+                            olm_session, d, "m.forwarded_room_key", content
+                        )
+                        sent = True
+                    if sent or group is None or not devices.get(user):
+                        paid.add((room_id, session_id, user))
+        if messages:
+            await self._to_device("m.room.encrypted", messages)
+        for room_id, session_id, user in paid:
+            left = [u for u in owed[room_id][session_id] if u != user]
+            if left:
+                owed[room_id][session_id] = left
+            else:
+                del owed[room_id][session_id]
+            if not owed[room_id]:
+                del owed[room_id]
+        c.index.set_meta(OWED_META, json.dumps(owed))
+        n = sum(len(v) for v in messages.values())
+        if n:
+            log.info("sent owed room keys", extra={"devices": n, "still_owed": len(owed)})
+        return n
 
     # -- sending a bundle ----------------------------------------------------------
 

@@ -14,9 +14,9 @@ Two real Synapses federate over TLS with certificate verification on (a local CA
 2. Catch-up: org b's homeserver is stopped while alice keeps writing (2 records a second
    for 60 s; quick: 15 s; smoke: 3 s) into a room bob joined but alice never wrote to
    before (so the Megolm keys are owed to bob until b is back); then b starts again as
-   the platform starts it (which tells its peers it is back), and alice stays online. ``catchup_s``: from b's homeserver being healthy
-   until bob has decrypted every record; ``lost``: records bob never got; ``duplicated``:
-   records bob has more than once.
+   the platform starts it (which tells its peers it is back), and alice stays online.
+   ``catchup_s``: from b's homeserver being healthy until bob has decrypted every
+   record; ``lost``: records bob never got; ``duplicated``: records he has twice.
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ async def test_a_peer_off_the_allow_list_is_refused(orgs, device) -> None:  # ty
     carol = await device(orgs["c"], "carol")
     bob = await device(orgs["b"], "bob")
     rid = (await carol.rooms.create("device")).room_id
-    with pytest.raises(DataroomsError):
+    with pytest.raises(DataroomsError, match="allow-list"):
         await carol.rooms.grant(rid, bob.user_id, "read")
     await bob.sync_once()
     assert rid not in bob.invites()
@@ -202,7 +202,7 @@ async def test_a_peer_with_an_untrusted_certificate_is_refused(orgs, device) -> 
     alice = await device(orgs["a"], "alice")
     dave = await device(orgs["d"], "dave")
     rid = (await alice.rooms.create("device")).room_id
-    with pytest.raises(DataroomsError):
+    with pytest.raises(DataroomsError, match="TLS certificate is not trusted"):
         await alice.rooms.grant(rid, dave.user_id, "read")
     await dave.sync_once()
     assert rid not in dave.invites()
@@ -365,3 +365,29 @@ async def test_a_controller_on_another_homeserver_gets_its_entity_room(  # type:
                 await ctrl.close()
         finally:
             await bot.stop()
+
+
+async def test_matrix_js_sdk_on_another_server_reads_and_writes(orgs, device) -> None:  # type: ignore[no-untyped-def]
+    """A client no one here wrote, on org b: matrix-js-sdk 43 (Rust crypto) joins our
+    room on org a across the federation, decrypts the history we shared on grant, and
+    writes a record that our SDK on org a decrypts."""
+    from datarooms.events import RECORD
+    from tests.interop.jsclient import JsClient, ensure_js_deps
+
+    ensure_js_deps()
+    alice = await device(orgs["a"], "alice")
+    js_user = await orgs["b"].new_user("jsbob")
+    rid = (await alice.rooms.create("collaboration", servers=[orgs.server_names["b"]])).room_id
+    for i in range(5):
+        await alice.records.put(rid, f"k{i}", {"i": i})
+    async with JsClient(name="jsbob") as js:
+        await js.login(orgs["b"].base_url, js_user.user_id, js_user.password)
+        assert (await js.bootstrap_cross_signing(js_user.password))["ready"] is True
+        await alice.rooms.grant(rid, js_user.user_id, "write")
+        await js.accept_invite(rid)
+        got = await js.history(rid, RECORD, 5, timeout=90)
+        assert {e["content"]["key"] for e in got["events"]} == {f"k{i}" for i in range(5)}, got[
+            "failures"
+        ][:3]
+        await js.send_event(rid, RECORD, {"key": "from-js", "value": {"ok": 1}, "txn": "js-1"})
+        await _sees(alice, rid, "from-js", {"ok": 1})

@@ -668,7 +668,19 @@ class Rooms:
             await self._c.keys.sharing.share_history(room_id, user)
             resp = await self._c.nio.room_invite(room_id, user)
             if is_error(resp):
-                raise error_from_response(resp, f"inviting {user} to {room_id}")
+                err = error_from_response(resp, f"inviting {user} to {room_id}")
+                text = str(err)
+                if server_of(user) != server_of(self._c.user_id) and (
+                    "connect to server" in text or "Federation denied" in text
+                ):
+                    raise HomeserverError(
+                        f"{text}. The homeserver could not reach {server_of(user)}: "
+                        "it is down, not on the federation allow-list of one of the two "
+                        "servers, or its TLS certificate is not trusted (the homeserver's "
+                        "log says which)",
+                        errcode=getattr(resp, "status_code", None),
+                    ) from None
+                raise err
             self._now_member(room_id, user)
 
     def _now_member(self, room_id: str, user: str) -> None:

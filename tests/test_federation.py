@@ -21,6 +21,7 @@ import pytest
 from datarooms import Credentials, DataroomsClient
 from datarooms.errors import AccessDeniedError, DataroomsError
 from datarooms.testing import TestFederation, TestHomeserver
+from tests._wait import until
 from tests.test_server_blind import _scan
 
 pytestmark = pytest.mark.xdist_group("federation")
@@ -290,6 +291,7 @@ async def test_the_state_bot_finds_callers_homeservers_by_discovery(orgs, device
         await _accept(carol, rid)
         async with StateBotClient.for_client(bot.url, alice) as api:
             assert await api.join(rid) == rid
+        await until(lambda: bot.client.membership(rid) == "join", what="the bot's join")
         async with StateBotClient.for_client(bot.url, bob) as api:
             await api.set(rid, "config", {"mode": "eco"})
             assert await api.get(rid, "config") == {"mode": "eco"}

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from datarooms.errors import ConfigError
+from datarooms.ids import SERVER_NAME
 
 _T = TypeVar("_T")
 
@@ -136,7 +137,7 @@ class FederationSettings:
                 )
         names = [x.strip() for x in self.allow.split(",") if x.strip()]
         for name in names:
-            if name != "*" and not _SERVER_NAME.match(name):
+            if name != "*" and not SERVER_NAME.match(name):
                 raise ConfigError(f"federation.allow: {name!r} is not a Matrix server name")
         if not self.enabled:
             return
@@ -167,12 +168,6 @@ class FederationSettings:
             return self.host
         host = server_name.rpartition(":")[0] if ":" in server_name else server_name
         return host if host.startswith("127.") else "127.0.0.1"
-
-
-#: A Matrix server name: a DNS name, IPv4 or [IPv6] literal, optional port.
-_SERVER_NAME = re.compile(
-    r"^[A-Za-z0-9.\-]{1,255}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
-)
 
 
 def _check_port(where: str, port: int, *, zero: bool = True) -> None:

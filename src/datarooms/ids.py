@@ -55,3 +55,27 @@ def entity_alias(value: str, server_name: str) -> str:
 
 def server_of(mxid: str) -> str:
     return mxid.split(":", 1)[1]
+
+
+#: A Matrix server name: a DNS name, an IPv4 or [IPv6] literal, an optional port.
+SERVER_NAME = re.compile(
+    r"^[A-Za-z0-9.\-]{1,255}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
+
+
+def server_host(server_name: str) -> str:
+    """The host of a server name, without its port (``[::1]:8448`` -> ``::1``)."""
+    if server_name.startswith("["):
+        return server_name[1 : server_name.index("]")]
+    return server_name.rsplit(":", 1)[0] if ":" in server_name else server_name
+
+
+def is_ip_literal(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address rather than a DNS name."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -13,7 +13,6 @@ organisations' homeservers.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 import time
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 from datarooms.errors import ConfigError, HomeserverError
 from datarooms.homeserver.embedded import FederationListener
 from datarooms.homeserver.tls import ensure_server_certificate, host_of
+from datarooms.ids import is_ip_literal
 
 if TYPE_CHECKING:
     from datarooms.config import Settings
@@ -108,14 +108,6 @@ def _split(name: str) -> tuple[str, int | None]:
     return name, None
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _url(host: str, port: int) -> str:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
@@ -153,12 +145,12 @@ class ServerResolver:
             host, port = _split(server_name)
         except ValueError:
             raise HomeserverError(f"{server_name!r} is not a server name") from None
-        if _is_ip(host) or port is not None:
+        if is_ip_literal(host) or port is not None:
             return Resolved(server_name, _url(host, port or DEFAULT_FEDERATION_PORT), host)
         delegated = await self._well_known(host)
         if delegated is not None:
             d_host, d_port = _split(delegated)
-            if _is_ip(d_host) or d_port is not None:
+            if is_ip_literal(d_host) or d_port is not None:
                 return Resolved(
                     server_name, _url(d_host, d_port or DEFAULT_FEDERATION_PORT), d_host
                 )

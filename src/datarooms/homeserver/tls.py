@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from datarooms._fs import atomic_write, private_dir
 from datarooms.errors import ConfigError
+from datarooms.ids import server_host
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -225,8 +226,4 @@ def _cert_pem(cert: object) -> bytes:
     return cert.public_bytes(Encoding.PEM)  # type: ignore[attr-defined, no-any-return]
 
 
-def host_of(server_name: str) -> str:
-    """The host part of a Matrix server name (``[::1]:8448`` -> ``::1``)."""
-    if server_name.startswith("["):
-        return server_name[1 : server_name.index("]")]
-    return server_name.rsplit(":", 1)[0] if ":" in server_name else server_name
+host_of = server_host

@@ -25,7 +25,6 @@ import asyncio
 import builtins
 import dataclasses
 import fnmatch
-import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,14 @@ from datarooms.errors import (
     NotFoundError,
     ValidationError,
 )
-from datarooms.ids import RoomID, entity_alias, entity_alias_localpart, server_of
+from datarooms.ids import (
+    RoomID,
+    entity_alias,
+    entity_alias_localpart,
+    is_ip_literal,
+    server_host,
+    server_of,
+)
 from datarooms.ids import room_id as check_room_id
 from datarooms.ids import user_id as check_user_id
 from datarooms.sdk.timeline import error_from_response, is_error
@@ -117,8 +123,8 @@ class ServerAcl:
 
     def allows(self, server_name: str) -> bool:
         """Whether ``server_name`` may take part, by the spec's matching rules."""
-        host = _host(server_name)
-        if _is_ip_literal(host) and not self.allow_ip_literals:
+        host = server_host(server_name)
+        if is_ip_literal(host) and not self.allow_ip_literals:
             return False
         if any(fnmatch.fnmatchcase(host.lower(), g.lower()) for g in self.deny):
             return False
@@ -142,25 +148,11 @@ class ServerCopy:
     allowed: bool
 
 
-def _host(server_name: str) -> str:
-    if server_name.startswith("["):
-        return server_name[1 : server_name.index("]")]
-    return server_name.rsplit(":", 1)[0] if ":" in server_name else server_name
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _glob_of(name: str) -> str:
     """The ACL entry for a server name (or glob): its host, as ACLs ignore ports."""
     if not isinstance(name, str) or not _SERVER_GLOB.match(name):
         raise ValidationError(f"{name!r} is not a server name (or a glob of them)")
-    return _host(name)
+    return server_host(name)
 
 
 def _acl_for(servers: Sequence[str], own: str) -> ServerAcl:
@@ -173,7 +165,7 @@ def _acl_for(servers: Sequence[str], own: str) -> ServerAcl:
         host = _glob_of(name)
         if host not in hosts:
             hosts.append(host)
-    return ServerAcl(tuple(hosts), (), any(_is_ip_literal(_host(h)) for h in hosts))
+    return ServerAcl(tuple(hosts), (), any(is_ip_literal(server_host(h)) for h in hosts))
 
 
 #: A server name, or a glob of them (``*.example.org``), with an optional port.
@@ -770,7 +762,7 @@ class Rooms:
             return ServerAcl(
                 allow,
                 tuple(g for g in acl.deny if g != host),
-                acl.allow_ip_literals or _is_ip_literal(host),
+                acl.allow_ip_literals or is_ip_literal(host),
             )
 
         return await self._change_acl(room_id, change, create=False)
@@ -780,7 +772,7 @@ class Rooms:
         are removed and the room key rotates, so nothing written later reaches them)."""
         own = server_of(self._c.user_id)
         host = _glob_of(server)
-        if host == _host(own):
+        if host == server_host(own):
             raise ValidationError("a room cannot deny its own homeserver")
 
         def change(acl: ServerAcl) -> ServerAcl:
@@ -793,7 +785,7 @@ class Rooms:
         result = await self._change_acl(room_id, change, create=True)
         assert result is not None
         for m in self.members(room_id):
-            if _host(server_of(m.user_id)) == host:
+            if server_host(server_of(m.user_id)) == host:
                 await self.revoke(room_id, m.user_id, reason=f"the room no longer allows {host}")
         return result
 

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 from datarooms.errors import HomeserverError, UnauthorizedError, ValidationError
 from datarooms.homeserver.api import MatrixApi, openid_userinfo
 from datarooms.homeserver.federation import ServerResolver, ssl_context_for
-from datarooms.ids import server_of
+from datarooms.ids import SERVER_NAME, server_of
 from datarooms.ids import user_id as check_user_id
 from datarooms.services.scaffold import TokenBucket
 
@@ -56,9 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,1024}$")
-_SERVER_NAME = re.compile(
-    r"^[A-Za-z0-9.\-]{1,255}(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
-)
 
 
 class VerificationLimitedError(UnauthorizedError):
@@ -189,7 +186,7 @@ class OpenIdVerifier:
         if not _TOKEN.match(token):
             self._on_result("rejected")
             raise UnauthorizedError("the OpenID token is malformed")
-        if not _SERVER_NAME.match(server):
+        if not SERVER_NAME.match(server):
             self._on_result("rejected")
             raise UnauthorizedError(
                 "X-Matrix-Server-Name is not a Matrix server name", errcode="DR_UNKNOWN_HOMESERVER"

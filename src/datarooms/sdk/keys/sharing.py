@@ -182,10 +182,12 @@ class HistorySharing:
         if missing:
             claimed = await c.nio.keys_claim(missing)
             failed |= set(getattr(claimed, "failures", {}) or {})
-        messages: dict[str, dict[str, Any]] = {}
+        sent_to = 0
         paid: set[tuple[str, str, str]] = set()
         for room_id, sessions in owed.items():
             for session_id, members in sessions.items():
+                # One to-device request per session: a request holds one message a device.
+                messages: dict[str, dict[str, Any]] = {}
                 group = olm.inbound_group_store.get(room_id, own_key, session_id)
                 for user in members:
                     if user not in reachable or user.split(":", 1)[1] in failed:
@@ -210,8 +212,9 @@ class HistorySharing:
                         sent = True
                     if sent or group is None or not devices.get(user):
                         paid.add((room_id, session_id, user))
-        if messages:
-            await self._to_device("m.room.encrypted", messages)
+                if messages:
+                    await self._to_device("m.room.encrypted", messages)
+                    sent_to += sum(len(v) for v in messages.values())
         for room_id, session_id, user in paid:
             left = [u for u in owed[room_id][session_id] if u != user]
             if left:
@@ -221,7 +224,7 @@ class HistorySharing:
             if not owed[room_id]:
                 del owed[room_id]
         c.index.set_meta(OWED_META, json.dumps(owed))
-        n = sum(len(v) for v in messages.values())
+        n = sent_to
         if n:
             log.info("sent owed room keys", extra={"devices": n, "still_owed": len(owed)})
         return n

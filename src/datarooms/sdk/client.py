@@ -251,9 +251,15 @@ class DataroomsClient:
 
     def membership(self, room_id: str) -> str | None:
         """This user's membership of a room (``join``, ``invite``, ``leave``, ``ban``), if known."""
-        if room_id in self.nio.rooms:
+        room = self.nio.rooms.get(room_id)
+        if room is not None:
             content = self.index.state(room_id, "m.room.member", self.user_id) or {}
             if content.get("membership") == "join":
+                return "join"
+            # nio applies a sync's state in order; the index may still hold the invite
+            # that the same window's join replaced (seen under load: a joined bot refused).
+            member = room.users.get(self.user_id)
+            if content.get("membership") == "invite" and member is not None and not member.invited:
                 return "join"
         if room_id in self._sync.invites:
             return "invite"

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -120,9 +121,22 @@ def test_status_while_starting(data_dir: Path) -> None:
         as_json = cli("status", "--json", data_dir=data_dir)
         assert as_json.returncode == 4
         assert json.loads(as_json.stdout)["starting"] is True
+        # The next `up` holds the lock before it removes what a killed run left:
+        # a state file that names another pid is not this run's.
+        (data_dir / "run" / "state.json").write_text(
+            json.dumps({"pid": 1, "homeserver_url": "http://127.0.0.1:9", "services": {}})
+        )
+        st = cli("status", data_dir=data_dir)
+        assert st.returncode == 4 and "127.0.0.1:9 " not in st.stdout, st.stdout + st.stderr
         # Started, but its homeserver does not answer: not healthy either.
         (data_dir / "run" / "state.json").write_text(
-            json.dumps({"homeserver_url": f"http://127.0.0.1:{free_port()}", "services": {}})
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "homeserver_url": f"http://127.0.0.1:{free_port()}",
+                    "services": {},
+                }
+            )
         )
         st = cli("status", data_dir=data_dir)
         assert st.returncode == 5 and "NOT answering" in st.stdout, st.stdout + st.stderr

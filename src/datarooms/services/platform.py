@@ -505,20 +505,29 @@ class PlatformStatus:
         return self.running and self.info is not None and self.homeserver_healthy is True
 
 
-def _read_state(settings: Settings) -> dict[str, Any] | None:
+def _read_state(settings: Settings, pid: int) -> dict[str, Any] | None:
+    """run/state.json, if the ``up`` that holds the lock (``pid``) wrote it.
+
+    A run killed before it could clean up leaves its state file behind, and the next
+    ``up`` takes the lock a moment before it removes it: a state file that names
+    another pid is that old run's, not this one's (the platform is still starting).
+    """
     try:
         data = json.loads((settings.run_dir / "state.json").read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if pid > 0 and data.get("pid") != pid:
+        return None
+    return data
 
 
 async def platform_status(settings: Settings) -> PlatformStatus:
     pid = PlatformLock.holder(settings.run_dir / "up.lock")
     if pid is None:
         return PlatformStatus(False, None, None, None)
-    # Read after the lock: `up` removes a stale state file right after taking it.
-    info = _read_state(settings)
+    info = _read_state(settings, pid)
     healthy: bool | None = None
     if info and info.get("homeserver_url"):
         from datarooms.homeserver.api import MatrixApi
@@ -535,9 +544,10 @@ async def platform_status(settings: Settings) -> PlatformStatus:
 def running_homeserver_url(settings: Settings) -> str | None:
     """The homeserver URL of the platform `datarooms up` runs on this data dir (from
     its run file), or None if none runs (or it is still starting)."""
-    if PlatformLock.holder(settings.run_dir / "up.lock") is None:
+    pid = PlatformLock.holder(settings.run_dir / "up.lock")
+    if pid is None:
         return None
-    url = (_read_state(settings) or {}).get("homeserver_url")
+    url = (_read_state(settings, pid) or {}).get("homeserver_url")
     return str(url) if url else None
 
 

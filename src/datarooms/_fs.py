@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 from datarooms.errors import AlreadyRunningError, DataDirError
@@ -129,20 +130,27 @@ class ProcessLock:
         self.hint = hint
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`AlreadyRunningError` naming the holder's pid."""
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lock, or raise :class:`AlreadyRunningError` naming the holder's pid
+        (after trying for up to ``wait`` seconds)."""
         if not self.path.parent.exists():
             private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            pid = _read_pid(self.path)
-            hint = f". {self.hint}" if self.hint else ""
-            raise AlreadyRunningError(
-                f"{self.what} is already running (pid {pid or 'unknown'}){hint}", pid=pid
-            ) from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                pid = _read_pid(self.path)
+                hint = f". {self.hint}" if self.hint else ""
+                raise AlreadyRunningError(
+                    f"{self.what} is already running (pid {pid or 'unknown'}){hint}", pid=pid
+                ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         os.fsync(fd)

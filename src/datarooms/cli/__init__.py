@@ -13,10 +13,16 @@ from datarooms.errors import DataroomsError
 
 def main() -> None:
     """Entry point: run the CLI; print errors as one clear message, never a traceback."""
-    from datarooms.cli._common import err_console
-    from datarooms.cli.app import click_command
+    from datarooms.cli._console import err_console
+    from datarooms.cli._fast import try_fast
 
     try:
+        # `put`/`get`/`history`/`send` while the platform runs: without typer or nio.
+        code = try_fast(sys.argv[1:])
+        if code is not None:
+            sys.exit(code)
+        from datarooms.cli.app import click_command
+
         click_command().main(prog_name="datarooms")
     except DataroomsError as exc:
         from rich.markup import escape

@@ -222,7 +222,11 @@ def platform_services(settings: Settings) -> list[Service]:
     # Each service is imported only if it runs: `datarooms up` starts faster.
     mcp_port = settings.mcp.port
     wanted = _wanted_services(settings)
-    services: list[Service] = []
+    from datarooms.services.clidevice import CliDeviceService
+
+    # Part of the platform, whatever services run: it serves the CLI's record and
+    # message commands on the CLI's device, so that they need not open it each time.
+    services: list[Service] = [CliDeviceService()]
     if settings.homeserver.mode == "embedded":
         # The rooms bot is an application service: datarooms loads its registration
         # into the embedded Synapse. On an external homeserver its admin loads it

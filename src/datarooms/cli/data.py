@@ -12,25 +12,29 @@ import asyncio
 import contextlib
 import json
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from datarooms.cli._common import (
-    acting_credentials,
     console,
     echo,
     parse_value,
-    print_json,
     real_console,
     run,
     state,
 )
-from datarooms.config import Settings
+from datarooms.cli._device import (
+    open_client,
+    perform,
+    show_get,
+    show_history,
+    show_put,
+    show_send,
+    ts,
+)
 from datarooms.errors import ValidationError
 from datarooms.events import ROOM_KINDS
 
@@ -47,38 +51,6 @@ room_app = typer.Typer(help="Create data rooms and control access to them.", no_
 file_app = typer.Typer(help="Encrypted files in rooms.", no_args_is_help=True)
 
 RoomArg = Annotated[str, typer.Argument(help="Room id (!...) or alias (#...)")]
-
-
-@contextlib.asynccontextmanager
-async def open_client(
-    settings: Settings, *, rooms_from_index: bool = False
-) -> AsyncIterator[DataroomsClient]:
-    """This account's CLI device. ``rooms_from_index``: catch up with an incremental
-    sync from the stored position, taking what the device already knows of each room
-    (members, encryption) from its index, instead of a full-state sync of every room:
-    enough for writing and reading records and messages, and what keeps a `put` fast."""
-    from datarooms.sdk.client import DataroomsClient
-    from datarooms.services.platform import device_store_dir
-
-    creds = acting_credentials(settings)
-    if not creds.user_id:
-        from datarooms.homeserver.api import MatrixApi
-
-        async with MatrixApi(creds.homeserver_url, creds.access_token) as http:
-            creds = replace(creds, user_id=(await http.whoami())["user_id"])
-    client = await DataroomsClient.open(
-        creds,
-        device_store_dir(settings, creds.user_id),
-        device_name="datarooms CLI",
-        trust=settings.trust_policy,  # type: ignore[arg-type]
-        rooms_from_index=rooms_from_index,
-    )
-    # Entity rooms are the rooms bot's where one runs (datarooms.sdk.roomsbot).
-    client.rooms.roomsbot_url = settings.roomsbot.url or settings.running_url("roomsbot")
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def with_client(
@@ -100,12 +72,6 @@ def _table(*columns: str) -> Table:
     from rich.table import Table
 
     return Table(*columns)
-
-
-def _ts(ms: int | None) -> str:
-    if not ms:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 # -- rooms ---------------------------------------------------------------------
@@ -185,7 +151,7 @@ def room_members(ctx: typer.Context, room: RoomArg) -> None:
                 m.access,
                 str(m.power),
                 devices or "-",
-                _ts(m.last_active_ts),
+                ts(m.last_active_ts),
             )
         console.print(table)
         _print_servers(c, rid)
@@ -284,14 +250,9 @@ def put(
     text: Annotated[bool, typer.Option("--text", help="Store VALUE as a plain string")] = False,
 ) -> None:
     """Write a new version of a record (end-to-end encrypted)."""
-    parsed = parse_value(value, text)
-
-    async def go(c: DataroomsClient) -> None:
-        rid = await c.rooms.resolve(room)
-        rec = await c.records.put(rid, key, parsed, schema=schema, txn_id=txn)
-        echo(f"{key} v{rec.version or '?'} {rec.event_id}")
-
-    with_client(ctx, go, rooms_from_index=True)
+    args = {"room": room, "key": key, "value": parse_value(value, text)}
+    args.update({k: v for k, v in (("schema", schema), ("txn", txn)) if v is not None})
+    show_put(perform(state(ctx).settings(), "put", args))
 
 
 def get(
@@ -301,21 +262,8 @@ def get(
     as_json: Annotated[bool, typer.Option("--json", help="With metadata")] = False,
 ) -> None:
     """Print the latest value of a record, or the twin's current state."""
-
-    async def go(c: DataroomsClient) -> None:
-        rid = await c.rooms.resolve(room)
-        if key is None:
-            latest = await c.records.latest(rid)
-            if as_json:
-                out = {k: _record_json(r) for k, r in latest.items()}
-            else:
-                out = {k: r.value for k, r in latest.items()}
-            print_json(out)
-            return
-        rec = await c.records.get(rid, key)
-        print_json(_record_json(rec) if as_json else rec.value)
-
-    with_client(ctx, go, rooms_from_index=True)
+    result = perform(state(ctx).settings(), "get", {"room": room, "key": key})
+    show_get(result, whole=key is None, as_json=as_json)
 
 
 def history(
@@ -325,27 +273,8 @@ def history(
     limit: Annotated[int | None, typer.Option(help="At most this many versions")] = None,
 ) -> None:
     """Every version of a record, oldest first."""
-
-    async def go(c: DataroomsClient) -> None:
-        rid = await c.rooms.resolve(room)
-        table = _table("version", "time", "sender", "value")
-        for r in await c.records.history(rid, key, limit=limit):
-            table.add_row(str(r.version), _ts(r.ts), r.sender, json.dumps(r.value))
-        console.print(table)
-
-    with_client(ctx, go, rooms_from_index=True)
-
-
-def _record_json(r: Any) -> dict[str, Any]:
-    return {
-        "key": r.key,
-        "value": r.value,
-        "version": r.version,
-        "event_id": r.event_id,
-        "sender": r.sender,
-        "ts": r.ts,
-        "schema": r.schema,
-    }
+    args = {"room": room, "key": key, "limit": limit}
+    show_history(perform(state(ctx).settings(), "history", args))
 
 
 # -- files ---------------------------------------------------------------------
@@ -433,12 +362,7 @@ def send(
     ctx: typer.Context, room: RoomArg, text: Annotated[str, typer.Argument(help="Message text")]
 ) -> None:
     """Send an encrypted text message."""
-
-    async def go(c: DataroomsClient) -> None:
-        rid = await c.rooms.resolve(room)
-        echo(await c.messages.send(rid, text))
-
-    with_client(ctx, go, rooms_from_index=True)
+    show_send(perform(state(ctx).settings(), "send", {"room": room, "text": text}))
 
 
 def tail(
@@ -498,7 +422,7 @@ def _print_event(e: Any, as_json: bool) -> None:
     else:
         what = e.type
     lock = "🔒" if e.encrypted else "  "
-    print(f"{_ts(e.ts)} {lock} {e.sender}: {what}", flush=True)
+    print(f"{ts(e.ts)} {lock} {e.sender}: {what}", flush=True)
 
 
 def register(app: typer.Typer) -> None:

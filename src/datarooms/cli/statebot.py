@@ -94,7 +94,7 @@ async def open_bot(settings: Settings, url: str | None) -> AsyncIterator[StateBo
             yield bot
         return
     # Password only: use the CLI's persistent device (no new device per command).
-    from datarooms.cli.data import open_client
+    from datarooms.cli._device import open_client
 
     async with (
         open_client(settings) as client,

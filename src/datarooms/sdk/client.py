@@ -26,7 +26,7 @@ from typing import Any
 
 from nio import AsyncClient
 
-from datarooms._fs import private_dir
+from datarooms._fs import ProcessLock, private_dir
 from datarooms._store.index import LocalIndex
 from datarooms._transport.http import MatrixHttp
 from datarooms.account import Credentials
@@ -73,6 +73,7 @@ class DataroomsClient:
         self.keys = KeyManager(self, trust)
         self.telemetry = Telemetry(self)  # lazy: opens nothing until used
         self._closed = False
+        self._device_lock: ProcessLock | None = None
 
     # -- opening and closing ---------------------------------------------------
 
@@ -87,6 +88,7 @@ class DataroomsClient:
         trust: TrustPolicy = "cross-signed",
         cross_sign: bool = True,
         rooms_from_index: bool = False,
+        lock_timeout: float = 30.0,
     ) -> DataroomsClient:
         """Open (or create) this device's session and stores, then catch up with the server.
 
@@ -107,13 +109,35 @@ class DataroomsClient:
         device gets the key); the sync brings new events, keys sent to this device
         and device-list changes. Enough for records, messages and files; room
         listings and access reviews want the full state.
+
+        One process uses a device at a time: its Olm and Megolm sessions live in
+        memory while it is open, and two processes would ratchet them apart (and
+        each would take the other's to-device keys). ``open`` takes the store's lock,
+        waiting up to ``lock_timeout`` seconds for another process to close it, then
+        raises :class:`~datarooms.errors.AlreadyRunningError`.
         """
+        import asyncio
+
         store = Path(store_dir)
         private_dir(store)
-        session = await load_or_create_session(credentials, store, device_name)
-        nio = nio_client(session, store)
-        index = LocalIndex(store / "index.db")
+        lock = ProcessLock(
+            store / "device.lock",
+            what=f"a datarooms process using the device in {store}",
+            hint="One process uses a device at a time; wait for it or use another store.",
+        )
+        if lock_timeout > 0:
+            await asyncio.to_thread(lock.acquire, lock_timeout)
+        else:
+            lock.acquire()
+        try:
+            session = await load_or_create_session(credentials, store, device_name)
+            nio = nio_client(session, store)
+            index = LocalIndex(store / "index.db")
+        except BaseException:
+            lock.release()
+            raise
         client = cls(nio, index, store, trust)
+        client._device_lock = lock
         try:
             if nio.should_upload_keys:
                 await client._check(await nio.keys_upload(), "upload device keys")
@@ -161,11 +185,20 @@ class DataroomsClient:
         if self._closed:
             return
         self._closed = True
-        await self.telemetry.close()
-        await self.state.close()
-        await self._sync.close()
-        await self.nio.close()
-        self.index.close()
+        try:
+            await self.telemetry.close()
+            await self.state.close()
+            await self._sync.close()
+            await self.nio.close()
+            self.index.close()
+        finally:
+            if self._device_lock is not None:
+                self._device_lock.release()
+                self._device_lock = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def __aenter__(self) -> DataroomsClient:
         return self

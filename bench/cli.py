@@ -11,6 +11,10 @@ process (spawn to exit):
 - put_process_s: `datarooms put ROOM KEY VALUE`. Target: <= 0.4 s.
 - get_process_s: `datarooms get ROOM KEY`. Target: <= 0.4 s.
 - history_process_s: `datarooms history ROOM KEY`.
+  These run on the platform's copy of the CLI device (run/cli.sock,
+  datarooms.services.clidevice). Side by side, the same commands with
+  DATAROOMS_CLI_DEVICE=local, each process opening the device itself:
+  put_local_s, get_local_s (the path without a platform).
 - python_startup_s: `python -c pass`, the floor of any process;
   nio_import_s: `python -c "import nio"`, the floor of a process that encrypts.
 - sdk_put_ms: the same put inside one process (an open DataroomsClient), the
@@ -122,12 +126,16 @@ def main() -> None:
             "put_process": [*dr, "put", room, "k1", '{"v": 1}'],
             "get_process": [*dr, "get", room, "k0"],
             "history_process": [*dr, "history", room, "k1"],
+            "put_local": ["env", "DATAROOMS_CLI_DEVICE=local", *dr, "put", room, "k1", "1"],
+            "get_local": ["env", "DATAROOMS_CLI_DEVICE=local", *dr, "get", room, "k0"],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         for i in range(rounds):  # interleave so noise hits all alike
             for name, cmd in commands.items():
                 if name == "put_process":
                     cmd = [*dr, "put", room, f"k{i % 10}", f'{{"v": {i}}}']
+                if name == "put_local":
+                    cmd = [*cmd[:-2], f"l{i % 10}", f'{{"v": {i}}}']
                 times[name].append(timed(cmd, env))
             print(
                 f"round {i + 1}: "
@@ -148,6 +156,8 @@ def main() -> None:
         f"medians of {rounds}: --help {med['help']:.3f} s (target 0.3), "
         f"put process {med['put_process']:.3f} s, get process {med['get_process']:.3f} s "
         f"(target 0.4 each), history process {med['history_process']:.3f} s; "
+        f"opening the device in the process: put {med['put_local']:.3f} s, "
+        f"get {med['get_local']:.3f} s; "
         f"python -c pass {med['python_startup']:.3f} s, python -c 'import nio' "
         f"{med['nio_import']:.3f} s; the same put in one process {sdk_ms:.1f} ms "
         f"(a put process is {med['put_process'] * 1000 / sdk_ms:.0f}x that)"
@@ -159,6 +169,9 @@ def main() -> None:
             "put_process_s": med["put_process"],
             "get_process_s": med["get_process"],
             "history_process_s": med["history_process"],
+            "put_local_s": med["put_local"],
+            "get_local_s": med["get_local"],
+            "local_over_served_put": med["put_local"] / med["put_process"],
             "python_startup_s": med["python_startup"],
             "nio_import_s": med["nio_import"],
             "sdk_put_ms": sdk_ms,

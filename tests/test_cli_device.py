@@ -15,7 +15,7 @@ import pytest
 
 from datarooms import Credentials, DataroomsClient
 from datarooms.config import load_settings
-from datarooms.errors import AlreadyRunningError, DataroomsError
+from datarooms.errors import DataroomsError, DeviceBusyError
 from datarooms.homeserver.embedded import free_port
 from datarooms.services import clidevice
 from datarooms.services.platform import PlatformContext
@@ -158,15 +158,20 @@ async def _call_in_thread(settings, creds):  # type: ignore[no-untyped-def]
     )
 
 
-async def test_one_process_uses_a_device_at_a_time(
+async def test_an_exclusive_user_waits_for_no_one(
     homeserver: TestHomeserver, tmp_path: Path
 ) -> None:
+    """Commands share a device; the platform's copy opens it only when nobody has it."""
     alice = await homeserver.new_user("lock-alice")
     creds = Credentials(homeserver.base_url, alice.user_id, password=alice.password)
     store = tmp_path / "device"
-    async with await DataroomsClient.open(creds, store):
-        with pytest.raises(AlreadyRunningError, match=r"(?i)one process uses a device at a time"):
-            await DataroomsClient.open(creds, store, lock_timeout=0.3)
-    # Closed: the next one opens it.
-    async with await DataroomsClient.open(creds, store, lock_timeout=0.3) as again:
+    async with await DataroomsClient.open(creds, store, share="shared"):
+        async with await DataroomsClient.open(creds, store, share="shared", initial_sync=False):
+            pass  # two commands at once, as ever
+        with pytest.raises(DeviceBusyError, match="in use by another datarooms process"):
+            await DataroomsClient.open(creds, store, share="exclusive")
+    async with await DataroomsClient.open(creds, store, share="exclusive"):
+        with pytest.raises(DeviceBusyError, match=r"waited 0.3 s"):
+            await DataroomsClient.open(creds, store, share="shared", share_wait=0.3)
+    async with await DataroomsClient.open(creds, store, share="exclusive") as again:
         assert again.user_id == alice.user_id

@@ -6,7 +6,6 @@ import fcntl
 import logging
 import os
 import stat
-import time
 from pathlib import Path
 
 from datarooms.errors import AlreadyRunningError, DataDirError
@@ -130,27 +129,20 @@ class ProcessLock:
         self.hint = hint
         self._fd: int | None = None
 
-    def acquire(self, wait: float = 0.0) -> None:
-        """Take the lock, or raise :class:`AlreadyRunningError` naming the holder's pid
-        (after trying for up to ``wait`` seconds)."""
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`AlreadyRunningError` naming the holder's pid."""
         if not self.path.parent.exists():
             private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-                os.close(fd)
-                pid = _read_pid(self.path)
-                hint = f". {self.hint}" if self.hint else ""
-                raise AlreadyRunningError(
-                    f"{self.what} is already running (pid {pid or 'unknown'}){hint}", pid=pid
-                ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = _read_pid(self.path)
+            hint = f". {self.hint}" if self.hint else ""
+            raise AlreadyRunningError(
+                f"{self.what} is already running (pid {pid or 'unknown'}){hint}", pid=pid
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         os.fsync(fd)
@@ -182,6 +174,33 @@ class ProcessLock:
             return None
         finally:
             os.close(fd)
+
+
+class DeviceLock:
+    """Who has a device's store open (``flock`` on a file in it): any number of
+    processes together (shared), or one alone (exclusive). Dies with the process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def try_acquire(self, *, exclusive: bool) -> bool:
+        """Take it without waiting; False if another process holds it in a way that
+        excludes this one."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def _read_pid(path: Path) -> int | None:

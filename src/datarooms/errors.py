@@ -93,6 +93,12 @@ class AlreadyRunningError(PlatformError):
         self.pid = pid
 
 
+class DeviceBusyError(DataroomsError):
+    """Another process has this device's store open in a way that excludes this one."""
+
+    errcode = "DR_DEVICE_BUSY"
+
+
 class NotRunningError(PlatformError):
     errcode = "DR_NOT_RUNNING"
 

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from datarooms.config import Settings
     from datarooms.sdk.client import DataroomsClient
 
-#: How long a command waits for another process to let go of the device.
-DEVICE_WAIT_S = 120.0
+#: How long a command waits for the platform to let go of the device.
+DEVICE_WAIT_S = 30.0
 
 
 def acting_credentials(settings: Settings) -> Credentials:
@@ -58,8 +58,8 @@ async def open_client(
     full-state sync of every room: enough for writing and reading records and
     messages, and what keeps a `put` fast.
 
-    The platform, if it holds this device, is asked to let go of it first (one
-    process uses a device at a time)."""
+    The platform, if it holds this device, is asked to let go of it first: it
+    keeps its copy open only while no other process has the device open."""
     from datarooms.sdk.client import DataroomsClient
     from datarooms.services.platform import device_store_dir
     from datarooms.services.scaffold import running_url
@@ -77,7 +77,8 @@ async def open_client(
         device_name="datarooms CLI",
         trust=settings.trust_policy,  # type: ignore[arg-type]
         rooms_from_index=rooms_from_index,
-        lock_timeout=DEVICE_WAIT_S,
+        share="shared",
+        share_wait=DEVICE_WAIT_S,
     )
     # Entity rooms are the rooms bot's where one runs (datarooms.sdk.roomsbot).
     client.rooms.roomsbot_url = settings.roomsbot.url or running_url(settings, "roomsbot")

@@ -22,15 +22,15 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from nio import AsyncClient
 
-from datarooms._fs import ProcessLock, private_dir
+from datarooms._fs import DeviceLock, private_dir
 from datarooms._store.index import LocalIndex
 from datarooms._transport.http import MatrixHttp
 from datarooms.account import Credentials
-from datarooms.errors import HomeserverError
+from datarooms.errors import DeviceBusyError, HomeserverError
 from datarooms.ids import EventID, UserID
 from datarooms.sdk._send import Sender
 from datarooms.sdk._session import load_or_create_session, nio_client
@@ -73,7 +73,7 @@ class DataroomsClient:
         self.keys = KeyManager(self, trust)
         self.telemetry = Telemetry(self)  # lazy: opens nothing until used
         self._closed = False
-        self._device_lock: ProcessLock | None = None
+        self._device_lock: DeviceLock | None = None
 
     # -- opening and closing ---------------------------------------------------
 
@@ -88,7 +88,8 @@ class DataroomsClient:
         trust: TrustPolicy = "cross-signed",
         cross_sign: bool = True,
         rooms_from_index: bool = False,
-        lock_timeout: float = 30.0,
+        share: Literal["shared", "exclusive"] | None = None,
+        share_wait: float = 0.0,
     ) -> DataroomsClient:
         """Open (or create) this device's session and stores, then catch up with the server.
 
@@ -110,31 +111,39 @@ class DataroomsClient:
         and device-list changes. Enough for records, messages and files; room
         listings and access reviews want the full state.
 
-        One process uses a device at a time: its Olm and Megolm sessions live in
-        memory while it is open, and two processes would ratchet them apart (and
-        each would take the other's to-device keys). ``open`` takes the store's lock,
-        waiting up to ``lock_timeout`` seconds for another process to close it, then
-        raises :class:`~datarooms.errors.AlreadyRunningError`.
+        ``share`` says how this process has the store open, for processes that
+        coordinate (the CLI and the platform's copy of its device): ``"shared"``
+        opens it beside other shared users (waiting up to ``share_wait`` seconds
+        while an exclusive user has it); ``"exclusive"`` only if nobody else has it
+        open (else :class:`~datarooms.errors.DeviceBusyError` at once). A process that
+        keeps a device open between requests opens it exclusively: its Olm and
+        Megolm sessions live in its memory, and another process using the same
+        device meanwhile would ratchet them apart.
         """
         import asyncio
+        import time
 
         store = Path(store_dir)
         private_dir(store)
-        lock = ProcessLock(
-            store / "device.lock",
-            what=f"a datarooms process using the device in {store}",
-            hint="One process uses a device at a time; wait for it or use another store.",
-        )
-        if lock_timeout > 0:
-            await asyncio.to_thread(lock.acquire, lock_timeout)
-        else:
-            lock.acquire()
+        lock: DeviceLock | None = None
+        if share is not None:
+            lock = DeviceLock(store / "device.lock")
+            exclusive = share == "exclusive"
+            deadline = time.monotonic() + (0.0 if exclusive else share_wait)
+            while not lock.try_acquire(exclusive=exclusive):
+                if time.monotonic() >= deadline:
+                    raise DeviceBusyError(
+                        f"the device in {store} is in use by another datarooms process"
+                        + ("" if exclusive else f" (waited {share_wait:g} s)")
+                    )
+                await asyncio.sleep(0.05)
         try:
             session = await load_or_create_session(credentials, store, device_name)
             nio = nio_client(session, store)
             index = LocalIndex(store / "index.db")
         except BaseException:
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise
         client = cls(nio, index, store, trust)
         client._device_lock = lock

@@ -13,10 +13,11 @@ The rules that keep this as safe as the in-process path:
 - Who may ask: the socket lives in the private run directory and each
   connection's peer must be this user (``SO_PEERCRED``), the same people who can
   read the device's files anyway.
-- One process uses a device at a time (its store's lock, see
-  :meth:`DataroomsClient.open`): a command that opens the device itself first
-  asks the platform to let go of it (``release``); while such a command holds it
-  the platform declines and the command runs in-process, after the other one.
+- The platform uses its copy only while no other process has the device open
+  (it opens the store exclusively, see :meth:`DataroomsClient.open`): a command
+  that opens the device itself first asks the platform to let go of it
+  (``release``) and opens it shared; while such a command runs, the platform
+  declines and the command runs in its own process, as commands always could.
 - Each request catches up with the homeserver first (an incremental sync), so a
   served ``get`` sees what a process would have seen.
 - A request is either declined before anything was done (the command then runs
@@ -276,13 +277,15 @@ class CliDeviceService:
     async def _answer(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> dict[str, Any]:
-        sock = writer.get_extra_info("socket")
-        if sock is None or _peer_uid(sock) != self.uid:
-            return {"status": "error", "message": "refused: not this platform's user"}
+        # Read the request before answering even a refusal: closing with unread data
+        # resets the connection, and the asker would lose the answer.
         try:
             line = await reader.readline()
         except (ValueError, asyncio.LimitOverrunError):
             return {"status": "declined", "reason": "request too large"}
+        sock = writer.get_extra_info("socket")
+        if sock is None or _peer_uid(sock) != self.uid:
+            return {"status": "error", "message": "refused: not this platform's user"}
         try:
             request = json.loads(line)
             if not isinstance(request, dict) or request.get("v") != PROTOCOL:
@@ -339,7 +342,7 @@ class CliDeviceService:
         if held is not None and held.key == key and not held.client.closed:
             return held.client
         await self._close(creds.user_id)
-        from datarooms.errors import AlreadyRunningError
+        from datarooms.errors import DeviceBusyError
         from datarooms.sdk.client import DataroomsClient
         from datarooms.services.platform import device_store_dir
         from datarooms.services.scaffold import running_url
@@ -352,10 +355,10 @@ class CliDeviceService:
                 device_name="datarooms CLI",
                 trust=trust,  # type: ignore[arg-type]
                 rooms_from_index=True,
-                lock_timeout=0,
+                share="exclusive",
             )
-        except AlreadyRunningError:
-            raise DeviceBusy("another datarooms command is using this device") from None
+        except DeviceBusyError:
+            raise DeviceBusy("a datarooms process has this device open") from None
         client.rooms.roomsbot_url = self._settings.roomsbot.url or running_url(
             self._settings, "roomsbot"
         )

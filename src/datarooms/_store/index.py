@@ -142,6 +142,18 @@ class Record:
     #: 1 for the first version of the key; the latest version's number is the count.
     version: int | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """What the interfaces show of a version (the CLI's ``--json``, MCP tools)."""
+        return {
+            "key": self.key,
+            "value": self.value,
+            "version": self.version,
+            "event_id": self.event_id,
+            "sender": self.sender,
+            "ts": self.ts,
+            "schema": self.schema,
+        }
+
 
 @dataclass(frozen=True)
 class PendingEvent:

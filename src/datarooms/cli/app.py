@@ -83,6 +83,18 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "command",
         "Serve one agent over MCP stdio (for Claude Desktop, IDEs, the MCP inspector).",
     ),
+    "backup": (
+        "datarooms.cli.ops",
+        "backup",
+        "command",
+        "Write an encrypted archive of the whole platform (it may keep running).",
+    ),
+    "restore": (
+        "datarooms.cli.ops",
+        "restore",
+        "command",
+        "Bring a platform back from a backup into --data-dir (new or empty).",
+    ),
     "agents": (
         "datarooms.cli.mcp",
         "agents_app",

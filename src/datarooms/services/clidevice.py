@@ -68,18 +68,6 @@ def socket_path(settings: Settings) -> Path:
 # -- the operations: one implementation, served or in-process ---------------------
 
 
-def record_json(r: Any) -> dict[str, Any]:
-    return {
-        "key": r.key,
-        "value": r.value,
-        "version": r.version,
-        "event_id": r.event_id,
-        "sender": r.sender,
-        "ts": r.ts,
-        "schema": r.schema,
-    }
-
-
 async def _put(c: DataroomsClient, a: dict[str, Any]) -> Any:
     rid = await c.rooms.resolve(a["room"])
     rec = await c.records.put(
@@ -91,13 +79,13 @@ async def _put(c: DataroomsClient, a: dict[str, Any]) -> Any:
 async def _get(c: DataroomsClient, a: dict[str, Any]) -> Any:
     rid = await c.rooms.resolve(a["room"])
     if a.get("key") is None:
-        return {k: record_json(r) for k, r in (await c.records.latest(rid)).items()}
-    return record_json(await c.records.get(rid, a["key"]))
+        return {k: r.to_json() for k, r in (await c.records.latest(rid)).items()}
+    return (await c.records.get(rid, a["key"])).to_json()
 
 
 async def _history(c: DataroomsClient, a: dict[str, Any]) -> Any:
     rid = await c.rooms.resolve(a["room"])
-    return [record_json(r) for r in await c.records.history(rid, a["key"], limit=a.get("limit"))]
+    return [r.to_json() for r in await c.records.history(rid, a["key"], limit=a.get("limit"))]
 
 
 async def _send(c: DataroomsClient, a: dict[str, Any]) -> Any:
@@ -390,7 +378,6 @@ __all__ = [
     "CliDeviceService",
     "Declined",
     "call",
-    "record_json",
     "release",
     "socket_path",
 ]

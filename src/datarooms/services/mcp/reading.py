@@ -96,16 +96,7 @@ def event_json(e: RoomEvent) -> dict[str, Any]:
 
 
 def record_json(r: Record) -> dict[str, Any]:
-    return {
-        "key": r.key,
-        "value": r.value,
-        "version": r.version,
-        "sender": r.sender,
-        "time": iso(r.ts),
-        "ts": r.ts,
-        "event_id": r.event_id,
-        "schema": r.schema,
-    }
+    return {**r.to_json(), "time": iso(r.ts)}
 
 
 # -- timelines and members ------------------------------------------------------------

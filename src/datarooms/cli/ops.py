@@ -1,0 +1,81 @@
+"""Operating a platform: `datarooms backup` and `datarooms restore`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from datarooms.cli._common import console, err_console, state
+from datarooms.errors import ValidationError
+
+
+def _passphrase() -> str:
+    phrase = sys.stdin.readline().rstrip("\n")
+    if not phrase:
+        raise ValidationError("--passphrase-stdin was given but stdin held no passphrase")
+    return phrase
+
+
+def backup(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="The archive to write (a new file)")],
+    recipient: Annotated[
+        list[str] | None,
+        typer.Option("--recipient", "-r", help="Encrypt to this age public key (age1...); repeat"),
+    ] = None,
+    passphrase_stdin: Annotated[
+        bool, typer.Option("--passphrase-stdin", help="Encrypt with a passphrase read from stdin")
+    ] = False,
+) -> None:
+    """Write an encrypted archive of the whole platform (it may keep running)."""
+    from datarooms.services.backup import backup as run_backup
+
+    settings = state(ctx).settings()
+    phrase = _passphrase() if passphrase_stdin else None
+    count = 0
+
+    def progress(name: str) -> None:
+        nonlocal count
+        count += 1
+        if sys.stderr.isatty() and count % 50 == 0:
+            err_console.print(f"  {count} files ...", highlight=False)
+
+    report = run_backup(
+        settings, out, recipients=recipient or [], passphrase=phrase, progress=progress
+    )
+    console.print(
+        f"backup written: {report.path} ({report.files} files, {report.databases} databases "
+        f"copied online, {report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s)",
+        highlight=False,
+    )
+    if report.skipped:
+        err_console.print(f"gone while copying (left out): {', '.join(report.skipped)}")
+
+
+def restore(
+    ctx: typer.Context,
+    archive: Annotated[Path, typer.Argument(help="A backup written by `datarooms backup`")],
+    identity: Annotated[
+        list[Path] | None,
+        typer.Option("--identity", "-i", help="An age identity file (AGE-SECRET-KEY-1...); repeat"),
+    ] = None,
+    passphrase_stdin: Annotated[
+        bool, typer.Option("--passphrase-stdin", help="Read the backup's passphrase from stdin")
+    ] = False,
+) -> None:
+    """Bring a platform back from a backup into --data-dir (new or empty)."""
+    from datarooms.services.backup import restore as run_restore
+
+    st = state(ctx)
+    data_dir = st.data_dir or st.settings().data_dir
+    identities = [p.read_text() for p in identity or []]
+    phrase = _passphrase() if passphrase_stdin else None
+    report = run_restore(archive, data_dir, identities=identities, passphrase=phrase)
+    console.print(
+        f"restored {report.files} files ({report.bytes / 1e6:.1f} MB) into {report.data_dir} "
+        f"in {report.seconds:.1f} s; start it with `datarooms --data-dir {report.data_dir} up`",
+        highlight=False,
+    )

@@ -93,9 +93,7 @@ def try_fast(argv: list[str]) -> int | None:
     """Run ``argv`` on the platform's device and return the exit code, or None to
     leave it to the full CLI (nothing was done). Errors are raised, for
     :func:`datarooms.cli.main` to print as it prints every command's."""
-    from datarooms.services import clidevice
-
-    if os.environ.get(clidevice.ENV_MODE, "").strip().lower() == "local":
+    if os.environ.get("DATAROOMS_CLI_DEVICE", "").strip().lower() == "local":
         return None
     try:
         command, v, glob = _parse(argv)
@@ -105,6 +103,7 @@ def try_fast(argv: list[str]) -> int | None:
     from datarooms.cli import _device
     from datarooms.cli._console import parse_value
     from datarooms.config import load_settings
+    from datarooms.services import clidevice
 
     try:
         settings = load_settings(

@@ -1,0 +1,161 @@
+"""Operating a platform: backup and restore throughput of a whole data dir.
+
+Run from the repo root: python bench/operations.py [--quick | --smoke]
+
+Starts a real embedded platform (`datarooms up`, services=none) on a temp data
+dir, fills it with encrypted files through the SDK until the data dir holds the
+target size (full: 1 GB; quick: 128 MB; smoke: 8 MB), then, side by side in one
+run:
+
+- backup_mb_s: `services.backup.backup` of the running platform (SQLite copied
+  online, tar, age-encrypted to an X25519 recipient, fsynced), MB of data dir / s;
+  baseline tar_mb_s: GNU `tar -cf` of the same data dir (no snapshot, no encryption).
+- restore_mb_s: `services.backup.restore` of that archive into a new dir (decrypt,
+  extract, SHA-256 check of every file against the manifest); baseline
+  untar_mb_s: `tar -xf` of the plain tar.
+
+Not measured yet (other parts of the operations issue, still open):
+usage_1000_rooms_s and cleanup_samples_per_s are null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import bench_args, emit, machine, median
+from datarooms.homeserver.embedded import free_port
+
+DATAROOMS = str(Path(sys.executable).parent / "datarooms")
+
+
+def du_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+async def fill(data_dir: Path, target: int, chunk: int) -> int:
+    from datarooms import Credentials, DataroomsClient
+    from datarooms.account import read_credentials
+    from datarooms.config import load_settings
+    from datarooms.services.platform import live_homeserver_url
+
+    settings = load_settings(data_dir=data_dir, env={})
+    stored = read_credentials(settings.credentials_file)
+    assert stored is not None
+    creds = Credentials(live_homeserver_url(settings), stored.user_id, password=stored.password)
+    n = 0
+    async with await DataroomsClient.open(creds, data_dir / "devices" / "bench-filler") as client:
+        room = await client.rooms.create("project", name="bulk")
+        for i in range(20):
+            await client.records.put(room.room_id, f"k{i}", {"i": i})
+        while du_bytes(data_dir) < target:
+            src = data_dir.parent / "payload.bin"
+            src.write_bytes(os.urandom(chunk))
+            await client.files.put(room.room_id, src, filename=f"blob-{n}.bin")
+            n += 1
+        src.unlink(missing_ok=True)
+    return n
+
+
+def main() -> None:
+    ap = bench_args(__doc__, "128 MB instead of 1 GB")
+    args = ap.parse_args()
+    target_mb = 8 if args.smoke else 128 if args.quick else 1024
+    rounds = 1 if args.smoke else 3
+    chunk = (1 if args.smoke else 16) << 20
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ops-"))
+    data_dir = tmp / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAROOMS_")}
+    env["DATAROOMS_SERVICES"] = "none"
+    up = subprocess.Popen(
+        [DATAROOMS, "--data-dir", str(data_dir), "up", "--port", str(free_port())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    times: dict[str, list[float]] = {"backup": [], "tar": [], "restore": [], "untar": []}
+    try:
+        deadline = time.monotonic() + 180
+        while not (data_dir / "run" / "state.json").exists():
+            if up.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("datarooms up did not start")
+            time.sleep(0.05)
+        files = asyncio.run(fill(data_dir, target_mb << 20, chunk))
+        size = du_bytes(data_dir)
+        print(f"data dir: {size / 1e6:.0f} MB ({files} files)", flush=True)
+
+        from pyrage import x25519
+
+        from datarooms.config import load_settings
+        from datarooms.services.backup import backup, restore
+
+        settings = load_settings(data_dir=data_dir, env={})
+        identity = x25519.Identity.generate()
+        for i in range(rounds):  # interleaved: noise hits both alike
+            out = tmp / f"b{i}.tar.age"
+            t0 = time.perf_counter()
+            backup(settings, out, recipients=[str(identity.to_public())])
+            times["backup"].append(time.perf_counter() - t0)
+            plain = tmp / f"p{i}.tar"
+            t0 = time.perf_counter()
+            subprocess.run(
+                ["tar", "-cf", str(plain), "--exclude=./run", "-C", str(data_dir), "."], check=True
+            )
+            times["tar"].append(time.perf_counter() - t0)
+            target = tmp / f"restored-{i}"
+            t0 = time.perf_counter()
+            restore(out, target, identities=[str(identity)])
+            times["restore"].append(time.perf_counter() - t0)
+            untarred = tmp / f"untarred-{i}"
+            untarred.mkdir()
+            t0 = time.perf_counter()
+            subprocess.run(["tar", "-xf", str(plain), "-C", str(untarred)], check=True)
+            times["untar"].append(time.perf_counter() - t0)
+            for p in (out, plain):
+                p.unlink()
+            shutil.rmtree(target)
+            shutil.rmtree(untarred)
+            print(
+                f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
+                flush=True,
+            )
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(timeout=60)
+        finally:
+            up.kill()
+            shutil.rmtree(tmp, ignore_errors=True)
+    mb = size / 1e6
+    rate = {k: mb / median(v) for k, v in times.items()}
+    print(
+        f"{mb:.0f} MB data dir, medians of {rounds}: backup {rate['backup']:.0f} MB/s "
+        f"(plain tar {rate['tar']:.0f} MB/s), restore {rate['restore']:.0f} MB/s "
+        f"(plain untar {rate['untar']:.0f} MB/s)"
+    )
+    emit(
+        {
+            "bench": "operations",
+            "data_mb": mb,
+            "backup_mb_s": rate["backup"],
+            "tar_mb_s": rate["tar"],
+            "restore_mb_s": rate["restore"],
+            "untar_mb_s": rate["untar"],
+            "backup_over_tar": rate["tar"] / rate["backup"],
+            "usage_1000_rooms_s": None,
+            "cleanup_samples_per_s": None,
+            "rounds": rounds,
+            **machine(),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -208,9 +208,17 @@ class StateBotSettings:
     localpart: str = "statebot"
     #: The largest request body accepted.
     max_body_bytes: int = STATEBOT_MAX_BODY_BYTES
+    #: How often the bot looks for rooms whose access review is due (their
+    #: ``io.datarooms.review`` schedule, docs/operations.md); 0: never.
+    review_check_seconds: float = 300.0
 
     def check(self) -> None:
         _check_port("statebot.port", self.port)
+        if self.review_check_seconds < 0:
+            raise ConfigError(
+                f"statebot.review_check_seconds must be 0 (off) or more, got "
+                f"{self.review_check_seconds}"
+            )
         if self.token_cache_seconds < 0 or self.token_cache_seconds > 3600:
             raise ConfigError(
                 "statebot.token_cache_seconds must be between 0 and 3600 "

@@ -169,6 +169,36 @@ ENTITY_SCHEMA: dict[str, Any] = {
     },
 }
 
+#: A room's access-review schedule (state event, state_key "").
+REVIEW = "io.datarooms.review"
+#: The key, in an m.notice's content, of a posted access review report.
+REVIEW_REPORT = "io.datarooms.review.report"
+
+REVIEW_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://datarooms.io/schemas/io.datarooms.review.json",
+    "title": 'io.datarooms.review (state, state_key "")',
+    "description": "How often the room's access is reviewed; whoever runs the reviews (the "
+    "state bot) posts the report into the room, encrypted, mentioning its admins. Empty "
+    "content: no scheduled reviews. Room state is NOT encrypted: nothing sensitive here.",
+    "type": "object",
+    "properties": {
+        "interval_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+        "stale_days": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 3650,
+            "description": "A member not active for this long is a finding (default 90).",
+        },
+        "grant_days": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 3650,
+            "description": "Write or admin access held for longer is a finding (default: never).",
+        },
+    },
+}
+
 
 ALL_SCHEMAS = {
     RECORD: RECORD_SCHEMA,
@@ -176,4 +206,5 @@ ALL_SCHEMAS = {
     SCHEMA: SCHEMA_EVENT_SCHEMA,
     TELEMETRY_BATCH: TELEMETRY_BATCH_SCHEMA,
     ENTITY: ENTITY_SCHEMA,
+    REVIEW: REVIEW_SCHEMA,
 }

@@ -22,6 +22,7 @@ from datarooms.cli._common import (
     console,
     echo,
     parse_value,
+    print_json,
     real_console,
     run,
     state,
@@ -155,6 +156,73 @@ def room_members(ctx: typer.Context, room: RoomArg) -> None:
             )
         console.print(table)
         _print_servers(c, rid)
+
+    with_client(ctx, go)
+
+
+@room_app.command("review")
+def room_review(
+    ctx: typer.Context,
+    room: RoomArg,
+    stale_days: Annotated[
+        float | None,
+        typer.Option(help="A member not active for this long is a finding [default: 90]"),
+    ] = None,
+    grant_days: Annotated[
+        float | None, typer.Option(help="Write or admin access held longer is a finding")
+    ] = None,
+    post: Annotated[
+        bool, typer.Option("--post", help="Also post it into the room, mentioning its admins")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as JSON")] = False,
+) -> None:
+    """Access review report: members, devices, servers, and what to look at (with the
+    command that revokes it). Uses the room's review schedule's settings if it has one."""
+
+    async def go(c: DataroomsClient) -> None:
+        rid = await c.rooms.resolve(room)
+        sched = c.reviews.schedule(rid)
+        report = await c.reviews.report(
+            rid,
+            stale_days=stale_days or (sched.stale_days if sched else 90),
+            grant_days=grant_days
+            if grant_days is not None
+            else (sched.grant_days if sched else None),
+        )
+        if post:
+            await c.reviews.post(rid, report)
+        if as_json:
+            print_json(report.to_json())
+        else:
+            echo(report.to_text())
+
+    with_client(ctx, go)
+
+
+@room_app.command("review-schedule")
+def room_review_schedule(
+    ctx: typer.Context,
+    room: RoomArg,
+    every: Annotated[
+        int | None, typer.Option("--every", help="Review every this many days")
+    ] = None,
+    stale_days: Annotated[int, typer.Option(help="See `room review`")] = 90,
+    grant_days: Annotated[int | None, typer.Option(help="See `room review`")] = None,
+    off: Annotated[bool, typer.Option("--off", help="No more scheduled reviews")] = False,
+) -> None:
+    """Schedule access reviews of a room (room state; the state bot posts them)."""
+    if off == (every is not None):
+        raise ValidationError("give --every DAYS or --off")
+
+    async def go(c: DataroomsClient) -> None:
+        rid = await c.rooms.resolve(room)
+        sched = await c.reviews.set_schedule(
+            rid, None if off else every, stale_days=stale_days, grant_days=grant_days
+        )
+        if sched is None:
+            echo(f"{rid}: no scheduled access reviews")
+        else:
+            echo(f"{rid}: access review every {sched.interval_days} days")
 
     with_client(ctx, go)
 

@@ -101,6 +101,7 @@ class StateBot:
         self._own_client = own_client
         self._http = EmbeddedServer(self._asgi, name="the state bot")
         self._join_task: asyncio.Task[None] | None = None
+        self._review_task: asyncio.Task[None] | None = None
         self._tried_invites: set[str] = set()
         self._invites: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._invite_hook: Subscription | None = None
@@ -132,6 +133,8 @@ class StateBot:
         if self.config.auto_join:
             self._invite_hook = self.client.hooks.on(MembershipChanged, self._on_membership)
             self._join_task = asyncio.create_task(self._auto_join(), name="statebot-join")
+        if self.config.review_check_seconds > 0:
+            self._review_task = asyncio.create_task(self._reviews(), name="statebot-reviews")
         log.info("state bot listening", extra={"url": self.url, "user_id": self.client.user_id})
         return self.url
 
@@ -139,11 +142,12 @@ class StateBot:
         if self._invite_hook is not None:
             self._invite_hook.cancel()
             self._invite_hook = None
-        if self._join_task is not None:
-            self._join_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._join_task
-            self._join_task = None
+        for task in (self._join_task, self._review_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._join_task = self._review_task = None
         await self._http.stop()
         await self.verifier.close()
         await self.handler.close()
@@ -151,6 +155,16 @@ class StateBot:
             await self.client.close()
         else:
             await self.client.stop_sync()
+
+    async def _reviews(self) -> None:
+        """Post the access review of each room it is in whose schedule says one is due."""
+        while True:
+            try:
+                for room_id in await self.client.reviews.run_due():
+                    log.info("posted an access review", extra={"room": room_id})
+            except DataroomsError as exc:
+                log.warning("access reviews failed", extra={"error": exc.message})
+            await asyncio.sleep(self.config.review_check_seconds)
 
     def _on_membership(self, change: MembershipChanged) -> None:
         """After each sync batch: queue our own new invites for :meth:`_auto_join`."""

@@ -124,6 +124,19 @@ _MIGRATIONS: list[str] = [
         members        TEXT NOT NULL
     );
     """,
+    # v4: the files of each room (their encrypted events' metadata), for sizes and listings
+    """
+    CREATE TABLE files (
+        event_id TEXT PRIMARY KEY,
+        room_id  TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        size     INTEGER NOT NULL,
+        mimetype TEXT NOT NULL,
+        sender   TEXT NOT NULL,
+        ts       INTEGER NOT NULL
+    );
+    CREATE INDEX files_room ON files (room_id, ts);
+    """,
 ]
 
 
@@ -176,6 +189,35 @@ class SyncBatch:
     redactions: list[tuple[str, str]]  # room, redacted event id
     #: History this device has not seen yet: (room, pagination token, stop at ts).
     gaps: list[tuple[str, str, int]] = field(default_factory=list)
+    files: list[FileRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """A file event of a room, as decrypted on this device (the file stays on the server)."""
+
+    event_id: str
+    room_id: str
+    name: str
+    size: int
+    mimetype: str
+    sender: str
+    ts: int
+
+
+@dataclass(frozen=True)
+class IndexUsage:
+    """What this device's index holds of one room."""
+
+    room_id: str
+    keys: int
+    versions: int
+    files: int
+    file_bytes: int
+    state_events: int
+    #: The bytes of its rows' payloads (values, state contents, file rows): a
+    #: measured estimate of its share of the index file.
+    index_bytes: int
 
 
 class LocalIndex:
@@ -599,6 +641,62 @@ class LocalIndex:
             ).fetchall()
         return {r[0]: json.loads(r[1]) for r in rows}
 
+    def add_file(self, row: FileRow) -> None:
+        """A file this device sent (sync brings it again; the same event is kept once)."""
+        self.apply(SyncBatch([], [], [], [], [], [], files=[row]))
+
+    def files(self, room_id: str) -> list[FileRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event_id, room_id, name, size, mimetype, sender, ts FROM files "
+                "WHERE room_id = ? ORDER BY ts, event_id",
+                (room_id,),
+            ).fetchall()
+        return [FileRow(r[0], r[1], r[2], int(r[3]), r[4], r[5], int(r[6])) for r in rows]
+
+    def usage(self) -> dict[str, IndexUsage]:
+        """Per room: records (keys, versions), files, state, and their bytes here."""
+        sums: dict[str, list[int]] = {}
+
+        def add(rows: list[Any], *slots: int) -> None:
+            for room_id, *values in rows:
+                acc = sums.setdefault(room_id, [0] * 6)
+                for slot, value in zip(slots, values, strict=True):
+                    acc[slot] += int(value or 0)
+
+        with self._lock:
+            db = self._db
+            add(
+                db.execute("SELECT room_id, count(*) FROM latest GROUP BY room_id").fetchall(),
+                0,
+            )
+            add(
+                db.execute(
+                    "SELECT room_id, count(*), sum(length(value) + length(key) + 120) "
+                    "FROM records GROUP BY room_id"
+                ).fetchall(),
+                1,
+                5,
+            )
+            add(
+                db.execute(
+                    "SELECT room_id, count(*), sum(size), sum(length(name) + 160) "
+                    "FROM files GROUP BY room_id"
+                ).fetchall(),
+                2,
+                3,
+                5,
+            )
+            add(
+                db.execute(
+                    "SELECT room_id, count(*), sum(length(content) + length(state_key) + 80) "
+                    "FROM room_state GROUP BY room_id"
+                ).fetchall(),
+                4,
+                5,
+            )
+        return {r: IndexUsage(r, *v) for r, v in sums.items()}
+
     def activity(self, room_id: str) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute(
@@ -654,6 +752,11 @@ def _apply_batch(
             "SET ts = max(ts, excluded.ts)",
             (room, user, ts),
         )
+    for f in batch.files:
+        db.execute(
+            "INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (f.event_id, f.room_id, f.name, f.size, f.mimetype, f.sender, f.ts),
+        )
     for room, event_id in batch.redactions:
         _redact(db, room, event_id)
     for room, token, stop_ts in batch.gaps:
@@ -704,6 +807,7 @@ def _insert_records(db: sqlite3.Connection, records: list[Record]) -> list[Recor
 
 
 def _redact(db: sqlite3.Connection, room_id: str, event_id: str) -> None:
+    db.execute("DELETE FROM files WHERE event_id = ? AND room_id = ?", (event_id, room_id))
     row = db.execute(
         "SELECT key FROM records WHERE event_id = ? AND room_id = ?", (event_id, room_id)
     ).fetchone()

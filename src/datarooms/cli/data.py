@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
     from rich.table import Table
 
+    from datarooms.config import Settings
     from datarooms.sdk.client import DataroomsClient
     from datarooms.sdk.rooms import Access
 
@@ -158,6 +159,82 @@ def room_members(ctx: typer.Context, room: RoomArg) -> None:
         _print_servers(c, rid)
 
     with_client(ctx, go)
+
+
+@room_app.command("usage")
+def room_usage(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a room")] = False,
+    server: Annotated[
+        bool, typer.Option(help="Also ask the homeserver for its own figures")
+    ] = True,
+) -> None:
+    """How big each room is: records, files, telemetry, index; the homeserver's events
+    and bytes where it says. Biggest first, with totals."""
+    settings = state(ctx).settings()
+
+    async def go(c: DataroomsClient) -> None:
+        stats = await _server_stats(settings, c) if server else None
+        rows = c.rooms.usage(stats)
+        if as_json:
+            for r in rows:
+                print(json.dumps(r.to_json()), flush=True)
+            return
+        table = _table(
+            "room",
+            "kind",
+            "members",
+            "keys",
+            "versions",
+            "files",
+            "telemetry",
+            "server events",
+            "total",
+        )
+        for r in rows:
+            table.add_row(
+                r.name or r.room_id,
+                r.kind or "-",
+                str(r.members),
+                str(r.keys),
+                str(r.versions),
+                f"{r.files} ({_mb(r.file_bytes)})",
+                f"{r.telemetry_samples} samples",
+                "-" if r.server_events is None else str(r.server_events),
+                _mb(r.total_bytes),
+            )
+        console.print(table)
+        console.print(
+            f"{len(rows)} rooms; {sum(r.versions for r in rows)} record versions, "
+            f"{sum(r.files for r in rows)} files, "
+            f"{sum(r.telemetry_samples for r in rows)} telemetry samples; "
+            f"{_mb(sum(r.total_bytes for r in rows))} in all",
+            highlight=False,
+        )
+
+    with_client(ctx, go, rooms_from_index=True)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 10_000 else f"{n} B"
+
+
+async def _server_stats(
+    settings: Settings, c: DataroomsClient
+) -> dict[str, tuple[int | None, int]] | None:
+    """The homeserver's own room sizes: an embedded Synapse's database, else its admin API
+    (PostgreSQL only; an admin's token); None where neither answers."""
+    from datarooms.errors import DataroomsError
+    from datarooms.homeserver import stats
+
+    try:
+        if settings.homeserver.mode == "embedded":
+            found = stats.sqlite_room_stats(settings.synapse_dir / "homeserver.db")
+        else:
+            found = await stats.admin_room_stats(c.homeserver_url, c.access_token)
+    except DataroomsError:
+        return None
+    return {r: (s.events, s.bytes) for r, s in found.items()}
 
 
 @room_app.command("review")
@@ -493,8 +570,15 @@ def _print_event(e: Any, as_json: bool) -> None:
     print(f"{ts(e.ts)} {lock} {e.sender}: {what}", flush=True)
 
 
+#: `datarooms rooms usage`: the same command, under the name the platform's other
+#: operations use for every room at once.
+rooms_app = typer.Typer(help="Every room at once: sizes.", no_args_is_help=True)
+rooms_app.command("usage")(room_usage)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(room_app, name="room")
+    app.add_typer(rooms_app, name="rooms")
     app.add_typer(file_app, name="file")
     for fn in (put, get, history, send, tail):
         app.command()(fn)

@@ -44,7 +44,7 @@ from nio.api import MessageDirection
 from nio.exceptions import EncryptionError
 
 from datarooms import events as ev
-from datarooms._store.index import PendingEvent, Record, SyncBatch
+from datarooms._store.index import FileRow, PendingEvent, Record, SyncBatch
 from datarooms._transport.http import MatrixHttp
 from datarooms.errors import HomeserverError
 from datarooms.sdk.hooks import (
@@ -204,6 +204,23 @@ class SyncEngine:
             late = self._decrypt_pending(extra=batch.pending)
             if late:
                 batch.records += [r for r, _ in late if r]
+                batch.files += [
+                    row
+                    for _, e in late
+                    if e.type == "m.room.message"
+                    and (
+                        row := file_row(
+                            e.room_id,
+                            {
+                                "event_id": e.event_id,
+                                "sender": e.sender,
+                                "origin_server_ts": e.ts,
+                                "content": e.content,
+                            },
+                        )
+                    )
+                    is not None
+                ]
                 batch.resolved += [e.event_id for _, e in late]
                 by_id = {e.event_id: e for _, e in late}
                 now = {e.event_id for e in room_events}
@@ -524,6 +541,38 @@ def _collect_timeline(batch: SyncBatch, room_id: str, events: list[Any]) -> None
             record = record_from_event(room_id, source, getattr(e, "decrypted", False))
             if record is not None:
                 batch.records.append(record)
+        elif etype == "m.room.message" and getattr(e, "decrypted", False):
+            row = file_row(room_id, source)
+            if row is not None:
+                batch.files.append(row)
+
+
+#: The message types that carry an encrypted file.
+FILE_MSGTYPES = ("m.file", "m.image", "m.video", "m.audio")
+
+
+def file_row(room_id: str, source: dict[str, Any]) -> FileRow | None:
+    """The index row of a decrypted file event, or None if it carries no encrypted file."""
+    content = source.get("content")
+    if (
+        not isinstance(content, dict)
+        or content.get("msgtype") not in FILE_MSGTYPES
+        or not isinstance(content.get("file"), dict)
+        or not isinstance(source.get("event_id"), str)
+    ):
+        return None
+    raw_info = content.get("info")
+    info: dict[str, Any] = raw_info if isinstance(raw_info, dict) else {}
+    size = info.get("size")
+    return FileRow(
+        source["event_id"],
+        room_id,
+        str(content.get("filename") or content.get("body") or "file")[:255],
+        size if isinstance(size, int) and size >= 0 else 0,
+        str(info.get("mimetype") or "application/octet-stream")[:255],
+        str(source.get("sender", "")),
+        int(source.get("origin_server_ts", 0) or 0),
+    )
 
 
 def _events_from_sync(resp: SyncResponse) -> list[RoomEvent]:

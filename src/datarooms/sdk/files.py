@@ -8,7 +8,9 @@ supports encrypted attachments (Element, matrix-js-sdk) can open these files.
 
 from __future__ import annotations
 
+import builtins
 import mimetypes
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from nio import MegolmEvent
 
+from datarooms._store.index import FileRow
 from datarooms.errors import NotFoundError, ValidationError
 from datarooms.sdk.attachments import (
     EncryptedFile,
@@ -79,7 +82,22 @@ class Files:
             "file": uploaded.file.to_json(),
         }
         event_id = await self._c.send(room_id, "m.room.message", content)
+        self._c.index.add_file(
+            FileRow(
+                event_id,
+                room_id,
+                name[:255],
+                uploaded.size,
+                mime[:255],
+                self._c.user_id,
+                int(time.time() * 1000),
+            )
+        )
         return FileRef(room_id, event_id, name, uploaded.size, mime, uploaded.file)
+
+    def list(self, room_id: str) -> builtins.list[FileRow]:
+        """The files of a room this device has seen (from its index), oldest first."""
+        return self._c.index.files(room_id)
 
     async def ref(self, room_id: str, event_id: str) -> FileRef:
         """The file an event carries (the event is fetched and decrypted)."""

@@ -26,7 +26,7 @@ import builtins
 import dataclasses
 import fnmatch
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
@@ -57,6 +57,7 @@ from datarooms.sdk.timeline import error_from_response, is_error
 
 if TYPE_CHECKING:
     from datarooms.sdk.client import DataroomsClient
+    from datarooms.sdk.usage import RoomUsage
 
 Access = Literal["read", "write", "admin"]
 SERVER_ACL = "m.room.server_acl"
@@ -814,6 +815,15 @@ class Rooms:
                 raise _as_access_error(exc, room_id) from None
         await self._c.sync_once()
         return new
+
+    def usage(
+        self, server: Mapping[str, tuple[int | None, int]] | None = None
+    ) -> builtins.list[RoomUsage]:
+        """How big each room is, biggest first (see :mod:`datarooms.sdk.usage`); ``server``:
+        the homeserver's own figures per room, (events or None, bytes)."""
+        from datarooms.sdk.usage import room_usage
+
+        return room_usage(self._c, server)
 
     async def review(self, room_id: str) -> builtins.list[MemberAccess]:
         """Who has access: members and invitees, their power, devices and last activity."""

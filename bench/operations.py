@@ -14,8 +14,13 @@ run:
   extract, SHA-256 check of every file against the manifest); baseline
   untar_mb_s: `tar -xf` of the plain tar.
 
-Not measured yet (other parts of the operations issue, still open):
-usage_1000_rooms_s and cleanup_samples_per_s are null.
+- usage_1000_rooms_s: `rooms.usage()` over 1,000 rooms (quick: 100; smoke: 5; each
+  with a record), with the homeserver's own figures read from its SQLite database;
+  baseline admin_rooms_s: listing the same rooms with Synapse's admin API
+  (`/_synapse/admin/v1/rooms`, paged), which counts members and state only.
+
+Not measured yet (another part of the operations issue, still open):
+cleanup_samples_per_s is null.
 """
 
 from __future__ import annotations
@@ -38,6 +43,57 @@ DATAROOMS = str(Path(sys.executable).parent / "datarooms")
 
 def du_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+async def usage_times(
+    data_dir: Path, rooms: int, rounds: int
+) -> tuple[int, list[float], list[float]]:
+    """Make ``rooms`` rooms, then time rooms.usage() and the admin API's room list."""
+    from datarooms import Credentials, DataroomsClient
+    from datarooms.account import read_credentials
+    from datarooms.config import load_settings
+    from datarooms.homeserver.stats import sqlite_room_stats
+    from datarooms.services.platform import live_homeserver_url
+
+    settings = load_settings(data_dir=data_dir, env={})
+    stored = read_credentials(settings.credentials_file)
+    assert stored is not None
+    creds = Credentials(live_homeserver_url(settings), stored.user_id, password=stored.password)
+    ours: list[float] = []
+    admin: list[float] = []
+    async with await DataroomsClient.open(creds, data_dir / "devices" / "bench-filler") as client:
+        sem = asyncio.Semaphore(8)
+
+        async def one(i: int) -> None:
+            async with sem:
+                room = await client.rooms.create("device", name=f"room {i}")
+                await client.records.put(room.room_id, "k", i)
+
+        have = len(client.joined_rooms())
+        await asyncio.gather(*(one(i) for i in range(max(0, rooms - have))))
+        await client.sync_once()
+        n = len(client.joined_rooms())
+        db = settings.synapse_dir / "homeserver.db"
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            server = {r: (x.events, x.bytes) for r, x in sqlite_room_stats(db).items()}
+            rows = client.rooms.usage(server)
+            ours.append(time.perf_counter() - t0)
+            assert len(rows) >= n
+            t0 = time.perf_counter()
+            listed = 0
+            async with client.http() as http:
+                start: str | None = "0"
+                while start is not None:
+                    page = await http.request(
+                        "GET", f"/_synapse/admin/v1/rooms?limit=500&from={start}"
+                    )
+                    listed += len(page.get("rooms", []))
+                    nxt = page.get("next_batch")
+                    start = str(nxt) if nxt is not None else None
+            admin.append(time.perf_counter() - t0)
+            assert listed >= n
+    return n, ours, admin
 
 
 async def fill(data_dir: Path, target: int, chunk: int) -> int:
@@ -70,6 +126,7 @@ def main() -> None:
     target_mb = 8 if args.smoke else 128 if args.quick else 1024
     rounds = 1 if args.smoke else 3
     chunk = (1 if args.smoke else 16) << 20
+    usage_rooms = 5 if args.smoke else 100 if args.quick else 1000
     tmp = Path(tempfile.mkdtemp(prefix="bench-ops-"))
     data_dir = tmp / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAROOMS_")}
@@ -90,6 +147,14 @@ def main() -> None:
         files = asyncio.run(fill(data_dir, target_mb << 20, chunk))
         size = du_bytes(data_dir)
         print(f"data dir: {size / 1e6:.0f} MB ({files} files)", flush=True)
+
+        n_rooms, usage_ours, usage_admin = asyncio.run(usage_times(data_dir, usage_rooms, rounds))
+        print(
+            f"usage of {n_rooms} rooms: {median(usage_ours):.3f} s "
+            f"(admin room list {median(usage_admin):.3f} s)",
+            flush=True,
+        )
+        size = du_bytes(data_dir)
 
         from pyrage import x25519
 
@@ -138,7 +203,8 @@ def main() -> None:
     print(
         f"{mb:.0f} MB data dir, medians of {rounds}: backup {rate['backup']:.0f} MB/s "
         f"(plain tar {rate['tar']:.0f} MB/s), restore {rate['restore']:.0f} MB/s "
-        f"(plain untar {rate['untar']:.0f} MB/s)"
+        f"(plain untar {rate['untar']:.0f} MB/s); usage of {n_rooms} rooms "
+        f"{median(usage_ours):.3f} s (admin room list {median(usage_admin):.3f} s)"
     )
     emit(
         {
@@ -149,7 +215,10 @@ def main() -> None:
             "restore_mb_s": rate["restore"],
             "untar_mb_s": rate["untar"],
             "backup_over_tar": rate["tar"] / rate["backup"],
-            "usage_1000_rooms_s": None,
+            "usage_rooms": n_rooms,
+            "usage_1000_rooms_s": median(usage_ours) * 1000 / n_rooms,
+            "usage_s": median(usage_ours),
+            "admin_rooms_s": median(usage_admin),
             "cleanup_samples_per_s": None,
             "rounds": rounds,
             **machine(),

@@ -199,6 +199,38 @@ REVIEW_SCHEMA: dict[str, Any] = {
     },
 }
 
+#: A room's retention policy (state event, state_key "").
+RETENTION = "io.datarooms.retention"
+
+RETENTION_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://datarooms.io/schemas/io.datarooms.retention.json",
+    "title": 'io.datarooms.retention (state, state_key "")',
+    "description": "How long old data stays in the room; a cleanup (datarooms cleanup) redacts "
+    "what is older. Empty content: keep everything. Room state is NOT encrypted: nothing "
+    "sensitive here.",
+    "type": "object",
+    "properties": {
+        "record_versions_days": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 36500,
+            "description": "Record versions older than this go, except each key's latest.",
+        },
+        "files_days": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 36500,
+            "description": "Files older than this go (their events and, on our homeserver, "
+            "their media).",
+        },
+        "legal_hold": {
+            "type": "boolean",
+            "description": "True: no cleanup of this room, whatever else the policy says.",
+        },
+    },
+}
+
 
 ALL_SCHEMAS = {
     RECORD: RECORD_SCHEMA,
@@ -207,4 +239,5 @@ ALL_SCHEMAS = {
     TELEMETRY_BATCH: TELEMETRY_BATCH_SCHEMA,
     ENTITY: ENTITY_SCHEMA,
     REVIEW: REVIEW_SCHEMA,
+    RETENTION: RETENTION_SCHEMA,
 }

@@ -133,7 +133,8 @@ _MIGRATIONS: list[str] = [
         size     INTEGER NOT NULL,
         mimetype TEXT NOT NULL,
         sender   TEXT NOT NULL,
-        ts       INTEGER NOT NULL
+        ts       INTEGER NOT NULL,
+        url      TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX files_room ON files (room_id, ts);
     """,
@@ -203,6 +204,8 @@ class FileRow:
     mimetype: str
     sender: str
     ts: int
+    #: The encrypted file's mxc:// URL on the media repository.
+    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -645,14 +648,32 @@ class LocalIndex:
         """A file this device sent (sync brings it again; the same event is kept once)."""
         self.apply(SyncBatch([], [], [], [], [], [], files=[row]))
 
-    def files(self, room_id: str) -> list[FileRow]:
+    def files(self, room_id: str, before_ts: int = 2**62) -> list[FileRow]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT event_id, room_id, name, size, mimetype, sender, ts FROM files "
-                "WHERE room_id = ? ORDER BY ts, event_id",
-                (room_id,),
+                "SELECT event_id, room_id, name, size, mimetype, sender, ts, url FROM files "
+                "WHERE room_id = ? AND ts < ? ORDER BY ts, event_id",
+                (room_id, before_ts),
             ).fetchall()
-        return [FileRow(r[0], r[1], r[2], int(r[3]), r[4], r[5], int(r[6])) for r in rows]
+        return [FileRow(r[0], r[1], r[2], int(r[3]), r[4], r[5], int(r[6]), r[7]) for r in rows]
+
+    def old_versions(self, room_id: str, before_ts: int) -> list[Record]:
+        """Versions written before ``before_ts`` that are not their key's latest."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT r.room_id, r.key, r.value, r.event_id, r.sender, r.ts, r.txn, r.schema "
+                "FROM records r WHERE r.room_id = ? AND r.ts < ? AND NOT EXISTS "
+                "(SELECT 1 FROM latest l WHERE l.room_id = r.room_id AND l.event_id = r.event_id) "
+                "ORDER BY r.ts, r.event_id",
+                (room_id, before_ts),
+            ).fetchall()
+        return [
+            Record(r[0], r[1], json.loads(r[2]), r[3], r[4], int(r[5]), r[6], r[7]) for r in rows
+        ]
+
+    def forget(self, room_id: str, event_ids: Iterable[str]) -> None:
+        """Drop these events' records and files from the index (they were redacted)."""
+        self.apply(SyncBatch([], [], [], [], [], [(room_id, e) for e in event_ids]))
 
     def usage(self) -> dict[str, IndexUsage]:
         """Per room: records (keys, versions), files, state, and their bytes here."""
@@ -754,8 +775,8 @@ def _apply_batch(
         )
     for f in batch.files:
         db.execute(
-            "INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (f.event_id, f.room_id, f.name, f.size, f.mimetype, f.sender, f.ts),
+            "INSERT OR IGNORE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (f.event_id, f.room_id, f.name, f.size, f.mimetype, f.sender, f.ts, f.url),
         )
     for room, event_id in batch.redactions:
         _redact(db, room, event_id)

@@ -237,6 +237,103 @@ async def _server_stats(
     return {r: (s.events, s.bytes) for r, s in found.items()}
 
 
+@room_app.command("retention")
+def room_retention(
+    ctx: typer.Context,
+    room: RoomArg,
+    record_versions_days: Annotated[
+        int | None,
+        typer.Option(help="Record versions older than this go (each key's latest stays)"),
+    ] = None,
+    files_days: Annotated[int | None, typer.Option(help="Files older than this go")] = None,
+    legal_hold: Annotated[
+        bool | None,
+        typer.Option("--legal-hold/--no-legal-hold", help="Block every cleanup of the room"),
+    ] = None,
+    off: Annotated[bool, typer.Option("--off", help="No policy: keep everything")] = False,
+) -> None:
+    """Show or set a room's retention policy (room state; `datarooms cleanup` applies it)."""
+    from datarooms.sdk.retention import RetentionPolicy
+
+    changing = off or any(v is not None for v in (record_versions_days, files_days, legal_hold))
+
+    async def go(c: DataroomsClient) -> None:
+        rid = await c.rooms.resolve(room)
+        if changing:
+            if off:
+                await c.retention.set_policy(rid, None)
+            else:
+                old = c.retention.policy(rid) or RetentionPolicy()
+                await c.retention.set_policy(
+                    rid,
+                    RetentionPolicy(
+                        record_versions_days
+                        if record_versions_days is not None
+                        else old.record_versions_days,
+                        files_days if files_days is not None else old.files_days,
+                        legal_hold if legal_hold is not None else old.legal_hold,
+                    ),
+                )
+        policy = c.retention.policy(rid)
+        if policy is None:
+            echo(f"{rid}: no retention policy (everything is kept)")
+            return
+        echo(
+            f"{rid}: record versions {_days_text(policy.record_versions_days)}, "
+            f"files {_days_text(policy.files_days)}"
+            + ("; LEGAL HOLD: no cleanup" if policy.legal_hold else "")
+        )
+
+    with_client(ctx, go)
+
+
+def _days_text(days: int | None) -> str:
+    return "kept" if days is None else f"{days} days"
+
+
+def cleanup(
+    ctx: typer.Context,
+    rooms: Annotated[list[str] | None, typer.Argument(help="Rooms (default with --all)")] = None,
+    all_rooms: Annotated[bool, typer.Option("--all", help="Every room this account is in")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say exactly what would go; change nothing")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON report a room")] = False,
+) -> None:
+    """Apply rooms' retention policies: redact what is older (safe to run again)."""
+    if bool(rooms) == all_rooms:
+        raise ValidationError("name the rooms to clean up, or give --all")
+
+    async def go(c: DataroomsClient) -> None:
+        targets = c.joined_rooms() if all_rooms else [await c.rooms.resolve(r) for r in rooms or []]
+        for rid in targets:
+            if all_rooms and c.retention.policy(rid) is None:
+                continue
+            report = await c.retention.cleanup(rid, dry_run=dry_run)
+            if as_json:
+                print(json.dumps(report.to_json()), flush=True)
+                continue
+            if report.refused:
+                echo(f"{rid}: {report.refused}")
+                continue
+            verb = "would go" if dry_run else "redacted"
+            echo(f"{rid}: {len(report.items)} {verb} ({report.bytes} bytes of files)")
+            for item in report.items:
+                echo(f"  {item.kind} {item.event_id} {ts(item.ts)} {item.what}")
+            if report.not_allowed:
+                echo(
+                    f"  {len(report.not_allowed)} more are other members' and need the room's "
+                    "redact power (an admin)"
+                )
+            if not dry_run and (report.media_deleted or report.media_kept):
+                echo(
+                    f"  media deleted from the homeserver: {report.media_deleted}"
+                    + (f"; kept (not its admin): {report.media_kept}" if report.media_kept else "")
+                )
+
+    with_client(ctx, go, rooms_from_index=True)
+
+
 @room_app.command("review")
 def room_review(
     ctx: typer.Context,
@@ -580,5 +677,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(room_app, name="room")
     app.add_typer(rooms_app, name="rooms")
     app.add_typer(file_app, name="file")
-    for fn in (put, get, history, send, tail):
+    for fn in (put, get, history, send, tail, cleanup):
         app.command()(fn)

@@ -572,6 +572,7 @@ def file_row(room_id: str, source: dict[str, Any]) -> FileRow | None:
         str(info.get("mimetype") or "application/octet-stream")[:255],
         str(source.get("sender", "")),
         int(source.get("origin_server_ts", 0) or 0),
+        str(content["file"].get("url") or ""),
     )
 
 

@@ -40,6 +40,7 @@ from datarooms.sdk.hooks import Hooks
 from datarooms.sdk.keys import KeyManager, TrustPolicy
 from datarooms.sdk.messages import Messages
 from datarooms.sdk.records import Records
+from datarooms.sdk.retention import Retention
 from datarooms.sdk.reviews import Reviews
 from datarooms.sdk.rooms import Rooms
 from datarooms.sdk.state import State
@@ -74,6 +75,7 @@ class DataroomsClient:
         self.keys = KeyManager(self, trust)
         self.telemetry = Telemetry(self)  # lazy: opens nothing until used
         self.reviews = Reviews(self)
+        self.retention = Retention(self)
         self._closed = False
         self._device_lock: DeviceLock | None = None
 

@@ -91,6 +91,7 @@ class Files:
                 mime[:255],
                 self._c.user_id,
                 int(time.time() * 1000),
+                uploaded.file.url,
             )
         )
         return FileRef(room_id, event_id, name, uploaded.size, mime, uploaded.file)

@@ -169,6 +169,58 @@ ENTITY_SCHEMA: dict[str, Any] = {
     },
 }
 
+#: Per-minute rollups of telemetry whose raw batches a retention cleanup removed
+#: (timeline event, always end-to-end encrypted): a device that comes later still
+#: gets the minutes' count, min, max, sum and last value.
+TELEMETRY_ROLLUP = "io.datarooms.telemetry.rollup"
+
+TELEMETRY_ROLLUP_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://datarooms.io/schemas/io.datarooms.telemetry.rollup.json",
+    "title": "io.datarooms.telemetry.rollup (decrypted content)",
+    "description": "Per-minute rollups of raw telemetry that a retention cleanup redacted. "
+    "Each minute's figures replace what a reader's index holds for that minute (the same, "
+    "where it saw the raw samples).",
+    "type": "object",
+    "required": ["v", "series"],
+    "properties": {
+        "v": {"const": 1},
+        "until": {"type": "integer", "description": "The cleanup's cutoff, ms"},
+        "series": {
+            "type": "array",
+            "maxItems": 1000,
+            "items": {
+                "type": "object",
+                "required": ["metric", "minutes"],
+                "properties": {
+                    "metric": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "minutes": {
+                        "type": "array",
+                        "maxItems": 10000,
+                        "items": {
+                            "type": "array",
+                            "description": "[minute since the epoch, n, min, max, sum, "
+                            "last_ts, last_value]",
+                            "prefixItems": [
+                                {"type": "integer"},
+                                {"type": "integer", "minimum": 1},
+                                {"type": "number"},
+                                {"type": "number"},
+                                {"type": "number"},
+                                {"type": "integer"},
+                                {"type": "number"},
+                            ],
+                            "minItems": 7,
+                            "maxItems": 7,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
 #: A room's access-review schedule (state event, state_key "").
 REVIEW = "io.datarooms.review"
 #: The key, in an m.notice's content, of a posted access review report.
@@ -224,6 +276,13 @@ RETENTION_SCHEMA: dict[str, Any] = {
             "description": "Files older than this go (their events and, on our homeserver, "
             "their media).",
         },
+        "telemetry_raw_days": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 36500,
+            "description": "Raw telemetry older than this goes; its per-minute rollups stay "
+            "(posted as io.datarooms.telemetry.rollup before the raw batches are redacted).",
+        },
         "legal_hold": {
             "type": "boolean",
             "description": "True: no cleanup of this room, whatever else the policy says.",
@@ -240,4 +299,5 @@ ALL_SCHEMAS = {
     ENTITY: ENTITY_SCHEMA,
     REVIEW: REVIEW_SCHEMA,
     RETENTION: RETENTION_SCHEMA,
+    TELEMETRY_ROLLUP: TELEMETRY_ROLLUP_SCHEMA,
 }

@@ -22,6 +22,8 @@ interrupted cleanup run again redoes only what is left, never twice.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,9 +49,12 @@ class RetentionPolicy:
     record_versions_days: int | None = None
     files_days: int | None = None
     legal_hold: bool = False
+    telemetry_raw_days: int | None = None
 
     def content(self) -> dict[str, Any]:
         out: dict[str, Any] = {"legal_hold": self.legal_hold}
+        if self.telemetry_raw_days is not None:
+            out["telemetry_raw_days"] = self.telemetry_raw_days
         if self.record_versions_days is not None:
             out["record_versions_days"] = self.record_versions_days
         if self.files_days is not None:
@@ -59,7 +64,7 @@ class RetentionPolicy:
 
 @dataclass
 class CleanupItem:
-    kind: str  # record_version | file
+    kind: str  # record_version | file | telemetry_batch
     event_id: str
     sender: str
     ts: int
@@ -83,6 +88,10 @@ class CleanupReport:
     #: Files whose media stayed on the server (not its admin; the event is redacted).
     media_kept: int = 0
     bytes: int = 0
+    #: Telemetry: raw samples that go from this device's index (their rollups stay),
+    #: and the rollup events posted for the rooms' later devices.
+    telemetry_samples: int = 0
+    rollup_events: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,7 +120,10 @@ def _parse(content: dict[str, Any]) -> RetentionPolicy | None:
         return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DAYS else None
 
     return RetentionPolicy(
-        days("record_versions_days"), days("files_days"), content.get("legal_hold") is True
+        days("record_versions_days"),
+        days("files_days"),
+        content.get("legal_hold") is True,
+        days("telemetry_raw_days"),
     )
 
 
@@ -132,6 +144,7 @@ class Retention:
         if policy is not None:
             _days("record_versions_days", policy.record_versions_days)
             _days("files_days", policy.files_days)
+            _days("telemetry_raw_days", policy.telemetry_raw_days)
         await self._c.ensure_room(room_id)
         async with self._c.http() as http:
             try:
@@ -172,6 +185,12 @@ class Retention:
             cutoff = now - policy.files_days * DAY_MS
             for f in self._c.index.files(room_id, before_ts=cutoff):
                 items.append(CleanupItem("file", f.event_id, f.sender, f.ts, f.name, bytes=f.size))
+        raw_cutoff = self._telemetry_cutoff(policy, now)
+        if raw_cutoff is not None and self._telemetry_indexed():
+            idx = self._c.telemetry.index
+            for event_id, n, sender, t0 in idx.old_batches(room_id, raw_cutoff):
+                items.append(CleanupItem("telemetry_batch", event_id, sender, t0, f"{n} samples"))
+            report.telemetry_samples = idx.raw_before(room_id, raw_cutoff)
         others = self._may_redact_others(room_id)
         me = self._c.user_id
         for item in items:
@@ -179,15 +198,46 @@ class Retention:
         report.bytes = sum(i.bytes for i in report.items)
         return report
 
+    @staticmethod
+    def _telemetry_cutoff(policy: RetentionPolicy, now: int) -> int | None:
+        """Raw telemetry before this goes: whole minutes only, so that every sample that
+        goes is in a minute whose rollup is posted."""
+        if policy.telemetry_raw_days is None:
+            return None
+        cutoff = now - policy.telemetry_raw_days * DAY_MS
+        return cutoff - cutoff % 60_000
+
+    def raw_telemetry_cutoff(self, room_id: str, now_ms: int | None = None) -> int | None:
+        """Raw telemetry of the room older than this is past its policy (None: kept)."""
+        policy = self.policy(room_id)
+        if policy is None or policy.legal_hold:
+            return None
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        return self._telemetry_cutoff(policy, now)
+
+    def _telemetry_indexed(self) -> bool:
+        return (self._c.telemetry.directory / "index.db").exists()
+
     async def cleanup(
         self, room_id: str, *, dry_run: bool = False, now_ms: int | None = None
     ) -> CleanupReport:
         """Apply the room's policy (see the module). Safe to run again after an interruption."""
         await self._c.ensure_room(room_id)
         await self._c.sync_once()  # the policy, power and redactions as they are now
-        report = self._plan(room_id, now_ms=now_ms, dry_run=dry_run)
-        if dry_run or report.refused or not report.items:
+        policy = self.policy(room_id)
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        if policy is not None and not policy.legal_hold and policy.telemetry_raw_days:
+            await self._c.telemetry.catch_up(room_id)  # every batch, to roll up and redact
+        report = self._plan(room_id, now_ms=now, dry_run=dry_run)
+        if dry_run or report.refused or not (report.items or report.telemetry_samples):
             return report
+        cutoff = self._telemetry_cutoff(report.policy, now) if report.policy else None
+        batches = [i for i in report.items if i.kind == "telemetry_batch"]
+        if cutoff is not None and batches:
+            # The rollups first: once the raw batches are redacted, they are all a later
+            # device can have of those minutes.
+            since = min(i.ts for i in batches)
+            report.rollup_events = await self._post_rollups(room_id, since, cutoff)
         files = {f.event_id: f for f in self._c.index.files(room_id)}
         done: list[str] = []
         try:
@@ -203,11 +253,38 @@ class Retention:
                         report.media_kept += 1
         finally:
             self._c.index.forget(room_id, done)
+        if cutoff is not None:
+            await asyncio.to_thread(self._c.telemetry.index.prune_raw, room_id, cutoff)
         log.info(
             "cleaned up a room",
             extra={"room": room_id, "redacted": report.redacted, "media": report.media_deleted},
         )
         return report
+
+    async def _post_rollups(self, room_id: str, since: int, until: int) -> int:
+        """Post the per-minute rollups of ``[since, until)``, in events of at most ~30 KB."""
+        series = self._c.telemetry.index.rollups_between(room_id, since - since % 60_000, until)
+        posted = 0
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for metric, tags, minutes in series:
+            for i in range(0, len(minutes), 400):  # ~60 bytes a minute
+                part = {"metric": metric, "tags": tags, "minutes": minutes[i : i + 400]}
+                n = len(json.dumps(part))
+                if chunk and size + n > 30_000:
+                    await self._c.send(
+                        room_id, ev.TELEMETRY_ROLLUP, {"v": 1, "until": until, "series": chunk}
+                    )
+                    posted += 1
+                    chunk, size = [], 0
+                chunk.append(part)
+                size += n
+        if chunk:
+            await self._c.send(
+                room_id, ev.TELEMETRY_ROLLUP, {"v": 1, "until": until, "series": chunk}
+            )
+            posted += 1
+        return posted
 
     async def _redact(self, room_id: str, event_id: str) -> None:
         txn = "cleanup-" + event_id.lstrip("$").replace("/", "_")[:100]

@@ -315,6 +315,11 @@ class Telemetry:
         check_room_id(room_id)
         if catch_up and not (reader.following(room_id) and reader.caught_up_once(room_id)):
             await reader.catch_up(room_id)
+        # The room's retention policy applies to what this device keeps, too: raw
+        # samples past it go (their per-minute rollups stay).
+        cutoff = self._c.retention.raw_telemetry_cutoff(room_id)
+        if cutoff is not None:
+            await asyncio.to_thread(self.index.prune_raw, room_id, cutoff)
         return self.index
 
     async def query(

@@ -482,6 +482,76 @@ class TelemetryIndex:
             ).fetchall()
         return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
 
+    # -- retention (datarooms.sdk.retention) -----------------------------------------
+
+    def old_batches(self, room_id: str, before_ts: int) -> list[tuple[str, int, str, int]]:
+        """Batch events whose every sample is older than ``before_ts``:
+        (event id, samples, sender, first sample's ts)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event_id, n, sender, t0 FROM batches WHERE room_id = ? AND t1 < ? "
+                "ORDER BY id",
+                (room_id, before_ts),
+            ).fetchall()
+        return [(r[0], int(r[1]), r[2], int(r[3])) for r in rows]
+
+    def raw_before(self, room_id: str, before_ts: int) -> int:
+        """Raw samples older than ``before_ts`` this index still holds."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*) FROM samples x JOIN series s ON s.id = x.series "
+                "WHERE s.room_id = ? AND x.ts < ?",
+                (room_id, before_ts),
+            ).fetchone()
+        return int(row[0])
+
+    def rollups_between(
+        self, room_id: str, since: int, until: int
+    ) -> list[tuple[str, dict[str, str], list[list[Any]]]]:
+        """The per-minute rollups of whole minutes in ``[since, until)``: per series
+        (metric, tags, [[minute, n, min, max, sum, last_ts, last_value], ...])."""
+        out = []
+        with self._lock:
+            for sid, info in self.series(room_id):
+                rows = self._db.execute(
+                    "SELECT minute, n, vmin, vmax, vsum, last_ts, last_value FROM rollup "
+                    "WHERE series = ? AND minute >= ? AND minute < ? ORDER BY minute",
+                    (sid, -(-since // MINUTE), until // MINUTE),
+                ).fetchall()
+                if rows:
+                    out.append((info.metric, dict(info.tags), [list(r) for r in rows]))
+        return out
+
+    def put_rollups(
+        self, room_id: str, metric: str, tags: Mapping[str, str], minutes: list[list[Any]]
+    ) -> int:
+        """Rollups a retention cleanup posted (its raw samples are gone from the room):
+        each minute's figures replace this index's, which are the same where it saw the
+        raw samples itself. Returns the minutes written."""
+        from datarooms.sdk.telemetry.encoding import SeriesKey, canonical_tags
+
+        with self._tx() as db:
+            sid = self._series_id(db, room_id, SeriesKey(metric, canonical_tags(tags)))
+            db.executemany(
+                "INSERT INTO rollup (series, minute, n, vmin, vmax, vsum, last_ts, last_value) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, minute) DO UPDATE SET "
+                "n = excluded.n, vmin = excluded.vmin, vmax = excluded.vmax, "
+                "vsum = excluded.vsum, last_ts = excluded.last_ts, "
+                "last_value = excluded.last_value",
+                [(sid, *m) for m in minutes],
+            )
+        return len(minutes)
+
+    def prune_raw(self, room_id: str, before_ts: int) -> int:
+        """Drop raw samples older than ``before_ts`` (their rollups stay). Returns how many."""
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM samples WHERE ts < ? AND series IN "
+                "(SELECT id FROM series WHERE room_id = ?)",
+                (before_ts, room_id),
+            )
+        return int(cur.rowcount)
+
     def usage(self) -> dict[str, tuple[int, int, int]]:
         """Per room: (samples, batches, bytes of their rows here, a measured estimate:
         16 bytes a raw sample, 64 a batch, 56 a minute of rollup)."""

@@ -37,6 +37,7 @@ from nio.api import MessageDirection
 from nio.exceptions import EncryptionError
 
 from datarooms.errors import DataroomsError, HomeserverError, ValidationError
+from datarooms.events import TELEMETRY_ROLLUP, TELEMETRY_ROLLUP_SCHEMA
 from datarooms.sdk.attachments import EncryptedFile, TamperedFileError, download_decrypted_bytes
 from datarooms.sdk.telemetry._aio import cancel_and_wait, wait_event
 from datarooms.sdk.telemetry.encoding import decode_batch
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _VALIDATOR = Draft202012Validator(BATCH_SCHEMA)
+_ROLLUP_VALIDATOR = Draft202012Validator(TELEMETRY_ROLLUP_SCHEMA)
 _FILTER = {"types": ["m.room.encrypted", TELEMETRY_BATCH], "lazy_load_members": False}
 _MAX_MEDIA_BYTES = 64 << 20
 
@@ -204,6 +206,8 @@ class TelemetryReader:
             source = getattr(decrypted, "source", None)
             if isinstance(source, dict) and source.get("type") == TELEMETRY_BATCH:
                 sources.append(source)
+            elif isinstance(source, dict) and source.get("type") == TELEMETRY_ROLLUP:
+                await asyncio.to_thread(self._rollups, room_id, source)
         decoded = await self._decode_sources(room_id, sources)
         new = await asyncio.to_thread(self.index.add_page, room_id, decoded, resolved=resolved)
         return self._dispatch(new)
@@ -228,6 +232,9 @@ class TelemetryReader:
                     )
                 )
                 continue
+            if source.get("type") == TELEMETRY_ROLLUP and getattr(e, "decrypted", False):
+                await asyncio.to_thread(self._rollups, room_id, source)
+                continue
             if source.get("type") != TELEMETRY_BATCH:
                 continue
             if not getattr(e, "decrypted", False):
@@ -238,6 +245,19 @@ class TelemetryReader:
                 continue
             sources.append(source)
         return await self._decode_sources(room_id, sources), pending
+
+    def _rollups(self, room_id: str, source: dict[str, Any]) -> None:
+        """Index the rollups a retention cleanup posted (see datarooms.sdk.retention)."""
+        content = source.get("content")
+        error = next(iter(_ROLLUP_VALIDATOR.iter_errors(content)), None)
+        if error is not None or not isinstance(content, dict):
+            log.warning(
+                "skipping a malformed telemetry rollup",
+                extra={"event_id": source.get("event_id"), "room_id": room_id},
+            )
+            return
+        for s in content["series"]:
+            self.index.put_rollups(room_id, s["metric"], s.get("tags") or {}, s["minutes"])
 
     async def _decode_sources(
         self, room_id: str, sources: list[dict[str, Any]]

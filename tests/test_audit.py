@@ -1,0 +1,135 @@
+"""The audit trail: a hash chain any member reproduces from the room, anchored on the devchain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datarooms.chain.anchor import ChainAnchor, decode_anchor_tx
+from datarooms.chain.rpc import CometRpc
+from datarooms.sdk.audit import GENESIS, entry_hash, merkle_root, room_hash
+from tests._rooms import shared_room
+from tests._roomsbot import running_devchain
+
+
+def test_merkle_root_matches_rfc6962_split() -> None:
+    import hashlib
+
+    def mth(leaves: list[bytes]) -> bytes:
+        if len(leaves) == 1:
+            return hashlib.sha256(b"\0" + leaves[0]).digest()
+        k = 1
+        while k * 2 < len(leaves):
+            k *= 2
+        return hashlib.sha256(b"\x01" + mth(leaves[:k]) + mth(leaves[k:])).digest()
+
+    for n in (1, 2, 3, 5, 7, 8, 13, 100):
+        leaves = [hashlib.sha256(bytes([i])).digest() for i in range(n)]
+        assert merkle_root([x.hex() for x in leaves]) == mth(leaves).hex()
+
+
+async def _anchors_on_chain(url: str) -> int:
+    async with CometRpc(url) as rpc:
+        found = await rpc.tx_search("message.action='/datarooms.audit.v1.MsgAnchorAudit'")
+    return found[1]
+
+
+class _CrashAfterBroadcast:
+    """The real chain; the process 'dies' right after the broadcast committed."""
+
+    def __init__(self, chain: ChainAnchor) -> None:
+        self.chain = chain
+
+    def anchor_tx(self, *args: Any) -> bytes:
+        return self.chain.anchor_tx(*args)
+
+    async def committed_height(self, tx: bytes) -> int | None:
+        return await self.chain.committed_height(tx)
+
+    async def broadcast(self, tx: bytes) -> int:
+        await self.chain.broadcast(tx)
+        raise KeyboardInterrupt  # as a kill: nothing after this line of the caller runs
+
+
+async def test_trail_reproducible_and_anchored(alice_bob, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = alice_bob
+    room = await shared_room(alice, bob, "write", kind="verification")
+    await alice.records.publish_schema(room, "meter", {"type": "object"})
+    rec = await alice.records.put(room, "meter/1", {"kwh": 1})
+    await alice.files.put(room, b"evidence", filename="e.bin")
+    await alice.claims.issue(room, "did:ixo:entity:x", "Checked", {"ok": True}, evidence=[rec])
+    await alice.messages.redact(room, rec.event_id)
+    await alice.rooms.revoke(room, bob.user_id)
+
+    added = await alice.audit.update(room)
+    assert added >= 10  # create, members, power levels, schema, record, file, claim, ...
+    assert await alice.audit.update(room) == 0  # nothing new: nothing appended
+    entries = alice.audit.entries(room)
+    assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+    prev = GENESIS
+    for e in entries:
+        assert e.entry["prev"] == prev and entry_hash(e.entry) == e.hash
+        prev = e.hash
+    types = [e.entry["type"] for e in entries]
+    assert "m.room.create" in types and "m.room.redaction" in types
+    assert types.count("m.room.encrypted") >= 3  # record, file, claim (ciphertext only)
+    assert "m.room.power_levels" in types and "io.datarooms.schema" in types
+
+    # Bob, a (former) member, rebuilds the same chain from the room himself.
+    await bob.sync_once()
+    assert await bob.audit.update(room) >= len(entries) - 2
+    bob_entries = bob.audit.entries(room)
+    common = min(len(bob_entries), len(entries))
+    assert [e.hash for e in bob_entries[:common]] == [e.hash for e in entries[:common]]
+
+    async with running_devchain(tmp_path / "chain") as srv:
+        chain = ChainAnchor(srv.url)
+        first = await alice.audit.anchor(room, chain)
+        assert first is not None and first.height and first.last_seq == len(entries)
+        msg = decode_anchor_tx(first.tx)
+        assert msg["merkle_root"] == merkle_root([e.hash for e in entries])
+        assert msg["room"] == room_hash(room) and room not in first.tx.decode()
+        again = await alice.audit.anchor(room, chain)
+        assert again is None, (
+            again,
+            first,
+            [e.entry for e in alice.audit.entries(room, after=first.last_seq)],
+        )  # nothing new: no anchor
+        assert await _anchors_on_chain(srv.url) == 1
+
+        # A crash between the commit and persisting its height: the next run finds the tx
+        # on chain and records it; it anchors neither twice nor loses the range.
+        await alice.records.put(room, "meter/1", {"kwh": 2})
+        with pytest.raises(KeyboardInterrupt):
+            await alice.audit.anchor(room, _CrashAfterBroadcast(chain))  # type: ignore[arg-type]
+        pending = alice.audit.anchors(room)[-1]
+        assert pending.height is None
+        assert await _anchors_on_chain(srv.url) == 2
+        assert await alice.audit.anchor(room, chain) is None
+        anchors = alice.audit.anchors(room)
+        assert len(anchors) == 2 and anchors[-1].height is not None
+        assert anchors[-1].first_seq == anchors[0].last_seq + 1
+        assert await _anchors_on_chain(srv.url) == 2
+
+        # A crash before the broadcast reached the chain: broadcast on the next run, once.
+        await alice.records.put(room, "meter/1", {"kwh": 3})
+
+        class _CrashBeforeBroadcast(_CrashAfterBroadcast):
+            async def broadcast(self, tx: bytes) -> int:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            await alice.audit.anchor(room, _CrashBeforeBroadcast(chain))  # type: ignore[arg-type]
+        assert await _anchors_on_chain(srv.url) == 2
+        assert await alice.audit.anchor(room, chain) is None
+        assert await _anchors_on_chain(srv.url) == 3
+        assert all(a.height for a in alice.audit.anchors(room))
+        # The chain refuses anything but hashes.
+        bad = json.loads(first.tx)
+        bad["body"]["messages"][0]["room"] = room
+        async with CometRpc(srv.url) as rpc:
+            res = await rpc.broadcast_tx_commit(json.dumps(bad).encode())
+        assert res["check_tx"]["code"] != 0

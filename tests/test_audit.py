@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,138 @@ async def test_trail_reproducible_and_anchored(alice_bob, tmp_path: Path) -> Non
         async with CometRpc(srv.url) as rpc:
             res = await rpc.broadcast_tx_commit(json.dumps(bad).encode())
         assert res["check_tx"]["code"] != 0
+
+
+def _flip(text: str, at: int | None = None) -> str:
+    """``text`` with one character changed (one byte of the bundle)."""
+    i = len(text) // 2 if at is None else at
+    c = text[i]
+    return text[:i] + ("b" if c == "a" else "a") + text[i + 1 :]
+
+
+async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # type: ignore[no-untyped-def]
+    alice_bob, tmp_path: Path
+) -> None:
+    import copy
+
+    from datarooms.chain.anchor import bundle_anchor_check
+    from datarooms.sdk.audit_bundle import verify_bundle
+
+    alice, bob = alice_bob
+    room = await shared_room(alice, bob, "write", kind="verification")
+    photo = await alice.files.put(room, b"photo of the meter", filename="m.jpg")
+    rec = await alice.records.put(room, "meter/1", {"kwh": 7})
+    saved = await alice.claims.issue(
+        room, "did:ixo:entity:y", "Read", {"kwh": 7}, evidence=[photo, rec]
+    )
+    async with running_devchain(tmp_path / "chain") as srv:
+        chain = ChainAnchor(srv.url)
+        await alice.audit.anchor(room, chain)
+        await alice.records.put(room, "meter/1", {"kwh": 8})
+        await alice.audit.anchor(room, chain)
+        bundle = await alice.audit.export(
+            room, anchor_proof=chain.inclusion_proof, chain=await chain.identity()
+        )
+    # The chain is gone: everything below is offline.
+    check = bundle_anchor_check(bundle["chain"])
+    good = verify_bundle(json.loads(json.dumps(bundle)), check_anchor=check)
+    assert good.verdict == "ok", good.to_json()
+    assert good.layers["claims"]["checked"] == 1 and good.layers["anchors"]["checked"] == 2
+    assert good.layers["megolm"]["checked"] >= 4  # file, record x2, claim
+    no_chain = verify_bundle(bundle)
+    assert no_chain.verdict == "incomplete" and any("not checked" in u for u in no_chain.unverified)
+
+    entries = bundle["entries"]
+    claim_seq = next(e["seq"] for e in entries if e["event_id"] == saved.event_id)
+    n = len(entries)
+
+    def tampered(mutate) -> dict:  # type: ignore[no-untyped-def, type-arg]
+        b = copy.deepcopy(bundle)
+        mutate(b)
+        report = verify_bundle(b, check_anchor=bundle_anchor_check(b["chain"]))
+        assert report.verdict == "broken"
+        return report.breaks[0]
+
+    # An entry altered: the chain breaks at that entry.
+    first = tampered(
+        lambda b: b["entries"][3].__setitem__("sender", _flip(b["entries"][3]["sender"]))
+    )
+    assert first["layer"] == "events" and first["seq"] == 4
+    brk = tampered(lambda b: b["entries"][3].__setitem__("hash", _flip(b["entries"][3]["hash"])))
+    assert brk["layer"] == "chain" and brk["seq"] == 4
+
+    # An entry (with its event) dropped from the middle, or two swapped.
+    def drop(b: dict) -> None:  # type: ignore[type-arg]
+        del b["entries"][5]
+        del b["events"][5]
+
+    brk = tampered(drop)
+    assert brk["layer"] == "chain" and brk["seq"] == 6
+
+    def swap(b: dict) -> None:  # type: ignore[type-arg]
+        for key in ("entries", "events"):
+            b[key][4], b[key][5] = b[key][5], b[key][4]
+
+    brk = tampered(swap)
+    assert brk["layer"] == "chain" and brk["seq"] == 5
+
+    # An event's ciphertext changed: its content no longer hashes to the entry.
+    def cipher(b: dict) -> None:  # type: ignore[type-arg]
+        ev_ = b["events"][claim_seq - 1]["content"]
+        ev_["ciphertext"] = _flip(ev_["ciphertext"])
+
+    brk = tampered(cipher)
+    assert brk["layer"] == "events" and brk["seq"] == claim_seq
+
+    # A Megolm key changed: the event does not decrypt.
+    def key(b: dict) -> None:  # type: ignore[type-arg]
+        sid = b["events"][claim_seq - 1]["content"]["session_id"]
+        s = b["megolm_sessions"][sid]
+        s["session_key"] = _flip(s["session_key"], 40)
+
+    assert tampered(key)["layer"] == "megolm"
+
+    # Evidence bytes changed: the claim fails on its evidence.
+    def evidence(b: dict) -> None:  # type: ignore[type-arg]
+        cid = next(iter(b["files"]))
+        b["files"][cid] = base64.b64encode(b"photo of the meteR").decode()
+
+    brk = tampered(evidence)
+    assert brk["layer"] == "claims" and "evidence_changed" in brk["detail"]
+
+    # A forged anchor: its Merkle root, its block header, its block signature, its height.
+    def anchor_tx(b: dict) -> None:  # type: ignore[type-arg]
+        tx = json.loads(base64.b64decode(b["anchors"][0]["tx"]))
+        tx["body"]["messages"][0]["merkle_root"] = _flip(tx["body"]["messages"][0]["merkle_root"])
+        b["anchors"][0]["tx"] = base64.b64encode(json.dumps(tx).encode()).decode()
+
+    brk = tampered(anchor_tx)
+    assert brk["layer"] == "anchors" and "Merkle root" in brk["detail"]
+
+    def header(b: dict) -> None:  # type: ignore[type-arg]
+        h = b["anchors"][1]["proof"]["header"]
+        h["time"] = _flip(h["time"], 3)
+
+    brk = tampered(header)
+    assert brk["layer"] == "anchors" and "committed block" in brk["detail"]
+
+    def signature(b: dict) -> None:  # type: ignore[type-arg]
+        p = b["anchors"][0]["proof"]
+        p["signature"] = base64.b64encode(bytes(64)).decode()
+
+    brk = tampered(signature)
+    assert brk["layer"] == "anchors" and "validator" in brk["detail"]
+
+    def dropped_anchor(b: dict) -> None:  # type: ignore[type-arg]
+        del b["anchors"][0]
+
+    brk = tampered(dropped_anchor)
+    assert brk["layer"] == "anchors" and "missing" in brk["detail"]
+
+    # Not a bundle at all, or cut short: a verdict, never a crash.
+    assert verify_bundle({"format": "x"}).breaks[0]["layer"] == "format"
+    assert verify_bundle([1, 2]).verdict == "broken"
+    cut = copy.deepcopy(bundle)
+    del cut["events"][-1]
+    assert verify_bundle(cut).breaks[0]["layer"] == "format"
+    assert n == len(bundle["entries"])

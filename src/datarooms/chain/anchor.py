@@ -25,6 +25,7 @@ import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,13 +201,13 @@ class ChainAnchor:
             "signature": commit["datarooms"]["signature"],
         }
 
-    async def validator(self) -> dict[str, str]:
+    async def identity(self) -> dict[str, str]:
         """The chain id and the validator key that signs the devchain's blocks."""
         async with CometRpc(self.url) as rpc:
             status = await rpc.status()
         return {
             "chain_id": str(status["node_info"]["network"]),
-            "pub_key": str(status["validator_info"]["pub_key"]["value"]),
+            "validator_pub_key": str(status["validator_info"]["pub_key"]["value"]),
         }
 
 
@@ -243,3 +244,26 @@ def check_inclusion(
             "the block is not signed by the chain's validator (a forged anchor)",
             "bad_block_signature",
         ) from None
+
+
+def bundle_anchor_check(
+    chain: dict[str, Any], *, validator_pub_key: str | None = None
+) -> Callable[[bytes, dict[str, Any]], None]:
+    """An anchor check for :func:`datarooms.sdk.audit_bundle.verify_bundle` from the
+    bundle's chain identity and each anchor's ``proof`` (the signed block header).
+
+    ``validator_pub_key`` pins the validator key the auditor trusts (from the chain's
+    genesis); without it the key the bundle names is used, and the report should say so.
+    """
+    chain_id = str(chain.get("chain_id", ""))
+    key = validator_pub_key or str(chain.get("validator_pub_key", ""))
+
+    def check(tx: bytes, anchor: dict[str, Any]) -> None:
+        proof = anchor.get("proof")
+        if not isinstance(proof, dict):
+            raise AnchorCheckError("the bundle has no inclusion proof for it", "no_proof")
+        if int(proof.get("height", -1)) != anchor.get("height"):
+            raise AnchorCheckError("the proof is for another height", "bad_proof")
+        check_inclusion(tx, proof, chain_id=chain_id, validator_pub_key=key)
+
+    return check

@@ -26,11 +26,12 @@ CometBFT RPC).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 GENESIS = "00" * 32
+BUNDLE_FORMAT = "datarooms.audit.bundle.v1"
 _PAGE = 500
 _FILE_TYPES = ("m.file", "m.image", "m.video", "m.audio")
 
@@ -303,6 +305,95 @@ class Audit:
             if height is None:
                 height = await chain.broadcast(tx)
             self._c.index.audit_set_anchor_height(room_id, a["last_seq"], height)
+
+    async def _page_all(self, room_id: str) -> list[dict[str, Any]]:
+        """Every timeline event of the room, raw as served, in ``/messages`` order."""
+        path = f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages"
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        async with self._c.http() as http:
+            while True:
+                params = {"dir": "f", "limit": str(_PAGE)}
+                if cursor:
+                    params["from"] = cursor
+                body = await http.request("GET", path, params=params)
+                chunk = [e for e in body.get("chunk", []) if isinstance(e, dict)]
+                out.extend(chunk)
+                end = body.get("end")
+                if not chunk or not isinstance(end, str):
+                    return out
+                cursor = end
+
+    async def export(
+        self,
+        room_id: str,
+        *,
+        anchor_proof: Callable[[bytes, int], Awaitable[dict[str, Any]]] | None = None,
+        chain: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """An auditor's bundle of the room's trail (see :mod:`datarooms.sdk.audit_bundle`).
+
+        It holds the entries, the events they commit to (ciphertext, as served), the Megolm
+        session keys that decrypt and authenticate them, the plaintext of the files that
+        claims cite, and each anchor with ``anchor_proof(tx, height)`` (its inclusion in a
+        committed block) and the chain's identity. **It discloses the room's content** to
+        whoever holds it: hand it to the auditor only.
+        """
+        await self.update(room_id)
+        entries = self.entries(room_id)
+        raw_by_id = {str(e.get("event_id")): e for e in await self._page_all(room_id)}
+        events: list[dict[str, Any]] = []
+        keys: dict[str, dict[str, str]] = {}
+        files: dict[str, str] = {}
+        olm = self._c.nio.olm
+        for e in entries:
+            raw = raw_by_id.get(e.entry["event_id"], {"event_id": e.entry["event_id"]})
+            raw = {k: v for k, v in raw.items() if k != "unsigned"} | (
+                {"unsigned": {"redacted_because": raw["unsigned"]["redacted_because"]}}
+                if isinstance(raw.get("unsigned"), dict) and "redacted_because" in raw["unsigned"]
+                else {}
+            )
+            events.append(raw)
+            content = raw.get("content") or {}
+            sid, skey = content.get("session_id"), content.get("sender_key")
+            if raw.get("type") == "m.room.encrypted" and olm and sid and sid not in keys:
+                session = olm.inbound_group_store.get(room_id, skey, sid)
+                if session is not None:
+                    keys[sid] = {
+                        "sender_key": str(skey),
+                        "signing_key": str(session.ed25519),
+                        "session_key": session.export_session(session.first_known_index),
+                    }
+        for saved in await self._c.claims.list(room_id, limit=100_000):
+            for cited in saved.credential.get("evidence", []) or []:
+                if isinstance(cited, dict) and not cited.get("record") and cited.get("event"):
+                    try:
+                        data = await self._c.files.read(room_id, str(cited["event"]))
+                    except DataroomsError:
+                        continue
+                    files[str(cited.get("cid"))] = base64.b64encode(data).decode()
+        anchors = []
+        for a in self.anchors(room_id):
+            item: dict[str, Any] = {
+                **a.to_json(),
+                "tx": base64.b64encode(a.tx).decode(),
+            }
+            if anchor_proof is not None and a.height is not None:
+                item["proof"] = await anchor_proof(a.tx, a.height)
+            anchors.append(item)
+        return {
+            "format": BUNDLE_FORMAT,
+            "room": room_id,
+            "room_hash": room_hash(room_id),
+            "exported_by": self._c.user_id,
+            "exported_at": int(time.time() * 1000),
+            "entries": [{**e.entry, "hash": e.hash} for e in entries],
+            "events": events,
+            "megolm_sessions": keys,
+            "files": files,
+            "anchors": anchors,
+            "chain": chain or {},
+        }
 
     async def run(
         self, room_ids: Sequence[str], chain: AnchorChain, *, interval_s: float

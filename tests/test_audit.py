@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from datarooms.chain.anchor import ChainAnchor, decode_anchor_tx
 from datarooms.chain.rpc import CometRpc
 from datarooms.sdk.audit import GENESIS, entry_hash, merkle_root, room_hash
+from tests._cli import cli
 from tests._rooms import shared_room
 from tests._roomsbot import running_devchain
 
@@ -166,6 +168,25 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
         bundle = await alice.audit.export(
             room, anchor_proof=chain.inclusion_proof, chain=await chain.identity()
         )
+        # The CLI, against the chain's RPC (not the bundle's headers).
+        path = tmp_path / "bundle.json"
+        path.write_text(json.dumps(bundle))
+        online = await asyncio.to_thread(cli, "audit", "verify", str(path), "--rpc", srv.url)
+        assert online.returncode == 0, online.stdout + online.stderr
+        assert json.loads(online.stdout)["verdict"] == "ok"
+        key = (await chain.identity())["validator_pub_key"]
+    # The chain is gone, so is the homeserver as far as this check goes: offline.
+    pinned = cli("audit", "verify", str(path), "--validator-key", key)
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    forged_key = base64.b64encode(bytes(32)).decode()
+    forged = cli("audit", "verify", str(path), "--validator-key", forged_key)
+    assert forged.returncode == 1 and "validator" in forged.stdout
+    gone = cli("audit", "verify", str(path), "--rpc", "http://127.0.0.1:9")
+    assert gone.returncode == 2 and "unreachable" in gone.stdout
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    bad = cli("audit", "verify", str(garbage))
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
     # The chain is gone: everything below is offline.
     check = bundle_anchor_check(bundle["chain"])
     good = verify_bundle(json.loads(json.dumps(bundle)), check_anchor=check)

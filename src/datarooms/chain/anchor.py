@@ -262,6 +262,10 @@ def bundle_anchor_check(
         proof = anchor.get("proof")
         if not isinstance(proof, dict):
             raise AnchorCheckError("the bundle has no inclusion proof for it", "no_proof")
+        if "unreachable" in proof:
+            raise AnchorCheckError(str(proof["unreachable"]), "unreachable")
+        if "missing" in proof:
+            raise AnchorCheckError(str(proof["missing"]), "not_on_chain")
         if int(proof.get("height", -1)) != anchor.get("height"):
             raise AnchorCheckError("the proof is for another height", "bad_proof")
         check_inclusion(tx, proof, chain_id=chain_id, validator_pub_key=key)

@@ -106,10 +106,8 @@ def verification_method(did: str) -> str:
     return f"{did}#{did[len(_DID_KEY) :]}"
 
 
-def _hash_data(document: dict[str, Any], options: dict[str, Any]) -> bytes:
-    config = dict(options)
-    if "@context" in document:
-        config["@context"] = document["@context"]
+def _hash_data(document: dict[str, Any], config: dict[str, Any]) -> bytes:
+    """``sha256(JCS(proof config)) || sha256(JCS(document))`` (section 3.3.4)."""
     return hashlib.sha256(canonical(config)).digest() + hashlib.sha256(canonical(document)).digest()
 
 
@@ -135,6 +133,9 @@ def sign(
         "verificationMethod": verification_method(did_key(public)),
         "proofPurpose": purpose,
     }
+    # The proof carries the document's @context, and the proof config hashed includes it.
+    if "@context" in document:
+        options["@context"] = copy.deepcopy(document["@context"])
     signature = key.sign(_hash_data(document, options))
     value = multibase.encode("base58btc", signature)
     secured = copy.deepcopy(document)
@@ -184,9 +185,15 @@ def verify(secured: dict[str, Any], *, purpose: str = "assertionMethod") -> Veri
         raise ProofError("the proofValue is not valid base58btc", "malformed") from None
     document = {k: v for k, v in secured.items() if k != "proof"}
     context = proof.get("@context")
-    if context is not None and context != document.get("@context"):
-        raise ProofError("the proof's @context is not the document's", "malformed")
-    options = {k: v for k, v in proof.items() if k not in ("proofValue", "@context")}
+    if context is not None:
+        # The document's @context must start with the proof's (section 3.3.2, step 4).
+        want = context if isinstance(context, list) else [context]
+        have = document.get("@context")
+        have = have if isinstance(have, list) else [have]
+        if have[: len(want)] != want:
+            raise ProofError("the document's @context does not start with the proof's", "malformed")
+        document["@context"] = context
+    options = {k: v for k, v in proof.items() if k != "proofValue"}
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, _hash_data(document, options))
     except (InvalidSignature, ValueError):

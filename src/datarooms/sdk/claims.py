@@ -21,6 +21,7 @@ crash and never a pass.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -295,7 +296,8 @@ class Claims:
                 f"the claim is larger than {ev.MAX_RECORD_BYTES} bytes; "
                 "put large evidence in files and reference them"
             )
-        txn = f"claim-{collection.replace(':', '_')}-{cid}"[:128]
+        # The txn id reaches the server in the clear: derived from the CID, not the CID.
+        txn = "claim-" + hashlib.sha256(f"{collection}\n{cid}".encode()).hexdigest()[:40]
         event_id = await self._c.send(room_id, ev.CLAIM, content, txn_id=txn)
         return SavedClaim(room_id, event_id, collection, cid, credential, self._c.user_id)
 

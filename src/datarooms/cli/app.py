@@ -251,6 +251,10 @@ def platform_services(settings: Settings) -> list[Service]:
         from datarooms.services.statebot import StateBotService
 
         services.append(StateBotService())
+    if "claims" in wanted:
+        from datarooms.services.claims import ClaimsService
+
+        services.append(ClaimsService())
     if "mcp" in wanted:
         from datarooms.services.mcp import McpService
 

@@ -28,6 +28,17 @@ def test_cid_and_did_key_known_values() -> None:
         proofs.public_key_of("did:key:zNotAKey")
 
 
+def test_base58btc_keeps_leading_zero_bytes() -> None:
+    # One Ed25519 signature in 256 starts with a zero byte: it must round-trip.
+    for data in (b"\x00" + bytes(range(1, 64)), b"\x00\x00\xff", bytes(64)):
+        assert proofs.from_multibase_b58(proofs.multibase_b58(data)) == data
+    key = Ed25519PrivateKey.generate()
+    doc = {"@context": ["https://www.w3.org/ns/credentials/v2"], "n": 0}
+    for n in range(600):  # ~90% chance of meeting a signature with a leading zero byte
+        doc["n"] = n
+        proofs.verify(proofs.sign(doc, key))
+
+
 def test_proof_tamper_cases() -> None:
     key = Ed25519PrivateKey.generate()
     doc = proofs.sign({"@context": ["https://www.w3.org/ns/credentials/v2"], "x": 1}, key)

@@ -59,10 +59,18 @@ async def test_digital_bazaar_verifies_our_claim_and_multiformats_agrees_on_cids
     )
     other_key["proof"]["verificationMethod"] += "#z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
 
+    # A signature starting with a zero byte (base58 "1"): where encoders go wrong.
+    n = 0
+    while True:
+        zero_lead = alice.claims.sign("did:ixo:entity:interop", "Probe", {"n": n})
+        if proofs.from_multibase_b58(zero_lead["proof"]["proofValue"])[0] == 0:
+            break
+        n += 1
+
     out = await asyncio.to_thread(
         _js,
         {
-            "credentials": [vc, forged, other_key],
+            "credentials": [vc, forged, other_key, zero_lead],
             "cids": [
                 {"base64": base64.b64encode(data).decode(), "codec": "raw"},
                 {
@@ -74,7 +82,8 @@ async def test_digital_bazaar_verifies_our_claim_and_multiformats_agrees_on_cids
             ],
         },
     )
-    ok, bad, wrong = out["credentials"]
+    ok, bad, wrong, zero = out["credentials"]
+    assert zero == {"verified": True, "error": ""}, zero
     assert ok == {"verified": True, "error": ""}, ok
     assert not bad["verified"] and "signature" in bad["error"].lower()
     assert not wrong["verified"]

@@ -11,8 +11,9 @@ The building blocks of verifiable evidence, with no I/O:
   the proof options are canonicalised with RFC 8785 (JCS), each hashed with SHA-256, and
   the concatenation ``sha256(proof config) || sha256(document)`` is signed with Ed25519.
 
-JCS comes from ``rfc8785``, multihash/CID/multibase/multicodec from the ``py-cid``
-family; Ed25519 from ``cryptography``.
+JCS comes from ``rfc8785``, multihash/CID/multicodec from the ``py-cid`` family, base58
+from ``base58`` (py-multibase's base58btc drops leading zero bytes); Ed25519 from
+``cryptography``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-import multibase
+import base58
 import multicodec
 import multihash
 import rfc8785
@@ -58,6 +59,19 @@ class ProofError(DataroomsError):
         self.reason = reason
 
 
+def multibase_b58(data: bytes) -> str:
+    """Multibase base58btc (``z`` + Bitcoin base58): leading zero bytes kept as ``1``s.
+
+    (py-multibase's base58btc drops them: 1 signature in 256 would not round-trip.)"""
+    return "z" + base58.b58encode(data).decode()
+
+
+def from_multibase_b58(text: str) -> bytes:
+    if not isinstance(text, str) or not text.startswith("z") or len(text) < 2:
+        raise ValueError("not multibase base58btc")
+    return bytes(base58.b58decode(text[1:]))
+
+
 def canonical(obj: Any) -> bytes:
     """RFC 8785 (JCS) bytes of a JSON value."""
     try:
@@ -79,8 +93,7 @@ def did_key(public: bytes) -> str:
     """``did:key:z6Mk…`` of a raw 32-byte Ed25519 public key."""
     if len(public) != 32:
         raise ValueError("an Ed25519 public key is 32 bytes")
-    encoded = multibase.encode("base58btc", multicodec.add_prefix("ed25519-pub", public))
-    return _DID_KEY + (encoded.decode() if isinstance(encoded, bytes) else str(encoded))
+    return _DID_KEY + multibase_b58(bytes(multicodec.add_prefix("ed25519-pub", public)))
 
 
 def public_key_of(did: str) -> bytes:
@@ -89,7 +102,7 @@ def public_key_of(did: str) -> bytes:
         raise ProofError(f"{did!r} is not a base58btc did:key", "bad_did")
     ident = did[len(_DID_KEY) :].split("#", 1)
     try:
-        raw = bytes(multibase.decode(ident[0]))
+        raw = from_multibase_b58(ident[0])
         codec = multicodec.get_codec(raw)
         public = bytes(multicodec.remove_prefix(raw))
     except Exception:
@@ -137,12 +150,8 @@ def sign(
     if "@context" in document:
         options["@context"] = copy.deepcopy(document["@context"])
     signature = key.sign(_hash_data(document, options))
-    value = multibase.encode("base58btc", signature)
     secured = copy.deepcopy(document)
-    secured["proof"] = {
-        **options,
-        "proofValue": value.decode() if isinstance(value, bytes) else str(value),
-    }
+    secured["proof"] = {**options, "proofValue": multibase_b58(signature)}
     return secured
 
 
@@ -180,7 +189,7 @@ def verify(secured: dict[str, Any], *, purpose: str = "assertionMethod") -> Veri
     if "#" not in method:
         raise ProofError("the verificationMethod is not a key id (did#key)", "bad_did")
     try:
-        signature = bytes(multibase.decode(value))
+        signature = from_multibase_b58(value)
     except Exception:
         raise ProofError("the proofValue is not valid base58btc", "malformed") from None
     document = {k: v for k, v in secured.items() if k != "proof"}

@@ -234,7 +234,7 @@ class ClaimsSettings:
     #: Listen address; loopback unless you put the service behind a proxy.
     host: str = "127.0.0.1"
     #: Listen port; 0 picks a free one.
-    port: int = 8012
+    port: int = 8013
     #: Extra homeservers whose users may call the service: ``{server_name: base_url}``.
     homeservers: Mapping[str, str] = field(default_factory=dict)
     #: How long a verified OpenID token is trusted without asking its homeserver again.

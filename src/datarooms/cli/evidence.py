@@ -72,7 +72,7 @@ def claim_issue(
         )
         print_json({"cid": saved.cid, "event_id": saved.event_id, "issuer": c.claims.issuer})
 
-    with_client(ctx, go)
+    with_client(ctx, go, rooms_from_index=True)
 
 
 @claim_app.command("verify")
@@ -90,7 +90,7 @@ def claim_verify(
         print_json(verdict.to_json())
         return verdict.ok
 
-    if not with_client(ctx, go):
+    if not with_client(ctx, go, rooms_from_index=True):
         raise typer.Exit(1)
 
 
@@ -118,7 +118,7 @@ def claim_list(
             ]
         )
 
-    with_client(ctx, go)
+    with_client(ctx, go, rooms_from_index=True)
 
 
 # -- audit ----------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def audit_log(
             )
         console.print(table)
 
-    with_client(ctx, go)
+    with_client(ctx, go, rooms_from_index=True)
 
 
 @audit_app.command("anchor")
@@ -170,7 +170,7 @@ def audit_anchor(ctx: typer.Context, room: RoomArg, rpc: RpcOpt = None) -> None:
         else:
             print_json(anchor.to_json())
 
-    with_client(ctx, go)
+    with_client(ctx, go, rooms_from_index=True)
 
 
 @audit_app.command("export")
@@ -195,7 +195,7 @@ def audit_export(
             chain=await chain.identity() if has_anchors else None,
         )
 
-    bundle = with_client(ctx, go)
+    bundle = with_client(ctx, go, rooms_from_index=True)
     atomic_write(out, json.dumps(bundle), mode=0o600)
     echo(f"{out}: {len(bundle['entries'])} entries, {len(bundle['anchors'])} anchors")
 

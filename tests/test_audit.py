@@ -290,3 +290,66 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
     del cut["events"][-1]
     assert verify_bundle(cut).breaks[0]["layer"] == "format"
     assert n == len(bundle["entries"])
+
+
+async def test_anchoring_survives_sigkill_at_both_points(  # type: ignore[no-untyped-def]
+    homeserver, open_client, tmp_path: Path
+) -> None:
+    """A real process, killed right after its anchor committed and right before it was
+    sent: the next run anchors each range exactly once and loses none."""
+    import signal
+    import subprocess
+    import sys
+
+    alice = await open_client(await homeserver.new_user("owner"))
+    auditor = await homeserver.new_user("auditor")
+    room = (await alice.rooms.create("verification", name="crash")).room_id
+    await alice.rooms.grant(room, auditor.user_id, "read")
+    await alice.records.put(room, "k", {"v": 1})
+    script = Path(__file__).resolve().parent / "audit_crash_anchor.py"
+
+    async with running_devchain(tmp_path / "chain") as srv:
+        config = tmp_path / "auditor.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "homeserver": homeserver.base_url,
+                    "user_id": auditor.user_id,
+                    "access_token": auditor.access_token,
+                    "store": str(tmp_path / "auditor"),
+                    "room": room,
+                    "rpc": srv.url,
+                }
+            )
+        )
+
+        def child(mode: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, str(script), str(config), mode],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+
+        killed = await asyncio.to_thread(child, "after-commit")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert await _anchors_on_chain(srv.url) == 1  # it reached the chain ...
+        done = await asyncio.to_thread(child, "none")
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads(done.stdout.splitlines()[-1])
+        assert result["new"] is None  # ... and is found there, not anchored again
+        assert len(result["anchors"]) == 1 and result["anchors"][0]["height"] >= 1
+        assert await _anchors_on_chain(srv.url) == 1
+
+        await alice.records.put(room, "k", {"v": 2})
+        killed = await asyncio.to_thread(child, "before-broadcast")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        assert await _anchors_on_chain(srv.url) == 1
+        done = await asyncio.to_thread(child, "none")
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads(done.stdout.splitlines()[-1])
+        assert result["new"] is None and len(result["anchors"]) == 2  # sent once, by the resume
+        assert all(a["height"] for a in result["anchors"])
+        assert result["anchors"][1]["first_seq"] == result["anchors"][0]["last_seq"] + 1
+        assert await _anchors_on_chain(srv.url) == 2

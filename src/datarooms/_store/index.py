@@ -145,6 +145,17 @@ _MIGRATIONS: list[str] = [
         height    INTEGER,
         PRIMARY KEY (room_id, last_seq)
     );
+    CREATE TABLE claims (
+        room_id    TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        cid        TEXT NOT NULL,
+        event_id   TEXT NOT NULL,
+        sender     TEXT NOT NULL,
+        ts         INTEGER NOT NULL,
+        credential TEXT NOT NULL,
+        PRIMARY KEY (room_id, collection, cid)
+    );
+    CREATE INDEX claims_cid ON claims (room_id, cid);
     """,
 ]
 
@@ -628,6 +639,38 @@ class LocalIndex:
                     ids,
                 ).fetchall()
         return [PendingEvent(r[0], r[1], r[2], int(r[3]), json.loads(r[4])) for r in rows]
+
+    # -- claims (datarooms.sdk.claims) ---------------------------------------------
+
+    def put_claim(
+        self,
+        room_id: str,
+        collection: str,
+        cid: str,
+        event_id: str,
+        sender: str,
+        ts: int,
+        credential: dict[str, Any],
+    ) -> None:
+        """Remember a claim seen in a room (the first event that saved it wins)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (room_id, collection, cid, event_id, sender, ts, json.dumps(credential)),
+            )
+
+    def claims_by_cid(
+        self, room_id: str, cid: str, collection: str | None = None
+    ) -> list[tuple[str, str, str, int, dict[str, Any]]]:
+        """``(collection, event_id, sender, ts, credential)`` of the claim ``cid``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT collection, event_id, sender, ts, credential FROM claims "
+                "WHERE room_id = ? AND cid = ? AND (?3 IS NULL OR collection = ?3) "
+                "ORDER BY ts, event_id",
+                (room_id, cid, collection),
+            ).fetchall()
+        return [(r[0], r[1], r[2], int(r[3]), json.loads(r[4])) for r in rows]
 
     # -- the audit trail (datarooms.sdk.audit) -------------------------------------
 

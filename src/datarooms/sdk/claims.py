@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from datarooms._store.index import Record
 from datarooms.errors import NotFoundError, ValidationError
 from datarooms.sdk import proofs
 from datarooms.sdk.files import FileRef
+from datarooms.sdk.hooks import Phase, RoomEventReceived
 
 if TYPE_CHECKING:
     from datarooms.sdk.client import DataroomsClient
@@ -194,6 +196,26 @@ class Claims:
 
     def __init__(self, client: DataroomsClient) -> None:
         self._c = client
+        # Claims this device syncs are remembered in its index, in the sync transaction.
+        client.hooks.on(RoomEventReceived, self._on_event, phase=Phase.TRANSACTION)
+
+    def _on_event(self, hook: RoomEventReceived) -> None:
+        e = hook.event
+        if e.type == ev.CLAIM and e.decrypted and e.encrypted:
+            saved = _saved(e.room_id, e.event_id, e.sender, e.ts, e.content)
+            if saved is not None:
+                self._remember(saved)
+
+    def _remember(self, saved: SavedClaim) -> None:
+        self._c.index.put_claim(
+            saved.room_id,
+            saved.collection,
+            saved.cid,
+            saved.event_id,
+            saved.sender,
+            saved.ts,
+            saved.credential,
+        )
 
     @property
     def issuer(self) -> str:
@@ -299,7 +321,11 @@ class Claims:
         # The txn id reaches the server in the clear: derived from the CID, not the CID.
         txn = "claim-" + hashlib.sha256(f"{collection}\n{cid}".encode()).hexdigest()[:40]
         event_id = await self._c.send(room_id, ev.CLAIM, content, txn_id=txn)
-        return SavedClaim(room_id, event_id, collection, cid, credential, self._c.user_id)
+        saved = SavedClaim(
+            room_id, event_id, collection, cid, credential, self._c.user_id, int(time.time() * 1000)
+        )
+        self._remember(saved)  # read-your-writes
+        return saved
 
     async def list(
         self, room_id: str, *, collection: str | None = None, limit: int = 1000
@@ -318,13 +344,19 @@ class Claims:
             if (saved.collection, saved.cid) in seen:
                 continue
             seen.add((saved.collection, saved.cid))
+            self._remember(saved)
             found.append(saved)
             if len(found) >= limit:
                 break
         return found
 
     async def get(self, room_id: str, cid: str, *, collection: str | None = None) -> SavedClaim:
-        """The claim saved under ``cid`` (in ``collection``, if given)."""
+        """The claim saved under ``cid`` (in ``collection``, if given): from this device's
+        index (claims it synced or saved), else found in the room's timeline."""
+        known = self._c.index.claims_by_cid(room_id, cid, collection)
+        if known:
+            coll, event_id, sender, ts, credential = known[0]
+            return SavedClaim(room_id, event_id, coll, cid, credential, sender, ts)
         for saved in await self.list(room_id, collection=collection, limit=_SCAN):
             if saved.cid == cid:
                 return saved

@@ -95,3 +95,21 @@ async def test_save_and_query_claims_with_openid_and_acl(  # type: ignore[no-unt
         assert (await alice.claims.verify(room, cid, collection="inspections-1")).ok
     finally:
         await bot.stop()
+
+
+def test_claims_section_is_typed_and_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from datarooms.config import load_settings
+    from datarooms.errors import ConfigError
+
+    s = load_settings(
+        data_dir=tmp_path,
+        env={"DATAROOMS_CLAIMS_PORT": "0", "DATAROOMS_CLAIMS_ANCHOR_INTERVAL_SECONDS": "60"},
+    )
+    assert s.claims.port == 0 and s.claims.anchor_interval_seconds == 60.0
+    assert ClaimsSettings().port == 8013 and ClaimsSettings().localpart == "claimsbot"
+    with pytest.raises(ConfigError, match="anchor_interval_seconds"):
+        load_settings(data_dir=tmp_path, env={"DATAROOMS_CLAIMS_ANCHOR_INTERVAL_SECONDS": "0.5"})
+    with pytest.raises(ConfigError, match=r"claims\.port"):
+        load_settings(data_dir=tmp_path, env={"DATAROOMS_CLAIMS_PORT": "70000"})

@@ -193,6 +193,9 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
     assert good.verdict == "ok", good.to_json()
     assert good.layers["claims"]["checked"] == 1 and good.layers["anchors"]["checked"] == 2
     assert good.layers["megolm"]["checked"] >= 4  # file, record x2, claim
+    acts = good.to_json()["acts"]
+    assert acts["record.put"] == 2 and acts["file"] == 1 and acts["claim"] == 1
+    assert acts["grant"] == 1 and acts["access"] >= 1
     no_chain = verify_bundle(bundle)
     assert no_chain.verdict == "incomplete" and any("not checked" in u for u in no_chain.unverified)
 

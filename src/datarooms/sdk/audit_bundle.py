@@ -34,6 +34,7 @@ from datarooms import events as ev
 from datarooms.sdk.audit import (
     BUNDLE_FORMAT,
     GENESIS,
+    act_of,
     entry_hash,
     event_digest,
     merkle_root,
@@ -58,6 +59,9 @@ class BundleReport:
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     breaks: list[dict[str, Any]] = field(default_factory=list)
     unverified: list[str] = field(default_factory=list)
+    #: What the entries did (record.put, file, claim, grant, revoke, schema, redaction, ...),
+    #: counted from their decrypted content.
+    acts: dict[str, int] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:
@@ -86,6 +90,7 @@ class BundleReport:
             "layers": self.layers,
             "breaks": self.breaks,
             "unverified": self.unverified,
+            "acts": dict(sorted(self.acts.items())),
         }
 
 
@@ -109,6 +114,14 @@ def verify_bundle(bundle: Any, *, check_anchor: AnchorCheck | None = None) -> Bu
     _check_events(report, entries, events)
     _check_chain(report, room, entries)
     plain = _check_megolm(report, room, events, bundle.get("megolm_sessions"))
+    for raw in events:
+        inner = plain.get(str(raw.get("event_id"))) or raw
+        found = inner.get("content")
+        content: dict[str, Any] = found if isinstance(found, dict) else {}
+        act = act_of(
+            str(inner.get("type", "")), content, str(raw.get("sender", "")), raw.get("state_key")
+        )
+        report.acts[act] = report.acts.get(act, 0) + 1
     _check_claims(report, entries, plain, bundle.get("files"))
     _check_anchors(report, room, entries, bundle.get("anchors"), check_anchor)
     for layer in LAYERS:

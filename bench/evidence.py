@@ -218,6 +218,30 @@ def synthetic_bundle(
         last = min(entries_n, first + step - 1)
         hashes = [e["hash"] for e in entries[first - 1 : last]]
         ranges.append((first, last, au.merkle_root(hashes), hashes[-1]))
+    # The sender's identity, cross-signed as a real account's is: master -> self-signing
+    # -> device; the Megolm session's signing key is the device's.
+    from datarooms.sdk.keys.signing import SigningKey
+
+    user, device = "@bench:localhost", "BENCH"
+    master, ssk, dev = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+
+    def key_obj(k: SigningKey, usage: str) -> dict[str, Any]:
+        return {"user_id": user, "usage": [usage], "keys": {f"ed25519:{k.public}": k.public}}
+
+    device_keys = {
+        "user_id": user,
+        "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {f"ed25519:{device}": dev.public, f"curve25519:{device}": sender_key},
+    }
+    device_keys = ssk.sign_json(dev.sign_json(device_keys, user, device), user)
+    identities = {
+        user: {
+            "master_key": key_obj(master, "master"),
+            "self_signing_key": master.sign_json(key_obj(ssk, "self_signing"), user),
+            "device_keys": {device: device_keys},
+        }
+    }
     bundle = {
         "format": au.BUNDLE_FORMAT,
         "room": room,
@@ -227,10 +251,11 @@ def synthetic_bundle(
         "megolm_sessions": {
             session.session_id: {
                 "sender_key": sender_key,
-                "signing_key": "",
+                "signing_key": dev.public,
                 "session_key": inbound.export_at(0).to_base64(),  # type: ignore[union-attr]
             }
         },
+        "identities": identities,
         "files": {},
         "anchors": [],
         "chain": {},

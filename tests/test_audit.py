@@ -249,6 +249,33 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
 
     assert tampered(key)["layer"] == "megolm"
 
+    # A Megolm session claimed for another key, or the device's keys re-signed: senders.
+    def signing_key(b: dict) -> None:  # type: ignore[type-arg]
+        sid = b["events"][claim_seq - 1]["content"]["session_id"]
+        b["megolm_sessions"][sid]["signing_key"] = _flip(
+            b["megolm_sessions"][sid]["signing_key"], 5
+        )
+
+    brk = tampered(signing_key)
+    assert brk["layer"] == "senders" and "not signed by device" in brk["detail"]
+
+    def device_sig(b: dict) -> None:  # type: ignore[type-arg]
+        dev = b["entries"][claim_seq - 1]
+        keys = b["identities"][dev["sender"]]["device_keys"]
+        for obj in keys.values():
+            for sigs in obj["signatures"].values():
+                for k in sigs:
+                    sigs[k] = _flip(sigs[k], 3)
+
+    assert tampered(device_sig)["layer"] == "senders"
+    without = copy.deepcopy(bundle)
+    without["identities"] = {}
+    unbound = verify_bundle(without, check_anchor=check)
+    assert unbound.verdict == "incomplete"
+    assert any("sender not bound" in u for u in unbound.unverified)
+    master = (await alice.keys.status()).master_key
+    assert master and good.layers["senders"]["identities"] == {alice.user_id: master}
+
     # Evidence bytes changed: the claim fails on its evidence.
     def evidence(b: dict) -> None:  # type: ignore[type-arg]
         cid = next(iter(b["files"]))

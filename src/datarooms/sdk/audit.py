@@ -372,6 +372,18 @@ class Audit:
                     except DataroomsError:
                         continue
                     files[str(cited.get("cid"))] = base64.b64encode(data).decode()
+        senders = sorted(
+            {str(r.get("sender")) for r in events if r.get("type") == "m.room.encrypted"}
+        )
+        queried = await self._c.keys.query_keys(senders) if senders else {}
+        identities = {
+            user: {
+                "master_key": (queried.get("master_keys") or {}).get(user),
+                "self_signing_key": (queried.get("self_signing_keys") or {}).get(user),
+                "device_keys": (queried.get("device_keys") or {}).get(user) or {},
+            }
+            for user in senders
+        }
         anchors = []
         for a in self.anchors(room_id):
             item: dict[str, Any] = {
@@ -390,6 +402,7 @@ class Audit:
             "entries": [{**e.entry, "hash": e.hash} for e in entries],
             "events": events,
             "megolm_sessions": keys,
+            "identities": identities,
             "files": files,
             "anchors": anchors,
             "chain": chain or {},

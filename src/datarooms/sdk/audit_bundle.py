@@ -11,6 +11,10 @@ it layer by layer and says exactly where a break is:
              reordered or altered breaks the chain at that entry;
 ``megolm``   each encrypted event decrypts and authenticates with the bundled Megolm
              session keys (vodozemac), for this room, each message index used once;
+``senders``  each Megolm session's signing key is the ed25519 key of the sending device,
+             whose keys are signed by itself and by its user's self-signing key, which the
+             user's master key signs (the report lists each user's master key, to compare
+             with what the auditor knows of that user);
 ``claims``   each decrypted claim's proof, its CID and its evidence bytes (files in the
              bundle, records decrypted from their events);
 ``anchors``  each anchor's transaction names this room and the Merkle root and head of
@@ -44,7 +48,7 @@ from datarooms.sdk.claims import check_claim, record_bytes
 
 __all__ = ["LAYERS", "BundleReport", "verify_bundle"]
 
-LAYERS = ("format", "events", "chain", "megolm", "claims", "anchors")
+LAYERS = ("format", "events", "chain", "megolm", "senders", "claims", "anchors")
 
 #: ``check_anchor(tx, anchor)`` raises with a message if the tx is not in a committed block.
 AnchorCheck = Callable[[bytes, dict[str, Any]], Any]
@@ -114,6 +118,7 @@ def verify_bundle(bundle: Any, *, check_anchor: AnchorCheck | None = None) -> Bu
     _check_events(report, entries, events)
     _check_chain(report, room, entries)
     plain = _check_megolm(report, room, events, bundle.get("megolm_sessions"))
+    _check_senders(report, events, bundle.get("megolm_sessions"), bundle.get("identities"))
     for raw in events:
         inner = plain.get(str(raw.get("event_id"))) or raw
         found = inner.get("content")
@@ -237,6 +242,76 @@ def _check_megolm(
         plain[event_id] = inner
         report.passed("megolm")
     return plain
+
+
+def _check_senders(report: BundleReport, events: list[Any], sessions: Any, identities: Any) -> None:
+    """Bind each Megolm session to its sender's device and cross-signing identity."""
+    from datarooms.sdk.keys.signing import verify_json
+
+    sessions = sessions if isinstance(sessions, dict) else {}
+    identities = identities if isinstance(identities, dict) else {}
+    bound: dict[tuple[str, str, str], str | None] = {}  # (user, device, session) -> problem
+    masters: dict[str, str] = {}
+    for raw in events:
+        content = raw.get("content") or {}
+        if raw.get("type") != "m.room.encrypted" or not content.get("ciphertext"):
+            continue
+        user, device, sid = (
+            str(raw.get("sender")),
+            str(content.get("device_id")),
+            str(content.get("session_id")),
+        )
+        if (user, device, sid) in bound:
+            problem = bound[(user, device, sid)]
+        else:
+            problem = _bind(user, device, sessions.get(sid), identities.get(user), verify_json)
+            bound[(user, device, sid)] = problem
+        if problem is None:
+            ident = identities[user]
+            masters[user] = _only_key(ident["master_key"])
+            report.passed("senders")
+        elif problem.startswith("!"):
+            report.fail("senders", problem[1:], event=raw.get("event_id"))
+        else:
+            report.unverified.append(f"{raw.get('event_id')}: sender not bound: {problem}")
+    report.layers.setdefault("senders", {"checked": 0, "ok": True})["identities"] = masters
+
+
+def _only_key(key_obj: Any) -> str:
+    keys = key_obj.get("keys") if isinstance(key_obj, dict) else None
+    if not isinstance(keys, dict) or len(keys) != 1:
+        raise ValueError("not a single-key object")
+    return str(next(iter(keys.values())))
+
+
+def _bind(
+    user: str, device: str, session: Any, ident: Any, verify_json: Callable[..., bool]
+) -> str | None:
+    """None if bound; a reason (``!reason`` for a forgery, else what is missing)."""
+    if not isinstance(session, dict):
+        return "no Megolm key"
+    if not isinstance(ident, dict):
+        return f"no keys of {user} in the bundle"
+    dev = (ident.get("device_keys") or {}).get(device)
+    if not isinstance(dev, dict):
+        return f"device {device} of {user} is gone (no device keys)"
+    try:
+        dkey = str(dev["keys"][f"ed25519:{device}"])
+        mpub = _only_key(ident.get("master_key"))
+        spub = _only_key(ident.get("self_signing_key"))
+    except (KeyError, TypeError, ValueError):
+        return f"{user} has no cross-signing keys in the bundle"
+    if session.get("signing_key") != dkey:
+        return f"!the Megolm session is not signed by device {device} of {user}"
+    if dev.get("user_id") != user or dev.get("device_id") != device:
+        return f"!the device keys are not those of {user} / {device}"
+    if not verify_json(dev, user, device, dkey):
+        return f"!the device keys of {user} / {device} are not self-signed"
+    if not verify_json(ident["self_signing_key"], user, mpub, mpub):
+        return f"!the self-signing key of {user} is not signed by their master key"
+    if not verify_json(dev, user, spub, spub):
+        return f"device {device} of {user} is not cross-signed"
+    return None
 
 
 def _check_claims(

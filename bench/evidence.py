@@ -40,7 +40,8 @@ from datarooms.chain.anchor import ChainAnchor, bundle_anchor_check
 from datarooms.chain.devchain import DevChain, DevChainServer
 from datarooms.sdk import audit as au
 from datarooms.sdk.audit_bundle import verify_bundle
-from datarooms.sdk.claims import record_bytes
+from datarooms.sdk.claims import claim_cid, record_bytes
+from datarooms.sdk.proofs import cid_of
 from datarooms.testing import TestHomeserver
 
 
@@ -173,13 +174,11 @@ def synthetic_bundle(
             rec_event, key, value = last_record
             item = {
                 "type": ["Evidence", "DataroomsRecord"],
-                "cid": au_cid_json(record_bytes(key, value)),
+                "cid": cid_of(record_bytes(key, value), "json"),
                 "record": key,
                 "event": rec_event,
             }
             vc = issuer.sign("did:ixo:entity:bench", "Inspected", {"n": seq}, [item])
-            from datarooms.sdk.claims import claim_cid
-
             inner = {
                 "type": ev.CLAIM,
                 "content": {"v": 1, "collection": "c", "cid": claim_cid(vc), "credential": vc},
@@ -261,12 +260,6 @@ def synthetic_bundle(
         "chain": {},
     }
     return bundle, ranges
-
-
-def au_cid_json(data: bytes) -> str:
-    from datarooms.sdk.proofs import cid_of
-
-    return cid_of(data, "json")
 
 
 async def bench_verify(

@@ -196,10 +196,6 @@ class AnchorChain(Protocol):
         ...
 
 
-class AuditError(DataroomsError):
-    pass
-
-
 class Audit:
     """``client.audit``: build the room's trail from the room, read it, anchor it."""
 
@@ -407,18 +403,3 @@ class Audit:
             "anchors": anchors,
             "chain": chain or {},
         }
-
-    async def run(
-        self, room_ids: Sequence[str], chain: AnchorChain, *, interval_s: float
-    ) -> None:  # pragma: no cover - a loop; each round is anchor(), tested
-        """Anchor the rooms every ``interval_s`` seconds until cancelled."""
-        import asyncio
-
-        while True:
-            started = time.monotonic()
-            for room_id in room_ids:
-                try:
-                    await self.anchor(room_id, chain)
-                except DataroomsError as exc:
-                    log.warning("anchoring failed", extra={"room": room_id, "error": str(exc)})
-            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))

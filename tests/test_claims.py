@@ -116,6 +116,14 @@ async def test_issue_verify_and_tamper(alice_bob) -> None:  # type: ignore[no-un
     with pytest.raises(ValidationError, match="collection"):
         await alice.claims.save(room, vc, collection="bad collection!")
 
+    # A redacted claim is gone, from the index of a member who had synced it too.
+    assert bob.index.claims_by_cid(room, saved.cid)
+    await alice.messages.redact(room, saved.event_id)
+    await bob.sync_once()
+    assert not bob.index.claims_by_cid(room, saved.cid)
+    gone = await bob.claims.verify(room, saved.cid)
+    assert not gone.ok and gone.reason == "not_found"
+
 
 async def test_issuer_key_is_backed_up_in_secret_storage(  # type: ignore[no-untyped-def]
     homeserver, open_client, tmp_path

@@ -834,6 +834,8 @@ def _insert_records(db: sqlite3.Connection, records: list[Record]) -> list[Recor
 
 
 def _redact(db: sqlite3.Connection, room_id: str, event_id: str) -> None:
+    # A redacted claim is gone (datarooms.sdk.claims).
+    db.execute("DELETE FROM claims WHERE room_id = ? AND event_id = ?", (room_id, event_id))
     row = db.execute(
         "SELECT key FROM records WHERE event_id = ? AND room_id = ?", (event_id, room_id)
     ).fetchone()

@@ -383,3 +383,15 @@ async def test_anchoring_survives_sigkill_at_both_points(  # type: ignore[no-unt
         assert all(a["height"] for a in result["anchors"])
         assert result["anchors"][1]["first_seq"] == result["anchors"][0]["last_seq"] + 1
         assert await _anchors_on_chain(srv.url) == 2
+
+
+async def test_concurrent_updates_number_each_event_once(alice_bob) -> None:  # type: ignore[no-untyped-def]
+    alice, _bob = alice_bob
+    room = (await alice.rooms.create("verification", name="concurrent")).room_id
+    for i in range(5):
+        await alice.records.put(room, "k", {"i": i})
+    added = await asyncio.gather(*(alice.audit.update(room) for _ in range(4)))
+    entries = alice.audit.entries(room)
+    assert sum(added) == len(entries) and len({e.entry["event_id"] for e in entries}) == len(
+        entries
+    )

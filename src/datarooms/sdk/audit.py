@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from datarooms import events as ev
+from datarooms._locks import KeyedLocks
 from datarooms.errors import DataroomsError
 from datarooms.sdk.proofs import canonical
 
@@ -201,9 +202,16 @@ class Audit:
 
     def __init__(self, client: DataroomsClient) -> None:
         self._c = client
+        # One update and one anchoring of a room at a time (each numbers entries).
+        self._updating: KeyedLocks[str] = KeyedLocks()
+        self._anchoring: KeyedLocks[str] = KeyedLocks()
 
     async def update(self, room_id: str) -> int:
         """Page the room's new events into its trail; return how many entries were added."""
+        async with self._updating.hold(room_id):
+            return await self._update(room_id)
+
+    async def _update(self, room_id: str) -> int:
         await self._c.ensure_room(room_id)
         index = self._c.index
         cursor = index.get_meta(f"audit_cursor:{room_id}")
@@ -272,6 +280,10 @@ class Audit:
         transaction is on chain, only its height is recorded; otherwise it is broadcast
         again (the same bytes, so the chain cannot hold it twice).
         """
+        async with self._anchoring.hold(room_id):
+            return await self._anchor(room_id, chain)
+
+    async def _anchor(self, room_id: str, chain: AnchorChain) -> Anchor | None:
         await self.update(room_id)
         await self._finish_pending(room_id, chain)
         done = self._c.index.audit_anchors(room_id)

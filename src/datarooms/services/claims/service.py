@@ -22,7 +22,7 @@ from datarooms.errors import DataroomsError, PlatformError
 from datarooms.ids import server_of
 from datarooms.sdk.audit import AnchorChain
 from datarooms.sdk.client import DataroomsClient
-from datarooms.sdk.hooks import MembershipChanged, Subscription
+from datarooms.services.autojoin import AutoJoin
 from datarooms.services.claims.api import build_asgi
 from datarooms.services.claims.handler import ClaimsHandler
 from datarooms.services.openid import FederationTrust, OpenIdVerifier, federation_trust
@@ -68,8 +68,12 @@ class ClaimsBot:
         self._chain = chain
         self._http = EmbeddedServer(self._asgi, name="the claims service")
         self._tasks: list[asyncio.Task[None]] = []
-        self._invites: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-        self._hook: Subscription | None = None
+        self._auto_join = AutoJoin(
+            client,
+            self.verifier.trusted,
+            lambda room_id, _inviter: client.rooms.join(room_id),
+            name="claims",
+        )
         self.port: int | None = None
 
     @property
@@ -94,8 +98,7 @@ class ClaimsBot:
             await self.stop()
             raise
         if self.config.auto_join:
-            self._hook = self.client.hooks.on(MembershipChanged, self._on_membership)
-            self._tasks.append(asyncio.create_task(self._auto_join(), name="claims-join"))
+            self._auto_join.start()
         if self._chain is not None and self.config.anchor_interval_seconds > 0:
             self._tasks.append(asyncio.create_task(self._anchor_loop(), name="claims-anchor"))
         log.info(
@@ -104,9 +107,7 @@ class ClaimsBot:
         return self.url
 
     async def stop(self) -> None:
-        if self._hook is not None:
-            self._hook.cancel()
-            self._hook = None
+        await self._auto_join.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -118,28 +119,6 @@ class ClaimsBot:
             await self.client.close()
         else:
             await self.client.stop_sync()
-
-    def _on_membership(self, change: MembershipChanged) -> None:
-        if change.own and change.membership == "invite":
-            self._invites.put_nowait((change.room_id, change.sender))
-
-    async def _auto_join(self) -> None:
-        """Accept invites from users of the homeservers the service trusts."""
-        for room_id, inviter in self.client.invites().items():
-            self._invites.put_nowait((room_id, inviter))
-        tried: set[str] = set()
-        while True:
-            room_id, inviter = await self._invites.get()
-            if room_id in tried or self.client.membership(room_id) != "invite":
-                continue
-            tried.add(room_id)
-            if ":" not in inviter or server_of(inviter) not in self.verifier.trusted:
-                log.info("ignoring an invite from an untrusted server", extra={"room": room_id})
-                continue
-            try:
-                await self.client.rooms.join(room_id)
-            except DataroomsError as exc:
-                log.warning("could not join", extra={"room": room_id, "error": exc.message})
 
     async def _anchor_loop(self) -> None:
         assert self._chain is not None

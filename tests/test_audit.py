@@ -395,3 +395,20 @@ async def test_concurrent_updates_number_each_event_once(alice_bob) -> None:  # 
     assert sum(added) == len(entries) and len({e.entry["event_id"] for e in entries}) == len(
         entries
     )
+
+
+async def test_unreachable_chain_is_a_clear_error_and_the_anchor_waits(  # type: ignore[no-untyped-def]
+    alice_bob, tmp_path: Path
+) -> None:
+    from datarooms.chain.errors import ChainError
+
+    alice, _bob = alice_bob
+    room = (await alice.rooms.create("verification", name="offline chain")).room_id
+    with pytest.raises(ChainError) as err:
+        await alice.audit.anchor(room, ChainAnchor("http://127.0.0.1:9"))
+    assert "127.0.0.1:9" in str(err.value)
+    assert [a.height for a in alice.audit.anchors(room)] == [None]  # remembered, not lost
+    async with running_devchain(tmp_path / "chain") as srv:
+        assert await alice.audit.anchor(room, ChainAnchor(srv.url)) is None  # the pending one
+        assert all(a.height for a in alice.audit.anchors(room))
+        assert await _anchors_on_chain(srv.url) == 1

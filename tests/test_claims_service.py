@@ -56,7 +56,7 @@ async def test_save_and_query_claims_with_openid_and_acl(  # type: ignore[no-unt
         a_token = await openid_token(alice)
         status, body = await _call(bot, "POST", base, a_token, {"credential": vc})
         assert status == 200, body
-        cid = body["cid"]
+        cid, body_event_id = body["cid"], body["event_id"]
         assert cid.startswith("bagaaiera")
 
         # A reader (joined, read access) queries it; the verdict comes with it.
@@ -90,9 +90,12 @@ async def test_save_and_query_claims_with_openid_and_acl(  # type: ignore[no-unt
             bot, "GET", f"/v1/rooms/{quote('!nope:localhost')}/collections/c/claims", a_token
         )
         assert status == 404 and body["errcode"] == "DR_UNKNOWN_ROOM"
-        # The claim is in the room, E2EE, and the issuer's own device finds it too.
+        # The claim is in the room, E2EE, and the issuer's own device finds it too; the
+        # event says who the bot saved it for.
         await alice.sync_once()
         assert (await alice.claims.verify(room, cid, collection="inspections-1")).ok
+        event = await alice.messages.event(room, body_event_id)
+        assert event.content["saved_by"] == alice.user_id and event.sender == bot_client.user_id
     finally:
         await bot.stop()
 

@@ -194,6 +194,11 @@ CLAIM_SCHEMA: dict[str, Any] = {
             "description": "The collection (IXO: the claim collection id) the claim is saved into.",
         },
         "cid": {"type": "string", "pattern": "^b[a-z2-7]+$"},
+        "saved_by": {
+            "type": "string",
+            "description": "The user a service (the claims service) saved the claim for, "
+            "after verifying who they are; the event's sender is then the service's bot.",
+        },
         "credential": {
             "type": "object",
             "required": ["@context", "type", "issuer", "credentialSubject", "proof"],

@@ -299,7 +299,12 @@ class Claims:
         return await self.save(room_id, credential, collection=collection)
 
     async def save(
-        self, room_id: str, credential: dict[str, Any], *, collection: str = "default"
+        self,
+        room_id: str,
+        credential: dict[str, Any],
+        *,
+        collection: str = "default",
+        on_behalf_of: str | None = None,
     ) -> SavedClaim:
         """Save a signed credential (anyone's) into a collection; return it with its CID.
 
@@ -312,7 +317,14 @@ class Claims:
         if not verdict.ok:
             raise ValidationError(f"the claim does not verify: {verdict.detail}")
         cid = claim_cid(credential)
-        content = {"v": 1, "collection": collection, "cid": cid, "credential": credential}
+        content: dict[str, Any] = {
+            "v": 1,
+            "collection": collection,
+            "cid": cid,
+            "credential": credential,
+        }
+        if on_behalf_of is not None:
+            content["saved_by"] = on_behalf_of  # a service saving for a verified caller
         if len(proofs.canonical(content)) > ev.MAX_RECORD_BYTES:
             raise ValidationError(
                 f"the claim is larger than {ev.MAX_RECORD_BYTES} bytes; "

@@ -75,7 +75,9 @@ class ClaimsHandler:
                 "(write access)",
                 errcode="M_FORBIDDEN",
             )
-        saved = await self.client.claims.save(room_id, credential, collection=collection)
+        saved = await self.client.claims.save(
+            room_id, credential, collection=collection, on_behalf_of=caller.user_id
+        )
         log.info(
             "claim saved",
             extra={

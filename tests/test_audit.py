@@ -178,9 +178,11 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
     # The chain is gone, so is the homeserver as far as this check goes: offline.
     pinned = cli("audit", "verify", str(path), "--validator-key", key)
     assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    assert pinned.stderr.startswith("VERIFIED: ")
     forged_key = base64.b64encode(bytes(32)).decode()
     forged = cli("audit", "verify", str(path), "--validator-key", forged_key)
     assert forged.returncode == 1 and "validator" in forged.stdout
+    assert forged.stderr.startswith("BROKEN: layer anchors at anchor 0")
     gone = cli("audit", "verify", str(path), "--rpc", "http://127.0.0.1:9")
     assert gone.returncode == 2 and "unreachable" in gone.stdout
     garbage = tmp_path / "garbage.json"

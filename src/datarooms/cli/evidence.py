@@ -5,6 +5,7 @@ chain's anchoring (``datarooms.chain.anchor``)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -235,8 +236,28 @@ def audit_verify(
             "against the chain with --rpc"
         )
     print_json(report.to_json())
+    sys.stderr.write(_summary(report.to_json()) + "\n")
     if report.verdict != "ok":
         raise typer.Exit(1 if report.verdict == "broken" else 2)
+
+
+def _summary(report: dict[str, Any]) -> str:
+    """One line for people: the verdict and where the first break is."""
+    counts = ", ".join(
+        f"{name} {info.get('checked', 0)}" for name, info in report["layers"].items()
+    )
+    if report["breaks"]:
+        b = report["breaks"][0]
+        where = next(
+            (f" at {k} {b[k]}" for k in ("seq", "event", "anchor") if b.get(k) is not None), ""
+        )
+        return f"BROKEN: layer {b['layer']}{where}: {b['detail']} (checked: {counts})"
+    if report["unverified"]:
+        return (
+            f"INCOMPLETE: {len(report['unverified'])} thing(s) could not be checked, first: "
+            f"{report['unverified'][0]} (checked: {counts})"
+        )
+    return f"VERIFIED: {report['entries']} entries of {report['room']} (checked: {counts})"
 
 
 async def _proofs_from_rpc(bundle: dict[str, Any], url: str, notes: list[str]) -> dict[str, str]:

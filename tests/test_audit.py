@@ -168,12 +168,9 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
         bundle = await alice.audit.export(
             room, anchor_proof=chain.inclusion_proof, chain=await chain.identity()
         )
-        # The CLI, against the chain's RPC (not the bundle's headers).
+        # (The CLI against the chain's RPC: tests/test_cli_evidence.py.)
         path = tmp_path / "bundle.json"
         path.write_text(json.dumps(bundle))
-        online = await asyncio.to_thread(cli, "audit", "verify", str(path), "--rpc", srv.url)
-        assert online.returncode == 0, online.stdout + online.stderr
-        assert json.loads(online.stdout)["verdict"] == "ok"
         key = (await chain.identity())["validator_pub_key"]
     # The chain is gone, so is the homeserver as far as this check goes: offline.
     pinned = cli("audit", "verify", str(path), "--validator-key", key)

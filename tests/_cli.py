@@ -21,6 +21,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     # other or with a platform the developer is running.
     env.update(
         DATAROOMS_STATEBOT_PORT="0",
+        DATAROOMS_CLAIMS_PORT="0",
         DATAROOMS_MCP_PORT="0",
         DATAROOMS_ROOMSBOT_PORT="0",
         DATAROOMS_CHAIN_PORT="0",

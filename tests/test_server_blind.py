@@ -55,3 +55,33 @@ async def test_no_plaintext_on_the_homeserver(  # type: ignore[no-untyped-def]
     # The scan can find things: a marker in (unencrypted) room state is found.
     await alice.rooms.create("project", name=f"PLAIN-STATE-{tag}")
     assert _scan(homeserver, [f"PLAIN-STATE-{tag}"]), "the scan must be able to see plaintext"
+
+
+async def test_no_claim_or_evidence_plaintext_on_the_homeserver(  # type: ignore[no-untyped-def]
+    alice_bob, homeserver: TestHomeserver, tmp_path: Path
+) -> None:
+    """Claims, their evidence and the audit trail's anchors: ciphertext only on the server."""
+    alice, bob = alice_bob
+    room = await shared_room(alice, bob, "write", kind="verification")
+    tag = uuid.uuid4().hex[:12]
+    markers = {
+        k: f"MARKER-{k}-{tag}"
+        for k in ("subject", "claimtype", "claimdata", "evidence", "evidencename", "reading")
+    }
+    photo = await alice.files.put(
+        room, (markers["evidence"] + "\n").encode() * 500, filename=markers["evidencename"]
+    )
+    rec = await alice.records.put(room, "meter", {"v": markers["reading"]})
+    saved = await alice.claims.issue(
+        room,
+        f"did:ixo:entity:{markers['subject']}",
+        f"T{markers['claimtype']}",
+        {"finding": markers["claimdata"]},
+        evidence=[photo, rec],
+    )
+    await bob.sync_once()
+    assert (await bob.claims.verify(room, saved.cid)).ok  # readable by members
+    # Neither the claim's CID nor its issuer or signature goes to the server in the clear.
+    secret = [*markers.values(), saved.cid, saved.credential["proof"]["proofValue"]]
+    hits = _scan(homeserver, secret)
+    assert hits == [], hits

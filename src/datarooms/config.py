@@ -231,6 +231,51 @@ class StateBotSettings:
         _check_homeservers("statebot.homeservers", self.homeservers)
 
 
+#: The largest request body of the claims service: a claim is at most 44 KiB of JSON.
+CLAIMS_MAX_BODY_BYTES = 128 * 1024
+
+
+@dataclass(frozen=True)
+class ClaimsSettings:
+    """``[claims]``: the claims service and the audit trail's anchoring (docs/evidence.md)."""
+
+    #: Listen address; loopback unless you put the service behind a proxy.
+    host: str = "127.0.0.1"
+    #: Listen port; 0 picks a free one.
+    port: int = 8013
+    #: Extra homeservers whose users may call the service: ``{server_name: base_url}``.
+    homeservers: Mapping[str, str] = field(default_factory=dict)
+    #: How long a verified OpenID token is trusted without asking its homeserver again.
+    token_cache_seconds: float = 300.0
+    #: Accept invites from users of trusted homeservers by itself.
+    auto_join: bool = True
+    #: The bot account's localpart.
+    localpart: str = "claimsbot"
+    #: The largest request body accepted.
+    max_body_bytes: int = CLAIMS_MAX_BODY_BYTES
+    #: Anchor the audit trail of every room the bot is in this often (seconds; 0: only
+    #: on demand, ``datarooms audit anchor``).
+    anchor_interval_seconds: float = 0.0
+
+    def check(self) -> None:
+        _check_port("claims.port", self.port)
+        if self.token_cache_seconds < 0 or self.token_cache_seconds > 3600:
+            raise ConfigError(
+                "claims.token_cache_seconds must be between 0 and 3600 "
+                "(OpenID tokens live one hour)"
+            )
+        if self.max_body_bytes < 1024:
+            raise ConfigError(
+                f"claims.max_body_bytes must be at least 1024, got {self.max_body_bytes}"
+            )
+        if self.anchor_interval_seconds < 0 or (0 < self.anchor_interval_seconds < 1):
+            raise ConfigError(
+                "claims.anchor_interval_seconds must be 0 (on demand) or at least 1, got "
+                f"{self.anchor_interval_seconds}"
+            )
+        _check_homeservers("claims.homeservers", self.homeservers)
+
+
 @dataclass(frozen=True)
 class RoomsBotSettings:
     """``[roomsbot]``: the rooms bot (docs/roomsbot.md)."""
@@ -396,11 +441,12 @@ class Settings:
     #: Which devices receive room keys: all, cross-signed (the spec's advice) or verified.
     trust_policy: str = "cross-signed"
     #: Which services `datarooms up` starts: "all", "none", or a comma-separated list of
-    #: devchain, roomsbot, statebot, mcp.
+    #: devchain, roomsbot, statebot, claims, mcp.
     services: str = "all"
     homeserver: HomeserverSettings = field(default_factory=HomeserverSettings)
     account: AccountSettings = field(default_factory=AccountSettings)
     statebot: StateBotSettings = field(default_factory=StateBotSettings)
+    claims: ClaimsSettings = field(default_factory=ClaimsSettings)
     roomsbot: RoomsBotSettings = field(default_factory=RoomsBotSettings)
     chain: ChainSettings = field(default_factory=ChainSettings)
     mcp: McpPlatformSettings = field(default_factory=McpPlatformSettings)
@@ -460,6 +506,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "homeserver": HomeserverSettings,
     "account": AccountSettings,
     "statebot": StateBotSettings,
+    "claims": ClaimsSettings,
     "roomsbot": RoomsBotSettings,
     "chain": ChainSettings,
     "mcp": McpPlatformSettings,
@@ -467,14 +514,14 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 #: Typed sections whose ``DATAROOMS_<SECTION>_*`` namespace other tools share (the CLI's
 #: ``DATAROOMS_STATEBOT_URL``): there, an unknown variable is not an error.
-_SHARED_ENV = frozenset({"statebot", "roomsbot", "chain", "mcp"})
+_SHARED_ENV = frozenset({"statebot", "claims", "roomsbot", "chain", "mcp"})
 _TOP_LEVEL = {"data_dir", "log_level", "trust_policy", "services"}
 #: The services `datarooms up` can run, in start order.
-PLATFORM_SERVICES = ("devchain", "roomsbot", "statebot", "mcp")
+PLATFORM_SERVICES = ("devchain", "roomsbot", "statebot", "claims", "mcp")
 #: Tables accepted as they are, for the code that reads them.
 RAW_SECTIONS = ("devchain", "telemetry")
 #: Every section of the config file that belongs to a service, typed or not.
-SERVICE_SECTIONS = ("statebot", "mcp", "roomsbot", "chain", *RAW_SECTIONS)
+SERVICE_SECTIONS = ("statebot", "claims", "mcp", "roomsbot", "chain", *RAW_SECTIONS)
 
 
 def load_settings(
@@ -694,7 +741,7 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
     if s.account.user_id and not (s.account.user_id.startswith("@") and ":" in s.account.user_id):
         raise ConfigError(f"account.user_id must look like @name:server, got {s.account.user_id!r}")
-    for section in (s.statebot, s.roomsbot, s.chain, s.mcp):
+    for section in (s.statebot, s.claims, s.roomsbot, s.chain, s.mcp):
         section.check()
     s.federation.check(hs.server_name)
     if s.federation.enabled and hs.mode == "external":

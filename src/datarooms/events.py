@@ -291,6 +291,44 @@ RETENTION_SCHEMA: dict[str, Any] = {
 }
 
 
+#: A signed claim (W3C Verifiable Credential 2.0 with an eddsa-jcs-2022 proof) saved into
+#: a collection of a verification room (timeline event, always end-to-end encrypted).
+CLAIM = "io.datarooms.claim"
+MAX_COLLECTION_LENGTH = 128
+
+CLAIM_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://datarooms.io/schemas/io.datarooms.claim.json",
+    "title": "io.datarooms.claim (decrypted content)",
+    "description": "A claim saved into a collection. Sent as an m.room.encrypted event; this "
+    "is the content of the decrypted event. cid is the CIDv1 (json codec, sha2-256, base32) "
+    "of the RFC 8785 canonical bytes of the credential, proof included; each evidence entry "
+    "of the credential names the CID of its plaintext bytes and the room event that carries "
+    "the encrypted file or record.",
+    "type": "object",
+    "required": ["collection", "cid", "credential", "v"],
+    "properties": {
+        "v": {"const": 1},
+        "collection": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9._:-]{1,128}$",
+            "description": "The collection (IXO: the claim collection id) the claim is saved into.",
+        },
+        "cid": {"type": "string", "pattern": "^b[a-z2-7]+$"},
+        "saved_by": {
+            "type": "string",
+            "description": "The user a service (the claims service) saved the claim for, "
+            "after verifying who they are; the event's sender is then the service's bot.",
+        },
+        "credential": {
+            "type": "object",
+            "required": ["@context", "type", "issuer", "credentialSubject", "proof"],
+            "description": "The Verifiable Credential, with its DataIntegrityProof.",
+        },
+    },
+}
+
+
 ALL_SCHEMAS = {
     RECORD: RECORD_SCHEMA,
     ROOM_INFO: ROOM_INFO_SCHEMA,
@@ -300,4 +338,5 @@ ALL_SCHEMAS = {
     REVIEW: REVIEW_SCHEMA,
     RETENTION: RETENTION_SCHEMA,
     TELEMETRY_ROLLUP: TELEMETRY_ROLLUP_SCHEMA,
+    CLAIM: CLAIM_SCHEMA,
 }

@@ -57,8 +57,8 @@ class JsClientError(RuntimeError):
 # ---------------------------------------------------------------------------
 
 
-def _lock_hash() -> str:
-    return hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
+def _lock_hash(js_dir: Path = JS_DIR) -> str:
+    return hashlib.sha256((js_dir / "package-lock.json").read_bytes()).hexdigest()
 
 
 def _node_major(node: str) -> int:
@@ -68,7 +68,13 @@ def _node_major(node: str) -> int:
     return int(out.lstrip("v").split(".")[0])
 
 
-def ensure_js_deps(*, force: bool = False, timeout: float = 600.0) -> bool:
+def ensure_js_deps(
+    *,
+    force: bool = False,
+    timeout: float = 600.0,
+    js_dir: Path = JS_DIR,
+    marker: str = "matrix-js-sdk",
+) -> bool:
     """Install the JS client's dependencies with ``npm ci`` if needed.
 
     Runs ``npm ci --no-audit --no-fund`` in ``tests/interop/js`` when
@@ -96,14 +102,16 @@ def ensure_js_deps(*, force: bool = False, timeout: float = 600.0) -> bool:
             f"Node.js >= {MIN_NODE_MAJOR} required, found major version {major} at {node}"
         )
 
-    want = _lock_hash()
+    want = _lock_hash(js_dir)
+    node_modules = js_dir / "node_modules"
+    lock_hash_file = node_modules / ".lock-hash"
 
     def up_to_date() -> bool:
         return (
             not force
-            and LOCK_HASH_FILE.is_file()
-            and LOCK_HASH_FILE.read_text().strip() == want
-            and (NODE_MODULES / "matrix-js-sdk" / "package.json").is_file()
+            and lock_hash_file.is_file()
+            and lock_hash_file.read_text().strip() == want
+            and (node_modules / marker / "package.json").is_file()
         )
 
     if up_to_date():
@@ -111,7 +119,7 @@ def ensure_js_deps(*, force: bool = False, timeout: float = 600.0) -> bool:
 
     import fcntl  # POSIX only; the interop tests don't run on Windows
 
-    with open(JS_DIR / ".npm-ci.lock", "w") as lockf:
+    with open(js_dir / ".npm-ci.lock", "w") as lockf:
         fcntl.flock(lockf, fcntl.LOCK_EX)
         try:
             if up_to_date():  # someone else installed while we waited
@@ -119,18 +127,18 @@ def ensure_js_deps(*, force: bool = False, timeout: float = 600.0) -> bool:
             cmd = [npm, "ci", "--no-audit", "--no-fund", "--engine-strict=false"]
             try:
                 proc = subprocess.run(
-                    cmd, cwd=JS_DIR, capture_output=True, text=True, timeout=timeout
+                    cmd, cwd=js_dir, capture_output=True, text=True, timeout=timeout
                 )
             except subprocess.TimeoutExpired as exc:
                 raise JsDepsError(
-                    f"`{' '.join(cmd)}` timed out after {timeout}s in {JS_DIR}"
+                    f"`{' '.join(cmd)}` timed out after {timeout}s in {js_dir}"
                 ) from exc
             if proc.returncode != 0:
                 raise JsDepsError(
-                    f"`{' '.join(cmd)}` failed in {JS_DIR} (exit {proc.returncode}):\n"
+                    f"`{' '.join(cmd)}` failed in {js_dir} (exit {proc.returncode}):\n"
                     f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
                 )
-            LOCK_HASH_FILE.write_text(want + "\n")
+            lock_hash_file.write_text(want + "\n")
             return True
         finally:
             fcntl.flock(lockf, fcntl.LOCK_UN)

@@ -124,7 +124,40 @@ _MIGRATIONS: list[str] = [
         members        TEXT NOT NULL
     );
     """,
-    # v4: the files of each room (their encrypted events' metadata), for sizes and listings
+    # v4: the audit trail (datarooms.sdk.audit): a hash chain per room, and its anchors.
+    """
+    CREATE TABLE audit_entries (
+        room_id  TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        hash     TEXT NOT NULL,
+        entry    TEXT NOT NULL,
+        PRIMARY KEY (room_id, seq)
+    );
+    CREATE UNIQUE INDEX audit_entries_event ON audit_entries (room_id, event_id);
+    CREATE TABLE audit_anchors (
+        room_id   TEXT NOT NULL,
+        first_seq INTEGER NOT NULL,
+        last_seq  INTEGER NOT NULL,
+        root      TEXT NOT NULL,
+        tx_hash   TEXT NOT NULL,
+        tx        TEXT NOT NULL,
+        height    INTEGER,
+        PRIMARY KEY (room_id, last_seq)
+    );
+    CREATE TABLE claims (
+        room_id    TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        cid        TEXT NOT NULL,
+        event_id   TEXT NOT NULL,
+        sender     TEXT NOT NULL,
+        ts         INTEGER NOT NULL,
+        credential TEXT NOT NULL,
+        PRIMARY KEY (room_id, collection, cid)
+    );
+    CREATE INDEX claims_cid ON claims (room_id, cid);
+    """,
+    # v5: the files of each room (their encrypted events' metadata), for sizes and listings
     """
     CREATE TABLE files (
         event_id TEXT PRIMARY KEY,
@@ -738,6 +771,115 @@ class LocalIndex:
                 ).fetchall()
         return [PendingEvent(r[0], r[1], r[2], int(r[3]), json.loads(r[4])) for r in rows]
 
+    # -- claims (datarooms.sdk.claims) ---------------------------------------------
+
+    def put_claim(
+        self,
+        room_id: str,
+        collection: str,
+        cid: str,
+        event_id: str,
+        sender: str,
+        ts: int,
+        credential: dict[str, Any],
+    ) -> None:
+        """Remember a claim seen in a room (the first event that saved it wins)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO claims VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (room_id, collection, cid, event_id, sender, ts, json.dumps(credential)),
+            )
+
+    def claims_by_cid(
+        self, room_id: str, cid: str, collection: str | None = None
+    ) -> list[tuple[str, str, str, int, dict[str, Any]]]:
+        """``(collection, event_id, sender, ts, credential)`` of the claim ``cid``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT collection, event_id, sender, ts, credential FROM claims "
+                "WHERE room_id = ? AND cid = ? AND (?3 IS NULL OR collection = ?3) "
+                "ORDER BY ts, event_id",
+                (room_id, cid, collection),
+            ).fetchall()
+        return [(r[0], r[1], r[2], int(r[3]), json.loads(r[4])) for r in rows]
+
+    # -- the audit trail (datarooms.sdk.audit) -------------------------------------
+
+    def audit_append(
+        self, room_id: str, entries: Iterable[tuple[int, str, str, str]], cursor: str | None
+    ) -> None:
+        """Append ``(seq, event_id, hash, entry json)`` rows and the room's pager position,
+        in one transaction (the position is written with what it covers)."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO audit_entries (room_id, seq, event_id, hash, entry) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(room_id, *row) for row in entries],
+            )
+            if cursor is not None:
+                _set_meta(db, f"audit_cursor:{room_id}", cursor)
+
+    def audit_entries(
+        self, room_id: str, *, after: int = 0, until: int | None = None
+    ) -> list[tuple[int, str, str, str]]:
+        """``(seq, event_id, hash, entry json)`` of the room's trail, in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, event_id, hash, entry FROM audit_entries WHERE room_id = ? "
+                "AND seq > ? AND seq <= ? ORDER BY seq",
+                (room_id, after, until if until is not None else 2**62),
+            ).fetchall()
+        return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    def audit_head(self, room_id: str) -> tuple[int, str, str] | None:
+        """``(seq, event_id, hash)`` of the room's newest entry."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq, event_id, hash FROM audit_entries WHERE room_id = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                (room_id,),
+            ).fetchone()
+        return (int(row[0]), row[1], row[2]) if row else None
+
+    def audit_add_anchor(
+        self, room_id: str, first_seq: int, last_seq: int, root: str, tx_hash: str, tx: str
+    ) -> None:
+        """Remember an anchor about to be broadcast (height unknown until committed)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO audit_anchors "
+                "(room_id, first_seq, last_seq, root, tx_hash, tx, height) "
+                "VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                (room_id, first_seq, last_seq, root, tx_hash, tx),
+            )
+
+    def audit_set_anchor_height(self, room_id: str, last_seq: int, height: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE audit_anchors SET height = ? WHERE room_id = ? AND last_seq = ?",
+                (height, room_id, last_seq),
+            )
+
+    def audit_anchors(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's anchors, oldest first; ``height`` is None while not known committed."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT first_seq, last_seq, root, tx_hash, tx, height FROM audit_anchors "
+                "WHERE room_id = ? ORDER BY last_seq",
+                (room_id,),
+            ).fetchall()
+        return [
+            {
+                "first_seq": int(r[0]),
+                "last_seq": int(r[1]),
+                "root": r[2],
+                "tx_hash": r[3],
+                "tx": r[4],
+                "height": None if r[5] is None else int(r[5]),
+            }
+            for r in rows
+        ]
+
 
 def _set_meta(db: sqlite3.Connection, name: str, value: str) -> None:
     db.execute(
@@ -829,6 +971,8 @@ def _insert_records(db: sqlite3.Connection, records: list[Record]) -> list[Recor
 
 def _redact(db: sqlite3.Connection, room_id: str, event_id: str) -> None:
     db.execute("DELETE FROM files WHERE event_id = ? AND room_id = ?", (event_id, room_id))
+    # A redacted claim is gone (datarooms.sdk.claims).
+    db.execute("DELETE FROM claims WHERE room_id = ? AND event_id = ?", (room_id, event_id))
     row = db.execute(
         "SELECT key FROM records WHERE event_id = ? AND room_id = ?", (event_id, room_id)
     ).fetchone()

@@ -77,6 +77,18 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "command",
         "Run the embedded devchain on its own until Ctrl-C (or only --verify it).",
     ),
+    "claim": (
+        "datarooms.cli.evidence",
+        "claim_app",
+        "group",
+        "Signed, content-addressed claims (W3C VCs) in rooms.",
+    ),
+    "audit": (
+        "datarooms.cli.evidence",
+        "audit_app",
+        "group",
+        "The rooms' tamper-evident audit trail: log, anchor on chain, export, verify offline.",
+    ),
     "mcp": (
         "datarooms.cli.mcp",
         "mcp",
@@ -255,6 +267,10 @@ def platform_services(settings: Settings) -> list[Service]:
         from datarooms.services.statebot import StateBotService
 
         services.append(StateBotService())
+    if "claims" in wanted:
+        from datarooms.services.claims import ClaimsService
+
+        services.append(ClaimsService())
     if "mcp" in wanted:
         from datarooms.services.mcp import McpService
 

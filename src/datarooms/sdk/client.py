@@ -14,7 +14,8 @@ a data store needs:
   reader's new device gets the room key, and never sends in the clear (``_send``).
 
 The capabilities hang off it: ``client.rooms``, ``client.records``,
-``client.files``, ``client.messages``, ``client.state``.
+``client.files``, ``client.messages``, ``client.state``, ``client.claims``,
+``client.audit``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from datarooms.ids import EventID, UserID
 from datarooms.sdk._send import Sender
 from datarooms.sdk._session import load_or_create_session, nio_client
 from datarooms.sdk._sync import SyncEngine
+from datarooms.sdk.audit import Audit
+from datarooms.sdk.claims import Claims
 from datarooms.sdk.files import Files
 from datarooms.sdk.hooks import Hooks
 from datarooms.sdk.keys import KeyManager, TrustPolicy
@@ -72,6 +75,8 @@ class DataroomsClient:
         self.files = Files(self)
         self.messages = Messages(self)
         self.state = State(self)
+        self.claims = Claims(self)
+        self.audit = Audit(self)
         self.keys = KeyManager(self, trust)
         self.telemetry = Telemetry(self)  # lazy: opens nothing until used
         self.reviews = Reviews(self)

@@ -44,6 +44,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from datarooms._fs import PRIVATE_FILE, atomic_write, ensure_writable_dir
+from datarooms.chain.anchor import (
+    AUDIT_ANCHORED_EVENT,
+    MSG_ANCHOR_AUDIT,
+    check_anchor_message,
+)
 from datarooms.chain.entity import (
     ENTITY_CREATED_EVENT,
     IID_CREATED_EVENT,
@@ -205,12 +210,42 @@ def _decode_tx(tx: bytes, allow_raw_events: bool) -> list[dict[str, Any]]:
         kind = m.get("@type")
         if kind == MSG_CREATE_ENTITY:
             _check_create_entity(m)
+        elif kind == MSG_ANCHOR_AUDIT:
+            problem = check_anchor_message(m)
+            if problem:
+                raise _Reject(CODE_INVALID_REQUEST, f"invalid audit anchor: {problem}")
         elif kind == MSG_EMIT_EVENTS and allow_raw_events:
             if not isinstance(m.get("events"), list):
                 raise _Reject(CODE_INVALID_REQUEST, "events must be a list")
         else:
             raise _Reject(CODE_UNKNOWN_REQUEST, f"unrecognized message type: {kind!r}")
     return msgs
+
+
+def _anchor_events(msg: dict[str, Any], msg_index: int) -> list[dict[str, Any]]:
+    """The events of an audit anchor: only the hashes and the range it was given."""
+    idx = str(msg_index)
+    return [
+        {
+            "type": "message",
+            "attributes": [
+                _attr("action", MSG_ANCHOR_AUDIT),
+                _attr("module", "audit"),
+                _attr("msg_index", idx),
+            ],
+        },
+        {
+            "type": AUDIT_ANCHORED_EVENT,
+            "attributes": [
+                _attr("room", _compact(msg["room"])),
+                _attr("first_seq", _compact(str(msg["first_seq"]))),
+                _attr("last_seq", _compact(str(msg["last_seq"]))),
+                _attr("merkle_root", _compact(msg["merkle_root"])),
+                _attr("head", _compact(msg["head"])),
+                _attr("msg_index", idx),
+            ],
+        },
+    ]
 
 
 def _check_create_entity(m: dict[str, Any]) -> None:
@@ -695,6 +730,10 @@ class DevChain:
                 )
                 for ev in msg.get("events") or []:
                     events.append(_raw_event(ev))
+                continue
+            if msg.get("@type") == MSG_ANCHOR_AUDIT:
+                events.extend(_anchor_events(msg, i))
+                responses.append({"@type": MSG_ANCHOR_AUDIT + "Response"})
                 continue
             evs, resp = self._create_entity(msg, i, p.hash, now, seq + created)
             events.extend(evs)

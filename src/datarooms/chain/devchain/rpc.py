@@ -150,6 +150,7 @@ class DevChainServer:
             "health": (self._health, ()),
             "status": (self._status, ()),
             "block": (self._block, ("height",)),
+            "commit": (self._commit, ("height",)),
             "tx": (self._tx, ("hash", "prove")),
             "tx_search": (self._tx_search, ("query", "prove", "page", "per_page", "order_by")),
             "broadcast_tx_sync": (self._broadcast_sync, ("tx",)),
@@ -380,6 +381,41 @@ class DevChainServer:
                     "signatures": signatures,
                 },
             },
+        }
+
+    async def _commit(self, params: dict[str, Any], uri: bool) -> Any:
+        """CometBFT's ``/commit`` shape (the header and the validator's signature), plus
+        ``datarooms``: the devchain's own signed header, which is what an auditor checks
+        offline (docs/evidence.md): SHA-256 of its canonical JSON is the block hash, and
+        the validator's ed25519 signature covers that hash."""
+        c = self.chain
+        height = _int_param(params, "height")
+        if height is None:
+            height = c.height
+        if height < 1:
+            raise _internal(f"height must be greater than 0, but got {height}")
+        block = c.block(height)
+        shaped = (await self._block({"height": str(height)}, True))["block"]["header"]
+        signature = base64.b64encode(block.signature).decode()
+        return {
+            "signed_header": {
+                "header": shaped,
+                "commit": {
+                    "height": str(height),
+                    "round": 0,
+                    "block_id": {"hash": block.hash},
+                    "signatures": [
+                        {
+                            "block_id_flag": 2,
+                            "validator_address": c.validator_address,
+                            "timestamp": block.header["time"],
+                            "signature": signature,
+                        }
+                    ],
+                },
+            },
+            "canonical": True,
+            "datarooms": {"header": block.header, "hash": block.hash, "signature": signature},
         }
 
     async def _tx(self, params: dict[str, Any], uri: bool) -> Any:

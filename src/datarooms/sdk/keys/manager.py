@@ -56,6 +56,8 @@ SECRET_NAMES = {
     "self_signing": "m.cross_signing.self_signing",
     "user_signing": "m.cross_signing.user_signing",
     "backup": "m.megolm_backup.v1",
+    # The issuer key of this account's claims (its did:key), see datarooms.sdk.claims.
+    "claims": "io.datarooms.claims.signing",
 }
 _UPLOAD_CHUNK = 250
 
@@ -132,6 +134,23 @@ class KeyManager:
     def _key(self, name: str) -> SigningKey | None:
         seed = self._secrets.get(name)
         return SigningKey.from_seed(decode_b64(seed)) if seed else None
+
+    def _claims_seed(self) -> bytes:
+        seed = self._secrets.get("claims")
+        if not seed:
+            seed = _b64(SigningKey.generate().seed)
+            self._secrets["claims"] = seed
+            self._save_secrets()  # a key is data: persisted before anything is signed
+        return decode_b64(seed)
+
+    def claims_key(self) -> SigningKey:
+        """This account's claims issuer key (Ed25519, its did:key names the issuer).
+
+        Kept with the device (``secrets.json``, 0600) and stored in secret storage by
+        :meth:`setup_recovery`, so :meth:`unlock` on a new device brings the same issuer
+        back; created on first use when neither has one.
+        """
+        return SigningKey.from_seed(self._claims_seed())
 
     @property
     def backup_key(self) -> BackupKey | None:
@@ -399,6 +418,7 @@ class KeyManager:
         await self._set_account_data(f"m.secret_storage.key.{desc.key_id}", desc.content)
         backup = BackupKey.generate()
         self._secrets["backup"] = _b64(backup.to_bytes())
+        self._claims_seed()  # the claims issuer key is backed up with the others
         for name, secret_name in SECRET_NAMES.items():
             encrypted = ssss.encrypt_secret(key, secret_name, self._secrets[name].encode())
             await self._set_account_data(secret_name, {"encrypted": {desc.key_id: encrypted}})

@@ -31,10 +31,12 @@ ANY_ROOM = "*"
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """What calling a tool needs: an access level; ``room``: it acts on one room."""
+    """What calling a tool needs: an access level; ``room``: it acts on one room;
+    ``explicit``: only when the agent's ``tools`` list names it (never by default)."""
 
     access: Access
     room: bool = True
+    explicit: bool = False
 
 
 #: Every tool the MCP server offers, with what it needs. The server registers
@@ -74,6 +76,11 @@ TOOLS: dict[str, ToolSpec] = {
     "query_telemetry": ToolSpec("read"),
     "aggregate_telemetry": ToolSpec("read"),
     "append_telemetry": ToolSpec("write"),
+    # claims (signed, content-addressed evidence): reading and checking is read access;
+    # issuing signs with the account's issuer key, so it must be granted by name.
+    "list_claims": ToolSpec("read"),
+    "verify_claim": ToolSpec("read"),
+    "issue_claim": ToolSpec("write", explicit=True),
 }
 
 
@@ -122,6 +129,8 @@ class AgentPolicy:
             return False
         if spec.access == "write" and self.access != "write":
             return False
+        if spec.explicit:
+            return self.tools is not None and tool in self.tools
         return self.tools is None or tool in self.tools
 
     def check_tool(self, tool: str) -> None:
@@ -133,6 +142,12 @@ class AgentPolicy:
                 self.name,
                 "access:write",
                 f"{tool} writes, and this agent has read access only",
+            )
+        if spec.explicit and (self.tools is None or tool not in self.tools):
+            raise CapabilityDenied(
+                self.name,
+                f"tool:{tool}",
+                f"{tool} must be granted explicitly: add it to the agent's tools list",
             )
         if self.tools is not None and tool not in self.tools:
             raise CapabilityDenied(

@@ -29,8 +29,8 @@ from datarooms.errors import (
 )
 from datarooms.ids import server_of
 from datarooms.sdk.client import DataroomsClient
-from datarooms.sdk.hooks import MembershipChanged, Subscription
 from datarooms.services import scaffold
+from datarooms.services.autojoin import AutoJoin
 from datarooms.services.openid import Caller, FederationTrust, OpenIdVerifier, federation_trust
 from datarooms.services.platform import PlatformContext
 from datarooms.services.scaffold import BotService, EmbeddedServer, ServiceRun, bind, http_url
@@ -100,11 +100,13 @@ class StateBot:
         )
         self._own_client = own_client
         self._http = EmbeddedServer(self._asgi, name="the state bot")
-        self._join_task: asyncio.Task[None] | None = None
+        self._auto_join = AutoJoin(
+            client,
+            self.verifier.trusted,
+            lambda room_id, inviter: self.handler.join(Caller(inviter), room_id),
+            name="statebot",
+        )
         self._review_task: asyncio.Task[None] | None = None
-        self._tried_invites: set[str] = set()
-        self._invites: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-        self._invite_hook: Subscription | None = None
         self.port: int | None = None
 
     @property
@@ -131,23 +133,19 @@ class StateBot:
             await self.stop()
             raise
         if self.config.auto_join:
-            self._invite_hook = self.client.hooks.on(MembershipChanged, self._on_membership)
-            self._join_task = asyncio.create_task(self._auto_join(), name="statebot-join")
+            self._auto_join.start()
         if self.config.review_check_seconds > 0:
             self._review_task = asyncio.create_task(self._reviews(), name="statebot-reviews")
         log.info("state bot listening", extra={"url": self.url, "user_id": self.client.user_id})
         return self.url
 
     async def stop(self) -> None:
-        if self._invite_hook is not None:
-            self._invite_hook.cancel()
-            self._invite_hook = None
-        for task in (self._join_task, self._review_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._join_task = self._review_task = None
+        if self._review_task is not None:
+            self._review_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._review_task
+            self._review_task = None
+        await self._auto_join.stop()
         await self._http.stop()
         await self.verifier.close()
         await self.handler.close()
@@ -165,38 +163,6 @@ class StateBot:
             except DataroomsError as exc:
                 log.warning("access reviews failed", extra={"error": exc.message})
             await asyncio.sleep(self.config.review_check_seconds)
-
-    def _on_membership(self, change: MembershipChanged) -> None:
-        """After each sync batch: queue our own new invites for :meth:`_auto_join`."""
-        if change.own and change.membership == "invite":
-            self._invites.put_nowait((change.room_id, change.sender))
-
-    async def _auto_join(self) -> None:
-        """Accept invites from users of trusted homeservers."""
-        trusted = self.verifier.trusted
-        for room_id, inviter in self.client.invites().items():
-            self._invites.put_nowait((room_id, inviter))
-        while True:
-            room_id, inviter = await self._invites.get()
-            if room_id in self._tried_invites or not inviter:
-                continue
-            if self.client.membership(room_id) != "invite":
-                continue  # joined, declined or withdrawn meanwhile
-            self._tried_invites.add(room_id)
-            if ":" not in inviter or server_of(inviter) not in trusted:
-                log.info(
-                    "ignoring an invite from an untrusted server",
-                    extra={"room": room_id, "inviter": inviter},
-                )
-                continue
-            try:
-                await self.handler.join(Caller(inviter), room_id)
-                log.info("joined a room on invite", extra={"room": room_id, "inviter": inviter})
-            except DataroomsError as exc:
-                log.warning(
-                    "could not join a room on invite",
-                    extra={"room": room_id, "error": exc.message},
-                )
 
 
 class StateBotService(BotService["StateBot"]):

@@ -19,8 +19,12 @@ run:
   baseline admin_rooms_s: listing the same rooms with Synapse's admin API
   (`/_synapse/admin/v1/rooms`, paged), which counts members and state only.
 
-Not measured yet (another part of the operations issue, still open):
-cleanup_samples_per_s is null.
+- cleanup_samples_per_s: a retention cleanup (1-day raw policy) of a room holding
+  1M raw samples three days old (quick: 100k; smoke: 5k), indexed on the device:
+  rollup events posted, raw batches redacted, raw samples pruned, samples/s;
+  reclaimed_mb: the device index's pages freed for reuse; baseline
+  prune_only_samples_per_s: only deleting the same rows from a copy of the index
+  (what a local-only cleanup would cost).
 """
 
 from __future__ import annotations
@@ -96,6 +100,65 @@ async def usage_times(
     return n, ours, admin
 
 
+async def cleanup_times(data_dir: Path, samples: int) -> dict[str, float]:
+    import sqlite3
+
+    from datarooms import Credentials, DataroomsClient
+    from datarooms.account import read_credentials
+    from datarooms.config import load_settings
+    from datarooms.sdk.retention import RetentionPolicy
+    from datarooms.services.platform import live_homeserver_url
+
+    settings = load_settings(data_dir=data_dir, env={})
+    stored = read_credentials(settings.credentials_file)
+    assert stored is not None
+    creds = Credentials(live_homeserver_url(settings), stored.user_id, password=stored.password)
+    async with await DataroomsClient.open(creds, data_dir / "devices" / "bench-cleaner") as c:
+        room = (await c.rooms.create("device", name="old telemetry")).room_id
+        t0 = int(time.time() * 1000) - 3 * 86_400_000
+        step = max(1, 86_400_000 // samples)  # spread over one day, three days ago
+        for lo in range(0, samples, 50_000):
+            await c.telemetry.append_many(
+                room,
+                [
+                    (t0 + i * step, "kw", float(i % 1000))
+                    for i in range(lo, min(samples, lo + 50_000))
+                ],
+            )
+        await c.telemetry.flush(timeout=600)
+        await c.telemetry.catch_up(room)
+        index_path = c.telemetry.directory / "index.db"
+        copy = data_dir.parent / "index-copy.db"
+        src = sqlite3.connect(index_path)
+        dst = sqlite3.connect(copy)
+        src.backup(dst)
+        src.close()
+        t = time.perf_counter()
+        dst.execute("DELETE FROM samples WHERE ts < ?", (t0 + 86_400_000,))
+        dst.commit()
+        prune_only = time.perf_counter() - t
+        dst.close()
+        copy.unlink()
+        await c.retention.set_policy(room, RetentionPolicy(telemetry_raw_days=1))
+        t = time.perf_counter()
+        report = await c.retention.cleanup(room)
+        took = time.perf_counter() - t
+        db = sqlite3.connect(index_path)
+        free = (
+            db.execute("PRAGMA freelist_count").fetchone()[0]
+            * db.execute("PRAGMA page_size").fetchone()[0]
+        )
+        db.close()
+    return {
+        "samples": float(report.telemetry_samples),
+        "batches": float(report.redacted),
+        "rollup_events": float(report.rollup_events),
+        "cleanup_s": took,
+        "prune_only_s": prune_only,
+        "reclaimed_mb": free / 1e6,
+    }
+
+
 async def fill(data_dir: Path, target: int, chunk: int) -> int:
     from datarooms import Credentials, DataroomsClient
     from datarooms.account import read_credentials
@@ -127,6 +190,7 @@ def main() -> None:
     rounds = 1 if args.smoke else 3
     chunk = (1 if args.smoke else 16) << 20
     usage_rooms = 5 if args.smoke else 100 if args.quick else 1000
+    cleanup_samples = 5_000 if args.smoke else 100_000 if args.quick else 1_000_000
     tmp = Path(tempfile.mkdtemp(prefix="bench-ops-"))
     data_dir = tmp / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAROOMS_")}
@@ -152,6 +216,14 @@ def main() -> None:
         print(
             f"usage of {n_rooms} rooms: {median(usage_ours):.3f} s "
             f"(admin room list {median(usage_admin):.3f} s)",
+            flush=True,
+        )
+        cl = asyncio.run(cleanup_times(data_dir, cleanup_samples))
+        print(
+            f"cleanup of {cl['samples']:.0f} raw samples ({cl['batches']:.0f} batches, "
+            f"{cl['rollup_events']:.0f} rollup events): {cl['cleanup_s']:.2f} s; "
+            f"deleting the rows alone {cl['prune_only_s']:.2f} s; "
+            f"{cl['reclaimed_mb']:.1f} MB freed",
             flush=True,
         )
         size = du_bytes(data_dir)
@@ -219,7 +291,12 @@ def main() -> None:
             "usage_1000_rooms_s": median(usage_ours) * 1000 / n_rooms,
             "usage_s": median(usage_ours),
             "admin_rooms_s": median(usage_admin),
-            "cleanup_samples_per_s": None,
+            "cleanup_samples": cl["samples"],
+            "cleanup_samples_per_s": cl["samples"] / cl["cleanup_s"],
+            "prune_only_samples_per_s": cl["samples"] / max(cl["prune_only_s"], 1e-9),
+            "cleanup_batches_redacted": cl["batches"],
+            "rollup_events": cl["rollup_events"],
+            "reclaimed_mb": cl["reclaimed_mb"],
             "rounds": rounds,
             **machine(),
         }

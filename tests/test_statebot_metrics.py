@@ -42,3 +42,19 @@ async def test_unknown_methods_and_paths_share_one_label(bot: StateBot) -> None:
         assert method not in text
     methods = {line.split('method="', 1)[1].split('"', 1)[0] for line in series}
     assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+
+
+async def test_room_sizes_are_gauges(
+    bot: StateBot, homeserver: TestHomeserver, open_client: Any
+) -> None:
+    from tests.test_statebot import bot_room
+
+    owner = await open_client(await homeserver.new_user("sizes-owner"))
+    room = await bot_room(owner, bot)
+    for v in range(3):
+        await owner.records.put(room, "k", v)
+    await bot.client.sync_once()
+    async with aiohttp.ClientSession() as s, s.get(bot.url + "/metrics") as r:
+        text = await r.text()
+    assert f'datarooms_room_record_versions{{room="{room}"}} 3.0' in text
+    assert f'datarooms_room_members{{room="{room}"}} 2.0' in text

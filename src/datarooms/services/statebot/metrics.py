@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -12,6 +13,35 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+#: Room sizes (datarooms.sdk.usage) as gauges, one series a room the bot is in.
+ROOM_SIZES = {
+    "record_keys": ("keys", "Record keys in the room"),
+    "record_versions": ("versions", "Record versions in the room"),
+    "files": ("files", "Files in the room"),
+    "file_bytes": ("file_bytes", "Bytes of the room's encrypted files"),
+    "telemetry_samples": ("telemetry_samples", "Raw telemetry samples of the room indexed"),
+    "index_bytes": ("index_bytes", "Bytes the bot's indexes spend on the room (estimate)"),
+    "members": ("members", "Joined members of the room"),
+}
+
+
+class _RoomSizes:
+    """A collector: reads the sizes when Prometheus scrapes, not before."""
+
+    def __init__(self, usage: Callable[[], Sequence[Any]]) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        rows = self._usage()
+        for name, (attr, doc) in ROOM_SIZES.items():
+            family = GaugeMetricFamily(f"datarooms_room_{name}", doc, labels=["room"])
+            for row in rows:
+                family.add_metric([row.room_id], float(getattr(row, attr)))
+            yield family
+
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -52,9 +82,16 @@ class Metrics:
             "statebot_token_cache_entries", "Entries in the OpenID token cache", registry=r
         )
 
-    def watch(self, rooms: Callable[[], float], token_cache: Callable[[], float]) -> None:
+    def watch(
+        self,
+        rooms: Callable[[], float],
+        token_cache: Callable[[], float],
+        room_sizes: Callable[[], Sequence[Any]] | None = None,
+    ) -> None:
         self.rooms.set_function(rooms)
         self.token_cache.set_function(token_cache)
+        if room_sizes is not None:
+            self.registry.register(_RoomSizes(room_sizes))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

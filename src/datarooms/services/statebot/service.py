@@ -88,7 +88,9 @@ class StateBot:
         )
         self.handler = StateHandler(client, trusted_servers=self.verifier.trusted)
         self.metrics.watch(
-            lambda: len(self.handler.joined_rooms()), lambda: self.verifier.cache_size
+            lambda: len(self.handler.joined_rooms()),
+            lambda: self.verifier.cache_size,
+            lambda: self.client.rooms.usage(),
         )
         self.app: FastAPI
         self.app, self._asgi = build_asgi(

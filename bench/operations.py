@@ -25,6 +25,11 @@ run:
   reclaimed_mb: the device index's pages freed for reuse; baseline
   prune_only_samples_per_s: only deleting the same rows from a copy of the index
   (what a local-only cleanup would cost).
+- storm_*: a flood against a Synapse with its default rate limits (an external
+  homeserver as shipped: 0.2 messages/s after a burst of 10): `storm_messages`
+  record puts (full: 40; quick: 20; smoke: 12) sent as fast as the SDK will, 8 at a
+  time; storm_errors must be 0 (every 429 waited out), storm_429s counts the
+  waits, storm_puts_per_s against the server's own limit (storm_limit_per_s).
 """
 
 from __future__ import annotations
@@ -98,6 +103,61 @@ async def usage_times(
             admin.append(time.perf_counter() - t0)
             assert listed >= n
     return n, ours, admin
+
+
+#: Synapse's own defaults for what the storm hits (docs: rc_message, rc_room_creation).
+SYNAPSE_DEFAULT_LIMITS = {
+    "rc_message": {"per_second": 0.2, "burst_count": 10},
+    "rc_room_creation": {"per_second": 0.05, "burst_count": 3},
+}
+
+
+def storm(tmp: Path, n: int) -> dict[str, float]:
+    import logging
+
+    from datarooms import Credentials, DataroomsClient
+    from datarooms.testing import TestHomeserver
+
+    waits: list[str] = []
+
+    class Count(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if "429" in msg or "rate limited" in msg:
+                waits.append(msg)
+
+    handler = Count()
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    errors = 0
+    try:
+        with TestHomeserver(tmp / "storm-hs", extra_config=SYNAPSE_DEFAULT_LIMITS) as hs:
+
+            async def go() -> float:
+                nonlocal errors
+                user = await hs.new_user("storm")
+                creds = Credentials(hs.base_url, user.user_id, user.access_token)
+                async with await DataroomsClient.open(creds, tmp / "storm-dev") as c:
+                    room = (await c.rooms.create("device", name="storm")).room_id
+                    sem = asyncio.Semaphore(8)
+
+                    async def one(i: int) -> None:
+                        nonlocal errors
+                        async with sem:
+                            try:
+                                await c.records.put(room, f"k{i % 7}", i)
+                            except Exception:
+                                errors += 1
+
+                    t0 = time.perf_counter()
+                    await asyncio.gather(*(one(i) for i in range(n)))
+                    return time.perf_counter() - t0
+
+            took = asyncio.run(go())
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)
+    return {"took": took, "errors": float(errors), "waits": float(len(waits))}
 
 
 async def cleanup_times(data_dir: Path, samples: int) -> dict[str, float]:
@@ -191,6 +251,7 @@ def main() -> None:
     chunk = (1 if args.smoke else 16) << 20
     usage_rooms = 5 if args.smoke else 100 if args.quick else 1000
     cleanup_samples = 5_000 if args.smoke else 100_000 if args.quick else 1_000_000
+    storm_n = 12 if args.smoke else 20 if args.quick else 40
     tmp = Path(tempfile.mkdtemp(prefix="bench-ops-"))
     data_dir = tmp / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAROOMS_")}
@@ -224,6 +285,12 @@ def main() -> None:
             f"{cl['rollup_events']:.0f} rollup events): {cl['cleanup_s']:.2f} s; "
             f"deleting the rows alone {cl['prune_only_s']:.2f} s; "
             f"{cl['reclaimed_mb']:.1f} MB freed",
+            flush=True,
+        )
+        st = storm(tmp, storm_n)
+        print(
+            f"storm: {storm_n} puts against Synapse's default limits in {st['took']:.1f} s, "
+            f"{st['waits']:.0f} waits on 429, {st['errors']:.0f} errors",
             flush=True,
         )
         size = du_bytes(data_dir)
@@ -297,6 +364,11 @@ def main() -> None:
             "cleanup_batches_redacted": cl["batches"],
             "rollup_events": cl["rollup_events"],
             "reclaimed_mb": cl["reclaimed_mb"],
+            "storm_messages": storm_n,
+            "storm_errors": st["errors"],
+            "storm_429s": st["waits"],
+            "storm_puts_per_s": storm_n / st["took"],
+            "storm_limit_per_s": SYNAPSE_DEFAULT_LIMITS["rc_message"]["per_second"],
             "rounds": rounds,
             **machine(),
         }

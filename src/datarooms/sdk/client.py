@@ -14,7 +14,7 @@ a data store needs:
   reader's new device gets the room key, and never sends in the clear (``_send``).
 
 The capabilities hang off it: ``client.rooms``, ``client.records``,
-``client.files``, ``client.messages``, ``client.state``.
+``client.files``, ``client.messages``, ``client.state``, ``client.docs``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from datarooms.ids import EventID, UserID
 from datarooms.sdk._send import Sender
 from datarooms.sdk._session import load_or_create_session, nio_client
 from datarooms.sdk._sync import SyncEngine
+from datarooms.sdk.docs import Docs
 from datarooms.sdk.files import Files
 from datarooms.sdk.hooks import Hooks
 from datarooms.sdk.keys import KeyManager, TrustPolicy
@@ -72,6 +73,7 @@ class DataroomsClient:
         self.state = State(self)
         self.keys = KeyManager(self, trust)
         self.telemetry = Telemetry(self)  # lazy: opens nothing until used
+        self.docs = Docs(self)  # lazy: opens nothing until used
         self._closed = False
 
     # -- opening and closing ---------------------------------------------------
@@ -162,6 +164,7 @@ class DataroomsClient:
             return
         self._closed = True
         await self.telemetry.close()
+        await self.docs.close()
         await self.state.close()
         await self._sync.close()
         await self.nio.close()

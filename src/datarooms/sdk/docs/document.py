@@ -339,26 +339,37 @@ class Document:
                 "an update waits for updates it depends on",
                 extra={"event_id": event_id, "room_id": self.room_id},
             )
-        else:
+        if self.waiting:
             self._resolve_waiting()
         self.changed.set()
         self._notify(DocChange(self.room_id, self.name, event_id or None, sender, False))
         return True
 
     def _resolve_waiting(self) -> None:
-        still: list[tuple[str, bytes]] = []
-        for event_id, update in self.waiting:
-            if wire.missing_dependencies(self.ydoc, update):
-                # Yrs integrates pending structs itself; applying again is idempotent and
-                # covers a pending set it dropped.
-                self._applying = True
-                try:
-                    self.ydoc.apply_update(update)
-                finally:
-                    self._applying = False
+        """Integrate waiting updates whose dependencies are now in, until nothing moves.
+
+        Yrs is meant to keep pending structs and integrate them once their dependencies
+        arrive, but it does not always do so (seen with three writers' updates applied
+        in a shuffled order: the document stayed behind for good). Applying a waiting
+        update again is idempotent and does integrate it, so every waiting update is
+        re-applied, oldest first, in rounds, until a round integrates nothing more.
+        """
+        progress = True
+        while self.waiting and progress:
+            progress = False
+            still: list[tuple[str, bytes]] = []
+            for event_id, update in self.waiting:
+                if wire.missing_dependencies(self.ydoc, update):
+                    self._applying = True
+                    try:
+                        self.ydoc.apply_update(update)
+                    finally:
+                        self._applying = False
                 if wire.missing_dependencies(self.ydoc, update):
                     still.append((event_id, update))
-        self.waiting = still
+                else:
+                    progress = True
+            self.waiting = still
 
     def _skip(self, event_id: str, reason: str) -> None:
         if event_id and any(s.event_id == event_id for s in self.skipped):

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datarooms.sdk.docs import BadUpdateError, Document
-from datarooms.sdk.docs import wire
+from datarooms.sdk.docs import BadUpdateError, Document, wire
 from datarooms.sdk.docs.api import Docs
 
 

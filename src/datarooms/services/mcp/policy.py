@@ -74,6 +74,9 @@ TOOLS: dict[str, ToolSpec] = {
     "query_telemetry": ToolSpec("read"),
     "aggregate_telemetry": ToolSpec("read"),
     "append_telemetry": ToolSpec("write"),
+    # collaborative documents (CRDT, IXO matrix-crdt format)
+    "read_document": ToolSpec("read"),
+    "edit_document": ToolSpec("write"),
 }
 
 

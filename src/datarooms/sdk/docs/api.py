@@ -49,6 +49,7 @@ class Docs:
         live: bool = True,
         batch_ms: int = BATCH_MS,
         snapshot_every: int = SNAPSHOT_EVERY,
+        from_snapshot: bool = True,
     ) -> Document:
         """The document ``name`` of the room, caught up with everything the room holds.
 
@@ -57,6 +58,8 @@ class Docs:
         one, and without any the room's updates are replayed from its start. This
         device's edits still in the outbox (made offline) are applied and sent.
         ``live`` keeps the document following the room (it starts the sync loop).
+        ``from_snapshot=False`` ignores snapshots and replays every update of the room
+        (to check snapshots against the updates, or to measure what they save).
         """
         wire.validate_name(name)
         if not isinstance(batch_ms, int) or not 0 <= batch_ms <= 60_000:
@@ -83,7 +86,7 @@ class Docs:
             await self._client.sync_once()  # room keys sent to this device first
             if live:
                 self._client.start_sync()
-            await self._catch_up(doc)
+            await self._catch_up(doc, from_snapshot=from_snapshot)
             pending = self._outbox().pending(room_id, name)
             doc._applying = True
             try:
@@ -216,7 +219,7 @@ class Docs:
         if parsed is not None:
             await doc._on_live(parsed)
 
-    async def _catch_up(self, doc: Document) -> None:
+    async def _catch_up(self, doc: Document, *, from_snapshot: bool = True) -> None:
         """Page back to the newest readable snapshot, then apply it and what came after."""
         newer: list[DocEvent] = []  # updates newer than the base, newest first
         candidates: dict[str, list[DocEvent]] = {}
@@ -237,7 +240,7 @@ class Docs:
             parsed = self._doc_event(doc, event)
             if parsed is None:
                 continue
-            if parsed.is_snapshot and parsed.last_event_id:
+            if parsed.is_snapshot and parsed.last_event_id and from_snapshot:
                 candidates.setdefault(parsed.last_event_id, []).append(parsed)
             elif parsed.type == wire.UPDATE_EVENT:
                 newer.append(parsed)

@@ -194,7 +194,8 @@ def main() -> None:
         f"catch-up of {n} updates: from the snapshot {result['catchup_snapshot_ms']:.0f} ms, "
         f"replaying all {result['catchup_replay_ms']:.0f} ms (x{result['ratio']:.1f}); "
         f"edit visible p50 {result['edit_visible_p50_ms']:.0f} ms vs record "
-        f"{result['record_visible_p50_ms']:.0f} ms; batched edit {result['edit_visible_batched_p50_ms']:.0f} ms"
+        f"{result['record_visible_p50_ms']:.0f} ms; "
+        f"batched edit {result['edit_visible_batched_p50_ms']:.0f} ms"
     )
     emit(result)
 

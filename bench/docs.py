@@ -96,9 +96,12 @@ async def run(hs: TestHomeserver, tmp: Path, n: int, rounds: int, samples: int) 
 
         async def from_snapshot(_: int) -> None:
             doc = await reader.docs.open(room, live=False)
-            assert (
-                doc.caught_up_from == snapshot_event and doc.state_vector() == wdoc.state_vector()
+            assert doc.caught_up_from == snapshot_event, (
+                doc.caught_up_from,
+                snapshot_event,
+                doc.unreadable_snapshots,
             )
+            assert doc.state_vector() == wdoc.state_vector(), (len(doc.waiting), doc.skipped[:3])
             replayed.append(doc.replayed)
             await doc.close()
 
@@ -181,6 +184,7 @@ async def run(hs: TestHomeserver, tmp: Path, n: int, rounds: int, samples: int) 
 
 def main() -> None:
     ap = bench_args(__doc__, "1,000 updates, 15 latency samples (under a minute)")
+    ap.add_argument("--updates", type=int, help="document updates to write (default 10,000)")
     args = ap.parse_args()
     configure_logging("WARNING")
     if args.smoke:
@@ -189,6 +193,8 @@ def main() -> None:
         n, rounds, samples = 1000, 3, 15
     else:
         n, rounds, samples = 10_000, 3, 40
+    if args.updates:
+        n = args.updates
     result = with_homeserver("docs", lambda hs, tmp: run(hs, tmp, n, rounds, samples))
     print(
         f"catch-up of {n} updates: from the snapshot {result['catchup_snapshot_ms']:.0f} ms, "

@@ -12,7 +12,7 @@ from datarooms.sdk.docs import wire
 from datarooms.sdk.docs.document import Document, Skipped
 from datarooms.sdk.docs.outbox import DocOutbox
 from datarooms.sdk.docs.wire import BadUpdateError, DocEvent
-from datarooms.sdk.hooks import RoomEventReceived, Subscription
+from datarooms.sdk.hooks import RoomEventReceived, Subscription, ToDeviceReceived
 from datarooms.sdk.timeline import RoomEvent
 
 if TYPE_CHECKING:
@@ -25,6 +25,8 @@ BATCH_MS = 500
 SNAPSHOT_EVERY = 30
 #: Catch-up reads the whole timeline back to a readable snapshot (or the room's start).
 _MAX_SCAN = 10**9
+#: At most this many syncs to receive the room keys sent to this device before catch-up.
+_MAX_KEY_SYNCS = 50
 
 
 class Docs:
@@ -83,7 +85,7 @@ class Docs:
         if self._hook is None:
             self._hook = self._client.hooks.on(RoomEventReceived, self._on_event)
         try:
-            await self._client.sync_once()  # room keys sent to this device first
+            await self._receive_keys()
             if live:
                 self._client.start_sync()
             await self._catch_up(doc, from_snapshot=from_snapshot)
@@ -104,24 +106,26 @@ class Docs:
 
     async def read(self, room_id: str, name: str = wire.DEFAULT_NAME) -> dict[str, Any]:
         """The document as plain JSON (see :meth:`Document.to_json`), caught up once."""
+        opened = (room_id, name) not in self._open
         doc = await self.open(room_id, name, live=False)
         try:
             return doc.to_json()
         finally:
-            if not self._client.syncing:
+            if opened and not self._client.syncing:
                 await doc.close()
 
     async def edit(
         self, room_id: str, path: str, value: Any, name: str = wire.DEFAULT_NAME
     ) -> dict[str, Any]:
         """Set ``path`` (see :meth:`Document.set`) and send it; the document as JSON after."""
+        opened = (room_id, name) not in self._open
         doc = await self.open(room_id, name, live=False)
         try:
             doc.set(path, value)
             await doc.flush()
             return doc.to_json()
         finally:
-            if not self._client.syncing:
+            if opened and not self._client.syncing:
                 await doc.close()
 
     def pending_edits(self, room_id: str | None = None) -> int:
@@ -139,6 +143,29 @@ class Docs:
             self._box = None
 
     # -- internals the documents use -------------------------------------------
+
+    async def _receive_keys(self) -> None:
+        """Sync until no more to-device messages come: the room keys sent to this device.
+
+        A homeserver hands out a bounded number of to-device messages per sync (Synapse:
+        100), and a long document spans many Megolm sessions (one per 100 events): one
+        sync would leave the newest updates, and the snapshots, undecryptable.
+        """
+        received = 0
+
+        def count(_: ToDeviceReceived) -> None:
+            nonlocal received
+            received += 1
+
+        sub = self._client.hooks.on(ToDeviceReceived, count)
+        try:
+            for _ in range(_MAX_KEY_SYNCS):
+                received = 0
+                await self._client.sync_once()
+                if not received:
+                    return
+        finally:
+            sub.cancel()
 
     def _outbox(self) -> DocOutbox:
         if self._box is None:

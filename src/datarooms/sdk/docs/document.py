@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pycrdt
 
-from datarooms.errors import ValidationError
+from datarooms.errors import DataroomsError, ValidationError
 from datarooms.sdk.docs import wire
 from datarooms.sdk.docs.wire import BadUpdateError, DocEvent
 
@@ -93,6 +93,7 @@ class Document:
         self._last_event_id: str | None = None
         self._observers: list[Callable[[DocChange], Any]] = []
         self._flush_task: asyncio.Task[None] | None = None
+        self._sending = False
         self._snapshot_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._catching_up = True
@@ -195,10 +196,14 @@ class Document:
         update = bytes(event.update)
         if update == b"\x00\x00":
             return
-        if self._closed:
-            log.error("an edit on a closed document is not saved", extra={"room_id": self.room_id})
-            return
         self._docs._outbox().append(self.room_id, self.name, update)
+        if self._closed:
+            log.warning(
+                "an edit of a closed document is kept in the outbox; it is sent when the "
+                "document is opened again",
+                extra={"room_id": self.room_id, "doc": self.name},
+            )
+            return
         self._notify(DocChange(self.room_id, self.name, None, self._docs.user_id, True))
         self._schedule_flush(self.batch_ms / 1000)
 
@@ -216,7 +221,11 @@ class Document:
         await asyncio.sleep(delay)
         while not self._closed:
             try:
-                await self._send_pending()
+                self._sending = True
+                try:
+                    await self._send_pending()
+                finally:
+                    self._sending = False
                 return
             except asyncio.CancelledError:
                 raise
@@ -238,11 +247,15 @@ class Document:
         out on the next flush (or when the document is opened again).
         """
         task = self._flush_task
-        if task is not None and not task.done() and task is not asyncio.current_task():
+        if (
+            task is not None
+            and not task.done()
+            and task is not asyncio.current_task()
+            and not self._sending  # a send in flight is never cut in half: the lock waits
+        ):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._flush_task = None
         await self._send_pending()
 
     async def _send_pending(self) -> None:
@@ -258,7 +271,12 @@ class Document:
                         len(update),
                         extra={"room_id": self.room_id, "doc": self.name},
                     )
-                    await self._send_snapshot(media=True, last_event_id=self._last_event_id)
+                    sent = await self._send_snapshot(media=True, last_event_id=self._last_event_id)
+                    if sent is None:
+                        raise DataroomsError(
+                            "an edit too big for an update event waits in the outbox: it goes "
+                            "out as a snapshot once the updates received before it are complete"
+                        )
                 else:
                     txn = f"crdt.{self._docs._outbox_stream()}.{ids[0]}.{ids[-1]}"
                     event_id = await self._docs._client.send(

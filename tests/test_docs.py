@@ -41,7 +41,7 @@ async def test_two_devices_edit_one_document_concurrently(alice_bob) -> None:  #
     a.array("items").append("one")
     await a.flush()
     await b.flush()
-    await until(lambda: a.state_vector() == b.state_vector(), what="both converge")
+    await until(lambda: a.clocks() == b.clocks(), what="both converge")
     assert str(a.text("body")) == str(b.text("body")) == "A:hello world :B"
     assert (
         a.to_json()
@@ -181,7 +181,7 @@ async def test_offline_edits_survive_and_merge(  # type: ignore[no-untyped-def]
         a2 = await again.docs.open(room, batch_ms=0)
         await a2.flush()
         assert again.docs.pending_edits(room) == 0
-        await until(lambda: a2.state_vector() == b.state_vector(), what="converged")
+        await until(lambda: a2.clocks() == b.clocks(), what="converged")
         assert str(a2.text("body")) == str(b.text("body")) == "offline-1 base. online-2"
         assert b.to_json()["meta"] == {"status": "draft"}
     finally:

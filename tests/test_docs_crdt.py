@@ -51,7 +51,7 @@ async def test_updates_before_their_dependencies_wait_and_block_snapshots() -> N
     assert reader.apply_update(updates[0], event_id="$first")
     assert str(reader.text("t")) == "hello world"
     assert reader.waiting == []
-    assert reader.state_vector() == bytes(writer.get_state())
+    assert reader.clocks() == wire.decode_state_vector(bytes(writer.get_state()))
 
 
 def test_bad_updates_are_refused_and_change_nothing() -> None:
@@ -110,7 +110,7 @@ _edit = st.tuples(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(edits=st.lists(_edit, min_size=1, max_size=40), orders=st.randoms(use_true_random=False))
 def test_three_writers_converge_in_any_order(
     edits: list[tuple[int, str, int, str]], orders

@@ -123,7 +123,13 @@ class Document:
         return bytes(self.ydoc.get_update())
 
     def state_vector(self) -> bytes:
+        """``Y.encodeStateVector``; its entries' order is not stable: compare :meth:`clocks`."""
         return bytes(self.ydoc.get_state())
+
+    def clocks(self) -> dict[int, int]:
+        """The state vector as ``{client id: clock}``: what this document holds of each writer.
+        Two documents with equal clocks (and no :attr:`waiting` updates) are equal."""
+        return wire.decode_state_vector(self.state_vector())
 
     def to_json(self) -> dict[str, Any]:
         """Every root of the document as plain JSON: text as a string, maps as objects,

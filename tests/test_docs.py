@@ -171,9 +171,9 @@ async def test_offline_edits_survive_and_merge(  # type: ignore[no-untyped-def]
     # Meanwhile bob edits the same text.
     b.text("body").insert(len(str(b.text("body"))), " online-2")
     await b.flush()
-    # Alice's process dies before it ever reconnects (its edits are only on disk).
-    alice.nio.homeserver = real
+    # Alice's device is closed while still offline (its edits are only on disk).
     await alice.close()
+    assert alice.nio.homeserver != real
 
     creds = Credentials(homeserver.base_url, user.user_id, user.access_token)
     again = await DataroomsClient.open(creds, tmp_path / user.user_id)

@@ -94,6 +94,7 @@ class Document:
         self._observers: list[Callable[[DocChange], Any]] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._sending = False
+        self._dirty = False
         self._snapshot_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._catching_up = True
@@ -214,8 +215,9 @@ class Document:
         self._schedule_flush(self.batch_ms / 1000)
 
     def _schedule_flush(self, delay: float) -> None:
+        self._dirty = True
         if self._flush_task is not None and not self._flush_task.done():
-            return
+            return  # the running task sees _dirty and goes round again
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -223,19 +225,23 @@ class Document:
         self._flush_task = loop.create_task(self._flush_later(delay))
 
     async def _flush_later(self, delay: float) -> None:
+        """Send what is pending ``delay`` after an edit, again while edits come in (an
+        edit made during a send goes in the next round), retrying while offline."""
         attempt = 0
-        await asyncio.sleep(delay)
-        while not self._closed:
+        while self._dirty and not self._closed:
+            await asyncio.sleep(delay)
+            self._dirty = False
             try:
                 self._sending = True
                 try:
                     await self._send_pending()
                 finally:
                     self._sending = False
-                return
+                attempt = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._dirty = True
                 wait = _RETRY_S[min(attempt, len(_RETRY_S) - 1)]
                 attempt += 1
                 log.warning(
@@ -262,7 +268,15 @@ class Document:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self._send_pending()
+        self._dirty = False
+        try:
+            await self._send_pending()
+        except Exception:
+            if not self._closed:  # keep trying in the background (reconnect)
+                self._schedule_flush(_RETRY_S[0])
+            raise
+        if self._dirty and not self._closed:  # edited while this flush was sending
+            self._schedule_flush(self.batch_ms / 1000)
 
     async def _send_pending(self) -> None:
         async with self._send_lock:

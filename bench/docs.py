@@ -5,7 +5,7 @@ Run from the repo root: python bench/docs.py [--quick | --smoke]
 
 A real embedded Synapse; two users' devices (writer, reader) in one encrypted data room.
 
-1. Catch-up. The writer sends N document updates (10,000; ``--quick`` 1,000) in IXO's
+1. Catch-up. The writer sends N document updates (10,000; ``--quick`` 600) in IXO's
    format, one line of text each (8 in flight), then publishes a snapshot (the document is
    over the inline ceiling, so it is media-backed: an encrypted attachment). The reader
    opens the document on a fresh ``Document`` each round:
@@ -187,14 +187,14 @@ async def run(hs: TestHomeserver, tmp: Path, n: int, rounds: int, samples: int) 
 
 
 def main() -> None:
-    ap = bench_args(__doc__, "1,000 updates, 15 latency samples (under a minute)")
+    ap = bench_args(__doc__, "600 updates, 15 latency samples (under a minute)")
     ap.add_argument("--updates", type=int, help="document updates to write (default 10,000)")
     args = ap.parse_args()
     configure_logging("WARNING")
     if args.smoke:
         n, rounds, samples = 60, 1, 4
     elif args.quick:
-        n, rounds, samples = 1000, 3, 15
+        n, rounds, samples = 600, 3, 15
     else:
         n, rounds, samples = 10_000, 3, 40
     if args.updates:

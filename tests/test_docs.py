@@ -3,6 +3,7 @@ from snapshots, bad input, oversized edits, offline edits."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from pathlib import Path
@@ -52,14 +53,23 @@ async def test_two_devices_edit_one_document_concurrently(alice_bob) -> None:  #
             "items": ["one"],
         }
     )
+    # An edit made while a flush is sending is not stranded in the outbox.
+    sending = asyncio.create_task(a.flush())
+    a.text("body").insert(0, "1")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    a.text("body").insert(0, "2")
+    await sending
+    await until(lambda: str(b.text("body")).startswith("21"), what="both edits arrive")
+    assert alice.docs.pending_edits(room) == 0
+
     # A document of another name in the same room is separate.
     other = await alice.docs.open(room, "notes", batch_ms=0)
     assert other.to_json() == {}
     other.text("t").insert(0, "private notes")
     await other.flush()
-    assert a.to_json()["body"] == "A:hello world :B"
+    assert a.to_json()["body"] == "21A:hello world :B"
     assert "t" not in a.to_json()
-    assert pycrdt.Doc is not None
 
 
 async def test_catch_up_from_a_snapshot_and_fall_back_past_bad_ones(  # type: ignore[no-untyped-def]

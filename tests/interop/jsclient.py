@@ -455,6 +455,60 @@ class JsClient:
             timeout=timeout + 10,
         )
 
+    async def ydoc_catch_up(
+        self,
+        doc: str,
+        room_id: str,
+        want: int,
+        *,
+        snapshot_only: bool = False,
+        texts: list[str] | None = None,
+        maps: list[str] | None = None,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
+        """A fresh Yjs document ``doc`` caught up from the room as IXO's reader does (see
+        ``ydoc_catch_up`` in client.mjs); returns its state and the snapshot it used."""
+        return await self.request(
+            "ydoc_catch_up",
+            doc=doc,
+            room_id=room_id,
+            want=want,
+            snapshot_only=snapshot_only,
+            texts=texts or [],
+            maps=maps or [],
+            timeout_ms=int(timeout * 1000),
+            timeout=timeout + 30,
+        )
+
+    async def ydoc_edit(
+        self,
+        doc: str,
+        room_id: str,
+        edits: list[dict[str, Any]],
+        *,
+        texts: list[str] | None = None,
+        maps: list[str] | None = None,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
+        """One Yjs transaction on ``doc``, sent as a ``matrix-crdt.doc_update``."""
+        return await self.request(
+            "ydoc_edit",
+            doc=doc,
+            room_id=room_id,
+            edits=edits,
+            texts=texts or [],
+            maps=maps or [],
+            timeout=timeout,
+        )
+
+    async def ydoc_snapshot(
+        self, doc: str, room_id: str, last_event_id: str, *, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """An inline ``matrix-crdt.doc_snapshot`` of ``doc``."""
+        return await self.request(
+            "ydoc_snapshot", doc=doc, room_id=room_id, last_event_id=last_event_id, timeout=timeout
+        )
+
     async def download_decrypt(
         self, file: dict[str, Any], mxc_url: str | None = None, *, timeout: float = 60.0
     ) -> dict[str, Any]:

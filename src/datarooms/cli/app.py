@@ -47,6 +47,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "group",
         "Time-series telemetry: durable, batched, end-to-end encrypted.",
     ),
+    "doc": (
+        "datarooms.cli.docs",
+        "docs_app",
+        "group",
+        "Collaborative documents (CRDT, IXO matrix-crdt format), end-to-end encrypted.",
+    ),
     "state": (
         "datarooms.cli.statebot",
         "state_app",

@@ -14,8 +14,8 @@ a data store needs:
   reader's new device gets the room key, and never sends in the clear (``_send``).
 
 The capabilities hang off it: ``client.rooms``, ``client.records``,
-``client.files``, ``client.messages``, ``client.state``, ``client.claims``,
-``client.audit``.
+``client.files``, ``client.messages``, ``client.state``, ``client.docs``,
+``client.claims``, ``client.audit``, ``client.reviews``, ``client.retention``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from datarooms.sdk._session import load_or_create_session, nio_client
 from datarooms.sdk._sync import SyncEngine
 from datarooms.sdk.audit import Audit
 from datarooms.sdk.claims import Claims
+from datarooms.sdk.docs import Docs
 from datarooms.sdk.files import Files
 from datarooms.sdk.hooks import Hooks
 from datarooms.sdk.keys import KeyManager, TrustPolicy
@@ -81,6 +82,7 @@ class DataroomsClient:
         self.telemetry = Telemetry(self)  # lazy: opens nothing until used
         self.reviews = Reviews(self)
         self.retention = Retention(self)
+        self.docs = Docs(self)  # lazy: opens nothing until used
         self._closed = False
         self._device_lock: DeviceLock | None = None
 
@@ -205,6 +207,7 @@ class DataroomsClient:
         self._closed = True
         try:
             await self.telemetry.close()
+            await self.docs.close()
             await self.state.close()
             await self._sync.close()
             await self.nio.close()

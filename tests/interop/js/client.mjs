@@ -10,6 +10,7 @@
 // the Rust crypto tracing output) goes to stderr.
 //
 // Commands: ping, login, join, wait_event, send_event, download_decrypt,
+// ydoc_catch_up, ydoc_edit, ydoc_snapshot (Yjs documents in IXO's matrix-crdt format),
 // upload_encrypted, bootstrap_cross_signing, device_status, stop; key backup:
 // restore_backup_with_recovery_key, cross_signing_from_secret_storage, setup_key_backup,
 // wait_backup_sessions; interactive
@@ -63,6 +64,15 @@ const { CryptoEvent, VerificationPhase, VerifierEvent, VerificationRequestEvent,
     "matrix-js-sdk/lib/crypto-api/index.js"
 );
 const RustCrypto = await import("@matrix-org/matrix-sdk-crypto-wasm");
+// Yjs, the CRDT IXO's matrix-crdt carries: documents in the IXO wire format
+// (matrix-crdt.doc_update / doc_snapshot / doc_snapshot_v2), read and written here.
+const Y = await import("yjs");
+const ydocs = new Map();
+const CRDT_UPDATE = "matrix-crdt.doc_update";
+const CRDT_SNAPSHOT = "matrix-crdt.doc_snapshot";
+const CRDT_SNAPSHOT_V2 = "matrix-crdt.doc_snapshot_v2";
+// IXO's olmlib.encodeBase64: Node's standard, padded base64.
+const ixoB64 = (bytes) => Buffer.from(bytes).toString("base64");
 
 logger.setLevel(process.env.INTEROP_JS_LOG_LEVEL || "info", false);
 
@@ -841,11 +851,129 @@ const handlers = {
         );
     },
 
+    // {doc, room_id, want, snapshot_only?, texts?, maps?, timeout_ms?} ->
+    //   {state_b64, sv_b64, texts, maps, snapshot_event_id, snapshot_type, updates_applied}
+    // A fresh Y.Doc `doc`, caught up the way IXO's MatrixReader does: page back to the
+    // room's creation, wait until `want` matrix-crdt events are decrypted, take the newest
+    // readable snapshot (inline, or media-backed: downloaded, SHA-256 checked, AES-CTR
+    // decrypted, its state vector checked), then apply the updates after its
+    // last_event_id. `snapshot_only`: apply the snapshot alone.
+    async ydoc_catch_up(p) {
+        need(p, "doc", "room_id", "want");
+        const c = requireClient();
+        const room = await waitJoined(p.room_id, 30000);
+        const deadline = Date.now() + (p.timeout_ms ?? 60000);
+        const tl = () => room.getLiveTimeline();
+        while (!tl().getEvents().some((e) => e.getType() === "m.room.create") && Date.now() < deadline) {
+            const before = tl().getEvents().length;
+            await c.scrollback(room, 100);
+            if (tl().getEvents().length === before && !tl().getPaginationToken("b")) break;
+        }
+        const crdt = () => tl().getEvents().filter((e) => [CRDT_UPDATE, CRDT_SNAPSHOT, CRDT_SNAPSHOT_V2].includes(e.getType()) && !e.getContent()?.doc);
+        while (crdt().length < p.want && Date.now() < deadline) await sleep(200);
+        const events = crdt();
+        if (events.length < p.want) throw new Error(`only ${events.length} of ${p.want} matrix-crdt events decrypted`);
+        const doc = new Y.Doc();
+        ydocs.set(p.doc, doc);
+        let base = null;
+        for (let i = events.length - 1; i >= 0 && !base; i--) {
+            const ev = events[i];
+            const content = ev.getContent();
+            try {
+                if (ev.getType() === CRDT_SNAPSHOT) {
+                    base = { ev, bytes: b64decode(content.update) };
+                } else if (ev.getType() === CRDT_SNAPSHOT_V2) {
+                    const file = content.file;
+                    const { server, mediaId } = parseMxc(content.mxc_url);
+                    const url = `${homeserverUrl}/_matrix/client/v1/media/download/${encodeURIComponent(server)}/${encodeURIComponent(mediaId)}`;
+                    const res = await fetch(url, { headers: { Authorization: `Bearer ${accessToken}` } });
+                    if (!res.ok) throw new Error(`media download HTTP ${res.status}`);
+                    const ciphertext = new Uint8Array(await res.arrayBuffer());
+                    if (normB64(file.hashes.sha256) !== (await sha256b64(ciphertext))) throw new Error("sha256 mismatch");
+                    const bytes = await aesCtr("decrypt", b64decode(file.key.k), b64decode(file.iv), ciphertext);
+                    const sv = Y.decodeStateVector(Y.encodeStateVectorFromUpdate(bytes));
+                    const announced = Y.decodeStateVector(b64decode(content.state_vector));
+                    const same = sv.size === announced.size && [...sv].every(([k, v]) => announced.get(k) === v);
+                    if (!same) throw new Error("state vector mismatch");
+                    if (content.size !== undefined && content.size !== bytes.length) throw new Error("size mismatch");
+                    base = { ev, bytes };
+                }
+            } catch (e) {
+                log(`snapshot ${ev.getId()} unreadable: ${e}`);
+                base = null;
+            }
+        }
+        let applied = 0;
+        if (base) Y.applyUpdate(doc, base.bytes, "remote");
+        if (!(p.snapshot_only && base)) {
+            let after = !base;
+            const last = base ? base.ev.getContent().last_event_id : null;
+            for (const ev of events) {
+                if (!after) {
+                    if (ev.getId() === last) after = true;
+                    continue;
+                }
+                if (ev.getType() !== CRDT_UPDATE) continue;
+                Y.applyUpdate(doc, b64decode(ev.getContent().update), "remote");
+                applied += 1;
+            }
+        }
+        return {
+            ...ydocState(doc, p),
+            snapshot_event_id: base ? base.ev.getId() : null,
+            snapshot_type: base ? base.ev.getType() : null,
+            updates_applied: applied,
+        };
+    },
+
+    // {doc, room_id, edits: [{text, index, insert} | {text, index, delete} | {map, key, value}]}
+    //   -> {event_id, update_b64, state_b64, ...}: one Yjs transaction, sent as IXO does.
+    async ydoc_edit(p) {
+        need(p, "doc", "room_id", "edits");
+        const doc = ydocs.get(p.doc);
+        if (!doc) throw new Error(`no document ${p.doc}: catch up first`);
+        const updates = [];
+        const onUpdate = (u, origin) => {
+            if (origin !== "remote") updates.push(u);
+        };
+        doc.on("update", onUpdate);
+        doc.transact(() => {
+            for (const e of p.edits) {
+                if (e.text !== undefined && e.insert !== undefined) doc.getText(e.text).insert(e.index, e.insert);
+                else if (e.text !== undefined && e.delete !== undefined) doc.getText(e.text).delete(e.index, e.delete);
+                else if (e.map !== undefined) doc.getMap(e.map).set(e.key, e.value);
+                else throw new Error(`unknown edit ${JSON.stringify(e)}`);
+            }
+        }, "local");
+        doc.off("update", onUpdate);
+        const update = Y.mergeUpdates(updates);
+        const sent = await handlers.send_event({ room_id: p.room_id, type: CRDT_UPDATE, content: { update: ixoB64(update) } });
+        return { event_id: sent.event_id, encrypted: sent.encrypted, update_b64: ixoB64(update), ...ydocState(doc, p) };
+    },
+
+    // {doc, room_id, last_event_id} -> {event_id}: an inline snapshot (IXO's legacy one).
+    async ydoc_snapshot(p) {
+        need(p, "doc", "room_id", "last_event_id");
+        const doc = ydocs.get(p.doc);
+        if (!doc) throw new Error(`no document ${p.doc}`);
+        const content = { update: ixoB64(Y.encodeStateAsUpdate(doc)), last_event_id: p.last_event_id };
+        const sent = await handlers.send_event({ room_id: p.room_id, type: CRDT_SNAPSHOT, content });
+        return { event_id: sent.event_id };
+    },
+
     async stop() {
         await shutdown(false);
         return { stopped: true };
     },
 };
+
+function ydocState(doc, p) {
+    const texts = {};
+    for (const t of p.texts ?? []) texts[t] = doc.getText(t).toString();
+    const maps = {};
+    for (const m of p.maps ?? []) maps[m] = doc.getMap(m).toJSON();
+    return { state_b64: ixoB64(Y.encodeStateAsUpdate(doc)), sv_b64: ixoB64(Y.encodeStateVector(doc)), texts, maps };
+}
 
 let stopping = false;
 async function shutdown(exit) {

@@ -81,6 +81,9 @@ TOOLS: dict[str, ToolSpec] = {
     "list_claims": ToolSpec("read"),
     "verify_claim": ToolSpec("read"),
     "issue_claim": ToolSpec("write", explicit=True),
+    # collaborative documents (CRDT, IXO matrix-crdt format)
+    "read_document": ToolSpec("read"),
+    "edit_document": ToolSpec("write"),
 }
 
 

@@ -322,6 +322,8 @@ def _instructions(rt: AgentRuntime) -> str:
         "wait_for_messages (pass back its cursor).",
         "Telemetry is time series: telemetry_series lists a room's metrics, query_telemetry "
         "returns raw samples, aggregate_telemetry per-bucket count/min/max/mean/last.",
+        "Collaborative documents (CRDT): read_document returns one as JSON, edit_document "
+        "sets a path in it (merged with concurrent edits).",
         "Calls outside these capabilities fail with DR_CAPABILITY and name what is missing.",
     ]
     if p.description:

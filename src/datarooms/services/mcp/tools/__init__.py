@@ -1,5 +1,5 @@
 """The MCP tools: thin over the SDK (``client.rooms``, ``.records``, ``.state``, ``.files``,
-``.messages``, ``.telemetry``, ``.claims``), one module per feature.
+``.messages``, ``.telemetry``, ``.claims``, ``.docs``), one module per feature.
 
 Every tool is a method of :class:`AgentTools`; its name is the method's name,
 its description the docstring, its JSON Schema the signature. The server registers
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datarooms.services.mcp.tools._common import _DESTRUCTIVE, _READ, _WRITE, ANNOTATIONS
 from datarooms.services.mcp.tools.claims import ClaimTools
+from datarooms.services.mcp.tools.documents import DocumentTools
 from datarooms.services.mcp.tools.files import FileTools, file_uri
 from datarooms.services.mcp.tools.messages import MessageTools
 from datarooms.services.mcp.tools.records import RecordTools
@@ -27,7 +28,14 @@ from datarooms.services.mcp.tools.telemetry import (
 
 
 class AgentTools(
-    RoomTools, MessageTools, RecordTools, FileTools, StateTools, TelemetryTools, ClaimTools
+    RoomTools,
+    MessageTools,
+    RecordTools,
+    FileTools,
+    StateTools,
+    TelemetryTools,
+    ClaimTools,
+    DocumentTools,
 ):
     """The tools one agent calls; ``rt`` holds its device and policy."""
 

@@ -8,7 +8,6 @@ embedders use it directly); :class:`AutomationService` is the platform service.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -85,6 +84,7 @@ class AutomationBot:
         self._invites: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._invite_hook: Subscription | None = None
         self._join_task: asyncio.Task[None] | None = None
+        self._joins: set[asyncio.Task[None]] = set()
         self.port: int | None = None
 
     @property
@@ -123,11 +123,14 @@ class AutomationBot:
         if self._invite_hook is not None:
             self._invite_hook.cancel()
             self._invite_hook = None
-        if self._join_task is not None:
-            self._join_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._join_task
-            self._join_task = None
+        tasks = [t for t in (self._join_task, *self._joins) if t is not None]
+        self._join_task = None
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            # A join under way may outlive its cancellation (it waits on sync and on
+            # key sharing); it is not waited for past 5 s.
+            await asyncio.wait(tasks, timeout=5)
         await self._http.stop()
         await self.deliverer.stop()
         if self._own_client:
@@ -154,15 +157,19 @@ class AutomationBot:
             if ":" not in inviter or server_of(inviter) != own_server:
                 log.info("ignoring an invite from another server", extra={"room": room_id})
                 continue
-            try:
-                await self.client.rooms.join(room_id)
-                log.info("joined a room on invite", extra={"room": room_id, "inviter": inviter})
-                self.deliverer.wake()
-            except DataroomsError as exc:
-                log.warning(
-                    "could not join a room on invite",
-                    extra={"room": room_id, "error": exc.message},
-                )
+            join = asyncio.create_task(self._join(room_id, inviter), name="automation-join-one")
+            self._joins.add(join)
+            join.add_done_callback(self._joins.discard)
+
+    async def _join(self, room_id: str, inviter: str) -> None:
+        try:
+            await self.client.rooms.join(room_id)
+            log.info("joined a room on invite", extra={"room": room_id, "inviter": inviter})
+            self.deliverer.wake()
+        except DataroomsError as exc:
+            log.warning(
+                "could not join a room on invite", extra={"room": room_id, "error": exc.message}
+            )
 
 
 class AutomationService(BotService["AutomationBot"]):

@@ -20,6 +20,7 @@ from datarooms.config import AutomationSettings, Settings
 from datarooms.errors import DataroomsError, PlatformError
 from datarooms.ids import server_of
 from datarooms.sdk.automation import Deliverer, HookOutbox, HookRegistry, OutboxRow
+from datarooms.sdk.automation.alerts import AlertWatcher
 from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.hooks import MembershipChanged, Subscription
 from datarooms.services import scaffold
@@ -67,6 +68,8 @@ class AutomationBot:
             lambda: self.outbox.counts()["pending"], lambda: self.outbox.counts()["failed"]
         )
         self.deliverer = Deliverer(client, outbox, on_sent=self._sent)
+        #: The alert rules of the rooms the bot is in, run on their telemetry.
+        self.alerts = AlertWatcher(client)
         self.app: FastAPI
         self.app, self._asgi = build_asgi(
             registry,
@@ -85,6 +88,7 @@ class AutomationBot:
         self._invite_hook: Subscription | None = None
         self._join_task: asyncio.Task[None] | None = None
         self._joins: set[asyncio.Task[None]] = set()
+        self._watched: set[str] = set()
         self.port: int | None = None
 
     @property
@@ -108,13 +112,16 @@ class AutomationBot:
             self.port = int(sock.getsockname()[1])
             self.client.start_sync()
             self.deliverer.start()
+            self.alerts.start()
             await self._http.start(sock)
         except BaseException:
             sock.close()
             await self.stop()
             raise
+        for room_id in self.client.joined_rooms():
+            self._watch(room_id)
+        self._invite_hook = self.client.hooks.on(MembershipChanged, self._on_membership)
         if self.config.auto_join:
-            self._invite_hook = self.client.hooks.on(MembershipChanged, self._on_membership)
             self._join_task = asyncio.create_task(self._auto_join(), name="automation-join")
         log.info("automation service listening", extra={"url": self.url})
         return self.url
@@ -132,6 +139,7 @@ class AutomationBot:
             # key sharing); it is not waited for past 5 s.
             await asyncio.wait(tasks, timeout=5)
         await self._http.stop()
+        await self.alerts.stop()
         await self.deliverer.stop()
         if self._own_client:
             await self.client.close()
@@ -139,8 +147,29 @@ class AutomationBot:
             await self.client.stop_sync()
 
     def _on_membership(self, change: MembershipChanged) -> None:
-        if change.own and change.membership == "invite":
+        if change.own and change.membership == "invite" and self.config.auto_join:
             self._invites.put_nowait((change.room_id, change.sender))
+        elif change.own and change.membership == "join":
+            self._watch(change.room_id)
+
+    def _watch(self, room_id: str) -> None:
+        """Run the room's alert rules (loaded in a task of its own)."""
+        if room_id in self._watched:
+            return
+        self._watched.add(room_id)
+
+        async def watch() -> None:
+            try:
+                await self.alerts.watch(room_id)
+            except DataroomsError as exc:
+                log.warning(
+                    "could not load a room's alert rules",
+                    extra={"room": room_id, "error": exc.message},
+                )
+
+        task = asyncio.create_task(watch(), name="automation-watch")
+        self._joins.add(task)
+        task.add_done_callback(self._joins.discard)
 
     async def _auto_join(self) -> None:
         """Join rooms a user of our own homeserver invites us to (hooks name rooms;

@@ -53,6 +53,7 @@ class AlertWatcher:
         *,
         tick_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
+        on_alert: Callable[[str, str, dict[str, Any]], Any] | None = None,
     ) -> None:
         self.client = client
         self.engines: dict[str, RuleEngine] = {}
@@ -65,6 +66,8 @@ class AlertWatcher:
         self._ticker: asyncio.Task[None] | None = None
         self._hook: Subscription | None = None
         self._post_lock = asyncio.Lock()
+        #: ``(room_id, text, alert)`` after each alert posted (the forwarding out).
+        self.on_alert = on_alert
 
     def start(self) -> None:
         if self._hook is None:
@@ -124,9 +127,10 @@ class AlertWatcher:
                         await self._post(room_id, out)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a lagging subscriber: catch up and go on
+            except Exception as exc:  # a lagging subscriber, a failed post: go on
                 log.warning(
                     "alert rules: telemetry subscription restarted",
+                    exc_info=True,
                     extra={"room": room_id, "error": str(exc)},
                 )
                 await asyncio.sleep(1)
@@ -164,6 +168,13 @@ class AlertWatcher:
                     },
                 }
                 event_id = await self.client.send(room_id, "m.room.message", content)
+                if self.on_alert is not None:
+                    try:
+                        self.on_alert(
+                            room_id, str(content["body"]), {"rule": name, "status": status}
+                        )
+                    except Exception:
+                        log.exception("forwarding an alert failed", extra={"room": room_id})
                 if status != "resolved":
                     self.alerts[str(event_id)] = (room_id, name, [t.series for t in items])
 

@@ -21,6 +21,7 @@ from datarooms.errors import DataroomsError, PlatformError
 from datarooms.ids import server_of
 from datarooms.sdk.automation import Deliverer, HookOutbox, HookRegistry, OutboxRow
 from datarooms.sdk.automation.alerts import AlertWatcher
+from datarooms.sdk.automation.forward import Notifier
 from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.hooks import MembershipChanged, Subscription
 from datarooms.services import scaffold
@@ -58,6 +59,7 @@ class AutomationBot:
         *,
         config: AutomationSettings | None = None,
         own_client: bool = False,
+        forward_db: Path | None = None,
     ) -> None:
         self.client = client
         self.registry = registry
@@ -69,7 +71,9 @@ class AutomationBot:
         )
         self.deliverer = Deliverer(client, outbox, on_sent=self._sent)
         #: The alert rules of the rooms the bot is in, run on their telemetry.
-        self.alerts = AlertWatcher(client)
+        #: Notifications out of Matrix (docs/automation.md, "Notifications out").
+        self.notifier = Notifier(client, forward_db or outbox.path.with_name("forward.db"))
+        self.alerts = AlertWatcher(client, on_alert=self.notifier.notify)
         self.app: FastAPI
         self.app, self._asgi = build_asgi(
             registry,
@@ -113,6 +117,7 @@ class AutomationBot:
             self.client.start_sync()
             self.deliverer.start()
             self.alerts.start()
+            self.notifier.start()
             await self._http.start(sock)
         except BaseException:
             sock.close()
@@ -140,6 +145,7 @@ class AutomationBot:
             await asyncio.wait(tasks, timeout=5)
         await self._http.stop()
         await self.alerts.stop()
+        await self.notifier.stop()
         await self.deliverer.stop()
         if self._own_client:
             await self.client.close()

@@ -4,7 +4,6 @@ the summary line leaves; a receiver that fails is retried, then reported."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from aiohttp import web
 from datarooms import DataroomsClient
 from datarooms.errors import AccessDeniedError
 from datarooms.homeserver.embedded import free_port
-from datarooms.sdk.automation.forward import FORWARDING, declare, declared
+from datarooms.sdk.automation.forward import FORWARDING, declarations, declare, declared
 from datarooms.sdk.automation.rules import RULE_KEY_PREFIX, rule_schema
 from datarooms.testing import TestHomeserver
 from tests._automation import room_with_bot, start_service
@@ -50,7 +49,7 @@ async def test_forwarding_needs_an_admin_declaration_sends_the_summary_and_retri
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     url = f"http://127.0.0.1:{port}/hook"
-    _ctx, svc, _ = await start_service(homeserver, tmp_path / "data")
+    _ctx, svc, _ = await start_service(homeserver, tmp_path / "data", notify_attempts=4)
     assert svc.bot is not None
     try:
         room = await room_with_bot(alice, svc)
@@ -66,6 +65,9 @@ async def test_forwarding_needs_an_admin_declaration_sends_the_summary_and_retri
         assert "hook" not in str(content)  # the URL's path (its secret part) is not in state
         await until(lambda: "ops" in declared(svc.bot.client, room), 30, "the declaration")
         assert svc.bot.client.rooms.view(room).required(FORWARDING) == 100
+        await bob.sync_once()
+        forwards, sender, in_force = declarations(bob, room)  # what `room members` shows
+        assert (list(forwards), sender, in_force) == (["ops"], alice.user_id, True)
 
         name, schema = rule_schema()
         await alice.records.publish_schema(room, name, schema)
@@ -102,7 +104,6 @@ async def test_forwarding_needs_an_admin_declaration_sends_the_summary_and_retri
     finally:
         await svc.stop()
         await runner.cleanup()
-    _ = asyncio
 
 
 class _Empty:

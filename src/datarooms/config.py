@@ -376,9 +376,14 @@ class AutomationSettings:
     replay_window_seconds: float = 300.0
     #: Accept room invites from users of this homeserver by itself.
     auto_join: bool = True
+    #: Attempts at an outbound notification (backoff 0.5 s doubling) before it is
+    #: reported failed.
+    notify_attempts: int = 6
 
     def check(self) -> None:
         _check_port("automation.port", self.port)
+        if not 1 <= self.notify_attempts <= 100:
+            raise ConfigError("automation.notify_attempts must be between 1 and 100")
         if self.max_body_bytes < 1024 or self.max_body_bytes > 64 * 1024 * 1024:
             raise ConfigError(
                 "automation.max_body_bytes must be between 1024 and 67108864, "

@@ -103,6 +103,20 @@ async def _put_state(client: DataroomsClient, room_id: str, kind: str, content: 
     await client.sync_once()
 
 
+def declarations(client: DataroomsClient, room_id: str) -> tuple[dict[str, Any], str | None, bool]:
+    """What the room's state declares, who declared it, and whether it counts (its
+    sender is an admin now and the room requires admin power for it): for reviews."""
+    content = client.index.state(room_id, FORWARDING) or {}
+    sender = client.index.state_sender(room_id, FORWARDING)
+    forwards = content.get("forwards")
+    forwards = dict(forwards) if isinstance(forwards, dict) else {}
+    if not sender:
+        return forwards, None, False
+    view = client.rooms.view(room_id)
+    ok = view.access(sender) == "admin" and view.required(FORWARDING) >= ADMIN
+    return forwards, sender, ok
+
+
 def declared(client: DataroomsClient, room_id: str) -> dict[str, dict[str, Any]]:
     """The forwards the room declares, if an admin declared them and the room requires
     admin power for the declaration; else nothing."""

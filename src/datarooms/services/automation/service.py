@@ -72,7 +72,11 @@ class AutomationBot:
         self.deliverer = Deliverer(client, outbox, on_sent=self._sent)
         #: The alert rules of the rooms the bot is in, run on their telemetry.
         #: Notifications out of Matrix (docs/automation.md, "Notifications out").
-        self.notifier = Notifier(client, forward_db or outbox.path.with_name("forward.db"))
+        self.notifier = Notifier(
+            client,
+            forward_db or outbox.path.with_name("forward.db"),
+            max_attempts=self.config.notify_attempts,
+        )
         self.alerts = AlertWatcher(client, on_alert=self.notifier.notify)
         self.app: FastAPI
         self.app, self._asgi = build_asgi(

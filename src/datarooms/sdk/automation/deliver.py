@@ -77,7 +77,11 @@ class Deliverer:
                 await t
 
     async def _loop(self) -> None:
+        pruned = 0.0
         while True:
+            if time.monotonic() - pruned > 3600:  # sent deliveries (and dedupe keys) > 1 day
+                pruned = time.monotonic()
+                await asyncio.to_thread(self.outbox.prune)
             self._wake.clear()
             rows = await asyncio.to_thread(self.outbox.pending)
             rooms = {r.room_id for r in rows}

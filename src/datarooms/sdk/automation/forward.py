@@ -36,13 +36,13 @@ import aiohttp
 
 from datarooms._sqlite import connect, migrate, transaction
 from datarooms.errors import AccessDeniedError, HomeserverError, ValidationError
+from datarooms.events import FORWARDING
 
 if TYPE_CHECKING:
     from datarooms.sdk.client import DataroomsClient
 
 log = logging.getLogger(__name__)
 
-FORWARDING = "io.datarooms.forwarding"
 KINDS = ("json", "slack")
 ADMIN = 100
 

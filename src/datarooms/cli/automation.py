@@ -16,8 +16,15 @@ import typer
 from datarooms.cli._common import console, print_json, state
 from datarooms.config import Settings
 from datarooms.errors import ValidationError
-from datarooms.sdk.automation import AUTH_METHODS, FORMATS, TARGETS, Hook, HookRegistry
-from datarooms.services.automation import hook_url, registry_path, running_url
+from datarooms.sdk.automation.registry import (
+    AUTH_METHODS,
+    FORMATS,
+    TARGETS,
+    Hook,
+    HookRegistry,
+    hook_url,
+    registry_path,
+)
 
 hook_app = typer.Typer(
     help="Inbound webhooks into rooms: add, list, rotate (the secret), remove.",
@@ -33,7 +40,7 @@ def _registry(ctx: typer.Context) -> tuple[Settings, HookRegistry]:
 
 
 def _base_url(settings: Settings) -> str:
-    running = running_url(settings)
+    running = settings.running_url("automation")  # the service's run file
     if running:
         return running
     a = settings.automation

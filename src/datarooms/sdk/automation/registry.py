@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from datarooms._sqlite import connect, migrate, transaction
+from datarooms.config import Settings
 from datarooms.errors import NotFoundError, ValidationError
 from datarooms.ids import room_id as check_room_id
 
@@ -119,6 +120,15 @@ def check_hook(
             )
     if len(template) > 4096:
         raise ValidationError("a template is at most 4096 characters")
+
+
+def registry_path(settings: Settings) -> Path:
+    """``<data_dir>/automation/hooks.db``: the hooks and their secrets (mode 0600)."""
+    return settings.automation_dir / "hooks.db"
+
+
+def hook_url(base_url: str, hook_id: str) -> str:
+    return f"{base_url.rstrip('/')}/hooks/{hook_id}"
 
 
 class HookRegistry:

@@ -22,6 +22,7 @@ from datarooms.ids import server_of
 from datarooms.sdk.automation import Deliverer, HookOutbox, HookRegistry, OutboxRow
 from datarooms.sdk.automation.alerts import AlertWatcher
 from datarooms.sdk.automation.forward import Notifier
+from datarooms.sdk.automation.registry import hook_url, registry_path
 from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.hooks import MembershipChanged, Subscription
 from datarooms.services import scaffold
@@ -35,17 +36,8 @@ log = logging.getLogger(__name__)
 NAME = "automation"
 
 
-def registry_path(settings: Settings) -> Path:
-    """``<data_dir>/automation/hooks.db``: the hooks and their secrets (mode 0600)."""
-    return settings.automation_dir / "hooks.db"
-
-
 def outbox_path(settings: Settings) -> Path:
     return settings.automation_dir / "outbox.db"
-
-
-def hook_url(base_url: str, hook_id: str) -> str:
-    return f"{base_url.rstrip('/')}/hooks/{hook_id}"
 
 
 class AutomationBot:

@@ -2,9 +2,10 @@
 
 A webhook request goes through, in order, before anything is stored:
 
-1. the hook exists (``404 DR_UNKNOWN_HOOK``), its rate limit allows it (``429
-   M_LIMIT_EXCEEDED`` with ``Retry-After``), and for the ``token`` method the token
-   is right (``401 DR_BAD_SIGNATURE``): all from the headers, before the body is read;
+1. the hook exists (``404 DR_UNKNOWN_HOOK``), for the ``token`` method the token is
+   right (``401 DR_BAD_SIGNATURE``; before the rate limit, so a stranger cannot spend
+   the hook's budget), and its rate limit allows it (``429 M_LIMIT_EXCEEDED`` with
+   ``Retry-After``): all from the headers, before the body is read;
 2. the body is read with the cap (``413 M_TOO_LARGE``);
 3. the signature of the ``github`` and ``hmac`` methods (``401 DR_BAD_SIGNATURE``,
    ``401 DR_STALE_TIMESTAMP``);
@@ -127,6 +128,14 @@ def build_asgi(
             raise Refusal(
                 404, "DR_UNKNOWN_HOOK", "no such hook; see `datarooms hook list` for its URL"
             )
+        # A wrong token is refused before it can spend the hook's rate limit.
+        if hook.auth == "token":
+            presented = bearer_token(scope) or header(scope, TOKEN_HEADER.lower().encode())
+            try:
+                verify_token(hook.secret, presented)
+            except Exception:
+                metrics.hooks.labels(hook.format, "refused").inc()
+                raise
         wait = buckets.take(hook.hook_id)
         if wait > 0:
             raise Refusal(
@@ -135,13 +144,6 @@ def build_asgi(
                 f"this hook sends faster than {rate_per_hook:g} requests/s; retry later",
                 {"Retry-After": str(max(1, round(wait)))},
             )
-        if hook.auth == "token":
-            presented = bearer_token(scope) or header(scope, TOKEN_HEADER.lower().encode())
-            try:
-                verify_token(hook.secret, presented)
-            except Exception:
-                metrics.hooks.labels(hook.format, "refused").inc()
-                raise
         scope["state"]["hook"] = hook
 
     def count(scope: Scope, status: int, seconds: float) -> None:

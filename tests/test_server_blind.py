@@ -85,3 +85,48 @@ async def test_no_claim_or_evidence_plaintext_on_the_homeserver(  # type: ignore
     secret = [*markers.values(), saved.cid, saved.credential["proof"]["proofValue"]]
     hits = _scan(homeserver, secret)
     assert hits == [], hits
+
+
+async def test_webhooks_reach_the_homeserver_only_encrypted(  # type: ignore[no-untyped-def]
+    homeserver: TestHomeserver, tmp_path: Path, open_client
+) -> None:
+    """What inbound webhooks carry (issue 16) is encrypted before the homeserver sees it."""
+    import json
+
+    import aiohttp
+
+    from datarooms.sdk.automation import HookRegistry
+    from datarooms.services.automation import registry_path
+    from tests._automation import hook_messages, room_with_bot, start_service
+    from tests._wait import until
+
+    alice = await open_client(await homeserver.new_user("alice"))
+    ctx, svc, url = await start_service(homeserver, tmp_path / "data")
+    tag = uuid.uuid4().hex[:12]
+    try:
+        room = await room_with_bot(alice, svc)
+        reg = HookRegistry(registry_path(ctx.settings))
+        message = reg.add(room, template="${text}")
+        record = reg.add(room, target="record", template="hook.${k}")
+        reg.close()
+        async with aiohttp.ClientSession() as s:
+            for hook, body in (
+                (message, {"text": f"HOOK-MESSAGE-{tag}"}),
+                (record, {"k": f"HOOK-KEY-{tag}", "v": f"HOOK-VALUE-{tag}"}),
+            ):
+                async with s.post(
+                    f"{url}/hooks/{hook.hook_id}",
+                    data=json.dumps(body),
+                    headers={"Authorization": f"Bearer {hook.secret}"},
+                ) as r:
+                    assert r.status == 202
+        assert svc.bot is not None
+        box = svc.bot.outbox
+        await until(lambda: box.counts()["sent"] == 2, 60, "the hooks to be delivered")
+        assert [c["body"] for c in await hook_messages(alice, room)] == [f"HOOK-MESSAGE-{tag}"]
+        got = await alice.records.get(room, f"hook.HOOK-KEY-{tag}")
+        assert got.value["v"] == f"HOOK-VALUE-{tag}"
+    finally:
+        await svc.stop()
+    hits = _scan(homeserver, [f"HOOK-MESSAGE-{tag}", f"HOOK-KEY-{tag}", f"HOOK-VALUE-{tag}"])
+    assert hits == [], hits

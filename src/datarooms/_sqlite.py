@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from datarooms._fs import PRIVATE_FILE, private_dir, private_file
@@ -46,3 +47,17 @@ def migrate(db: sqlite3.Connection, migrations: Sequence[str]) -> None:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception) on an autocommit
+    connection: the write lock is taken up front, so two writers never deadlock on an
+    upgrade, and the block is durable when it returns (with ``synchronous=FULL``)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

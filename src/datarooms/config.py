@@ -406,6 +406,48 @@ class ChainSettings:
             raise ConfigError(f"chain.block_interval must be positive, got {self.block_interval}")
 
 
+#: The largest webhook body the automation service accepts by default.
+AUTOMATION_MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class AutomationSettings:
+    """``[automation]``: the automation service, inbound webhooks (docs/automation.md)."""
+
+    #: Listen address; loopback unless senders reach it through a proxy.
+    host: str = "127.0.0.1"
+    #: Listen port; 0 picks a free one.
+    port: int = 8014
+    #: The bot account's localpart (its own E2EE device posts into the rooms).
+    localpart: str = "automation"
+    #: The largest request body accepted (413 above it).
+    max_body_bytes: int = AUTOMATION_MAX_BODY_BYTES
+    #: Requests per second a hook may send, after a burst of ``burst`` (429 above it).
+    rate_per_hook: float = 20.0
+    burst: float = 100.0
+    #: How far a signed timestamp (the ``hmac`` method) may be from now, in seconds.
+    replay_window_seconds: float = 300.0
+    #: Accept room invites from users of this homeserver by itself.
+    auto_join: bool = True
+    #: Attempts at an outbound notification (backoff 0.5 s doubling) before it is
+    #: reported failed.
+    notify_attempts: int = 6
+
+    def check(self) -> None:
+        _check_port("automation.port", self.port)
+        if not 1 <= self.notify_attempts <= 100:
+            raise ConfigError("automation.notify_attempts must be between 1 and 100")
+        if self.max_body_bytes < 1024 or self.max_body_bytes > 64 * 1024 * 1024:
+            raise ConfigError(
+                "automation.max_body_bytes must be between 1024 and 67108864, "
+                f"got {self.max_body_bytes}"
+            )
+        if self.rate_per_hook <= 0 or self.burst < 1:
+            raise ConfigError("automation.rate_per_hook must be > 0 and automation.burst >= 1")
+        if not 1 <= self.replay_window_seconds <= 86400:
+            raise ConfigError("automation.replay_window_seconds must be between 1 and 86400")
+
+
 @dataclass(frozen=True)
 class McpPlatformSettings:
     """``[mcp]`` of datarooms.toml: where ``datarooms up`` serves MCP (agents and the rest
@@ -441,7 +483,7 @@ class Settings:
     #: Which devices receive room keys: all, cross-signed (the spec's advice) or verified.
     trust_policy: str = "cross-signed"
     #: Which services `datarooms up` starts: "all", "none", or a comma-separated list of
-    #: devchain, roomsbot, statebot, claims, mcp.
+    #: devchain, roomsbot, statebot, claims, mcp, automation.
     services: str = "all"
     homeserver: HomeserverSettings = field(default_factory=HomeserverSettings)
     account: AccountSettings = field(default_factory=AccountSettings)
@@ -450,6 +492,7 @@ class Settings:
     roomsbot: RoomsBotSettings = field(default_factory=RoomsBotSettings)
     chain: ChainSettings = field(default_factory=ChainSettings)
     mcp: McpPlatformSettings = field(default_factory=McpPlatformSettings)
+    automation: AutomationSettings = field(default_factory=AutomationSettings)
     federation: FederationSettings = field(default_factory=FederationSettings)
     #: The file these settings were read from, if any.
     config_file: Path | None = None
@@ -471,6 +514,11 @@ class Settings:
     @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
+
+    @property
+    def automation_dir(self) -> Path:
+        """``<data_dir>/automation``: the hooks registry and the webhook outbox."""
+        return self.data_dir / "automation"
 
     @property
     def synapse_dir(self) -> Path:
@@ -510,6 +558,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "roomsbot": RoomsBotSettings,
     "chain": ChainSettings,
     "mcp": McpPlatformSettings,
+    "automation": AutomationSettings,
     "federation": FederationSettings,
 }
 #: Typed sections whose ``DATAROOMS_<SECTION>_*`` namespace other tools share (the CLI's
@@ -517,11 +566,11 @@ _SECTIONS: dict[str, type[Any]] = {
 _SHARED_ENV = frozenset({"statebot", "claims", "roomsbot", "chain", "mcp"})
 _TOP_LEVEL = {"data_dir", "log_level", "trust_policy", "services"}
 #: The services `datarooms up` can run, in start order.
-PLATFORM_SERVICES = ("devchain", "roomsbot", "statebot", "claims", "mcp")
+PLATFORM_SERVICES = ("devchain", "roomsbot", "statebot", "claims", "mcp", "automation")
 #: Tables accepted as they are, for the code that reads them.
 RAW_SECTIONS = ("devchain", "telemetry")
 #: Every section of the config file that belongs to a service, typed or not.
-SERVICE_SECTIONS = ("statebot", "claims", "mcp", "roomsbot", "chain", *RAW_SECTIONS)
+SERVICE_SECTIONS = ("statebot", "claims", "mcp", "roomsbot", "chain", "automation", *RAW_SECTIONS)
 
 
 def load_settings(
@@ -741,7 +790,7 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
     if s.account.user_id and not (s.account.user_id.startswith("@") and ":" in s.account.user_id):
         raise ConfigError(f"account.user_id must look like @name:server, got {s.account.user_id!r}")
-    for section in (s.statebot, s.claims, s.roomsbot, s.chain, s.mcp):
+    for section in (s.statebot, s.claims, s.roomsbot, s.chain, s.mcp, s.automation):
         section.check()
     s.federation.check(hs.server_name)
     if s.federation.enabled and hs.mode == "external":

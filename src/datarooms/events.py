@@ -329,7 +329,36 @@ CLAIM_SCHEMA: dict[str, Any] = {
 }
 
 
+#: A room that forwards outside Matrix says so (state event, state_key ""; docs/automation.md).
+FORWARDING = "io.datarooms.forwarding"
+FORWARDING_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://datarooms.io/schemas/io.datarooms.forwarding.json",
+    "title": "io.datarooms.forwarding (state event, not encrypted)",
+    "description": "Declared by a room admin: the room's alert summaries are forwarded outside "
+    "Matrix, leaving end-to-end encryption. Only each destination's host is here (a webhook "
+    "URL is a secret); the automation service holds the URLs. It counts only when its sender "
+    "is an admin and the room requires admin power for this event type.",
+    "type": "object",
+    "required": ["forwards"],
+    "properties": {
+        "forwards": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["kind", "destination"],
+                "properties": {
+                    "kind": {"enum": ["json", "slack"]},
+                    "destination": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "summary_only": {"type": "boolean"},
+                },
+            },
+        }
+    },
+}
+
 ALL_SCHEMAS = {
+    FORWARDING: FORWARDING_SCHEMA,
     RECORD: RECORD_SCHEMA,
     ROOM_INFO: ROOM_INFO_SCHEMA,
     SCHEMA: SCHEMA_EVENT_SCHEMA,

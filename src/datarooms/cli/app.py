@@ -119,6 +119,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "group",
         "AI agents of the MCP server: who they are and what they may do.",
     ),
+    "hook": (
+        "datarooms.cli.automation",
+        "hook_app",
+        "group",
+        "Inbound webhooks into rooms: add, list, rotate (the secret), remove.",
+    ),
 }
 
 
@@ -281,6 +287,10 @@ def platform_services(settings: Settings) -> list[Service]:
         from datarooms.services.mcp import McpService
 
         services.append(McpService(port=mcp_port))
+    if "automation" in wanted:
+        from datarooms.services.automation import AutomationService
+
+        services.append(AutomationService())
     return services
 
 

@@ -157,6 +157,7 @@ def room_members(ctx: typer.Context, room: RoomArg) -> None:
             )
         console.print(table)
         _print_servers(c, rid)
+        _print_forwarding(c, rid)
 
     with_client(ctx, go)
 
@@ -399,6 +400,22 @@ def room_review_schedule(
             echo(f"{rid}: access review every {sched.interval_days} days")
 
     with_client(ctx, go)
+
+
+def _print_forwarding(c: DataroomsClient, rid: str) -> None:
+    """A room that forwards outside Matrix says so (io.datarooms.forwarding)."""
+    from datarooms.sdk.automation.forward import declarations
+
+    forwards, sender, ok = declarations(c, rid)
+    if not forwards:
+        echo("forwarding outside Matrix: none")
+        return
+    echo(
+        "forwarding outside Matrix (alert summaries leave end-to-end encryption), declared by "
+        f"{sender}" + ("" if ok else " (NOT in force: not an admin's declaration)") + ":"
+    )
+    for fid, f in sorted(forwards.items()):
+        echo(f"  {fid}: {f.get('kind')} to {f.get('destination')}")
 
 
 def _print_servers(c: DataroomsClient, rid: str) -> None:

@@ -1,0 +1,186 @@
+"""``datarooms hook add|list|rotate|remove``: the inbound webhooks of this data dir.
+
+The hooks live in ``<data_dir>/automation/hooks.db`` (mode 0600), which the running
+automation service reads on every request: a new, rotated or removed hook takes effect
+at once. A hook's secret is printed once, by ``add`` and ``rotate``; nothing shows it
+again.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from datarooms.cli._common import console, print_json, state
+from datarooms.config import Settings
+from datarooms.errors import ValidationError
+from datarooms.sdk.automation.registry import (
+    AUTH_METHODS,
+    FORMATS,
+    TARGETS,
+    Hook,
+    HookRegistry,
+    hook_url,
+    registry_path,
+)
+
+hook_app = typer.Typer(
+    help="Inbound webhooks into rooms: add, list, rotate (the secret), remove.",
+    no_args_is_help=True,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
+
+
+def _registry(ctx: typer.Context) -> tuple[Settings, HookRegistry]:
+    settings = state(ctx).settings()
+    return settings, HookRegistry(registry_path(settings))
+
+
+def _base_url(settings: Settings) -> str:
+    running = settings.running_url("automation")  # the service's run file
+    if running:
+        return running
+    a = settings.automation
+    shown = f"[{a.host}]" if ":" in a.host else a.host
+    return f"http://{shown}:{a.port}"
+
+
+def _bot_user(settings: Settings) -> str:
+    return f"@{settings.automation.localpart}:{settings.homeserver.server_name}"
+
+
+def _shown(settings: Settings, hook: Hook, *, secret: bool) -> dict[str, Any]:
+    out = hook.public()
+    out["url"] = hook_url(_base_url(settings), hook.hook_id)
+    if secret:
+        out["secret"] = hook.secret
+    return out
+
+
+def _print_secret(settings: Settings, hook: Hook, as_json: bool, verb: str) -> None:
+    shown = _shown(settings, hook, secret=True)
+    if as_json:
+        print_json(shown)
+        return
+    console.print(f"{verb} hook [bold]{hook.hook_id}[/] ({hook.format} -> {hook.target})")
+    console.print(f"  URL:    {shown['url']}", markup=False, highlight=False)
+    console.print(f"  secret: {hook.secret}", markup=False, highlight=False)
+    console.print(
+        "  The secret is shown this once; `datarooms hook rotate` gives a new one.",
+        style="yellow",
+    )
+    console.print(
+        f"  The automation bot {_bot_user(settings)} posts into {hook.room_id}: "
+        "invite it to the room if it is not a member.",
+        markup=False,
+    )
+
+
+@hook_app.command("add")
+def add(
+    ctx: typer.Context,
+    room_id: Annotated[str, typer.Argument(help="The room the hook posts into (!id:server)")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help=f"Payload format: {', '.join(FORMATS)}")
+    ] = "generic",
+    auth: Annotated[
+        str,
+        typer.Option(
+            "--auth",
+            help=f"Verification: {', '.join(AUTH_METHODS)} [default: github or token]",
+        ),
+    ] = "",
+    target: Annotated[
+        str, typer.Option("--target", "-t", help=f"What it becomes: {', '.join(TARGETS)}")
+    ] = "message",
+    template: Annotated[
+        str,
+        typer.Option(
+            "--template", help="Message template, or record key template: '${path.to[0].x}'"
+        ),
+    ] = "",
+    mapping: Annotated[
+        str,
+        typer.Option(
+            "--mapping",
+            help='JSON: record {"value": path}; telemetry {"metric", "value", ...}',
+        ),
+    ] = "",
+    name: Annotated[str, typer.Option("--name", help="A label for `hook list`")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a hook; prints its URL and its secret (once)."""
+    try:
+        parsed = json.loads(mapping) if mapping else {}
+    except ValueError as exc:
+        raise ValidationError(f"--mapping is not JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ValidationError("--mapping must be a JSON object")
+    settings, registry = _registry(ctx)
+    try:
+        hook = registry.add(
+            room_id,
+            format=format,
+            auth=auth or ("github" if format == "github" else "token"),
+            target=target,
+            template=template,
+            mapping=parsed,
+            name=name,
+        )
+    finally:
+        registry.close()
+    _print_secret(settings, hook, as_json, "added")
+
+
+@hook_app.command("list")
+def list_hooks(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The hooks, without their secrets."""
+    settings, registry = _registry(ctx)
+    try:
+        hooks = registry.list()
+    finally:
+        registry.close()
+    shown = [_shown(settings, h, secret=False) for h in hooks]
+    if as_json:
+        print_json(shown)
+        return
+    if not shown:
+        console.print("no hooks; add one with `datarooms hook add ROOM_ID`")
+        return
+    from rich.table import Table
+
+    table = Table("hook", "name", "room", "format", "auth", "target", "url")
+    for h in shown:
+        table.add_row(
+            h["hook_id"], h["name"], h["room_id"], h["format"], h["auth"], h["target"], h["url"]
+        )
+    console.print(table)
+
+
+@hook_app.command("rotate")
+def rotate(
+    ctx: typer.Context,
+    hook_id: Annotated[str, typer.Argument(help="The hook")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a hook a new secret (the old one stops working at once); prints it once."""
+    settings, registry = _registry(ctx)
+    try:
+        hook = registry.rotate(hook_id)
+    finally:
+        registry.close()
+    _print_secret(settings, hook, as_json, "rotated")
+
+
+@hook_app.command("remove")
+def remove(ctx: typer.Context, hook_id: Annotated[str, typer.Argument(help="The hook")]) -> None:
+    """Remove a hook: its URL answers 404 from now on."""
+    _settings, registry = _registry(ctx)
+    try:
+        registry.remove(hook_id)
+    finally:
+        registry.close()
+    console.print(f"removed hook {hook_id}")

@@ -1,0 +1,203 @@
+"""Running alert rules in rooms: :class:`AlertWatcher` reads a room's rules (records
+``alert_rule.*``), evaluates them on the room's telemetry as it arrives, and posts
+alerts into the room, encrypted: firing, re-notified, resolved. A reaction to an
+alert, or a reply to it, by a member acknowledges it: it is not re-notified again.
+
+Transitions of one evaluation are grouped per rule and status into one message; the
+structured alert is under :data:`~datarooms.sdk.automation.formats.ALERT_KEY` with
+``source: "rule"``. A rule record changed in the room is picked up as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from datarooms.errors import DataroomsError
+from datarooms.events import RECORD
+from datarooms.sdk.automation.formats import ALERT_KEY
+from datarooms.sdk.automation.rules import RULE_KEY_PREFIX, Rule, RuleEngine, Transition
+from datarooms.sdk.hooks import RoomEventReceived, Subscription
+
+if TYPE_CHECKING:
+    from datarooms.sdk.client import DataroomsClient
+
+log = logging.getLogger(__name__)
+
+_ICON = {"firing": "🔥 [FIRING", "repeat": "🔁 [STILL FIRING", "resolved": "✅ [RESOLVED"}
+
+
+def alert_text(rule: Rule | None, name: str, status: str, items: list[Transition]) -> str:
+    head = _ICON[status] + (f":{len(items)}]" if len(items) > 1 else "]") + f" {name}"
+    summary = (rule.summary if rule else "") or ""
+    lines = [head + (f": {summary}" if summary else "")]
+    for t in items[:50]:
+        value = "" if t.value is None else f" = {t.value:g}"
+        lines.append(f"- {t.series}{value}")
+    if len(items) > 50:
+        lines.append(f"(and {len(items) - 50} more)")
+    return "\n".join(lines)
+
+
+class AlertWatcher:
+    """Alert rules of the rooms it watches, on their telemetry (see the module doc)."""
+
+    def __init__(
+        self,
+        client: DataroomsClient,
+        *,
+        tick_seconds: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        on_alert: Callable[[str, str, dict[str, Any]], Any] | None = None,
+    ) -> None:
+        self.client = client
+        self.engines: dict[str, RuleEngine] = {}
+        #: alert event id -> (room, rule, series) it announced, for acknowledgements.
+        self.alerts: dict[str, tuple[str, str, list[str]]] = {}
+        self.acks: list[tuple[str, str, str]] = []  # (room, rule, by)
+        self._tick = tick_seconds
+        self._clock = clock
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._hook: Subscription | None = None
+        self._post_lock = asyncio.Lock()
+        #: ``(room_id, text, alert)`` after each alert posted (the forwarding out).
+        self.on_alert = on_alert
+
+    def start(self) -> None:
+        if self._hook is None:
+            self._hook = self.client.hooks.on(RoomEventReceived, self._on_event)
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick_loop(), name="alerts-tick")
+
+    async def stop(self) -> None:
+        if self._hook is not None:
+            self._hook.cancel()
+            self._hook = None
+        tasks = [t for t in (self._ticker, *self._tasks.values()) if t is not None]
+        self._ticker = None
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    async def watch(self, room_id: str) -> int:
+        """Load the room's rules and follow its telemetry; how many rules it has."""
+        engine = self.engines.setdefault(room_id, RuleEngine())
+        twin = await self.client.records.twin(room_id)
+        for key, value in twin.items():
+            if key.startswith(RULE_KEY_PREFIX):
+                self._load(room_id, engine, key, value)
+        if room_id not in self._tasks:
+            self._tasks[room_id] = asyncio.create_task(
+                self._follow(room_id), name=f"alerts-{room_id}"
+            )
+        return len(engine.rules)
+
+    def _load(self, room_id: str, engine: RuleEngine, key: str, value: Any) -> None:
+        name = key[len(RULE_KEY_PREFIX) :]
+        if value is None:
+            engine.remove(name)
+            return
+        try:
+            rule = Rule.from_value(value)
+        except (DataroomsError, TypeError) as exc:
+            log.warning(
+                "ignoring an invalid alert rule",
+                extra={"room": room_id, "key": key, "error": str(exc)},
+            )
+            return
+        engine.add(rule)
+
+    async def _follow(self, room_id: str) -> None:
+        while True:
+            try:
+                async for sample in self.client.telemetry.subscribe(room_id):
+                    engine = self.engines.get(room_id)
+                    if engine is None or not engine.rules:
+                        continue
+                    out = engine.observe(sample.metric, sample.value, sample.ts, sample.tags)
+                    if out:
+                        await self._post(room_id, out)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a lagging subscriber, a failed post: go on
+                log.warning(
+                    "alert rules: telemetry subscription restarted",
+                    exc_info=True,
+                    extra={"room": room_id, "error": str(exc)},
+                )
+                await asyncio.sleep(1)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick)
+            now = int(self._clock() * 1000)
+            for room_id, engine in list(self.engines.items()):
+                out = engine.tick(now)
+                if out:
+                    with contextlib.suppress(DataroomsError):
+                        await self._post(room_id, out)
+
+    async def _post(self, room_id: str, transitions: list[Transition]) -> None:
+        engine = self.engines[room_id]
+        groups: dict[tuple[str, str], list[Transition]] = defaultdict(list)
+        for t in transitions:
+            groups[(t.rule, t.status)].append(t)
+        async with self._post_lock:
+            for (name, status), items in groups.items():
+                rule = engine.rules.get(name)
+                content = {
+                    "msgtype": "m.notice",
+                    "body": alert_text(rule, name, status, items),
+                    ALERT_KEY: {
+                        "source": "rule",
+                        "rule": name,
+                        "status": "firing" if status == "repeat" else status,
+                        "repeat": status == "repeat",
+                        "severity": rule.severity if rule else "warning",
+                        "series": [
+                            {"series": t.series, "value": t.value, "ts": t.ts_ms} for t in items
+                        ],
+                    },
+                }
+                event_id = await self.client.send(room_id, "m.room.message", content)
+                if self.on_alert is not None:
+                    try:
+                        self.on_alert(
+                            room_id, str(content["body"]), {"rule": name, "status": status}
+                        )
+                    except Exception:
+                        log.exception("forwarding an alert failed", extra={"room": room_id})
+                if status != "resolved":
+                    self.alerts[str(event_id)] = (room_id, name, [t.series for t in items])
+
+    def _on_event(self, received: RoomEventReceived) -> None:
+        ev = received.event
+        if ev.sender == self.client.user_id or ev.room_id not in self.engines:
+            return
+        if ev.type == RECORD and isinstance(ev.content.get("key"), str):
+            key = ev.content["key"]
+            if key.startswith(RULE_KEY_PREFIX):
+                self._load(ev.room_id, self.engines[ev.room_id], key, ev.content.get("value"))
+            return
+        rel = ev.relates_to
+        target = None
+        if ev.type == "m.reaction" and rel.get("rel_type") == "m.annotation":
+            target = rel.get("event_id")
+        elif ev.type == "m.room.message":
+            target = (rel.get("m.in_reply_to") or {}).get("event_id")
+        if not isinstance(target, str) or target not in self.alerts:
+            return
+        room_id, name, series = self.alerts[target]
+        engine = self.engines[room_id]
+        for s in series:
+            engine.ack(name, s)
+        self.acks.append((room_id, name, ev.sender))
+        log.info("alert acknowledged", extra={"room": room_id, "rule": name, "by": ev.sender})

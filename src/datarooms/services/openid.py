@@ -69,7 +69,7 @@ from datarooms.sdk.ucan import (
     delegate,
     looks_like_container,
 )
-from datarooms.services.scaffold import TokenBucket
+from datarooms.services.scaffold import TokenBucket, bearer_token, header
 
 if TYPE_CHECKING:
     from datarooms.config import Settings
@@ -504,12 +504,20 @@ class DelegateRequest(BaseModel):
     expires_in: int = Field(default=86400, description="Seconds until it expires (max 30 days)")
 
 
-def install_ucan_routes(app: FastAPI, gate: UcanGate, caller: Any) -> None:
+def install_ucan_routes(app: FastAPI, verifier: OpenIdVerifier) -> None:
     """The UCAN endpoints every service has: its DID document, root delegations for a
-    caller verified with an OpenID token, and revocation.
+    caller verified with an OpenID token, and revocation."""
+    gate = verifier.ucan
+    if gate is None:
+        return
 
-    ``caller`` is the app's dependency that yields the verified :class:`Caller`.
-    """
+    async def caller(request: Request) -> Caller:
+        known = getattr(request.state, "caller", None)
+        if isinstance(known, Caller):  # the request guard verified it already
+            return known
+        return await verifier.verify(
+            bearer_token(request.scope), header(request.scope, b"x-matrix-server-name")
+        )
 
     @app.get("/.well-known/did.json", tags=["ucan"])
     async def did_document() -> dict[str, object]:

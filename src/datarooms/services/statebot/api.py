@@ -298,7 +298,7 @@ def create_app(
 
     install_error_handlers(app, "the state bot")
     if verifier.ucan is not None:
-        install_ucan_routes(app, verifier.ucan, _caller)
+        install_ucan_routes(app, verifier)
 
     # -- service endpoints --
 

@@ -61,12 +61,16 @@ from datarooms.homeserver.federation import ServerResolver, ssl_context_for
 from datarooms.ids import SERVER_NAME, server_of
 from datarooms.ids import user_id as check_user_id
 from datarooms.sdk.ucan import (
+    MCP_CALL,
+    MCP_SERVER,
     Delegation,
     Principal,
     RevocationStore,
     UcanError,
     Validator,
+    covers,
     delegate,
+    load_or_create_principal,
     looks_like_container,
 )
 from datarooms.services.scaffold import TokenBucket, bearer_token, header
@@ -374,6 +378,17 @@ class Action:
     key: str | None = None
 
 
+def mcp_gate(settings: Settings) -> UcanGate:
+    """The MCP server's UCAN side: its key in ``<data_dir>/mcp/ucan-service.ed25519``
+    (shared by the running service and ``datarooms agents grant``), the platform's
+    revocations."""
+    return UcanGate(
+        load_or_create_principal(settings.data_dir / "mcp" / "ucan-service.ed25519"),
+        MCP_SERVER,
+        revocations=platform_revocations(settings),
+    )
+
+
 def platform_revocations(settings: Settings) -> RevocationStore:
     """The platform's revocation store, ``<data_dir>/ucan/revocations.sqlite``: every
     service of the platform opens it, so a revocation any of them takes holds for all."""
@@ -450,6 +465,44 @@ class UcanGate:
                 errcode="DR_UCAN_BROKEN_CHAIN",
             )
         return Caller(user, via=proven.invoker)
+
+    def check_agent(self, token: str) -> str:
+        """The MCP agent a UCAN invocation of ``/datarooms/mcp`` acts as: the ``agent`` of
+        its chain's root, which this service issued (``datarooms agents grant``)."""
+        proven = self.validator.verify(token)
+        if proven.args.get("with") != self.resource:
+            raise UcanError(
+                f"the invocation is for {proven.args.get('with')!r}; this is {self.resource!r}",
+                errcode="DR_UCAN_WRONG_AUDIENCE",
+            )
+        if not covers(MCP_CALL, proven.cmd):
+            raise UcanError(
+                f"the MCP server takes invocations of {MCP_CALL!r}, not {proven.cmd!r}",
+                errcode="DR_UCAN_WRONG_COMMAND",
+            )
+        root = proven.root
+        agent = root.meta.get("agent") if root is not None else None
+        if not isinstance(agent, str) or proven.args.get("agent") != agent:
+            raise UcanError(
+                "the chain's root names no agent, or the invocation another one: get a "
+                "delegation with `datarooms agents grant NAME`",
+                errcode="DR_UCAN_BROKEN_CHAIN",
+            )
+        return agent
+
+    def grant_agent(
+        self, agent: str, audience: str, *, until: int, policy: list[object] | None = None
+    ) -> Delegation:
+        """A root delegation to act as the MCP agent ``agent`` until ``until`` (Unix time)."""
+        return delegate(
+            self.principal,
+            audience,
+            MCP_CALL,
+            subject=self.did,
+            policy=[["==", ".with", self.resource], ["==", ".agent", agent], *(policy or [])],
+            expires=until,
+            meta={"agent": agent},
+        )
 
     def issue(
         self,

@@ -14,6 +14,7 @@
 See docs/auth.md.
 """
 
+from datarooms.sdk.ucan.client import InvocationAuth
 from datarooms.sdk.ucan.did import Principal, did_of, load_or_create_principal, public_key_of
 from datarooms.sdk.ucan.errors import STATUS, UcanError
 from datarooms.sdk.ucan.policy import Policy, glob_match, holds
@@ -47,10 +48,15 @@ STATE_SET = "/datarooms/state/set"
 STATE_BOT = "ixo:matrix-state-bot"
 ROOMS_BOT = "ixo:matrix-rooms-bot"
 CLAIMS_BOT = "ixo:matrix-claims-bot"
+#: The platform's MCP server, and the command of calling it (every request of a session).
+MCP_SERVER = "datarooms:mcp"
+MCP_CALL = "/datarooms/mcp"
 
 __all__ = [
     "CLAIMS_BOT",
     "MAX_CONTAINER_CHARS",
+    "MCP_CALL",
+    "MCP_SERVER",
     "REVOKE_COMMAND",
     "ROOMS_BOT",
     "ROOM_READ",
@@ -60,6 +66,7 @@ __all__ = [
     "STATUS",
     "Delegation",
     "Invocation",
+    "InvocationAuth",
     "Policy",
     "Principal",
     "Proven",

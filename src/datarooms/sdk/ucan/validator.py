@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from multiformats import CID
+
 from datarooms import _sqlite
 from datarooms.sdk.ucan.errors import UcanError
 from datarooms.sdk.ucan.policy import holds
@@ -98,6 +100,11 @@ class RevocationStore:
         self._lock = threading.Lock()
 
     def revoke(self, cid: str, *, by: str) -> None:
+        """Revoke the delegation ``cid`` (any multibase form; stored as base58btc)."""
+        try:
+            cid = str(CID.decode(cid).set(base="base58btc"))
+        except (ValueError, KeyError) as exc:
+            raise UcanError(f"{cid!r} is not a CID: {exc}", errcode="DR_UCAN_MALFORMED") from None
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO revoked (cid, revoked_by, revoked_at) VALUES (?, ?, ?)",

@@ -22,9 +22,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from datarooms.sdk.ucan import UcanError, looks_like_container
 from datarooms.services.mcp import audit
 from datarooms.services.mcp.config import AgentsConfig, match_token
 from datarooms.services.mcp.server import AgentServer
+from datarooms.services.openid import UcanGate
 from datarooms.services.scaffold import (
     Authenticator,
     EmbeddedServer,
@@ -45,14 +47,40 @@ _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="datarooms-mcp"'}
 MAX_BODY_BYTES = 48 * 1024 * 1024
 
 
-def authenticator(config: Callable[[], AgentsConfig]) -> Authenticator:
+def authenticator(
+    config: Callable[[], AgentsConfig], ucan: UcanGate | None = None
+) -> Authenticator:
     """Which agent is calling ``/mcp``, from its bearer token alone (before any body is
-    read); the agent's name goes in ``scope["state"]["agent"]``."""
+    read); the agent's name goes in ``scope["state"]["agent"]``.
+
+    A token is an agent's static bearer token, or (with ``ucan``) a UCAN invocation of
+    ``/datarooms/mcp`` whose chain roots in a grant of this server (``datarooms agents
+    grant``): checked here, per request, against the live revocation store, so a grant,
+    a narrower re-grant or a revocation takes effect without a restart.
+    """
 
     async def authenticate(scope: Scope) -> None:
         if scope.get("path") != MCP_PATH:
             return
         token = bearer_token(scope)
+        if token is not None and ucan is not None and looks_like_container(token):
+            try:
+                name = ucan.check_agent(token)
+            except UcanError as exc:
+                audit.auth_denied("ucan")
+                raise Refusal(
+                    exc.http_status, exc.errcode, exc.message, _UNAUTHORIZED_HEADERS
+                ) from None
+            if name not in config().agents:
+                audit.auth_denied("ucan")
+                raise Refusal(
+                    403,
+                    "DR_UCAN_NOT_ALLOWED",
+                    f"the UCAN is for the agent {name!r}, which is not in agents.toml",
+                    _UNAUTHORIZED_HEADERS,
+                )
+            scope["state"]["agent"] = name
+            return
         if token is None:
             audit.auth_denied("bearer_token")
             raise Refusal(
@@ -103,7 +131,11 @@ class AgentRouter:
 
 
 def build_http_app(
-    servers: Mapping[str, AgentServer], config: Callable[[], AgentsConfig], *, host: str
+    servers: Mapping[str, AgentServer],
+    config: Callable[[], AgentsConfig],
+    *,
+    host: str,
+    ucan: UcanGate | None = None,
 ) -> ASGIApp:
     """The ASGI app: ``/mcp`` (authenticated, per agent, before any body is read) and
     ``/health``, behind the services' :class:`RequestGuard`."""
@@ -128,7 +160,7 @@ def build_http_app(
         ],
         lifespan=lifespan,
     )
-    return RequestGuard(app, max_body=MAX_BODY_BYTES, authenticate=authenticator(config))
+    return RequestGuard(app, max_body=MAX_BODY_BYTES, authenticate=authenticator(config, ucan))
 
 
 class HttpServer:

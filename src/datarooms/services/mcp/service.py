@@ -25,6 +25,7 @@ from datarooms.services.mcp.config import (
 from datarooms.services.mcp.http import HttpServer, build_http_app
 from datarooms.services.mcp.runtime import AgentRuntime, platform_senders
 from datarooms.services.mcp.server import AgentServer
+from datarooms.services.openid import UcanGate, mcp_gate
 from datarooms.services.platform import PlatformContext
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class McpService:
         self.watcher: ConfigWatcher | None = None
         self._http: HttpServer | None = None
         self._audit_handler: logging.Handler | None = None
+        #: The MCP server's DID and UCAN validator (set on start).
+        self.ucan: UcanGate | None = None
 
     @property
     def url(self) -> str | None:
@@ -92,7 +95,10 @@ class McpService:
                 await rt.start()
                 self.servers[name] = AgentServer(rt)
             self.watcher.on_change(self._apply)
-            app = build_http_app(self.servers, self.watcher.current, host=self._bind_host(config))
+            self.ucan = mcp_gate(platform.settings)
+            app = build_http_app(
+                self.servers, self.watcher.current, host=self._bind_host(config), ucan=self.ucan
+            )
             self._http = HttpServer(app, self._bind_host(config), self._bind_port(config))
             await self._http.start()
         except BaseException:

@@ -1,0 +1,107 @@
+"""MCP agents over UCANs: `datarooms agents grant` delegates acting as an agent; the
+official `mcp` client calls tools with a fresh invocation per request; a sub-delegation
+works; revoking (CLI, platform-wide) takes effect without a restart."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from datarooms.homeserver.embedded import free_port
+from datarooms.sdk.ucan import (
+    MCP_CALL,
+    MCP_SERVER,
+    Delegation,
+    InvocationAuth,
+    Principal,
+    decode,
+    decode_container,
+    delegate,
+)
+from datarooms.services.mcp import McpService, add_agent
+from datarooms.services.mcp.policy import TOOLS
+from datarooms.services.platform import Platform
+from datarooms.testing import TestHomeserver
+from tests._cli import cli as run_cli
+from tests._mcp import agent_name, agents_path, ok, platform_for
+
+
+def cli(data_dir: Path, *args: str) -> tuple[int, str, str]:
+    res = run_cli(*args, data_dir=data_dir)
+    return res.returncode, res.stdout, res.stderr
+
+
+async def test_agent_scope_from_a_ucan_grant_and_revocation_without_restart(
+    homeserver: TestHomeserver, tmp_path: Path
+) -> None:
+    ctx = await platform_for(homeserver, tmp_path / "data")
+    data_dir = ctx.settings.data_dir
+    name = agent_name("ucan")
+    assert add_agent(agents_path(ctx), name, access="read", rooms=["*"])
+    platform = Platform(ctx.settings, services=[McpService(port=free_port())])
+    started = await platform.start()
+    try:
+        url = started.services["mcp"]["url"]
+        holder, helper = Principal.generate(), Principal.generate()
+        code, out, err = cli(
+            data_dir, "agents", "grant", name, "--to", holder.did, "--until", "+1h"
+        )
+        assert code == 0, err
+        grant = decode(decode_container(out.strip())[0])
+        assert isinstance(grant, Delegation) and grant.meta == {"agent": name}
+        assert abs((grant.exp or 0) - (time.time() + 3600)) < 60
+        # The holder narrows it onwards to a helper, for 10 minutes.
+        sub = delegate(
+            holder, helper.did, MCP_CALL, subject=grant.iss, expires=int(time.time()) + 600
+        )
+
+        async def tools(signer: Principal, proofs: list[Delegation]) -> set[str]:
+            auth = InvocationAuth(signer, MCP_CALL, {"with": MCP_SERVER, "agent": name}, proofs)
+            async with (
+                create_mcp_http_client(auth=auth) as http,
+                Client(streamable_http_client(url, http_client=http)) as mcp,
+            ):
+                listed = {t.name for t in (await mcp.list_tools()).tools}
+                ok(await mcp.call_tool("list_rooms", {}))
+                return listed
+
+        read_tools = {n for n, spec in TOOLS.items() if spec.access == "read"}
+        assert await tools(holder, [grant]) == read_tools
+        assert await tools(helper, [grant, sub]) == read_tools
+
+        # A replayed or foreign token is refused with a precise 401/403.
+        auth = InvocationAuth(holder, MCP_CALL, {"with": MCP_SERVER, "agent": name}, [grant])
+        token = auth.token()
+        async with aiohttp.ClientSession() as s:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json, text/event-stream",
+            }
+            async with s.post(url, json=body, headers=headers) as r:
+                assert r.status != 401
+            async with s.post(url, json=body, headers=headers) as r:
+                assert r.status == 401 and (await r.json())["errcode"] == "DR_UCAN_REPLAYED"
+                assert r.headers["WWW-Authenticate"].startswith("Bearer")
+            other = InvocationAuth(holder, MCP_CALL, {"with": MCP_SERVER, "agent": "x"}, [grant])
+            headers["Authorization"] = f"Bearer {other.token()}"
+            async with s.post(url, json=body, headers=headers) as r:
+                assert r.status == 403 and (await r.json())["errcode"] == "DR_UCAN_POLICY"
+
+        # The operator revokes the grant: the running server refuses both chains at once.
+        code, out, err = cli(data_dir, "agents", "revoke", str(grant.cid))
+        assert code == 0, err
+        async with aiohttp.ClientSession() as s:
+            for signer, proofs in ((holder, [grant]), (helper, [grant, sub])):
+                auth = InvocationAuth(signer, MCP_CALL, {"with": MCP_SERVER, "agent": name}, proofs)
+                headers["Authorization"] = f"Bearer {auth.token()}"
+                async with s.post(url, json=body, headers=headers) as r:
+                    assert r.status == 403 and (await r.json())["errcode"] == "DR_UCAN_REVOKED"
+        # The static bearer token of the agent stays.
+    finally:
+        await platform.stop()

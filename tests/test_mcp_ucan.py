@@ -28,7 +28,7 @@ from datarooms.services.mcp.policy import TOOLS
 from datarooms.services.platform import Platform
 from datarooms.testing import TestHomeserver
 from tests._cli import cli as run_cli
-from tests._mcp import agent_name, agents_path, ok, platform_for
+from tests._mcp import agent_name, agents_path, http_client, ok, platform_for
 
 
 def cli(data_dir: Path, *args: str) -> tuple[int, str, str]:
@@ -42,7 +42,8 @@ async def test_agent_scope_from_a_ucan_grant_and_revocation_without_restart(
     ctx = await platform_for(homeserver, tmp_path / "data")
     data_dir = ctx.settings.data_dir
     name = agent_name("ucan")
-    assert add_agent(agents_path(ctx), name, access="read", rooms=["*"])
+    static = add_agent(agents_path(ctx), name, access="read", rooms=["*"])
+    assert static
     platform = Platform(ctx.settings, services=[McpService(port=free_port())])
     started = await platform.start()
     try:
@@ -102,6 +103,8 @@ async def test_agent_scope_from_a_ucan_grant_and_revocation_without_restart(
                 headers["Authorization"] = f"Bearer {auth.token()}"
                 async with s.post(url, json=body, headers=headers) as r:
                     assert r.status == 403 and (await r.json())["errcode"] == "DR_UCAN_REVOKED"
-        # The static bearer token of the agent stays.
+        # The agent's static bearer token stays.
+        async with http_client(url, static) as mcp:
+            assert {t.name for t in (await mcp.list_tools()).tools} == read_tools
     finally:
         await platform.stop()

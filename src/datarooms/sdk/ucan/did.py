@@ -6,6 +6,7 @@ the 32-byte public key); anyone can read the public key off the DID, no resolver
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,13 @@ def did_of(public_key: bytes) -> str:
 def public_key_of(did: object) -> Ed25519PublicKey:
     """The Ed25519 key a ``did:key`` names; :class:`UcanError` for anything else."""
     if not isinstance(did, str) or not did.startswith("did:") or len(did) > _MAX_DID:
+        raise UcanError(f"{_short(did)} is not a DID", errcode="DR_UCAN_MALFORMED")
+    return _public_key(did)
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(did: str) -> Ed25519PublicKey:
+    if not did.startswith("did:"):
         raise UcanError(f"{_short(did)} is not a DID", errcode="DR_UCAN_MALFORMED")
     method = did.split(":", 2)[1]
     if method != "key":

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +51,15 @@ def _malformed(message: str) -> UcanError:
 
 def cid_of(envelope: bytes) -> CID:
     return CID("base58btc", 1, "dag-cbor", multihash.digest(envelope, "sha2-256"))
+
+
+#: CIDv1 (0x01), DAG-CBOR (0x71), SHA2-256 (0x12), 32 bytes (0x20): the binary CID prefix.
+_CID_PREFIX = bytes([0x01, 0x71, 0x12, 0x20])
+
+
+def cid_key(envelope: bytes) -> bytes:
+    """The binary CID of a token, computed directly (cheap: no multiformats objects)."""
+    return _CID_PREFIX + hashlib.sha256(envelope).digest()
 
 
 def _check_command(cmd: object) -> str:
@@ -93,9 +104,14 @@ class Delegation:
     envelope: bytes = b""
     signature: bytes = b""
 
-    @property
+    @functools.cached_property
     def cid(self) -> CID:
         return cid_of(self.envelope)
+
+    @functools.cached_property
+    def key(self) -> bytes:
+        """The binary CID."""
+        return cid_key(self.envelope)
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -135,9 +151,14 @@ class Invocation:
     envelope: bytes = b""
     signature: bytes = b""
 
-    @property
+    @functools.cached_property
     def cid(self) -> CID:
         return cid_of(self.envelope)
+
+    @functools.cached_property
+    def key(self) -> bytes:
+        """The binary CID."""
+        return cid_key(self.envelope)
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -99,28 +99,30 @@ class RevocationStore:
         _sqlite.migrate(self._db, self._SCHEMA)
         self._lock = threading.Lock()
 
-    def revoke(self, cid: str, *, by: str) -> None:
-        """Revoke the delegation ``cid`` (any multibase form; stored as base58btc)."""
+    def revoke(self, cid: str | CID, *, by: str) -> None:
+        """Revoke the delegation ``cid`` (a CID, in any multibase form)."""
         try:
-            cid = str(CID.decode(cid).set(base="base58btc"))
+            key = bytes(cid if isinstance(cid, CID) else CID.decode(cid)).hex()
         except (ValueError, KeyError) as exc:
             raise UcanError(f"{cid!r} is not a CID: {exc}", errcode="DR_UCAN_MALFORMED") from None
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO revoked (cid, revoked_by, revoked_at) VALUES (?, ?, ?)",
-                (cid, by, time.time()),
+                (key, by, time.time()),
             )
 
-    def first_revoked(self, cids: Sequence[str]) -> str | None:
-        if not cids:
+    def first_revoked(self, keys: Sequence[bytes]) -> str | None:
+        """The first of ``keys`` (binary CIDs) revoked, as a CID string; ``None`` if none."""
+        if not keys:
             return None
+        cids = [k.hex() for k in keys]
         marks = ",".join("?" * len(cids))
         with self._lock:
             row = self._db.execute(
                 f"SELECT cid FROM revoked WHERE cid IN ({marks}) LIMIT 1",  # noqa: S608 (only ?s)
                 tuple(cids),
             ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else str(CID.decode(bytes.fromhex(row[0])))
 
     def close(self) -> None:
         self._db.close()
@@ -131,15 +133,16 @@ class ReplayGuard:
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
-        self._seen: OrderedDict[str, int] = OrderedDict()  # cid -> exp, in exp order mostly
+        self._seen: OrderedDict[bytes, int] = OrderedDict()  # binary CID -> exp
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def check_and_remember(self, cid: str, exp: int, now: float) -> None:
-        if cid in self._seen:
+    def check_and_remember(self, inv: Invocation, exp: int, now: float) -> None:
+        key = inv.key
+        if key in self._seen:
             raise UcanError(
-                f"the invocation {cid} was already used: sign a new one (fresh nonce) "
+                f"the invocation {inv.cid} was already used: sign a new one (fresh nonce) "
                 "for every request",
                 errcode="DR_UCAN_REPLAYED",
             )
@@ -151,7 +154,7 @@ class ReplayGuard:
                     "too many live invocations to track just now; retry in a moment",
                     errcode="DR_UCAN_BUSY",
                 )
-        self._seen[cid] = exp
+        self._seen[key] = exp
 
 
 class Validator:
@@ -180,14 +183,14 @@ class Validator:
 
     # -- decoding ---------------------------------------------------------------
 
-    def _decode_all(self, token: str) -> tuple[Invocation, dict[str, Delegation]]:
+    def _decode_all(self, token: str) -> tuple[Invocation, dict[bytes, Delegation]]:
         invocation: Invocation | None = None
-        delegations: dict[str, Delegation] = {}
+        delegations: dict[bytes, Delegation] = {}
         for envelope in decode_container(token):
             memo = self._memo.get(envelope)
             if memo is not None:
                 self._memo.move_to_end(envelope)
-                delegations[str(memo.cid)] = memo
+                delegations[memo.key] = memo
                 continue
             decoded = decode(envelope)
             if isinstance(decoded, Invocation):
@@ -197,7 +200,7 @@ class Validator:
                     )
                 invocation = decoded
             else:
-                delegations[str(decoded.cid)] = decoded
+                delegations[decoded.key] = decoded
                 self._memo[envelope] = decoded
                 while len(self._memo) > self._memo_entries:
                     self._memo.popitem(last=False)
@@ -232,7 +235,7 @@ class Validator:
                 f"the invocation never expires: give it an exp at most {self.max_lifetime} s ahead",
                 errcode="DR_UCAN_LIFETIME",
             )
-        self._check_time(f"the invocation {inv.cid}", None, inv.exp, now)
+        self._check_time(inv, None, inv.exp, now)
         if inv.exp - now > self.max_lifetime:
             raise UcanError(
                 f"the invocation lives {int(inv.exp - now)} s; this service takes at most "
@@ -252,24 +255,31 @@ class Validator:
                     f"delegation {hop.cid} (from {hop.iss})",
                     errcode="DR_UCAN_POLICY",
                 )
-        revoked = self.revocations.first_revoked([str(h.cid) for h in chain])
+        revoked = self.revocations.first_revoked([h.key for h in chain])
         if revoked is not None:
             raise UcanError(f"the delegation {revoked} was revoked", errcode="DR_UCAN_REVOKED")
-        self.replays.check_and_remember(str(inv.cid), inv.exp, now)
+        self.replays.check_and_remember(inv, inv.exp, now)
         return Proven(inv, chain)
 
-    def _check_time(self, what: str, nbf: int | None, exp: int | None, now: float) -> None:
+    def _check_time(
+        self, token: Delegation | Invocation, nbf: int | None, exp: int | None, now: float
+    ) -> None:
+        def what() -> str:
+            if isinstance(token, Invocation):
+                return f"the invocation {token.cid}"
+            return f"the delegation {token.cid} (from {token.iss})"
+
         if exp is not None and now > exp:
-            raise UcanError(f"{what} expired at {exp}", errcode="DR_UCAN_EXPIRED")
+            raise UcanError(f"{what()} expired at {exp}", errcode="DR_UCAN_EXPIRED")
         if nbf is not None and now + CLOCK_SKEW < nbf:
-            raise UcanError(f"{what} is not valid before {nbf}", errcode="DR_UCAN_NOT_YET_VALID")
+            raise UcanError(f"{what()} is not valid before {nbf}", errcode="DR_UCAN_NOT_YET_VALID")
 
     def _chain(
-        self, inv: Invocation, delegations: Mapping[str, Delegation], now: float
+        self, inv: Invocation, delegations: Mapping[bytes, Delegation], now: float
     ) -> tuple[Delegation, ...]:
         chain: list[Delegation] = []
         for cid in inv.prf:
-            hop = delegations.get(str(cid))
+            hop = delegations.get(bytes(cid))
             if hop is None:
                 raise UcanError(
                     f"the proof {cid} named in prf is not in the container",
@@ -291,7 +301,7 @@ class Validator:
                 errcode="DR_UCAN_BROKEN_CHAIN",
             )
         for index, hop in enumerate(chain):
-            self._check_time(f"the delegation {hop.cid} (from {hop.iss})", hop.nbf, hop.exp, now)
+            self._check_time(hop, hop.nbf, hop.exp, now)
             if hop.sub is not None and hop.sub != inv.sub:
                 raise UcanError(
                     f"the delegation {hop.cid} is about {hop.sub}, not {inv.sub}",
@@ -345,22 +355,22 @@ class Validator:
             )
         if inv.exp is None:
             raise UcanError("the revocation never expires", errcode="DR_UCAN_LIFETIME")
-        self._check_time("the revocation", None, inv.exp, now)
+        self._check_time(inv, None, inv.exp, now)
         target = inv.args.get("ucan")
-        hop = delegations.get(str(target))
-        if hop is None:
+        hop = delegations.get(bytes(target)) if isinstance(target, CID) else None
+        if hop is None or not isinstance(target, CID):
             raise UcanError(
                 "the revocation's args.ucan must be the CID of a delegation in the container",
                 errcode="DR_UCAN_MALFORMED",
             )
         issuers = {hop.iss}
         by_aud = {(d.aud, d.sub): d for d in delegations.values()}
-        seen = {str(hop.cid)}
+        seen = {hop.key}
         while hop.iss != hop.sub:
             parent = by_aud.get((hop.iss, hop.sub))
-            if parent is None or str(parent.cid) in seen:
+            if parent is None or parent.key in seen:
                 break
-            seen.add(str(parent.cid))
+            seen.add(parent.key)
             issuers.add(parent.iss)
             hop = parent
         if inv.iss not in issuers:
@@ -369,6 +379,6 @@ class Validator:
                 "in its chain (carried in the container) may",
                 errcode="DR_UCAN_NOT_ALLOWED",
             )
-        self.replays.check_and_remember(str(inv.cid), inv.exp, now)
-        self.revocations.revoke(str(target), by=inv.iss)
-        return str(target)
+        self.replays.check_and_remember(inv, inv.exp, now)
+        self.revocations.revoke(target, by=inv.iss)
+        return str(target.set(base="base58btc"))

@@ -106,5 +106,25 @@ async def test_agent_scope_from_a_ucan_grant_and_revocation_without_restart(
         # The agent's static bearer token stays.
         async with http_client(url, static) as mcp:
             assert {t.name for t in (await mcp.list_tools()).tools} == read_tools
+
+        # An agent added while the platform runs works at once: static token and UCAN.
+        added = agent_name("added")
+        token = add_agent(agents_path(ctx), added, access="write", rooms=["*"])
+        assert token
+        async with http_client(url, token) as mcp:
+            assert {t.name for t in (await mcp.list_tools()).tools} == set(TOOLS)
+            assert ok(await mcp.call_tool("list_rooms", {}))["rooms"] == []
+        code, out, err = cli(
+            data_dir, "agents", "grant", added, "--to", holder.did, "--until", "+5m"
+        )
+        assert code == 0, err
+        new_grant = decode(decode_container(out.strip())[0])
+        assert isinstance(new_grant, Delegation)
+        auth = InvocationAuth(holder, MCP_CALL, {"with": MCP_SERVER, "agent": added}, [new_grant])
+        async with (
+            create_mcp_http_client(auth=auth) as http,
+            Client(streamable_http_client(url, http_client=http)) as mcp,
+        ):
+            assert {t.name for t in (await mcp.list_tools()).tools} == set(TOOLS)
     finally:
         await platform.stop()

@@ -14,7 +14,7 @@ installs signal handlers there: ``datarooms up`` owns Ctrl-C.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -48,10 +48,14 @@ MAX_BODY_BYTES = 48 * 1024 * 1024
 
 
 def authenticator(
-    config: Callable[[], AgentsConfig], ucan: UcanGate | None = None
+    config: Callable[[], AgentsConfig],
+    ucan: UcanGate | None = None,
+    fresh: Callable[[], AgentsConfig] | None = None,
 ) -> Authenticator:
     """Which agent is calling ``/mcp``, from its bearer token alone (before any body is
-    read); the agent's name goes in ``scope["state"]["agent"]``.
+    read); the agent's name goes in ``scope["state"]["agent"]``. A token or agent not
+    known yet makes ``fresh`` re-read agents.toml first (one stat), so an agent added a
+    moment ago works at once.
 
     A token is an agent's static bearer token, or (with ``ucan``) a UCAN invocation of
     ``/datarooms/mcp`` whose chain roots in a grant of this server (``datarooms agents
@@ -71,7 +75,7 @@ def authenticator(
                 raise Refusal(
                     exc.http_status, exc.errcode, exc.message, _UNAUTHORIZED_HEADERS
                 ) from None
-            if name not in config().agents:
+            if name not in config().agents and (fresh is None or name not in fresh().agents):
                 audit.auth_denied("ucan")
                 raise Refusal(
                     403,
@@ -91,6 +95,8 @@ def authenticator(
                 _UNAUTHORIZED_HEADERS,
             )
         policy = match_token(token, config().agents.values())
+        if policy is None and fresh is not None:
+            policy = match_token(token, fresh().agents.values())
         if policy is None:
             audit.auth_denied("bearer_token")
             raise Refusal(
@@ -105,10 +111,19 @@ def authenticator(
 
 
 class AgentRouter:
-    """ASGI app: hand a request over to the server of the agent the guard authenticated."""
+    """ASGI app: hand a request over to the server of the agent the guard authenticated.
 
-    def __init__(self, servers: Mapping[str, AgentServer]):
+    An agent added to agents.toml while the server runs is started on its first request
+    (``starting``: wait for it), so it works at once, without a restart.
+    """
+
+    def __init__(
+        self,
+        servers: Mapping[str, AgentServer],
+        starting: Callable[[str], Awaitable[AgentServer | None]] | None = None,
+    ):
         self.servers = servers
+        self.starting = starting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # pragma: no cover - websockets are not routed here
@@ -118,13 +133,14 @@ class AgentRouter:
             await send_error(send, 401, "M_MISSING_TOKEN", "not authenticated")
             return
         server = self.servers.get(name)
+        if server is None and self.starting is not None:
+            server = await self.starting(name)
         if server is None:
             await send_error(
                 send,
                 503,
                 "DR_AGENT_NOT_RUNNING",
-                f"agent {name!r} was added after the MCP server started; "
-                "restart `datarooms up` to bring it online",
+                f"agent {name!r} could not be started (see the platform log); retry shortly",
             )
             return
         await server.session_manager.handle_request(scope, receive, send)
@@ -136,6 +152,8 @@ def build_http_app(
     *,
     host: str,
     ucan: UcanGate | None = None,
+    starting: Callable[[str], Awaitable[AgentServer | None]] | None = None,
+    fresh: Callable[[], AgentsConfig] | None = None,
 ) -> ASGIApp:
     """The ASGI app: ``/mcp`` (authenticated, per agent, before any body is read) and
     ``/health``, behind the services' :class:`RequestGuard`."""
@@ -155,12 +173,14 @@ def build_http_app(
 
     app = Starlette(
         routes=[
-            Route(MCP_PATH, endpoint=AgentRouter(servers)),
+            Route(MCP_PATH, endpoint=AgentRouter(servers, starting)),
             Route("/health", endpoint=health, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
-    return RequestGuard(app, max_body=MAX_BODY_BYTES, authenticate=authenticator(config, ucan))
+    return RequestGuard(
+        app, max_body=MAX_BODY_BYTES, authenticate=authenticator(config, ucan, fresh)
+    )
 
 
 class HttpServer:

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from datarooms.sdk.ucan import UcanError, looks_like_container
 from datarooms.services.mcp import audit
 from datarooms.services.mcp.config import AgentsConfig, match_token
+from datarooms.services.mcp.oauth import SCOPE_PREFIX, MatrixLoginProvider, resource_metadata_url
 from datarooms.services.mcp.server import AgentServer
 from datarooms.services.openid import UcanGate
 from datarooms.services.scaffold import (
@@ -51,6 +52,7 @@ def authenticator(
     config: Callable[[], AgentsConfig],
     ucan: UcanGate | None = None,
     fresh: Callable[[], AgentsConfig] | None = None,
+    oauth: MatrixLoginProvider | None = None,
 ) -> Authenticator:
     """Which agent is calling ``/mcp``, from its bearer token alone (before any body is
     read); the agent's name goes in ``scope["state"]["agent"]``. A token or agent not
@@ -63,25 +65,39 @@ def authenticator(
     a narrower re-grant or a revocation takes effect without a restart.
     """
 
+    challenge = dict(_UNAUTHORIZED_HEADERS)
+    if oauth is not None:  # RFC 9728 section 5.1: point standard clients at the metadata
+        challenge["WWW-Authenticate"] = (
+            f'Bearer realm="datarooms-mcp", '
+            f'resource_metadata="{resource_metadata_url(oauth.base_url)}"'
+        )
+
     async def authenticate(scope: Scope) -> None:
         if scope.get("path") != MCP_PATH:
             return
         token = bearer_token(scope)
+        if token is not None and oauth is not None:
+            agent = oauth.agent_of(token)
+            if agent is not None:
+                if agent not in config().agents:
+                    raise Refusal(
+                        403, "DR_FORBIDDEN", f"the agent {agent!r} was removed", challenge
+                    )
+                scope["state"]["agent"] = agent
+                return
         if token is not None and ucan is not None and looks_like_container(token):
             try:
                 name = ucan.check_agent(token)
             except UcanError as exc:
                 audit.auth_denied("ucan")
-                raise Refusal(
-                    exc.http_status, exc.errcode, exc.message, _UNAUTHORIZED_HEADERS
-                ) from None
+                raise Refusal(exc.http_status, exc.errcode, exc.message, challenge) from None
             if name not in config().agents and (fresh is None or name not in fresh().agents):
                 audit.auth_denied("ucan")
                 raise Refusal(
                     403,
                     "DR_UCAN_NOT_ALLOWED",
                     f"the UCAN is for the agent {name!r}, which is not in agents.toml",
-                    _UNAUTHORIZED_HEADERS,
+                    challenge,
                 )
             scope["state"]["agent"] = name
             return
@@ -92,7 +108,7 @@ def authenticator(
                 "M_MISSING_TOKEN",
                 "this MCP server needs Authorization: Bearer <agent token>; "
                 "create one with `datarooms agents add` or `datarooms agents token NAME`",
-                _UNAUTHORIZED_HEADERS,
+                challenge,
             )
         policy = match_token(token, config().agents.values())
         if policy is None and fresh is not None:
@@ -103,7 +119,7 @@ def authenticator(
                 401,
                 "M_UNKNOWN_TOKEN",
                 "the bearer token belongs to no agent (revoked or mistyped)",
-                _UNAUTHORIZED_HEADERS,
+                challenge,
             )
         scope["state"]["agent"] = policy.name
 
@@ -154,6 +170,7 @@ def build_http_app(
     ucan: UcanGate | None = None,
     starting: Callable[[str], Awaitable[AgentServer | None]] | None = None,
     fresh: Callable[[], AgentsConfig] | None = None,
+    oauth: MatrixLoginProvider | None = None,
 ) -> ASGIApp:
     """The ASGI app: ``/mcp`` (authenticated, per agent, before any body is read) and
     ``/health``, behind the services' :class:`RequestGuard`."""
@@ -175,11 +192,19 @@ def build_http_app(
         routes=[
             Route(MCP_PATH, endpoint=AgentRouter(servers, starting)),
             Route("/health", endpoint=health, methods=["GET"]),
+            *(
+                oauth.routes(
+                    oauth.base_url + MCP_PATH,
+                    [f"{SCOPE_PREFIX}{name}" for name in config().agents],
+                )
+                if oauth is not None
+                else []
+            ),
         ],
         lifespan=lifespan,
     )
     return RequestGuard(
-        app, max_body=MAX_BODY_BYTES, authenticate=authenticator(config, ucan, fresh)
+        app, max_body=MAX_BODY_BYTES, authenticate=authenticator(config, ucan, fresh, oauth)
     )
 
 

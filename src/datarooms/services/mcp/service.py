@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from datarooms.homeserver.embedded import free_port
 from datarooms.sdk.client import DataroomsClient
 from datarooms.services.mcp import audit
 from datarooms.services.mcp.config import (
@@ -25,11 +26,13 @@ from datarooms.services.mcp.config import (
     load_agents,
 )
 from datarooms.services.mcp.http import MCP_PATH, HttpServer, build_http_app
+from datarooms.services.mcp.oauth import MatrixLoginProvider
 from datarooms.services.mcp.policy import AgentPolicy
 from datarooms.services.mcp.runtime import AgentRuntime, platform_senders
 from datarooms.services.mcp.server import AgentServer
 from datarooms.services.openid import UcanGate, mcp_gate
 from datarooms.services.platform import PlatformContext
+from datarooms.services.scaffold import http_url
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class McpService:
         #: The MCP server's DID and UCAN validator (set on start).
         self.ucan: UcanGate | None = None
         self._platform: PlatformContext | None = None
+        #: The OAuth 2.1 authorization server for standard MCP clients (set on start).
+        self.oauth: MatrixLoginProvider | None = None
         #: Agents added while running: being started, and their session managers.
         self._starting: dict[str, asyncio.Task[AgentServer]] = {}
         self._session_tasks: list[asyncio.Task[None]] = []
@@ -78,6 +83,18 @@ class McpService:
                 self.servers[name] = await self._start_agent(platform, name, policy, config)
             self.watcher.on_change(self._apply)
             self.ucan = mcp_gate(platform.settings)
+            host, port = self._bind_host(config), self._bind_port(config) or free_port()
+            watcher = self.watcher
+            self.oauth = MatrixLoginProvider(
+                http_url(host, port),
+                platform.homeserver_url,
+                platform.server_name,
+                agents=lambda: watcher.current().agents,
+                operators=lambda: {
+                    platform.service_account.user_id,
+                    *watcher.current().mcp.operators,
+                },
+            )
             app = build_http_app(
                 self.servers,
                 self.watcher.current,
@@ -85,8 +102,9 @@ class McpService:
                 ucan=self.ucan,
                 starting=self.started,
                 fresh=self.watcher.fresh,
+                oauth=self.oauth,
             )
-            self._http = HttpServer(app, self._bind_host(config), self._bind_port(config))
+            self._http = HttpServer(app, host, port)
             await self._http.start()
         except BaseException:
             await self.stop()

@@ -557,6 +557,23 @@ class DelegateRequest(BaseModel):
     expires_in: int = Field(default=86400, description="Seconds until it expires (max 30 days)")
 
 
+class ErrorBody(BaseModel):
+    errcode: str = Field(description="`M_...` (Matrix) or `DR_...` (datarooms)")
+    error: str = Field(description="What went wrong and what to do about it")
+
+
+def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "Invalid input",
+        401: "No valid token, or the UCAN is no good (the errcode says why)",
+        403: "The token does not grant this",
+        413: "The body is too large",
+        429: "Too many tokens to check just now",
+        502: "The homeserver could not be asked",
+    }
+    return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
+
+
 def install_ucan_routes(app: FastAPI, verifier: OpenIdVerifier) -> None:
     """The UCAN endpoints every service has: its DID document, root delegations for a
     caller verified with an OpenID token, and revocation."""
@@ -572,12 +589,14 @@ def install_ucan_routes(app: FastAPI, verifier: OpenIdVerifier) -> None:
             bearer_token(request.scope), header(request.scope, b"x-matrix-server-name")
         )
 
-    @app.get("/.well-known/did.json", tags=["ucan"])
+    @app.get("/.well-known/did.json", tags=["ucan"], responses=_responses(400))
     async def did_document() -> dict[str, object]:
         """This service's DID document: the audience of every UCAN invocation sent here."""
         return gate.did_document()
 
-    @app.post("/v1/ucan/delegate", tags=["ucan"])
+    @app.post(
+        "/v1/ucan/delegate", tags=["ucan"], responses=_responses(400, 401, 403, 413, 429, 502)
+    )
     async def issue(
         body: DelegateRequest,
         who: Caller = Depends(caller),  # noqa: B008 (annotations are strings here)
@@ -598,7 +617,7 @@ def install_ucan_routes(app: FastAPI, verifier: OpenIdVerifier) -> None:
             "expires": d.exp,
         }
 
-    @app.post("/ucan/revoke", tags=["ucan"])
+    @app.post("/ucan/revoke", tags=["ucan"], responses=_responses(400, 401, 403, 413, 429))
     async def revoke(request: Request) -> dict[str, Any]:
         """Revoke a delegation: the body is a container (text) with a ``/ucan/revoke``
         invocation (args ``{"ucan": CID}``) signed by an issuer on the revoked link's chain,

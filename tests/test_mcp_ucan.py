@@ -128,3 +128,85 @@ async def test_agent_scope_from_a_ucan_grant_and_revocation_without_restart(
             assert {t.name for t in (await mcp.list_tools()).tools} == set(TOOLS)
     finally:
         await platform.stop()
+
+
+async def test_an_agents_scope_is_what_its_chain_proves(  # type: ignore[no-untyped-def]
+    homeserver: TestHomeserver, open_client, tmp_path: Path
+) -> None:
+    ctx = await platform_for(homeserver, tmp_path / "data")
+    data_dir = ctx.settings.data_dir
+    name = agent_name("narrow")
+    static = add_agent(agents_path(ctx), name, access="write", rooms=["*"])
+    assert static
+    platform = Platform(ctx.settings, services=[McpService(port=free_port())])
+    started = await platform.start()
+    try:
+        url = started.services["mcp"]["url"]
+        alice = await open_client(await homeserver.new_user("alice"))
+        rooms = []
+        for label in ("one", "two"):
+            room = (await alice.rooms.create("project", name=label)).room_id
+            await alice.rooms.grant(room, f"@agent-{name}:{homeserver.server_name}", "write")
+            rooms.append(room)
+        async with http_client(url, static) as mcp:
+            for room in rooms:
+                ok(await mcp.call_tool("join_room", {"room": room}))
+            listed = ok(await mcp.call_tool("list_rooms", {}))["rooms"]
+            assert {r["room_id"] for r in listed} == set(rooms)
+
+        holder, helper = Principal.generate(), Principal.generate()
+        code, out, err = cli(
+            data_dir, "agents", "grant", name, "--to", holder.did, "--until", "+1h",
+            "--access", "read", "--room", rooms[0], "--room", rooms[1],
+        )  # fmt: skip
+        assert code == 0, err
+        grant = decode(decode_container(out.strip())[0])
+        assert isinstance(grant, Delegation)
+        # The holder narrows it to room one for the helper.
+        sub = delegate(
+            holder,
+            helper.did,
+            MCP_CALL,
+            subject=grant.iss,
+            policy=[["all", ".rooms", ["==", ".", rooms[0]]]],
+            expires=int(time.time()) + 600,
+        )
+
+        def auth(signer: Principal, proofs: list[Delegation], **stated: object) -> InvocationAuth:
+            args = {"with": MCP_SERVER, "agent": name, **stated}
+            return InvocationAuth(signer, MCP_CALL, args, proofs)
+
+        read_tools = {n for n, spec in TOOLS.items() if spec.access == "read"}
+        narrow = auth(helper, [grant, sub], access="read", rooms=[rooms[0]])
+        async with (
+            create_mcp_http_client(auth=narrow) as http,
+            Client(streamable_http_client(url, http_client=http)) as mcp,
+        ):
+            assert {t.name for t in (await mcp.list_tools()).tools} == read_tools
+            listed = ok(await mcp.call_tool("list_rooms", {}))["rooms"]
+            assert [r["room_id"] for r in listed] == [rooms[0]]
+            denied = await mcp.call_tool("put_record", {"room": rooms[0], "key": "k", "value": 1})
+            assert denied.is_error and "access:write" in str(denied.content)
+            other = await mcp.call_tool("read_messages", {"room": rooms[1]})
+            assert other.is_error
+        # Stating more than the chain allows is refused before any call.
+        body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        async with aiohttp.ClientSession() as s:
+            for stated in (
+                {"access": "write", "rooms": [rooms[0]]},  # the grant says read
+                {"access": "read", "rooms": [rooms[1]]},  # the helper's link says room one
+                {"access": "read"},  # rooms unstated: the policies cannot hold
+            ):
+                token = auth(helper, [grant, sub], **stated).token()
+                headers = {
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json, text/event-stream",
+                }
+                async with s.post(url, json=body, headers=headers) as r:
+                    assert r.status == 403, stated
+                    assert (await r.json())["errcode"] == "DR_UCAN_POLICY", stated
+        # The static token keeps the agent's whole policy.
+        async with http_client(url, static) as mcp:
+            assert {t.name for t in (await mcp.list_tools()).tools} == set(TOOLS)
+    finally:
+        await platform.stop()

@@ -189,12 +189,25 @@ def agents_grant(
     until: Annotated[
         str, typer.Option("--until", help="Expiry: +SECONDS, +30m, +12h, +7d or ISO 8601")
     ],
+    access: Annotated[
+        str | None, typer.Option("--access", help="read: the holder may only read")
+    ] = None,
+    rooms: Annotated[
+        list[str] | None, typer.Option("--room", help="Only this room (repeat for more)")
+    ] = None,
+    tools: Annotated[
+        list[str] | None, typer.Option("--tool", help="Only this tool (repeat for more)")
+    ] = None,
 ) -> None:
     """Delegate acting as agent NAME to a did:key, as a UCAN, until a time.
 
     Prints the delegation (a UCAN container) and its CID. The holder signs an invocation
     of /datarooms/mcp per request (or delegates onwards, narrowing); the MCP server takes
     it at once, no restart. Revoke with `datarooms agents revoke CID`.
+
+    --access/--room/--tool narrow the grant: every invocation must then state
+    `access`, `rooms` or `tools` within them, and the agent acts with its agents.toml
+    policy narrowed to what the invocation states.
     """
     from datarooms.services.openid import mcp_gate
 
@@ -203,7 +216,15 @@ def agents_grant(
     config.agent(name)  # exists
     expires = _until(until)
     gate = mcp_gate(settings)
-    d = gate.grant_agent(name, to, until=expires)
+    policy: list[object] = []
+    if access is not None:
+        if access != "read":
+            raise typer.BadParameter("--access narrows to read; leave it out for the agent's own")
+        policy.append(["==", ".access", "read"])
+    for key, values in (("rooms", rooms), ("tools", tools)):
+        if values:
+            policy.append(["all", f".{key}", ["or", [["==", ".", v] for v in values]]])
+    d = gate.grant_agent(name, to, until=expires, policy=policy)
     err_console.print(f"granted agent {name} to {to} until {expires} (MCP server {gate.did})")
     err_console.print(f"cid: {d.cid}")
     console.print(d.encode(), soft_wrap=True)

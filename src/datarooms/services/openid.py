@@ -466,7 +466,7 @@ class UcanGate:
             )
         return Caller(user, via=proven.invoker)
 
-    def check_agent(self, token: str) -> str:
+    def check_agent(self, token: str) -> tuple[str, Mapping[str, Any]]:
         """The MCP agent a UCAN invocation of ``/datarooms/mcp`` acts as: the ``agent`` of
         its chain's root, which this service issued (``datarooms agents grant``)."""
         proven = self.validator.verify(token)
@@ -488,12 +488,15 @@ class UcanGate:
                 "delegation with `datarooms agents grant NAME`",
                 errcode="DR_UCAN_BROKEN_CHAIN",
             )
-        return agent
+        return agent, proven.args
 
     def grant_agent(
         self, agent: str, audience: str, *, until: int, policy: list[object] | None = None
     ) -> Delegation:
-        """A root delegation to act as the MCP agent ``agent`` until ``until`` (Unix time)."""
+        """A root delegation to act as the MCP agent ``agent`` until ``until`` (Unix time).
+
+        ``policy`` narrows what an invocation may state: e.g. ``["==", ".access", "read"]``,
+        ``["all", ".rooms", ["or", [["==", ".", "!a:hs"], ...]]]``."""
         return delegate(
             self.principal,
             audience,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,6 +27,7 @@ from datarooms.sdk.ucan import UcanError, looks_like_container
 from datarooms.services.mcp import audit
 from datarooms.services.mcp.config import AgentsConfig, match_token
 from datarooms.services.mcp.oauth import SCOPE_PREFIX, MatrixLoginProvider, resource_metadata_url
+from datarooms.services.mcp.policy import Narrowing
 from datarooms.services.mcp.server import AgentServer
 from datarooms.services.openid import UcanGate
 from datarooms.services.scaffold import (
@@ -87,7 +89,8 @@ def authenticator(
                 return
         if token is not None and ucan is not None and looks_like_container(token):
             try:
-                name = ucan.check_agent(token)
+                name, args = ucan.check_agent(token)
+                narrowing = narrowing_of(args)
             except UcanError as exc:
                 audit.auth_denied("ucan")
                 raise Refusal(exc.http_status, exc.errcode, exc.message, challenge) from None
@@ -100,6 +103,7 @@ def authenticator(
                     challenge,
                 )
             scope["state"]["agent"] = name
+            scope["state"]["narrowing"] = narrowing
             return
         if token is None:
             audit.auth_denied("bearer_token")
@@ -124,6 +128,24 @@ def authenticator(
         scope["state"]["agent"] = policy.name
 
     return authenticate
+
+
+def narrowing_of(args: Mapping[str, Any]) -> Narrowing:
+    """What a UCAN invocation states it may do (``access``, ``rooms``, ``tools`` in its
+    args, each optional); the chain's policies have already checked these args."""
+    access = args.get("access")
+    if access is not None and access not in ("read", "write"):
+        raise UcanError("args.access must be 'read' or 'write'", errcode="DR_UCAN_MALFORMED")
+
+    def names(key: str) -> frozenset[str] | None:
+        value = args.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UcanError(f"args.{key} must be a list of strings", errcode="DR_UCAN_MALFORMED")
+        return frozenset(value)
+
+    return Narrowing(access=access, rooms=names("rooms"), tools=names("tools"))
 
 
 class AgentRouter:

@@ -153,6 +153,15 @@ async def test_three_hop_ucan_chain_at_the_state_bot(
     # Wrong audience: addressed to another service.
     inv = invoke(sub, ROOM_READ, {"room": room, "with": STATE_BOT}, chain, audience=agent.did)
     await refused("GET", state_path(room), bearer(inv, chain), 403, "DR_UCAN_WRONG_AUDIENCE")
+    # Another running state bot (its own did:key) refuses this bot's token.
+    other_bot = await start_bot(homeserver, open_client)
+    try:
+        assert other_bot.verifier.ucan is not None
+        assert other_bot.verifier.ucan.did != bot_did
+        got, body = await call(other_bot, "GET", state_path(room), token())
+        assert (got, body["errcode"]) == (403, "DR_UCAN_WRONG_AUDIENCE"), body
+    finally:
+        await other_bot.stop()
     # Expired, not yet valid.
     old = invoke(sub, ROOM_READ, {"room": room, "with": STATE_BOT}, chain, now=now - 1000)
     await refused("GET", state_path(room), bearer(old, chain), 401, "DR_UCAN_EXPIRED")

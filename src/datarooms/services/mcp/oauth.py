@@ -14,7 +14,9 @@
 - the access token maps to exactly that agent's capabilities (``agents.toml``).
 
 Codes, tokens and registered clients live in memory: a restart of the platform signs
-every OAuth client out (they start the flow again).
+every OAuth client out (they start the flow again). At most 10,000 registered clients and
+1,000 sign-ins in progress; password guesses on the consent page are the homeserver's
+login attempts, under its own rate limit.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ SCOPE_PREFIX = "agent:"
 ACCESS_SECONDS = 3600
 CODE_SECONDS = 300
 LOGIN_PATH = "/oauth/login"
+#: Sign-ins in progress at once (each lives CODE_SECONDS); past it /authorize says retry.
+MAX_PENDING = 1000
 
 
 @dataclass
@@ -108,6 +112,10 @@ class MatrixLoginProvider:
         if len(agents) > 1:
             raise AuthorizeError("invalid_scope", "ask for one agent: scope agent:NAME")
         self._sweep()
+        if len(self.pending) >= MAX_PENDING:
+            raise AuthorizeError(
+                "temporarily_unavailable", "too many sign-ins in progress; retry in a few minutes"
+            )
         request_id = secrets.token_urlsafe(24)
         self.pending[request_id] = _Pending(client, params, time.time() + CODE_SECONDS)
         return f"{self.base_url}{LOGIN_PATH}?{urlencode({'request': request_id})}"

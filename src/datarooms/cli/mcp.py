@@ -161,6 +161,90 @@ def agents_token(
     console.print(f"new bearer token for {name} (shown once; store it safely): {token}")
 
 
+def _until(text: str) -> int:
+    """``+3600``, ``+30m``, ``+12h``, ``+7d`` from now, or an ISO 8601 time (UTC if bare)."""
+    import datetime as dt
+    import time as _time
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text.startswith("+"):
+        body, unit = (text[1:-1], text[-1]) if text[-1] in units else (text[1:], "s")
+        if not body.isdigit():
+            raise typer.BadParameter(f"{text!r}: use +SECONDS, +30m, +12h, +7d or ISO 8601")
+        return int(_time.time()) + int(body) * units[unit]
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: use +SECONDS, +30m, +12h, +7d or ISO 8601") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+@agents_app.command("grant")
+def agents_grant(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Agent name (in agents.toml)")],
+    to: Annotated[str, typer.Option("--to", help="The holder's did:key (Ed25519)")],
+    until: Annotated[
+        str, typer.Option("--until", help="Expiry: +SECONDS, +30m, +12h, +7d or ISO 8601")
+    ],
+    access: Annotated[
+        str | None, typer.Option("--access", help="read: the holder may only read")
+    ] = None,
+    rooms: Annotated[
+        list[str] | None, typer.Option("--room", help="Only this room (repeat for more)")
+    ] = None,
+    tools: Annotated[
+        list[str] | None, typer.Option("--tool", help="Only this tool (repeat for more)")
+    ] = None,
+) -> None:
+    """Delegate acting as agent NAME to a did:key, as a UCAN, until a time.
+
+    Prints the delegation (a UCAN container) and its CID. The holder signs an invocation
+    of /datarooms/mcp per request (or delegates onwards, narrowing); the MCP server takes
+    it at once, no restart. Revoke with `datarooms agents revoke CID`.
+
+    --access/--room/--tool narrow the grant: every invocation must then state
+    `access`, `rooms` or `tools` within them, and the agent acts with its agents.toml
+    policy narrowed to what the invocation states.
+    """
+    from datarooms.services.openid import mcp_gate
+
+    settings = state(ctx).settings()
+    config = load_agents(agents_file(settings.data_dir), data_dir=settings.data_dir)
+    config.agent(name)  # exists
+    expires = _until(until)
+    gate = mcp_gate(settings)
+    policy: list[object] = []
+    if access is not None:
+        if access != "read":
+            raise typer.BadParameter("--access narrows to read; leave it out for the agent's own")
+        policy.append(["==", ".access", "read"])
+    for key, values in (("rooms", rooms), ("tools", tools)):
+        if values:
+            policy.append(["all", f".{key}", ["or", [["==", ".", v] for v in values]]])
+    d = gate.grant_agent(name, to, until=expires, policy=policy)
+    err_console.print(f"granted agent {name} to {to} until {expires} (MCP server {gate.did})")
+    err_console.print(f"cid: {d.cid}")
+    console.print(d.encode(), soft_wrap=True)
+
+
+@agents_app.command("revoke")
+def agents_revoke(
+    ctx: typer.Context,
+    cid: Annotated[str, typer.Argument(help="CID of the delegation to revoke (zdpu...)")],
+) -> None:
+    """Revoke a UCAN delegation platform-wide: every service refuses it from now on."""
+    from datarooms.services.openid import platform_revocations
+
+    if not cid.startswith(("zdpu", "bafy")) or len(cid) > 100:
+        raise typer.BadParameter(f"{cid!r} is not a UCAN CID")
+    settings = state(ctx).settings()
+    platform_revocations(settings).revoke(cid, by="operator")
+    console.print(f"revoked {cid}")
+
+
 @agents_app.command("tools")
 def agents_tools() -> None:
     """List every MCP tool and the access level it needs."""

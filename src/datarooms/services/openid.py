@@ -28,6 +28,15 @@ with their homeserver at a bounded pace (``verify_per_second`` after a burst of
 until the budget refills, so a flood of made-up tokens becomes neither a flood of
 requests to the homeserver nor a way to push verified callers out. Concurrent
 requests with the same new token share one verification.
+
+**UCAN invocations** are the other kind of bearer token (see :class:`UcanGate` and
+docs/auth.md): a UCAN 1.0 container (``C`` + base64url DAG-CBOR) holding an invocation
+signed by the caller and the delegations that prove it, rooted in a delegation the
+service itself issued to a Matrix user it verified with an OpenID token. Each service has
+its own ``did:key`` (served at ``/.well-known/did.json``); a UCAN is checked right here,
+against the request it comes with (:class:`Action`: command, room, key), and never
+reaches a homeserver. The verified caller is that Matrix user, acting through the
+invoker's DID (``Caller.via``).
 """
 
 from __future__ import annotations
@@ -41,14 +50,30 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from datarooms.errors import HomeserverError, UnauthorizedError, ValidationError
+from fastapi import Depends, FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from datarooms.errors import AccessDeniedError, HomeserverError, UnauthorizedError, ValidationError
 from datarooms.homeserver.api import MatrixApi, openid_userinfo
 from datarooms.homeserver.federation import ServerResolver, ssl_context_for
 from datarooms.ids import SERVER_NAME, server_of
 from datarooms.ids import user_id as check_user_id
-from datarooms.services.scaffold import TokenBucket
+from datarooms.sdk.ucan import (
+    MCP_CALL,
+    MCP_SERVER,
+    Delegation,
+    Principal,
+    RevocationStore,
+    UcanError,
+    Validator,
+    covers,
+    delegate,
+    load_or_create_principal,
+    looks_like_container,
+)
+from datarooms.services.scaffold import TokenBucket, bearer_token, header
 
 if TYPE_CHECKING:
     from datarooms.config import Settings
@@ -115,9 +140,10 @@ class TrustedServers:
 
 @dataclass(frozen=True)
 class Caller:
-    """A verified Matrix user."""
+    """A verified Matrix user; ``via`` is the DID that invoked for them (a UCAN caller)."""
 
     user_id: str
+    via: str | None = None
 
     @property
     def server_name(self) -> str:
@@ -163,6 +189,8 @@ class OpenIdVerifier:
         self._budget = TokenBucket(verify_per_second, verify_burst)
         self._inflight: dict[bytes, asyncio.Future[Caller]] = {}
         self._on_result = on_result or (lambda _r: None)
+        #: The service's UCAN identity and validator; ``None``: OpenID tokens only.
+        self.ucan: UcanGate | None = None
 
     @property
     def cache_size(self) -> int:
@@ -173,8 +201,22 @@ class OpenIdVerifier:
         for api in apis.values():
             await api.close()
 
-    async def verify(self, token: str | None, server_name: str | None) -> Caller:
-        """The caller the token belongs to; :class:`UnauthorizedError` if none."""
+    async def verify(
+        self, token: str | None, server_name: str | None, action: Action | None = None
+    ) -> Caller:
+        """The caller the token belongs to; :class:`UnauthorizedError` if none.
+
+        A UCAN container (when the service takes UCANs) is checked against ``action``,
+        what the request asks; an OpenID token ignores it (the handler checks access).
+        """
+        if token and self.ucan is not None and (len(token) > 1024 or looks_like_container(token)):
+            try:
+                caller = self.ucan.check(token, action)
+            except UcanError:
+                self._on_result("ucan_rejected")
+                raise
+            self._on_result("ucan")
+            return caller
         if not token:
             self._on_result("missing")
             raise UnauthorizedError(
@@ -326,6 +368,174 @@ class OpenIdVerifier:
         return Caller(user)
 
 
+@dataclass(frozen=True)
+class Action:
+    """What a request asks, in UCAN terms: the command, and the room and key it is about.
+    A UCAN invocation must name exactly this command and these args."""
+
+    cmd: str
+    room: str | None = None
+    key: str | None = None
+
+
+def mcp_gate(settings: Settings) -> UcanGate:
+    """The MCP server's UCAN side: its key in ``<data_dir>/mcp/ucan-service.ed25519``
+    (shared by the running service and ``datarooms agents grant``), the platform's
+    revocations."""
+    return UcanGate(
+        load_or_create_principal(settings.data_dir / "mcp" / "ucan-service.ed25519"),
+        MCP_SERVER,
+        revocations=platform_revocations(settings),
+    )
+
+
+def platform_revocations(settings: Settings) -> RevocationStore:
+    """The platform's revocation store, ``<data_dir>/ucan/revocations.sqlite``: every
+    service of the platform opens it, so a revocation any of them takes holds for all."""
+    return RevocationStore(settings.data_dir / "ucan" / "revocations.sqlite")
+
+
+#: Longest a root delegation a service issues may live (30 days).
+MAX_ROOT_SECONDS = 30 * 24 * 3600
+
+
+class UcanGate:
+    """A service's UCAN side: its ``did:key`` (kept in its data), the resource it is
+    (``ixo:matrix-state-bot``...), and the validator of invocations addressed to it.
+
+    The chain of every accepted invocation starts with a delegation this service issued
+    (:meth:`issue`) to a Matrix user it verified; ``meta.matrix_user`` of that root names
+    the user the request acts for, so the handler applies that user's access, never more.
+    """
+
+    def __init__(
+        self,
+        principal: Principal,
+        resource: str,
+        *,
+        revocations: RevocationStore | None = None,
+        max_lifetime: int = 300,
+    ) -> None:
+        self.principal = principal
+        self.did = principal.did
+        self.resource = resource
+        self.validator = Validator(self.did, revocations=revocations, max_lifetime=max_lifetime)
+
+    def did_document(self) -> dict[str, object]:
+        return self.principal.did_document()
+
+    def check(self, token: str, action: Action | None) -> Caller:
+        proven = self.validator.verify(token)
+        args = proven.args
+        if args.get("with") != self.resource:
+            raise UcanError(
+                f"the invocation is for {args.get('with')!r}; this service is {self.resource!r}",
+                errcode="DR_UCAN_WRONG_AUDIENCE",
+            )
+        if action is None:
+            raise UcanError(
+                "this endpoint takes a Matrix OpenID token, not a UCAN",
+                errcode="DR_UCAN_NOT_ALLOWED",
+            )
+        if proven.cmd != action.cmd:
+            raise UcanError(
+                f"this request is {action.cmd!r}; the invocation is {proven.cmd!r}",
+                errcode="DR_UCAN_WRONG_COMMAND",
+            )
+        if action.room is not None and args.get("room") != action.room:
+            raise UcanError(
+                f"the invocation is for the room {args.get('room')!r}, not {action.room!r}",
+                errcode="DR_UCAN_WRONG_ROOM",
+            )
+        if action.key is not None and args.get("key") != action.key:
+            raise UcanError(
+                f"the invocation is for the key {args.get('key')!r}, not {action.key!r}",
+                errcode="DR_UCAN_NOT_ALLOWED",
+            )
+        root = proven.root
+        user = root.meta.get("matrix_user") if root is not None else None
+        try:
+            user = check_user_id(user) if isinstance(user, str) else None
+        except ValidationError:
+            user = None
+        if root is None or user is None:
+            raise UcanError(
+                "the chain's root delegation names no Matrix user (meta.matrix_user): get "
+                "one from this service's POST /v1/ucan/delegate",
+                errcode="DR_UCAN_BROKEN_CHAIN",
+            )
+        return Caller(user, via=proven.invoker)
+
+    def check_agent(self, token: str) -> tuple[str, Mapping[str, Any]]:
+        """The MCP agent a UCAN invocation of ``/datarooms/mcp`` acts as: the ``agent`` of
+        its chain's root, which this service issued (``datarooms agents grant``)."""
+        proven = self.validator.verify(token)
+        if proven.args.get("with") != self.resource:
+            raise UcanError(
+                f"the invocation is for {proven.args.get('with')!r}; this is {self.resource!r}",
+                errcode="DR_UCAN_WRONG_AUDIENCE",
+            )
+        if not covers(MCP_CALL, proven.cmd):
+            raise UcanError(
+                f"the MCP server takes invocations of {MCP_CALL!r}, not {proven.cmd!r}",
+                errcode="DR_UCAN_WRONG_COMMAND",
+            )
+        root = proven.root
+        agent = root.meta.get("agent") if root is not None else None
+        if not isinstance(agent, str) or proven.args.get("agent") != agent:
+            raise UcanError(
+                "the chain's root names no agent, or the invocation another one: get a "
+                "delegation with `datarooms agents grant NAME`",
+                errcode="DR_UCAN_BROKEN_CHAIN",
+            )
+        return agent, proven.args
+
+    def grant_agent(
+        self, agent: str, audience: str, *, until: int, policy: list[object] | None = None
+    ) -> Delegation:
+        """A root delegation to act as the MCP agent ``agent`` until ``until`` (Unix time).
+
+        ``policy`` narrows what an invocation may state: e.g. ``["==", ".access", "read"]``,
+        ``["all", ".rooms", ["or", [["==", ".", "!a:hs"], ...]]]``."""
+        return delegate(
+            self.principal,
+            audience,
+            MCP_CALL,
+            subject=self.did,
+            policy=[["==", ".with", self.resource], ["==", ".agent", agent], *(policy or [])],
+            expires=until,
+            meta={"agent": agent},
+        )
+
+    def issue(
+        self,
+        caller: Caller,
+        audience: str,
+        *,
+        cmd: str,
+        policy: list[object] | None,
+        expires_in: int,
+    ) -> Delegation:
+        """A root delegation from this service to ``audience`` (the caller's DID) for the
+        caller, who must have come with an OpenID token (a UCAN caller delegates itself)."""
+        if caller.via is not None:
+            raise AccessDeniedError(
+                "a UCAN caller cannot get a root delegation: delegate your own to others",
+                errcode="DR_UCAN_NOT_ALLOWED",
+            )
+        if not 0 < expires_in <= MAX_ROOT_SECONDS:
+            raise ValidationError(f"expires_in must be 1 to {MAX_ROOT_SECONDS} seconds")
+        return delegate(
+            self.principal,
+            audience,
+            cmd,
+            subject=self.did,
+            policy=[["==", ".with", self.resource], *(policy or [])],
+            expires=int(time.time()) + expires_in,
+            meta={"matrix_user": caller.user_id},
+        )
+
+
 def _settle(future: asyncio.Future[Caller], exc: BaseException) -> None:
     future.set_exception(exc)
     future.exception()  # retrieved: only concurrent waiters see it, no "never retrieved" warning
@@ -335,3 +545,86 @@ _UNKNOWN = (
     "the OpenID token is unknown or expired: request a new one from your homeserver "
     "(POST /_matrix/client/v3/user/{userId}/openid/request_token)"
 )
+
+
+class DelegateRequest(BaseModel):
+    """``POST /v1/ucan/delegate``: a root delegation from the service to your DID."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    audience: str = Field(description="Your did:key (Ed25519): who receives the delegation")
+    cmd: str = Field(default="/datarooms", description="The command granted (and below it)")
+    policy: list[Any] = Field(
+        default_factory=list, description="UCAN policy statements on the args (narrowing)"
+    )
+    expires_in: int = Field(default=86400, description="Seconds until it expires (max 30 days)")
+
+
+class ErrorBody(BaseModel):
+    errcode: str = Field(description="`M_...` (Matrix) or `DR_...` (datarooms)")
+    error: str = Field(description="What went wrong and what to do about it")
+
+
+def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "Invalid input",
+        401: "No valid token, or the UCAN is no good (the errcode says why)",
+        403: "The token does not grant this",
+        413: "The body is too large",
+        429: "Too many tokens to check just now",
+        502: "The homeserver could not be asked",
+    }
+    return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
+
+
+def install_ucan_routes(app: FastAPI, verifier: OpenIdVerifier) -> None:
+    """The UCAN endpoints every service has: its DID document, root delegations for a
+    caller verified with an OpenID token, and revocation."""
+    gate = verifier.ucan
+    if gate is None:
+        return
+
+    async def caller(request: Request) -> Caller:
+        known = getattr(request.state, "caller", None)
+        if isinstance(known, Caller):  # the request guard verified it already
+            return known
+        return await verifier.verify(
+            bearer_token(request.scope), header(request.scope, b"x-matrix-server-name")
+        )
+
+    @app.get("/.well-known/did.json", tags=["ucan"], responses=_responses(400))
+    async def did_document() -> dict[str, object]:
+        """This service's DID document: the audience of every UCAN invocation sent here."""
+        return gate.did_document()
+
+    @app.post(
+        "/v1/ucan/delegate", tags=["ucan"], responses=_responses(400, 401, 403, 413, 429, 502)
+    )
+    async def issue(
+        body: DelegateRequest,
+        who: Caller = Depends(caller),  # noqa: B008 (annotations are strings here)
+    ) -> dict[str, Any]:
+        """A root delegation from this service to ``audience``, acting for you (the Matrix
+        user of the OpenID token): delegate it onwards to agents, each hop narrowing."""
+        try:
+            d = gate.issue(
+                who, body.audience, cmd=body.cmd, policy=body.policy, expires_in=body.expires_in
+            )
+        except UcanError as exc:
+            raise ValidationError(exc.message, errcode=exc.errcode) from None
+        return {
+            "delegation": d.encode(),
+            "cid": str(d.cid),
+            "issuer": gate.did,
+            "resource": gate.resource,
+            "expires": d.exp,
+        }
+
+    @app.post("/ucan/revoke", tags=["ucan"], responses=_responses(400, 401, 403, 413, 429))
+    async def revoke(request: Request) -> dict[str, Any]:
+        """Revoke a delegation: the body is a container (text) with a ``/ucan/revoke``
+        invocation (args ``{"ucan": CID}``) signed by an issuer on the revoked link's chain,
+        and the delegations of that chain. Every service of the platform refuses it at once."""
+        raw = await request.body()
+        text = raw.decode("ascii", errors="replace").strip()
+        return {"revoked": gate.validator.revoke(text)}

@@ -45,6 +45,7 @@ from datarooms.sdk.keys.verification import Verifier
 
 if TYPE_CHECKING:
     from datarooms.sdk.client import DataroomsClient
+    from datarooms.sdk.ucan.did import Principal
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ SECRET_NAMES = {
     "backup": "m.megolm_backup.v1",
     # The issuer key of this account's claims (its did:key), see datarooms.sdk.claims.
     "claims": "io.datarooms.claims.signing",
+    #: The device's UCAN signing key (did:key, Ed25519), docs/auth.md.
+    "ucan": "io.datarooms.ucan.ed25519",
 }
 _UPLOAD_CHUNK = 250
 
@@ -404,6 +407,21 @@ class KeyManager:
                         extra={"user": u, "device": d.id, "policy": self.trust},
                     )
 
+    # -- the UCAN identity ------------------------------------------------------------
+
+    def ucan_principal(self) -> Principal:
+        """This account's UCAN key (``did:key``, Ed25519): kept with the device's other
+        secrets (written before it is returned), backed up in secret storage by
+        :meth:`setup_recovery` and brought back by :meth:`unlock` on a new device."""
+        from datarooms.sdk.ucan.did import Principal  # not every device needs UCANs: lazily
+
+        seed = self._secrets.get("ucan")
+        if seed is None:
+            seed = _b64(Principal.generate().seed)
+            self._secrets["ucan"] = seed
+            self._save_secrets()
+        return Principal.from_seed(decode_b64(seed))
+
     # -- secret storage and recovery ------------------------------------------------
 
     async def setup_recovery(self) -> str:
@@ -419,6 +437,8 @@ class KeyManager:
         backup = BackupKey.generate()
         self._secrets["backup"] = _b64(backup.to_bytes())
         self._claims_seed()  # the claims issuer key is backed up with the others
+        if "ucan" not in self._secrets:
+            self.ucan_principal()
         for name, secret_name in SECRET_NAMES.items():
             encrypted = ssss.encrypt_secret(key, secret_name, self._secrets[name].encode())
             await self._set_account_data(secret_name, {"encrypted": {desc.key_id: encrypted}})

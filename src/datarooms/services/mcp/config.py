@@ -484,6 +484,12 @@ class ConfigWatcher:
             return None
         return (st.st_mtime_ns, st.st_size)
 
+    def fresh(self) -> AgentsConfig:
+        """:meth:`current`, checking the file now (a token or agent not known yet: it may
+        have been added a moment ago)."""
+        self._checked = time.monotonic() - self._interval
+        return self.current()
+
     def current(self) -> AgentsConfig:
         now = time.monotonic()
         if now - self._checked < self._interval or self.config.path is None:

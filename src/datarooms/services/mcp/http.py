@@ -14,7 +14,8 @@ installs signal handlers there: ``datarooms up`` owns Ctrl-C.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,9 +23,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from datarooms.sdk.ucan import UcanError, looks_like_container
 from datarooms.services.mcp import audit
 from datarooms.services.mcp.config import AgentsConfig, match_token
+from datarooms.services.mcp.oauth import SCOPE_PREFIX, MatrixLoginProvider, resource_metadata_url
+from datarooms.services.mcp.policy import Narrowing
 from datarooms.services.mcp.server import AgentServer
+from datarooms.services.openid import UcanGate
 from datarooms.services.scaffold import (
     Authenticator,
     EmbeddedServer,
@@ -45,14 +50,61 @@ _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="datarooms-mcp"'}
 MAX_BODY_BYTES = 48 * 1024 * 1024
 
 
-def authenticator(config: Callable[[], AgentsConfig]) -> Authenticator:
+def authenticator(
+    config: Callable[[], AgentsConfig],
+    ucan: UcanGate | None = None,
+    fresh: Callable[[], AgentsConfig] | None = None,
+    oauth: MatrixLoginProvider | None = None,
+) -> Authenticator:
     """Which agent is calling ``/mcp``, from its bearer token alone (before any body is
-    read); the agent's name goes in ``scope["state"]["agent"]``."""
+    read); the agent's name goes in ``scope["state"]["agent"]``. A token or agent not
+    known yet makes ``fresh`` re-read agents.toml first (one stat), so an agent added a
+    moment ago works at once.
+
+    A token is an agent's static bearer token, or (with ``ucan``) a UCAN invocation of
+    ``/datarooms/mcp`` whose chain roots in a grant of this server (``datarooms agents
+    grant``): checked here, per request, against the live revocation store, so a grant,
+    a narrower re-grant or a revocation takes effect without a restart.
+    """
+
+    challenge = dict(_UNAUTHORIZED_HEADERS)
+    if oauth is not None:  # RFC 9728 section 5.1: point standard clients at the metadata
+        challenge["WWW-Authenticate"] = (
+            f'Bearer realm="datarooms-mcp", '
+            f'resource_metadata="{resource_metadata_url(oauth.base_url)}"'
+        )
 
     async def authenticate(scope: Scope) -> None:
         if scope.get("path") != MCP_PATH:
             return
         token = bearer_token(scope)
+        if token is not None and oauth is not None:
+            agent = oauth.agent_of(token)
+            if agent is not None:
+                if agent not in config().agents:
+                    raise Refusal(
+                        403, "DR_FORBIDDEN", f"the agent {agent!r} was removed", challenge
+                    )
+                scope["state"]["agent"] = agent
+                return
+        if token is not None and ucan is not None and looks_like_container(token):
+            try:
+                name, args = ucan.check_agent(token)
+                narrowing = narrowing_of(args)
+            except UcanError as exc:
+                audit.auth_denied("ucan")
+                raise Refusal(exc.http_status, exc.errcode, exc.message, challenge) from None
+            if name not in config().agents and (fresh is None or name not in fresh().agents):
+                audit.auth_denied("ucan")
+                raise Refusal(
+                    403,
+                    "DR_UCAN_NOT_ALLOWED",
+                    f"the UCAN is for the agent {name!r}, which is not in agents.toml",
+                    challenge,
+                )
+            scope["state"]["agent"] = name
+            scope["state"]["narrowing"] = narrowing
+            return
         if token is None:
             audit.auth_denied("bearer_token")
             raise Refusal(
@@ -60,27 +112,56 @@ def authenticator(config: Callable[[], AgentsConfig]) -> Authenticator:
                 "M_MISSING_TOKEN",
                 "this MCP server needs Authorization: Bearer <agent token>; "
                 "create one with `datarooms agents add` or `datarooms agents token NAME`",
-                _UNAUTHORIZED_HEADERS,
+                challenge,
             )
         policy = match_token(token, config().agents.values())
+        if policy is None and fresh is not None:
+            policy = match_token(token, fresh().agents.values())
         if policy is None:
             audit.auth_denied("bearer_token")
             raise Refusal(
                 401,
                 "M_UNKNOWN_TOKEN",
                 "the bearer token belongs to no agent (revoked or mistyped)",
-                _UNAUTHORIZED_HEADERS,
+                challenge,
             )
         scope["state"]["agent"] = policy.name
 
     return authenticate
 
 
-class AgentRouter:
-    """ASGI app: hand a request over to the server of the agent the guard authenticated."""
+def narrowing_of(args: Mapping[str, Any]) -> Narrowing:
+    """What a UCAN invocation states it may do (``access``, ``rooms``, ``tools`` in its
+    args, each optional); the chain's policies have already checked these args."""
+    access = args.get("access")
+    if access is not None and access not in ("read", "write"):
+        raise UcanError("args.access must be 'read' or 'write'", errcode="DR_UCAN_MALFORMED")
 
-    def __init__(self, servers: Mapping[str, AgentServer]):
+    def names(key: str) -> frozenset[str] | None:
+        value = args.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UcanError(f"args.{key} must be a list of strings", errcode="DR_UCAN_MALFORMED")
+        return frozenset(value)
+
+    return Narrowing(access=access, rooms=names("rooms"), tools=names("tools"))
+
+
+class AgentRouter:
+    """ASGI app: hand a request over to the server of the agent the guard authenticated.
+
+    An agent added to agents.toml while the server runs is started on its first request
+    (``starting``: wait for it), so it works at once, without a restart.
+    """
+
+    def __init__(
+        self,
+        servers: Mapping[str, AgentServer],
+        starting: Callable[[str], Awaitable[AgentServer | None]] | None = None,
+    ):
         self.servers = servers
+        self.starting = starting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # pragma: no cover - websockets are not routed here
@@ -90,20 +171,28 @@ class AgentRouter:
             await send_error(send, 401, "M_MISSING_TOKEN", "not authenticated")
             return
         server = self.servers.get(name)
+        if server is None and self.starting is not None:
+            server = await self.starting(name)
         if server is None:
             await send_error(
                 send,
                 503,
                 "DR_AGENT_NOT_RUNNING",
-                f"agent {name!r} was added after the MCP server started; "
-                "restart `datarooms up` to bring it online",
+                f"agent {name!r} could not be started (see the platform log); retry shortly",
             )
             return
         await server.session_manager.handle_request(scope, receive, send)
 
 
 def build_http_app(
-    servers: Mapping[str, AgentServer], config: Callable[[], AgentsConfig], *, host: str
+    servers: Mapping[str, AgentServer],
+    config: Callable[[], AgentsConfig],
+    *,
+    host: str,
+    ucan: UcanGate | None = None,
+    starting: Callable[[str], Awaitable[AgentServer | None]] | None = None,
+    fresh: Callable[[], AgentsConfig] | None = None,
+    oauth: MatrixLoginProvider | None = None,
 ) -> ASGIApp:
     """The ASGI app: ``/mcp`` (authenticated, per agent, before any body is read) and
     ``/health``, behind the services' :class:`RequestGuard`."""
@@ -123,12 +212,22 @@ def build_http_app(
 
     app = Starlette(
         routes=[
-            Route(MCP_PATH, endpoint=AgentRouter(servers)),
+            Route(MCP_PATH, endpoint=AgentRouter(servers, starting)),
             Route("/health", endpoint=health, methods=["GET"]),
+            *(
+                oauth.routes(
+                    oauth.base_url + MCP_PATH,
+                    [f"{SCOPE_PREFIX}{name}" for name in config().agents],
+                )
+                if oauth is not None
+                else []
+            ),
         ],
         lifespan=lifespan,
     )
-    return RequestGuard(app, max_body=MAX_BODY_BYTES, authenticate=authenticator(config))
+    return RequestGuard(
+        app, max_body=MAX_BODY_BYTES, authenticate=authenticator(config, ucan, fresh, oauth)
+    )
 
 
 class HttpServer:

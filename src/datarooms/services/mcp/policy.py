@@ -16,8 +16,9 @@ example ``access:write``, ``tool:send_message``, ``room:!abc:example.org``,
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -269,3 +270,32 @@ __all__ = [
     "ToolSpec",
     "tools_for",
 ]
+
+
+@dataclass(frozen=True)
+class Narrowing:
+    """What one UCAN-authenticated request may do, as its invocation states it (and the
+    policies of its chain vouch): at most ``access``, only ``rooms``, only ``tools``.
+    ``None``: as the agent's policy says."""
+
+    access: Access | None = None
+    rooms: frozenset[str] | None = None
+    tools: frozenset[str] | None = None
+
+    def apply(self, policy: AgentPolicy) -> AgentPolicy:
+        """``policy`` narrowed by this; never wider than ``policy``."""
+        access: Access = "read" if self.access == "read" else policy.access
+        rooms, kinds, dids = policy.rooms, policy.room_kinds, policy.dids
+        if self.rooms is not None:
+            rooms = self.rooms if policy.any_room else policy.rooms & self.rooms
+            kinds, dids = frozenset(), frozenset()  # only the rooms it names
+        tools = policy.tools
+        if self.tools is not None:
+            tools = self.tools if tools is None else tools & self.tools
+        return replace(policy, access=access, rooms=rooms, room_kinds=kinds, dids=dids, tools=tools)
+
+
+#: The narrowing of the request being served (set per tool call; see server.py).
+REQUEST_NARROWING: contextvars.ContextVar[Narrowing | None] = contextvars.ContextVar(
+    "datarooms_mcp_narrowing", default=None
+)

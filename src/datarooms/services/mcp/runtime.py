@@ -34,7 +34,12 @@ from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.timeline import RoomEvent
 from datarooms.services.mcp import audit
 from datarooms.services.mcp.config import AgentsConfig, ConfigWatcher, McpSettings
-from datarooms.services.mcp.policy import AgentPolicy, CapabilityDenied, RoomFacts
+from datarooms.services.mcp.policy import (
+    REQUEST_NARROWING,
+    AgentPolicy,
+    CapabilityDenied,
+    RoomFacts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +81,7 @@ class AgentRuntime:
         trusted_senders: Iterable[str] = (),
     ) -> None:
         self.client = client
-        self.policy = policy
+        self._policy = policy
         self.settings = settings
         self.transport = transport
         #: The agent's homeserver: the only one whose aliases the room facts trust.
@@ -94,8 +99,18 @@ class AgentRuntime:
         self.removed = False
 
     @property
+    def policy(self) -> AgentPolicy:
+        """The agent's policy, narrowed by the UCAN of the request being served, if any."""
+        narrowing = REQUEST_NARROWING.get()
+        return self._policy if narrowing is None else narrowing.apply(self._policy)
+
+    @policy.setter
+    def policy(self, policy: AgentPolicy) -> None:
+        self._policy = policy
+
+    @property
     def name(self) -> str:
-        return self.policy.name
+        return self._policy.name
 
     @property
     def user_id(self) -> str:
@@ -134,8 +149,8 @@ class AgentRuntime:
 
     def set_policy(self, policy: AgentPolicy) -> None:
         """Swap in a changed policy (keeps resolved aliases that are still named)."""
-        kept = {a: r for a, r in self.policy.resolved.items() if a in policy.rooms}
-        self.policy = replace(policy, resolved=kept)
+        kept = {a: r for a, r in self._policy.resolved.items() if a in policy.rooms}
+        self._policy = replace(policy, resolved=kept)
 
     async def resolve_policy_aliases(self) -> None:
         """Look up the room ids of the aliases the operator's policy names.
@@ -144,11 +159,11 @@ class AgentRuntime:
         and at most every 30 s while some alias is unknown; an agent's arguments never
         trigger one.
         """
-        pending = self.policy.unresolved_aliases()
+        pending = self._policy.unresolved_aliases()
         if not pending:
             return
         self._alias_tried = time.monotonic()
-        found = dict(self.policy.resolved)
+        found = dict(self._policy.resolved)
         for alias in pending:
             try:
                 found[alias] = await self.client.rooms.resolve(alias)
@@ -157,7 +172,7 @@ class AgentRuntime:
                     "policy alias not resolved yet",
                     extra={"agent": self.name, "alias": alias, "error": exc.errcode},
                 )
-        self.policy = replace(self.policy, resolved=found)
+        self._policy = replace(self._policy, resolved=found)
 
     # -- rooms -----------------------------------------------------------------
 

@@ -40,7 +40,12 @@ from datarooms import __version__
 from datarooms.errors import DataroomsError
 from datarooms.services.mcp import audit
 from datarooms.services.mcp.audit import AuditRecord
-from datarooms.services.mcp.policy import TOOLS, CapabilityDenied
+from datarooms.services.mcp.policy import (
+    REQUEST_NARROWING,
+    TOOLS,
+    CapabilityDenied,
+    Narrowing,
+)
 from datarooms.services.mcp.reading import event_json, read_timeline
 from datarooms.services.mcp.runtime import AgentRuntime
 from datarooms.services.mcp.tools import _READ, _WRITE, ANNOTATIONS, AgentTools
@@ -99,8 +104,25 @@ class AgentServer(MCPServer[Any]):
         """Only the tools this agent may call."""
         return [t for t in await super().list_tools() if self.rt.policy.tool_allowed(t.name)]
 
+    async def _handle_list_tools(self, ctx: Any, params: Any) -> Any:
+        token = REQUEST_NARROWING.set(_narrowing_of(getattr(ctx, "request", None)))
+        try:
+            return await super()._handle_list_tools(ctx, params)
+        finally:
+            REQUEST_NARROWING.reset(token)
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        request = getattr(getattr(context, "request_context", None), "request", None)
+        narrowed = REQUEST_NARROWING.set(_narrowing_of(request))
+        try:
+            return await self._call_tool(name, arguments, context)
+        finally:
+            REQUEST_NARROWING.reset(narrowed)
+
+    async def _call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None
     ) -> CallToolResult | InputRequiredResult:
         rt = self.rt
         rec = AuditRecord("tool_call", rt.name, rt.user_id, name, rt.transport)
@@ -222,8 +244,25 @@ class AgentServer(MCPServer[Any]):
                 )
         return out
 
+    async def _handle_list_resources(self, ctx: Any, params: Any) -> Any:
+        token = REQUEST_NARROWING.set(_narrowing_of(getattr(ctx, "request", None)))
+        try:
+            return await super()._handle_list_resources(ctx, params)
+        finally:
+            REQUEST_NARROWING.reset(token)
+
     async def read_resource(
         self, uri: AnyUrl | str, context: Context[Any, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        request = getattr(getattr(context, "request_context", None), "request", None)
+        narrowed = REQUEST_NARROWING.set(_narrowing_of(request))
+        try:
+            return await self._read_resource(uri, context)
+        finally:
+            REQUEST_NARROWING.reset(narrowed)
+
+    async def _read_resource(
+        self, uri: AnyUrl | str, context: Context[Any, Any] | None
     ) -> Iterable[ReadResourceContents] | InputRequiredResult:
         text = str(uri)
         template = _template_of(text)
@@ -258,6 +297,15 @@ class AgentServer(MCPServer[Any]):
         finally:
             rec.emit()
             audit.end(token)
+
+
+def _narrowing_of(request: Any) -> Narrowing | None:
+    """The narrowing the request's UCAN stated (the HTTP guard put it in the scope)."""
+    scope = getattr(request, "scope", None)
+    if not isinstance(scope, dict):
+        return None
+    found = (scope.get("state") or {}).get("narrowing")
+    return found if isinstance(found, Narrowing) else None
 
 
 def _template_of(uri: str) -> str:

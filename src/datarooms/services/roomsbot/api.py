@@ -43,6 +43,8 @@ from datarooms.errors import (
 )
 from datarooms.ids import user_id as check_user_id
 from datarooms.sdk.rooms import POWER
+from datarooms.sdk.ucan import ROOM_READ, ROOM_WRITE
+from datarooms.services.openid import Action, install_ucan_routes
 from datarooms.services.roomsbot.entity_rooms import SPACE, did_from_localpart, parse_alias
 from datarooms.services.roomsbot.store import EntityFacts, EntityRecord
 from datarooms.services.scaffold import (
@@ -62,6 +64,14 @@ log = logging.getLogger(__name__)
 _MAX_REST_BODY = 64 * 1024
 #: Paths of the REST API, every one of them behind an OpenID token.
 _REST_PREFIXES = ("/rooms/", "/room/")
+
+
+def rest_action(method: str) -> Action:
+    """A REST call in UCAN terms: reading (``GET``) is ``/datarooms/room/read``, anything
+    else (creating an entity's rooms) ``/datarooms/room/write``; not room-scoped."""
+    return Action(ROOM_READ if method in ("GET", "HEAD") else ROOM_WRITE)
+
+
 _MAX_AS_BODY = 32 * 2**20
 _ALIAS_QUERY_TIMEOUT_S = 25.0
 
@@ -164,6 +174,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
     creations = TokenBucket(rate=2.0, burst=60)
 
     install_error_handlers(app, "the rooms bot")
+    install_ucan_routes(app, bot.verifier)
 
     # -- auth --------------------------------------------------------------------
 
@@ -176,7 +187,8 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         if isinstance(known, str):  # the request guard verified it before reading the body
             return known
         token = credentials.credentials if credentials is not None else None
-        return (await bot.verifier.verify(token, x_matrix_server_name)).user_id
+        action = rest_action(request.scope.get("method", ""))
+        return (await bot.verifier.verify(token, x_matrix_server_name, action)).user_id
 
     def homeserver(request: Request) -> None:
         check_hs_token(bot, request.scope)
@@ -399,7 +411,9 @@ def build_asgi(bot: "RoomsBot") -> tuple[FastAPI, ASGIApp]:
             check_hs_token(bot, scope)
         elif path.startswith(_REST_PREFIXES):
             caller = await bot.verifier.verify(
-                bearer_token(scope), header(scope, b"x-matrix-server-name")
+                bearer_token(scope),
+                header(scope, b"x-matrix-server-name"),
+                rest_action(str(scope.get("method", ""))),
             )
             scope["state"]["caller"] = caller.user_id
 

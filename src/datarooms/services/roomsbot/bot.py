@@ -18,7 +18,8 @@ from datarooms.chain.watcher import ChainWatcher, EntityRejected
 from datarooms.config import ChainSettings, RoomsBotSettings
 from datarooms.errors import HomeserverError, PlatformError, ValidationError
 from datarooms.homeserver.api import MatrixApi
-from datarooms.services.openid import FederationTrust, OpenIdVerifier
+from datarooms.sdk.ucan import ROOMS_BOT, RevocationStore, load_or_create_principal
+from datarooms.services.openid import FederationTrust, OpenIdVerifier, UcanGate
 from datarooms.services.roomsbot.api import answer_alias_query, build_asgi
 from datarooms.services.roomsbot.entity_rooms import EntityRooms
 from datarooms.services.roomsbot.metrics import Metrics
@@ -42,6 +43,7 @@ class RoomsBot:
         chain_url: str | None = None,
         chain: ChainSettings | None = None,
         federation: FederationTrust | None = None,
+        revocations: RevocationStore | None = None,
     ) -> None:
         self.homeserver_url = homeserver_url.rstrip("/")
         self.registration = registration
@@ -68,6 +70,12 @@ class RoomsBot:
             },
             default_server=registration.server_name,
             federation=federation,
+        )
+        self.verifier.ucan = UcanGate(
+            load_or_create_principal(Path(store_path).parent / "ucan-service.ed25519"),
+            ROOMS_BOT,
+            revocations=revocations
+            or RevocationStore(Path(store_path).parent / "ucan-revocations.sqlite"),
         )
         self.rpc: CometRpc | None = None
         self.watcher: ChainWatcher | None = None

@@ -129,7 +129,7 @@ class RoomsBotService(BotService["RoomsBot"]):
         )
         run = ServiceRun(settings, self.name, lock).acquire()
         try:
-            from datarooms.services.openid import federation_trust
+            from datarooms.services.openid import federation_trust, platform_revocations
             from datarooms.services.roomsbot.bot import RoomsBot
 
             watch = chain_url(settings, cs) if cs.watch else None
@@ -141,6 +141,7 @@ class RoomsBotService(BotService["RoomsBot"]):
                 chain_url=watch,
                 chain=cs,
                 federation=federation_trust(settings),
+                revocations=platform_revocations(settings),
             )
             await bot.start()
         except BaseException:

@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.types import ASGIApp, Scope
 
 from datarooms.config import STATEBOT_MAX_BODY_BYTES
-from datarooms.services.openid import Caller, OpenIdVerifier
+from datarooms.sdk.ucan import ROOM_READ, ROOM_WRITE, STATE_SET
+from datarooms.services.openid import Action, Caller, OpenIdVerifier, install_ucan_routes
 from datarooms.services.scaffold import (
     RequestGuard,
     bearer_token,
@@ -230,7 +231,42 @@ async def _caller(
     if isinstance(known, Caller):  # the request guard verified it before reading the body
         return known
     verifier: OpenIdVerifier = request.app.state.verifier
-    return await verifier.verify(credentials.credentials if credentials else None, server_name)
+    return await verifier.verify(
+        credentials.credentials if credentials else None,
+        server_name,
+        action_of(request.scope.get("method", ""), request.scope.get("path", "")),
+    )
+
+
+#: The UCAN command of changing a key's ACL.
+STATE_ACL = "/datarooms/state/acl"
+
+
+def action_of(method: str, path: str) -> Action | None:
+    """What a ``/v1/`` request asks, in UCAN terms (``None``: no UCAN may ask it).
+
+    ``GET`` on a room, its keys, a value or an ACL: ``/datarooms/room/read`` (with the
+    room, and the key when there is one); ``POST .../join``: ``/datarooms/room/write``;
+    ``PUT .../state/{key}``: ``/datarooms/state/set``; ``PUT .../acl/{key}``:
+    ``/datarooms/state/acl``.
+    """
+    if not path.startswith("/v1/rooms/"):
+        return None
+    room, _, rest = path[len("/v1/rooms/") :].partition("/")
+    part, _, key = rest.partition("/")
+    if method == "GET" and not rest:
+        return Action(ROOM_READ, room)
+    if method == "POST" and rest == "join":
+        return Action(ROOM_WRITE, room)
+    if method == "GET" and part == "state":
+        return Action(ROOM_READ, room, key or None)
+    if method == "GET" and part == "acl" and key:
+        return Action(ROOM_READ, room, key)
+    if method == "PUT" and part == "state" and key:
+        return Action(STATE_SET, room, key)
+    if method == "PUT" and part == "acl" and key:
+        return Action(STATE_ACL, room, key)
+    return None
 
 
 Auth = Annotated[Caller, Depends(_caller)]
@@ -261,6 +297,8 @@ def create_app(
     app.state.verifier = verifier
 
     install_error_handlers(app, "the state bot")
+    if verifier.ucan is not None:
+        install_ucan_routes(app, verifier)
 
     # -- service endpoints --
 
@@ -432,7 +470,9 @@ def build_asgi(
     async def authenticate(scope: Scope) -> None:
         if str(scope.get("path", "")).startswith("/v1/"):
             scope["state"]["caller"] = await verifier.verify(
-                bearer_token(scope), header(scope, b"x-matrix-server-name")
+                bearer_token(scope),
+                header(scope, b"x-matrix-server-name"),
+                action_of(str(scope.get("method", "")), str(scope.get("path", ""))),
             )
 
     def count(scope: Scope, status: int, seconds: float) -> None:

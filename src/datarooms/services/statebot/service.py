@@ -29,9 +29,17 @@ from datarooms.errors import (
 )
 from datarooms.ids import server_of
 from datarooms.sdk.client import DataroomsClient
+from datarooms.sdk.ucan import STATE_BOT, RevocationStore, load_or_create_principal
 from datarooms.services import scaffold
 from datarooms.services.autojoin import AutoJoin
-from datarooms.services.openid import Caller, FederationTrust, OpenIdVerifier, federation_trust
+from datarooms.services.openid import (
+    Caller,
+    FederationTrust,
+    OpenIdVerifier,
+    UcanGate,
+    federation_trust,
+    platform_revocations,
+)
 from datarooms.services.platform import PlatformContext
 from datarooms.services.scaffold import BotService, EmbeddedServer, ServiceRun, bind, http_url
 from datarooms.services.statebot.api import build_asgi
@@ -71,6 +79,7 @@ class StateBot:
         homeservers: Mapping[str, str] | None = None,
         own_client: bool = False,
         federation: FederationTrust | None = None,
+        revocations: RevocationStore | None = None,
     ) -> None:
         self.client = client
         self.config = config or StateBotConfig()
@@ -85,6 +94,12 @@ class StateBot:
             federation=federation,
             cache_seconds=self.config.token_cache_seconds,
             on_result=lambda result: self.metrics.auth.labels(result).inc(),
+        )
+        self.verifier.ucan = UcanGate(
+            load_or_create_principal(client.store_dir / "ucan-service.ed25519"),
+            STATE_BOT,
+            revocations=revocations
+            or RevocationStore(client.store_dir / "ucan-revocations.sqlite"),
         )
         self.handler = StateHandler(client, trusted_servers=self.verifier.trusted)
         self.metrics.watch(
@@ -200,6 +215,7 @@ class StateBotService(BotService["StateBot"]):
                     homeservers=homeservers,
                     own_client=True,
                     federation=federation_trust(platform.settings),
+                    revocations=platform_revocations(platform.settings),
                 )
                 url = await bot.start()
             except BaseException:

@@ -3,6 +3,7 @@ bot's OpenID authentication and access rules (members read, writers save)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -10,6 +11,19 @@ from urllib.parse import quote
 import aiohttp
 
 from datarooms.config import ClaimsSettings
+from datarooms.sdk.ucan import (
+    CLAIMS_BOT,
+    ROOM_READ,
+    ROOM_WRITE,
+    STATE_BOT,
+    Delegation,
+    Principal,
+    bearer,
+    decode,
+    decode_container,
+    delegate,
+    invoke,
+)
 from datarooms.services.claims import ClaimsBot
 from datarooms.testing import TestHomeserver
 from tests.test_statebot import openid_token, wait_until
@@ -96,6 +110,31 @@ async def test_save_and_query_claims_with_openid_and_acl(  # type: ignore[no-unt
         assert (await alice.claims.verify(room, cid, collection="inspections-1")).ok
         event = await alice.messages.event(room, body_event_id)
         assert event.content["saved_by"] == alice.user_id and event.sender == bot_client.user_id
+
+        # UCAN invocations (docs/auth.md): alice delegates reading this room to an agent.
+        status, doc = await _call(bot, "GET", "/.well-known/did.json", None)
+        assert status == 200 and doc["id"].startswith("did:key:z6Mk")
+        me, agent = Principal.generate(), Principal.generate()
+        status, issued = await _call(
+            bot, "POST", "/v1/ucan/delegate", a_token, {"audience": me.did}
+        )
+        assert status == 200, issued
+        root = decode(decode_container(issued["delegation"])[0])
+        assert isinstance(root, Delegation)
+        hop = delegate(me, agent.did, ROOM_READ, subject=doc["id"], expires=int(time.time()) + 600)
+
+        def token(cmd: str = ROOM_READ, target: str = room, resource: str = CLAIMS_BOT) -> str:
+            inv = invoke(agent, cmd, {"with": resource, "room": target}, [root, hop])
+            return bearer(inv, [root, hop])
+
+        status, body = await _call(bot, "GET", f"{base}/{cid}", token())
+        assert status == 200 and body["verification"]["ok"] is True, body
+        status, body = await _call(bot, "POST", base, token(ROOM_WRITE), {"credential": vc})
+        assert status == 403 and body["errcode"].startswith("DR_UCAN"), body
+        status, body = await _call(bot, "GET", f"{base}/{cid}", token(target="!other:localhost"))
+        assert (status, body["errcode"]) == (403, "DR_UCAN_WRONG_ROOM"), body
+        status, body = await _call(bot, "GET", f"{base}/{cid}", token(resource=STATE_BOT))
+        assert status == 403 and body["errcode"] in ("DR_UCAN_WRONG_AUDIENCE", "DR_UCAN_POLICY")
     finally:
         await bot.stop()
 

@@ -21,8 +21,9 @@ from fastapi import FastAPI, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Scope
 
+from datarooms.sdk.ucan import ROOM_READ, ROOM_WRITE
 from datarooms.services.claims.handler import ClaimsHandler
-from datarooms.services.openid import Caller, OpenIdVerifier
+from datarooms.services.openid import Action, Caller, OpenIdVerifier, install_ucan_routes
 from datarooms.services.scaffold import (
     RequestGuard,
     bearer_token,
@@ -104,16 +105,35 @@ def create_app(handler: ClaimsHandler) -> FastAPI:
     return app
 
 
+def claims_action(method: str, path: str) -> Action | None:
+    """What a ``/v1/`` request asks, in UCAN terms: saving a claim is
+    ``/datarooms/room/write`` on its room, reading or listing ``/datarooms/room/read``."""
+    if not path.startswith("/v1/rooms/"):
+        return None
+    room, _, rest = path[len("/v1/rooms/") :].partition("/")
+    if not rest.startswith("collections/"):
+        return None
+    if method == "POST":
+        return Action(ROOM_WRITE, room)
+    if method == "GET":
+        return Action(ROOM_READ, room)
+    return None
+
+
 def build_asgi(
     handler: ClaimsHandler, verifier: OpenIdVerifier, *, max_body_bytes: int
 ) -> tuple[FastAPI, ASGIApp]:
     """The app and the ASGI app to serve, behind the guard that authenticates first."""
     app = create_app(handler)
+    install_ucan_routes(app, verifier)
 
     async def authenticate(scope: Scope) -> None:
-        if str(scope.get("path", "")).startswith("/v1/"):
+        path = str(scope.get("path", ""))
+        if path.startswith("/v1/"):
             scope["state"]["caller"] = await verifier.verify(
-                bearer_token(scope), header(scope, b"x-matrix-server-name")
+                bearer_token(scope),
+                header(scope, b"x-matrix-server-name"),
+                claims_action(str(scope.get("method", "")), path),
             )
 
     guard = RequestGuard(

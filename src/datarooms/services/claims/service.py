@@ -22,10 +22,17 @@ from datarooms.errors import DataroomsError, PlatformError
 from datarooms.ids import server_of
 from datarooms.sdk.audit import AnchorChain
 from datarooms.sdk.client import DataroomsClient
+from datarooms.sdk.ucan import CLAIMS_BOT, RevocationStore, load_or_create_principal
 from datarooms.services.autojoin import AutoJoin
 from datarooms.services.claims.api import build_asgi
 from datarooms.services.claims.handler import ClaimsHandler
-from datarooms.services.openid import FederationTrust, OpenIdVerifier, federation_trust
+from datarooms.services.openid import (
+    FederationTrust,
+    OpenIdVerifier,
+    UcanGate,
+    federation_trust,
+    platform_revocations,
+)
 from datarooms.services.platform import PlatformContext
 from datarooms.services.scaffold import BotService, EmbeddedServer, ServiceRun, bind, http_url
 
@@ -46,6 +53,7 @@ class ClaimsBot:
         own_client: bool = False,
         federation: FederationTrust | None = None,
         chain: AnchorChain | None = None,
+        revocations: RevocationStore | None = None,
     ) -> None:
         self.client = client
         self.config = config or ClaimsSettings()
@@ -58,6 +66,14 @@ class ClaimsBot:
             default_server=self.server_name,
             federation=federation,
             cache_seconds=self.config.token_cache_seconds,
+        )
+        # UCAN invocations beside OpenID tokens (docs/auth.md): the service's did:key
+        # lives with its device; revocations are the platform's.
+        self.verifier.ucan = UcanGate(
+            load_or_create_principal(client.store_dir / "ucan-service.ed25519"),
+            CLAIMS_BOT,
+            revocations=revocations
+            or RevocationStore(client.store_dir / "ucan-revocations.sqlite"),
         )
         self.handler = ClaimsHandler(client)
         self.app: FastAPI
@@ -162,6 +178,7 @@ class ClaimsService(BotService["ClaimsBot"]):
                     homeservers={server_of(creds.user_id): platform.homeserver_url},
                     own_client=True,
                     federation=federation_trust(platform.settings),
+                    revocations=platform_revocations(platform.settings),
                     chain=ChainAnchor(chain_url(platform.settings)),
                 )
                 url = await bot.start()

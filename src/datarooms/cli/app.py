@@ -259,6 +259,10 @@ def platform_services(settings: Settings) -> list[Service]:
         from datarooms.services.mcp import McpService
 
         services.append(McpService(port=mcp_port))
+    if "dashboard" in wanted:
+        from datarooms.services.dashboard import DashboardService
+
+        services.append(DashboardService())
     return services
 
 

@@ -2,13 +2,11 @@
 
 The browser is driven with Selenium's blocking calls; with the dashboard in another
 process, a test drives the browser and its own SDK devices without either stalling
-the other. ``python -m tests._dashboard HOMESERVER_URL SERVER_NAME DATA_DIR`` runs the
-dashboard until SIGTERM, printing its URL first.
+the other.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -43,7 +42,7 @@ class DashboardProcess:
         root = Path(__file__).resolve().parents[1]
         env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests._dashboard", *self._args],
+            [sys.executable, "-m", "datarooms.services.dashboard", *self._args, "0"],
             stdout=subprocess.PIPE,
             text=True,
             env=env,
@@ -65,23 +64,6 @@ class DashboardProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-
-
-async def _serve(homeserver_url: str, server_name: str, data_dir: str) -> None:
-    from datarooms.config import DashboardSettings
-    from datarooms.services.dashboard import Dashboard
-
-    dashboard = Dashboard(
-        homeserver_url, server_name, Path(data_dir), config=DashboardSettings(port=0)
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    print(await dashboard.start(), flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await dashboard.stop()
 
 
 def chromium(width: int = 1280, height: int = 800) -> webdriver.Chrome:
@@ -109,7 +91,14 @@ class Page:
         self.driver, self.url = driver, url
 
     def wait(self, until: Callable[[Any], Any], timeout: float = 15.0) -> Any:
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.02).until(until)
+        try:
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.02).until(until)
+        except TimeoutException:
+            shown = self.all("#error")
+            error = shown[0].text if shown and shown[0].is_displayed() else ""
+            raise AssertionError(
+                f"the page did not get there in {timeout} s; error: {error!r}"
+            ) from None
 
     def css(self, selector: str) -> Any:
         return self.driver.find_element(By.CSS_SELECTOR, selector)
@@ -161,7 +150,3 @@ class Page:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         time.sleep(0.3)  # let the flash animation of live rows end
         self.driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
-
-
-if __name__ == "__main__":
-    asyncio.run(_serve(*sys.argv[1:4]))

@@ -331,7 +331,9 @@
     const data = await api("GET", apiRoom(room, "/files"));
     const input = h("input", { type: "file", id: "file-input" });
     const bar = h("progress", { id: "upload-progress", max: 100, value: 0, hidden: true });
-    const result = h("p", { id: "upload-result", role: "status" });
+    const last = state.lastUpload && state.lastUpload.room === room ? state.lastUpload : null;
+    const result = h("p", { id: "upload-result", role: "status", "data-sha256": last && last.sha256,
+      "data-verified": last && last.verified, text: last ? last.text : "" });
     const upload = async (ev) => {
       ev.preventDefault();
       showError("");
@@ -350,11 +352,12 @@
         try { res = JSON.parse(xhr.responseText); } catch (_e) { /* not JSON */ }
         if (xhr.status !== 200) { showError(res.error || "upload failed (" + xhr.status + ")"); return; }
         const ok = res.sha256 === local;
-        result.dataset.sha256 = res.sha256;
-        result.dataset.verified = String(ok);
-        result.textContent = ok
-          ? "Uploaded " + res.name + " (" + res.size + " bytes, encrypted), SHA-256 " + local + " verified."
-          : "Uploaded, but the SHA-256 the dashboard received differs from yours!";
+        state.lastUpload = {
+          room, sha256: res.sha256, verified: String(ok),
+          text: ok
+            ? "Uploaded " + res.name + " (" + res.size + " bytes, encrypted), SHA-256 " + local + " verified."
+            : "Uploaded, but the SHA-256 the dashboard received differs from yours!",
+        };
         render();
       };
       xhr.onerror = () => showError("upload failed: the dashboard is unreachable");

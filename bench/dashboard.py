@@ -16,7 +16,7 @@ client in this process) writes; Debian's chromium (headless, Selenium) shows the
    ``Date.now()``; same machine clock) and (b) the record delivered to a second SDK
    device of another member (``client.subscribe``): live_update_p50_ms vs
    record_delivery_p50_ms.
-3. chart: 1,000,000 samples (quick 200,000, smoke 20,000) spread over 24 h, appended
+3. chart: 1,000,000 samples (quick 100,000, smoke 20,000) spread over 24 h, appended
    by the SDK device; the dashboard's device indexes them on the first query (timed
    apart, chart_catch_up_s); then the chart endpoint for the 24 h (per-minute rollups,
    at most 2,000 points: chart_24h_ms, chart_24h_bytes) vs the same range as raw
@@ -104,7 +104,7 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool, smoke: bool) -> dict[s
     keys = 50 if smoke else 300 if quick else 1000
     n_twin = 5 if smoke else 20 if quick else 50
     n_live = 5 if smoke else 15 if quick else 40
-    samples = 20_000 if smoke else 200_000 if quick else 1_000_000
+    samples = 20_000 if smoke else 100_000 if quick else 1_000_000
     proc, url = start_dashboard(hs, tmp / "dashboard")
     driver = None
     alice = bob = None
@@ -269,7 +269,7 @@ async def run(hs: TestHomeserver, tmp: Path, quick: bool, smoke: bool) -> dict[s
 
 
 def main() -> None:
-    ap = bench_args(__doc__, "300 keys, 200,000 samples, fewer rounds (< 60 s)")
+    ap = bench_args(__doc__, "300 keys, 100,000 samples, fewer rounds (< 60 s)")
     args = ap.parse_args()
     r = with_homeserver("dashboard", lambda hs, tmp: run(hs, tmp, args.quick, args.smoke))
     emit({"bench": "dashboard", "quick": args.quick, "smoke": args.smoke, **r, **machine()})

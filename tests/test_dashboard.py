@@ -7,16 +7,20 @@ dashboard runs on an event loop of its own (tests/_dashboard.py).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from datarooms import Credentials, DataroomsClient
 from datarooms.sdk.telemetry import Sample
 from datarooms.testing import TestHomeserver
 from tests._dashboard import DashboardProcess, Page, chromium
+from tests.test_server_blind import _scan as scan_homeserver
 
 pytestmark = pytest.mark.xdist_group("dashboard")
 
@@ -177,8 +181,10 @@ async def test_grant_revoke_and_files(homeserver, open_client, page: Page, tmp_p
 
     # A file: uploaded from the page (encrypted by the dashboard), listed, downloaded and
     # checked (the dashboard checks the ciphertext's SHA-256, the page the plaintext's).
-    data = bytes(range(256)) * 4000 + b"end"
-    path = tmp_path / "report.bin"
+    tag = uuid.uuid4().hex[:12]
+    markers = {k: f"MARKER-{k}-{tag}" for k in ("file", "filename", "message", "thread")}
+    data = bytes(range(256)) * 4000 + markers["file"].encode()
+    path = tmp_path / f"{markers['filename']}.bin"
     path.write_bytes(data)
     page.open(f"/room/{room}/files")
     page.wait(lambda _d: page.all("#upload-form"))
@@ -189,7 +195,7 @@ async def test_grant_revoke_and_files(homeserver, open_client, page: Page, tmp_p
         page.css("#upload-result").get_attribute("data-sha256") == hashlib.sha256(data).hexdigest()
     )
     page.wait(lambda _d: page.all("#files tbody tr"))
-    assert "report.bin" in page.text("#files tbody tr")
+    assert markers["filename"] in page.text("#files tbody tr")
     page.css("#files tbody tr button.verify").click()
     page.wait(lambda _d: page.css("#files tbody tr button.verify").text == "SHA-256 ok")
     verify = page.css("#files tbody tr button.verify")
@@ -199,15 +205,18 @@ async def test_grant_revoke_and_files(homeserver, open_client, page: Page, tmp_p
     # Messages: sent from the page, read by the SDK; and a thread.
     page.open(f"/room/{room}/messages")
     page.wait(lambda _d: page.all("#message-form"))
-    page.css("#message-body").send_keys("the audit starts Monday")
+    page.css("#message-body").send_keys(markers["message"])
     page.css("#message-form button").click()
-    page.wait(lambda _d: "the audit starts Monday" in page.text("#messages"))
+    page.wait(lambda _d: markers["message"] in page.text("#messages"))
     page.css("#messages li button.link").click()
-    page.css("#message-body").send_keys("agreed")
+    page.css("#message-body").send_keys(markers["thread"])
     page.css("#message-form button").click()
     page.wait(lambda _d: page.all("#messages li.in-thread"))
-    assert "agreed" in page.text("#messages li.in-thread")
+    assert markers["thread"] in page.text("#messages li.in-thread")
     page.screenshot("messages")
+    # What the dashboard wrote reached the homeserver only as ciphertext.
+    hits = scan_homeserver(homeserver, list(markers.values()))
+    assert hits == [], hits
     assert page.console_errors(expected=("400 (Bad Request)",)) == []
 
 
@@ -261,3 +270,39 @@ async def test_csrf_sign_out_and_other_users(
     page.driver.add_cookie({"name": "dr_session", "value": cookie["value"], "path": "/"})
     assert page.fetch("GET", "/api/rooms", csrf=False)["status"] == 401
     page.console_errors()  # the refusals above were logged, on purpose
+
+
+def test_homeserver_outage_banner_recovers_without_reload(page: Page, tmp_path: Path) -> None:
+    """The homeserver goes away: a banner says so; it comes back: the banner goes and the
+    same page (never reloaded) shows new data again. (A test of its own homeserver,
+    stopped and started, on one event loop of its own.)"""
+    with TestHomeserver(tmp_path / "hs") as hs, asyncio.Runner() as loop:
+        user = loop.run(hs.new_user("frank"))
+        with DashboardProcess(hs.base_url, hs.server_name, tmp_path / "dash") as dash:
+            own = Page(page.driver, dash.url)
+            own.sign_in(user.user_id, user.password)
+            writer = loop.run(
+                DataroomsClient.open(
+                    Credentials(hs.base_url, user.user_id, user.access_token), tmp_path / "writer"
+                )
+            )
+            try:
+                room = loop.run(writer.rooms.create("device", name="Outage")).room_id
+                loop.run(writer.records.put(room, "state", "before"))
+                wait_for_room(own, room)
+                own.open(f"/room/{room}/twin")
+                own.wait(lambda _d: own.all('#twin tr[data-key="state"]'))
+                own.driver.execute_script("window.__sameDocument = true")
+
+                loop.run(hs.synapse.stop())
+                own.wait(lambda _d: own.css("#banner").is_displayed(), timeout=20)
+                assert "homeserver is unreachable" in own.text("#banner")
+                own.screenshot("outage")
+                loop.run(hs.synapse.start())
+                own.wait(lambda _d: not own.css("#banner").is_displayed(), timeout=30)
+                loop.run(writer.records.put(room, "state", "after"))
+                own.wait(lambda _d: '"after"' in own.text('#twin tr[data-key="state"]'), timeout=30)
+                assert own.driver.execute_script("return window.__sameDocument") is True
+            finally:
+                loop.run(writer.close())
+        own.console_errors()  # failed requests during the outage are logged, as they should

@@ -429,6 +429,9 @@ def _routes(app: FastAPI, dash: Dashboard) -> None:
         if until <= since:
             raise ValidationError("until must be after since")
         tm = device.client.telemetry
+        # Followed from now on: the index stays current live, and later charts of the room
+        # answer from it without asking the homeserver first.
+        tm.follow(room_id)
         cfg = dash.config
         span = until - since
         out: dict[str, Any]

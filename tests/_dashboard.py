@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -92,7 +96,14 @@ class Page:
 
     def wait(self, until: Callable[[Any], Any], timeout: float = 15.0) -> Any:
         try:
-            return WebDriverWait(self.driver, timeout, poll_frequency=0.02).until(until)
+            # A live page redraws rows while it is read: a stale or not-yet-drawn
+            # element means "not yet".
+            return WebDriverWait(
+                self.driver,
+                timeout,
+                poll_frequency=0.02,
+                ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+            ).until(until)
         except TimeoutException:
             shown = self.all("#error")
             error = shown[0].text if shown and shown[0].is_displayed() else ""

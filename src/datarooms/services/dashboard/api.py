@@ -449,7 +449,11 @@ def _routes(app: FastAPI, dash: Dashboard) -> None:
                 out = views.bucket_points(buckets, step)
         else:
             step = views.bucket_step(span, cfg.max_points, minimum=60_000)
-            buckets = await tm.aggregate(room_id, metric, since=since, until=until, step=step)
+            # Buckets on whole UTC minutes: each is then made of full minutes, which the
+            # index answers from its per-minute rollups instead of the raw samples.
+            start = since - since % 60_000
+            end = until + (-until % 60_000)
+            buckets = await tm.aggregate(room_id, metric, since=start, until=end, step=step)
             out = views.bucket_points(buckets, step)
         return {"room_id": room_id, "metric": metric, "since": since, "until": until, **out}
 

@@ -50,7 +50,7 @@ def test_dashboard_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
     s = load_settings(data_dir=tmp_path, env={"DATAROOMS_DASHBOARD_PORT": "9015"})
     assert s.dashboard.port == 9015 and s.dashboard.host == "127.0.0.1"
     assert DashboardSettings().port == 8015
-    with pytest.raises(ConfigError, match="dashboard.port"):
+    with pytest.raises(ConfigError, match=r"dashboard\.port"):
         load_settings(data_dir=tmp_path, env={"DATAROOMS_DASHBOARD_PORT": "70000"})
     with pytest.raises(ConfigError, match="session_seconds"):
         DashboardSettings(session_seconds=1).check()

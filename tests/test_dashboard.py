@@ -89,6 +89,17 @@ async def test_sign_in_and_a_live_twin(homeserver, open_client, page: Page) -> N
     page.wait(lambda _d: page.all('#twin tr[data-key="valve"]'), timeout=1.0)
     assert page.text("#twin-count") == "3"
     page.screenshot("twin")
+    # Readable on a phone-width screen: nothing wider than the screen.
+    page.driver.set_window_size(390, 844)
+    try:
+        width = page.driver.execute_script("return window.innerWidth")
+        page.wait(
+            lambda d: d.execute_script("return document.documentElement.scrollWidth") <= width
+        )
+        assert page.css('#twin tr[data-key="valve"]').is_displayed()
+        page.screenshot("phone")
+    finally:
+        page.driver.set_window_size(1280, 800)
 
     # A key's history, with the changes between versions.
     page.css('#twin tr[data-key="temperature"] a').click()

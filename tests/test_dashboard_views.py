@@ -54,3 +54,20 @@ def test_dashboard_settings(tmp_path) -> None:  # type: ignore[no-untyped-def]
         load_settings(data_dir=tmp_path, env={"DATAROOMS_DASHBOARD_PORT": "70000"})
     with pytest.raises(ConfigError, match="session_seconds"):
         DashboardSettings(session_seconds=1).check()
+
+
+async def test_sign_in_checks_the_password_and_limits_attempts(homeserver, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from datarooms.errors import UnauthorizedError, ValidationError
+    from datarooms.services.dashboard.devices import Devices, TooManyAttemptsError
+
+    user = await homeserver.new_user("guess")
+    devices = Devices(homeserver.base_url, homeserver.server_name, tmp_path / "devices")
+    assert devices.user_id(user.user_id.split(":")[0][1:]) == user.user_id
+    with pytest.raises(ValidationError):
+        devices.user_id("two words")
+    for _ in range(10):
+        with pytest.raises(UnauthorizedError, match="wrong user name or password"):
+            await devices.sign_in(user.user_id, "not the password")
+    with pytest.raises(TooManyAttemptsError, match="too many sign-in attempts"):
+        await devices.sign_in(user.user_id, user.password)  # even the right one, for now
+    assert devices.get(user.user_id) is None and not (tmp_path / "devices").exists()

@@ -21,12 +21,19 @@ from typing import Any
 from datarooms import events as ev
 from datarooms._fs import atomic_write, private_dir
 from datarooms.account import Credentials
-from datarooms.errors import AccessDeniedError, HomeserverError, UnauthorizedError, ValidationError
+from datarooms.errors import (
+    AccessDeniedError,
+    DataroomsError,
+    HomeserverError,
+    UnauthorizedError,
+    ValidationError,
+)
 from datarooms.homeserver.api import MatrixApi
 from datarooms.ids import room_id as check_room_id
 from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.hooks import RoomEventReceived, Subscription
 from datarooms.sdk.keys import TrustPolicy
+from datarooms.services.scaffold import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,11 @@ log = logging.getLogger(__name__)
 #: reloads what it shows).
 _QUEUE = 1000
 DEVICE_NAME = "datarooms dashboard"
+
+
+class TooManyAttemptsError(DataroomsError):
+    errcode = "M_LIMIT_EXCEEDED"
+    http_status = 429
 
 
 @dataclass
@@ -103,6 +115,9 @@ class Devices:
         self.trust = trust
         self._open: dict[str, UserDevice] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Sign-in attempts per account: 10 at once, then one every 6 s (password guessing
+        #: through the dashboard is slower than the homeserver's own login limit).
+        self._attempts = TokenBucket(rate=1 / 6, burst=10)
 
     def user_id(self, name: str) -> str:
         """A full user id from what a person typed (``alice`` or ``@alice:server``)."""
@@ -137,6 +152,11 @@ class Devices:
         """
         if not password or len(password) > 1024:
             raise ValidationError("type your password")
+        wait = self._attempts.take(user_id)
+        if wait:
+            raise TooManyAttemptsError(
+                f"too many sign-in attempts for {user_id}; try again in {wait:.0f} s"
+            )
         lock = self._locks.setdefault(user_id, asyncio.Lock())
         async with lock:
             store = self.store(user_id)

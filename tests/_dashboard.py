@@ -24,6 +24,7 @@ from selenium.common.exceptions import (
 )
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests._browser import ensure_chromium
@@ -123,9 +124,11 @@ class Page:
     def sign_in(self, user_id: str, password: str) -> None:
         self.driver.delete_all_cookies()
         self.driver.get(self.url + "/login")
-        self.css("#user").send_keys(user_id)
-        self.css("#password").send_keys(password)
-        self.css("#signin").click()
+        # With the keyboard only: type, Tab to the password, Enter submits.
+        self.css("#user").send_keys(user_id + Keys.TAB)
+        focused = self.driver.switch_to.active_element
+        assert focused.get_attribute("id") == "password"
+        focused.send_keys(password + Keys.ENTER)
         self.wait(lambda d: d.current_url.rstrip("/") == self.url and self.all("nav#rooms h2"))
 
     def open(self, fragment: str) -> None:

@@ -26,6 +26,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         DATAROOMS_ROOMSBOT_PORT="0",
         DATAROOMS_CHAIN_PORT="0",
         DATAROOMS_AUTOMATION_PORT="0",
+        DATAROOMS_DASHBOARD_PORT="0",
     )
     env.update(extra)
     return env

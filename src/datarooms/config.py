@@ -461,6 +461,48 @@ class McpPlatformSettings:
             _check_port("mcp.port", self.port)
 
 
+#: The largest file the dashboard accepts in one upload.
+DASHBOARD_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    """``[dashboard]``: the web dashboard (docs/dashboard.md)."""
+
+    #: Listen address; loopback unless you put the dashboard behind a TLS proxy.
+    host: str = "127.0.0.1"
+    #: Listen port; 0 picks a free one.
+    port: int = 8015
+    #: How long a sign-in lasts without use, in seconds.
+    session_seconds: float = 8 * 3600.0
+    #: The largest file accepted in one upload, in bytes.
+    max_upload_bytes: int = DASHBOARD_MAX_UPLOAD_BYTES
+    #: Ranges of telemetry longer than this (seconds) are charted from per-minute rollups.
+    raw_range_seconds: float = 2 * 3600.0
+    #: Points a chart gets at most (longer ranges are bucketed to fit).
+    max_points: int = 2000
+
+    def check(self) -> None:
+        _check_port("dashboard.port", self.port)
+        if not 60 <= self.session_seconds <= 30 * 86400:
+            raise ConfigError(
+                "dashboard.session_seconds must be between 60 and 2592000 (30 days), "
+                f"got {self.session_seconds:g}"
+            )
+        if self.max_upload_bytes < 1024:
+            raise ConfigError(
+                f"dashboard.max_upload_bytes must be at least 1024, got {self.max_upload_bytes}"
+            )
+        if not 10 <= self.max_points <= 100_000:
+            raise ConfigError(
+                f"dashboard.max_points must be between 10 and 100000, got {self.max_points}"
+            )
+        if self.raw_range_seconds < 60:
+            raise ConfigError(
+                f"dashboard.raw_range_seconds must be at least 60, got {self.raw_range_seconds:g}"
+            )
+
+
 def _pairs(where: str, text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in text.split(","):
@@ -483,7 +525,7 @@ class Settings:
     #: Which devices receive room keys: all, cross-signed (the spec's advice) or verified.
     trust_policy: str = "cross-signed"
     #: Which services `datarooms up` starts: "all", "none", or a comma-separated list of
-    #: devchain, roomsbot, statebot, claims, mcp, automation.
+    #: devchain, roomsbot, statebot, claims, mcp, automation, dashboard.
     services: str = "all"
     homeserver: HomeserverSettings = field(default_factory=HomeserverSettings)
     account: AccountSettings = field(default_factory=AccountSettings)
@@ -493,6 +535,7 @@ class Settings:
     chain: ChainSettings = field(default_factory=ChainSettings)
     mcp: McpPlatformSettings = field(default_factory=McpPlatformSettings)
     automation: AutomationSettings = field(default_factory=AutomationSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     federation: FederationSettings = field(default_factory=FederationSettings)
     #: The file these settings were read from, if any.
     config_file: Path | None = None
@@ -559,18 +602,28 @@ _SECTIONS: dict[str, type[Any]] = {
     "chain": ChainSettings,
     "mcp": McpPlatformSettings,
     "automation": AutomationSettings,
+    "dashboard": DashboardSettings,
     "federation": FederationSettings,
 }
 #: Typed sections whose ``DATAROOMS_<SECTION>_*`` namespace other tools share (the CLI's
 #: ``DATAROOMS_STATEBOT_URL``): there, an unknown variable is not an error.
-_SHARED_ENV = frozenset({"statebot", "claims", "roomsbot", "chain", "mcp"})
+_SHARED_ENV = frozenset({"statebot", "claims", "roomsbot", "chain", "mcp", "dashboard"})
 _TOP_LEVEL = {"data_dir", "log_level", "trust_policy", "services"}
 #: The services `datarooms up` can run, in start order.
-PLATFORM_SERVICES = ("devchain", "roomsbot", "statebot", "claims", "mcp", "automation")
+PLATFORM_SERVICES = ("devchain", "roomsbot", "statebot", "claims", "mcp", "automation", "dashboard")
 #: Tables accepted as they are, for the code that reads them.
 RAW_SECTIONS = ("devchain", "telemetry")
 #: Every section of the config file that belongs to a service, typed or not.
-SERVICE_SECTIONS = ("statebot", "claims", "mcp", "roomsbot", "chain", "automation", *RAW_SECTIONS)
+SERVICE_SECTIONS = (
+    "statebot",
+    "claims",
+    "mcp",
+    "roomsbot",
+    "chain",
+    "automation",
+    "dashboard",
+    *RAW_SECTIONS,
+)
 
 
 def load_settings(
@@ -790,7 +843,7 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level!r}")
     if s.account.user_id and not (s.account.user_id.startswith("@") and ":" in s.account.user_id):
         raise ConfigError(f"account.user_id must look like @name:server, got {s.account.user_id!r}")
-    for section in (s.statebot, s.claims, s.roomsbot, s.chain, s.mcp, s.automation):
+    for section in (s.statebot, s.claims, s.roomsbot, s.chain, s.mcp, s.automation, s.dashboard):
         section.check()
     s.federation.check(hs.server_name)
     if s.federation.enabled and hs.mode == "external":

@@ -291,6 +291,10 @@ def platform_services(settings: Settings) -> list[Service]:
         from datarooms.services.automation import AutomationService
 
         services.append(AutomationService())
+    if "dashboard" in wanted:
+        from datarooms.services.dashboard import DashboardService
+
+        services.append(DashboardService())
     return services
 
 

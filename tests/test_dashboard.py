@@ -1,0 +1,319 @@
+"""The web dashboard in a real headless Chromium (Debian's chromium, driven by Selenium),
+on a real Synapse, with the users' other devices being real SDK devices.
+
+One browser is shared by the module; each test signs in its own fresh users. The
+dashboard runs on an event loop of its own (tests/_dashboard.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from datarooms import Credentials, DataroomsClient
+from datarooms.sdk.telemetry import Sample
+from datarooms.testing import TestHomeserver
+from tests._dashboard import DashboardProcess, Page, chromium
+from tests.test_server_blind import _scan as scan_homeserver
+
+pytestmark = pytest.mark.xdist_group("dashboard")
+
+
+@pytest.fixture(scope="module")
+def dash(
+    homeserver: TestHomeserver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DashboardProcess]:
+    data_dir = tmp_path_factory.mktemp("dashboard")
+    with DashboardProcess(homeserver.base_url, homeserver.server_name, data_dir) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def page(dash: DashboardProcess) -> Iterator[Page]:
+    driver = chromium()
+    try:
+        yield Page(driver, dash.url)
+    finally:
+        driver.quit()
+
+
+def wait_for_room(page: Page, room_id: str) -> None:
+    """Until the dashboard's device has seen the room and its state (its sync loop)."""
+    page.wait(
+        lambda _d: any(
+            r["room_id"] == room_id and r["kind"]
+            for r in page.fetch("GET", "/api/rooms")["body"]["rooms"]
+        )
+    )
+
+
+async def test_sign_in_and_a_live_twin(homeserver, open_client, page: Page) -> None:  # type: ignore[no-untyped-def]
+    user = await homeserver.new_user("alice")
+    # The dashboard's device comes first: it creates the account's cross-signing keys and
+    # signs itself, so the user's other devices share their room keys with it.
+    page.sign_in(user.user_id, user.password)
+    assert user.user_id in page.text("#who")
+    phone = await open_client(user)
+    room = await phone.rooms.create("device", name="Pump 7", did="did:ixo:entity:pump7")
+    await phone.records.put(room.room_id, "temperature", {"celsius": 20.5, "ok": True})
+    await phone.records.put(room.room_id, "rpm", 1200)
+    wait_for_room(page, room.room_id)
+
+    page.open("/")
+    page.wait(lambda _d: page.all("#room-table tbody tr"))
+    row = page.text("#room-table tbody tr")
+    assert "Pump 7" in row and "did:ixo:entity:pump7" in row and "encrypted" in row
+    page.open(f"/room/{room.room_id}/overview")
+    page.wait(lambda _d: page.all("#servers tbody tr"))
+    assert homeserver.server_name in page.text("#servers")
+    assert "admin" in page.text("#members")
+    page.screenshot("rooms")
+
+    page.open(f"/room/{room.room_id}/twin")
+    page.wait(lambda _d: len(page.all("#twin tbody tr")) == 2)
+    assert '"celsius":20.5' in page.text('#twin tr[data-key="temperature"]')
+    assert "1200" in page.text('#twin tr[data-key="rpm"]')
+
+    # Another device puts a record: the page shows it within a second, without a reload.
+    await phone.records.put(room.room_id, "temperature", {"celsius": 21.25, "alarm": "hot"})
+    page.wait(
+        lambda _d: '"celsius":21.25' in page.text('#twin tr[data-key="temperature"]'), timeout=1.0
+    )
+    await phone.records.put(room.room_id, "valve", "open")
+    page.wait(lambda _d: page.all('#twin tr[data-key="valve"]'), timeout=1.0)
+    assert page.text("#twin-count") == "3"
+    page.screenshot("twin")
+    # Readable on a phone-width screen: nothing wider than the screen.
+    page.driver.set_window_size(390, 844)
+    try:
+        width = page.driver.execute_script("return window.innerWidth")
+        page.wait(
+            lambda d: d.execute_script("return document.documentElement.scrollWidth") <= width
+        )
+        assert page.css('#twin tr[data-key="valve"]').is_displayed()
+        page.screenshot("phone")
+    finally:
+        page.driver.set_window_size(1280, 800)
+
+    # A key's history, with the changes between versions.
+    page.css('#twin tr[data-key="temperature"] a').click()
+    page.wait(lambda _d: len(page.all("#versions > li")) == 2)
+    newest = page.text("#versions > li")
+    assert "/celsius changed" in newest and "20.5" in newest and "21.25" in newest
+    assert "/alarm added" in newest and "/ok removed" in newest
+    page.screenshot("history")
+
+    # Bad input: the SDK's error in the page, no traceback.
+    page.open(f"/room/{room.room_id}/twin")
+    page.wait(lambda _d: page.all("#put-form"))
+    page.css("#put-key").send_keys("big")
+    page.driver.execute_script(
+        "document.getElementById('put-value').value = arguments[0]", '"' + "x" * 70_000 + '"'
+    )
+    page.css("#put-form button").click()
+    page.wait(lambda _d: page.css("#error").is_displayed())
+    assert "the limit is" in page.text("#error") and "Traceback" not in page.text("#error")
+    assert page.console_errors(expected=("400 (Bad Request)",)) == []
+
+
+async def test_chart_points_raw_and_rolled_up(homeserver, open_client, page: Page) -> None:  # type: ignore[no-untyped-def]
+    user = await homeserver.new_user("carol")
+    page.sign_in(user.user_id, user.password)
+    sensor = await open_client(user)
+    room = (await sensor.rooms.create("device", name="Sensor")).room_id
+    end = int(time.time() * 1000)
+    samples = [Sample(end - (299 - i) * 1000, "temp", 20 + (i % 17) / 4) for i in range(300)]
+    await sensor.telemetry.append_many(room, samples)
+    await sensor.telemetry.flush(timeout=60)
+    wait_for_room(page, room)
+
+    page.open(f"/room/{room}/telemetry")
+    page.wait(lambda _d: page.all("#points"), timeout=30)
+    points = page.css("#points")
+    # Five minutes of samples: the chart draws every raw sample.
+    assert points.get_attribute("data-mode") == "raw"
+    assert points.get_attribute("data-count") == "300"
+    assert page.all("#chart canvas")
+    page.screenshot("telemetry")
+    # A day: per-minute rollups, every sample counted once.
+    day = page.fetch(
+        "GET",
+        f"/api/rooms/{room}/telemetry?metric=temp&since={end - 86_400_000}&until={end + 1}",
+    )["body"]
+    assert day["mode"] == "rollup" and day["step"] == 60_000
+    assert sum(day["n"]) == 300 and len(day["t"]) in (5, 6)
+    assert max(day["max"]) == max(s.value for s in samples)
+    page.open(f"/room/{room}/telemetry?metric=temp&range=24h")
+    page.wait(
+        lambda _d: (
+            page.all("#points") and page.css("#points").get_attribute("data-mode") == "rollup"
+        )
+    )
+    assert page.console_errors() == []
+
+
+async def test_grant_revoke_and_files(homeserver, open_client, page: Page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    owner = await homeserver.new_user("dana")
+    bob = await homeserver.new_user("bob")
+    page.sign_in(owner.user_id, owner.password)
+    laptop = await open_client(owner)
+    room = (await laptop.rooms.create("project", name="Evidence")).room_id
+    wait_for_room(page, room)
+
+    # Grant from the page; the SDK (another device) sees it.
+    page.open(f"/room/{room}/access")
+    page.wait(lambda _d: page.all("#grant-form"))
+    page.css("#grant-user").send_keys(bob.user_id)
+    page.css("#grant-access").send_keys("write")
+    page.css("#grant-form button").click()
+    page.wait(lambda _d: page.all(f'#access tr[data-user="{bob.user_id}"]'))
+    await laptop.sync_once()
+    granted = {m.user_id: m for m in laptop.rooms.members(room)}
+    assert granted[bob.user_id].membership == "invite" and granted[bob.user_id].access == "write"
+    assert "verified" in page.text(f'#access tr[data-user="{owner.user_id}"]')
+    page.screenshot("access")
+    # Revoke from the page.
+    page.css(f'#access tr[data-user="{bob.user_id}"] button.revoke').click()
+    page.wait(lambda _d: not page.all(f'#access tr[data-user="{bob.user_id}"]'))
+    await laptop.sync_once()
+    assert bob.user_id not in {m.user_id for m in laptop.rooms.members(room)}
+    # A grant the SDK refuses: its message in the page.
+    page.wait(lambda _d: page.all("#grant-user"))
+    page.css("#grant-user").send_keys("not-a-user")
+    page.css("#grant-form button").click()
+    page.wait(lambda _d: page.css("#error").is_displayed())
+    assert "user id" in page.text("#error")
+
+    # A file: uploaded from the page (encrypted by the dashboard), listed, downloaded and
+    # checked (the dashboard checks the ciphertext's SHA-256, the page the plaintext's).
+    tag = uuid.uuid4().hex[:12]
+    markers = {k: f"MARKER-{k}-{tag}" for k in ("file", "filename", "message", "thread")}
+    data = bytes(range(256)) * 4000 + markers["file"].encode()
+    path = tmp_path / f"{markers['filename']}.bin"
+    path.write_bytes(data)
+    page.open(f"/room/{room}/files")
+    page.wait(lambda _d: page.all("#upload-form"))
+    page.css("#file-input").send_keys(str(path))
+    page.css("#upload").click()
+    page.wait(lambda _d: page.all('#upload-result[data-verified="true"]'), timeout=30)
+    assert (
+        page.css("#upload-result").get_attribute("data-sha256") == hashlib.sha256(data).hexdigest()
+    )
+    page.wait(lambda _d: page.all("#files tbody tr"))
+    assert markers["filename"] in page.text("#files tbody tr")
+    page.css("#files tbody tr button.verify").click()
+    page.wait(lambda _d: page.css("#files tbody tr button.verify").text == "SHA-256 ok")
+    verify = page.css("#files tbody tr button.verify")
+    assert verify.get_attribute("data-sha256") == hashlib.sha256(data).hexdigest()
+    page.screenshot("files")
+
+    # Messages: sent from the page, read by the SDK; and a thread.
+    page.open(f"/room/{room}/messages")
+    page.wait(lambda _d: page.all("#message-form"))
+    page.css("#message-body").send_keys(markers["message"])
+    page.css("#message-form button").click()
+    page.wait(lambda _d: markers["message"] in page.text("#messages"))
+    page.css("#messages li button.link").click()
+    page.css("#message-body").send_keys(markers["thread"])
+    page.css("#message-form button").click()
+    page.wait(lambda _d: page.all("#messages li.in-thread"))
+    assert markers["thread"] in page.text("#messages li.in-thread")
+    page.screenshot("messages")
+    # What the dashboard wrote reached the homeserver only as ciphertext.
+    hits = scan_homeserver(homeserver, list(markers.values()))
+    assert hits == [], hits
+    assert page.console_errors(expected=("400 (Bad Request)",)) == []
+
+
+async def test_csrf_sign_out_and_other_users(
+    homeserver, open_client, page: Page, dash: DashboardProcess
+) -> None:  # type: ignore[no-untyped-def]
+    eve_user = await homeserver.new_user("erin")
+    mallory = await homeserver.new_user("mallory")
+    page.sign_in(eve_user.user_id, eve_user.password)
+    device = await open_client(eve_user)
+    room = (await device.rooms.create("project", name="Private")).room_id
+    await device.records.put(room, "secret", "only erin")
+    wait_for_room(page, room)
+
+    # A change without the page's CSRF token is refused, and does nothing.
+    refused = page.fetch("POST", f"/api/rooms/{room}/messages", {"body": "forged"}, csrf=False)
+    assert refused["status"] == 403 and refused["body"]["errcode"] == "DR_CSRF"
+    ok = page.fetch("POST", f"/api/rooms/{room}/messages", {"body": "real"})
+    assert ok["status"] == 200
+    page_msgs = page.fetch("GET", f"/api/rooms/{room}/messages")["body"]["messages"]
+    assert [m["body"] for m in page_msgs] == ["real"]
+
+    # A wrong password is refused with a message in the page.
+    page.driver.delete_all_cookies()
+    page.driver.get(dash.url + "/login")
+    page.css("#user").send_keys(mallory.user_id)
+    page.css("#password").send_keys("wrong")
+    page.css("#signin").click()
+    page.wait(lambda _d: page.css("#error").is_displayed())
+    assert "wrong user name or password" in page.text("#error")
+
+    # Signed out: the data URLs answer 401, the pages send you to the sign-in page.
+    assert page.fetch("GET", f"/api/rooms/{room}/twin", csrf=False)["status"] == 401
+    page.driver.get(dash.url + "/")
+    page.wait(lambda d: d.current_url.endswith("/login"))
+
+    # Another user signed in on the same browser cannot open the first user's room.
+    page.sign_in(mallory.user_id, mallory.password)
+    other = page.fetch("GET", f"/api/rooms/{room}/twin")
+    assert other["status"] == 403 and "not a member" in other["body"]["error"]
+    assert page.fetch("GET", "/api/rooms")["body"]["rooms"] == []
+    page.open(f"/room/{room}/twin")
+    page.wait(lambda _d: page.css("#error").is_displayed())
+    assert "not a member" in page.text("#error")
+    assert "only erin" not in page.driver.page_source
+    # Signing out ends the session: its cookie no longer opens anything.
+    cookie = page.driver.get_cookie("dr_session")
+    assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    page.css("#logout").click()
+    page.wait(lambda d: d.current_url.endswith("/login"))
+    page.driver.add_cookie({"name": "dr_session", "value": cookie["value"], "path": "/"})
+    assert page.fetch("GET", "/api/rooms", csrf=False)["status"] == 401
+    page.console_errors()  # the refusals above were logged, on purpose
+
+
+def test_homeserver_outage_banner_recovers_without_reload(page: Page, tmp_path: Path) -> None:
+    """The homeserver goes away: a banner says so; it comes back: the banner goes and the
+    same page (never reloaded) shows new data again. (A test of its own homeserver,
+    stopped and started, on one event loop of its own.)"""
+    with TestHomeserver(tmp_path / "hs") as hs, asyncio.Runner() as loop:
+        user = loop.run(hs.new_user("frank"))
+        with DashboardProcess(hs.base_url, hs.server_name, tmp_path / "dash") as dash:
+            own = Page(page.driver, dash.url)
+            own.sign_in(user.user_id, user.password)
+            writer = loop.run(
+                DataroomsClient.open(
+                    Credentials(hs.base_url, user.user_id, user.access_token), tmp_path / "writer"
+                )
+            )
+            try:
+                room = loop.run(writer.rooms.create("device", name="Outage")).room_id
+                loop.run(writer.records.put(room, "state", "before"))
+                wait_for_room(own, room)
+                own.open(f"/room/{room}/twin")
+                own.wait(lambda _d: own.all('#twin tr[data-key="state"]'))
+                own.driver.execute_script("window.__sameDocument = true")
+
+                loop.run(hs.synapse.stop())
+                own.wait(lambda _d: own.css("#banner").is_displayed(), timeout=20)
+                assert "homeserver is unreachable" in own.text("#banner")
+                own.screenshot("outage")
+                loop.run(hs.synapse.start())
+                own.wait(lambda _d: not own.css("#banner").is_displayed(), timeout=30)
+                loop.run(writer.records.put(room, "state", "after"))
+                own.wait(lambda _d: '"after"' in own.text('#twin tr[data-key="state"]'), timeout=30)
+                assert own.driver.execute_script("return window.__sameDocument") is True
+            finally:
+                loop.run(writer.close())
+        own.console_errors()  # failed requests during the outage are logged, as they should

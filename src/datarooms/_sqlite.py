@@ -29,6 +29,18 @@ def connect(path: Path | str, *, check_same_thread: bool = False) -> sqlite3.Con
     return sqlite3.connect(path, check_same_thread=check_same_thread, isolation_level=None)
 
 
+def open_store(path: Path | str, migrations: Sequence[str]) -> sqlite3.Connection:
+    """A private store on disk that several processes may open: :func:`connect`, WAL,
+    ``synchronous=FULL`` (a commit is on disk when it returns), a 10 s busy timeout,
+    and its schema migrated."""
+    db = connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=10000")
+    migrate(db, migrations)
+    return db
+
+
 def migrate(db: sqlite3.Connection, migrations: Sequence[str]) -> None:
     """Apply the migrations past ``PRAGMA user_version``, each in its own transaction.
 

@@ -77,6 +77,7 @@ from datarooms.services.scaffold import TokenBucket, bearer_token, header
 
 if TYPE_CHECKING:
     from datarooms.config import Settings
+    from datarooms.sdk.client import DataroomsClient
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +377,36 @@ class Action:
     cmd: str
     room: str | None = None
     key: str | None = None
+
+
+def bot_verifier(
+    client: DataroomsClient,
+    resource: str,
+    *,
+    homeservers: Mapping[str, str],
+    federation: FederationTrust | None,
+    cache_seconds: float,
+    revocations: RevocationStore | None,
+    on_result: Callable[[str], None] | None = None,
+) -> OpenIdVerifier:
+    """Who is asking a bot (the state bot, the claims service): Matrix OpenID tokens from
+    the bot's own homeserver and ``homeservers`` ({server name: URL}), and UCAN
+    invocations addressed to ``resource``, signed for the bot's ``did:key`` (kept with its
+    device), checked against ``revocations`` (the platform's; else the device's own)."""
+    own = server_of(client.user_id)
+    verifier = OpenIdVerifier(
+        {own: client.homeserver_url, **homeservers},
+        default_server=own,
+        federation=federation,
+        cache_seconds=cache_seconds,
+        on_result=on_result,
+    )
+    verifier.ucan = UcanGate(
+        load_or_create_principal(client.store_dir / "ucan-service.ed25519"),
+        resource,
+        revocations=revocations or RevocationStore(client.store_dir / "ucan-revocations.sqlite"),
+    )
+    return verifier
 
 
 def mcp_gate(settings: Settings) -> UcanGate:

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from datarooms._sqlite import connect, migrate, transaction
+from datarooms._sqlite import open_store, transaction
 from datarooms.errors import AccessDeniedError, HomeserverError, ValidationError
 from datarooms.events import FORWARDING
 
@@ -169,11 +169,7 @@ class Notifier:
         max_backoff: float = 30.0,
     ) -> None:
         self.client = client
-        self._db = connect(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        migrate(self._db, _MIGRATIONS)
+        self._db = open_store(path, _MIGRATIONS)
         self._max_attempts = max_attempts
         self._first, self._max = first_backoff, max_backoff
         self._wake = asyncio.Event()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datarooms._sqlite import connect, migrate, transaction
+from datarooms._sqlite import open_store, transaction
 from datarooms.sdk.automation.formats import Delivery
 
 _MIGRATIONS = [
@@ -69,13 +69,8 @@ class HookOutbox:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._db = connect(self.path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db = open_store(self.path, _MIGRATIONS)
         self._lock = threading.Lock()
-        with self._lock:
-            migrate(self._db, _MIGRATIONS)
 
     def close(self) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from datarooms._sqlite import connect, migrate
+from datarooms._sqlite import open_store
 
 _MIGRATIONS = [
     """
@@ -36,11 +36,7 @@ class DocOutbox:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = connect(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        migrate(self._db, _MIGRATIONS)
+        self._db = open_store(path, _MIGRATIONS)
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -22,14 +22,13 @@ from datarooms.errors import DataroomsError, PlatformError
 from datarooms.ids import server_of
 from datarooms.sdk.audit import AnchorChain
 from datarooms.sdk.client import DataroomsClient
-from datarooms.sdk.ucan import CLAIMS_BOT, RevocationStore, load_or_create_principal
+from datarooms.sdk.ucan import CLAIMS_BOT, RevocationStore
 from datarooms.services.autojoin import AutoJoin
 from datarooms.services.claims.api import build_asgi
 from datarooms.services.claims.handler import ClaimsHandler
 from datarooms.services.openid import (
     FederationTrust,
-    OpenIdVerifier,
-    UcanGate,
+    bot_verifier,
     federation_trust,
     platform_revocations,
 )
@@ -58,22 +57,13 @@ class ClaimsBot:
         self.client = client
         self.config = config or ClaimsSettings()
         self.server_name = server_of(client.user_id)
-        named = {self.server_name: client.homeserver_url}
-        named.update(self.config.homeservers)
-        named.update(homeservers or {})
-        self.verifier = OpenIdVerifier(
-            named,
-            default_server=self.server_name,
+        self.verifier = bot_verifier(
+            client,
+            CLAIMS_BOT,
+            homeservers={**self.config.homeservers, **(homeservers or {})},
             federation=federation,
             cache_seconds=self.config.token_cache_seconds,
-        )
-        # UCAN invocations beside OpenID tokens (docs/auth.md): the service's did:key
-        # lives with its device; revocations are the platform's.
-        self.verifier.ucan = UcanGate(
-            load_or_create_principal(client.store_dir / "ucan-service.ed25519"),
-            CLAIMS_BOT,
-            revocations=revocations
-            or RevocationStore(client.store_dir / "ucan-revocations.sqlite"),
+            revocations=revocations,
         )
         self.handler = ClaimsHandler(client)
         self.app: FastAPI

@@ -29,14 +29,13 @@ from datarooms.errors import (
 )
 from datarooms.ids import server_of
 from datarooms.sdk.client import DataroomsClient
-from datarooms.sdk.ucan import STATE_BOT, RevocationStore, load_or_create_principal
+from datarooms.sdk.ucan import STATE_BOT, RevocationStore
 from datarooms.services import scaffold
 from datarooms.services.autojoin import AutoJoin
 from datarooms.services.openid import (
     Caller,
     FederationTrust,
-    OpenIdVerifier,
-    UcanGate,
+    bot_verifier,
     federation_trust,
     platform_revocations,
 )
@@ -84,22 +83,15 @@ class StateBot:
         self.client = client
         self.config = config or StateBotConfig()
         self.server_name = server_of(client.user_id)
-        named = {self.server_name: client.homeserver_url}
-        named.update(self.config.homeservers)
-        named.update(homeservers or {})
         self.metrics = Metrics()
-        self.verifier = OpenIdVerifier(
-            named,
-            default_server=self.server_name,
+        self.verifier = bot_verifier(
+            client,
+            STATE_BOT,
+            homeservers={**self.config.homeservers, **(homeservers or {})},
             federation=federation,
             cache_seconds=self.config.token_cache_seconds,
+            revocations=revocations,
             on_result=lambda result: self.metrics.auth.labels(result).inc(),
-        )
-        self.verifier.ucan = UcanGate(
-            load_or_create_principal(client.store_dir / "ucan-service.ed25519"),
-            STATE_BOT,
-            revocations=revocations
-            or RevocationStore(client.store_dir / "ucan-revocations.sqlite"),
         )
         self.handler = StateHandler(client, trusted_servers=self.verifier.trusted)
         self.metrics.watch(

@@ -206,7 +206,8 @@ def room_usage(
             )
         console.print(table)
         console.print(
-            f"{len(rows)} rooms; {sum(r.versions for r in rows)} record versions, "
+            f"{len(rows)} room{'' if len(rows) == 1 else 's'}; "
+            f"{sum(r.versions for r in rows)} record versions, "
             f"{sum(r.files for r in rows)} files, "
             f"{sum(r.telemetry_samples for r in rows)} telemetry samples; "
             f"{_mb(sum(r.total_bytes for r in rows))} in all",

@@ -146,8 +146,9 @@ def storm(tmp: Path, n: int) -> dict[str, float]:
                         async with sem:
                             try:
                                 await c.records.put(room, f"k{i % 7}", i)
-                            except Exception:
+                            except Exception as exc:
                                 errors += 1
+                                print(f"storm: put {i} failed: {exc!r}"[:300], flush=True)
 
                     t0 = time.perf_counter()
                     await asyncio.gather(*(one(i) for i in range(n)))

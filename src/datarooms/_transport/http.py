@@ -41,8 +41,13 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    #: Tries of a request the server answered 429.
-    rate_limit_attempts: int = 8
+    #: Tries of a request the server answered 429 ...
+    rate_limit_attempts: int = 1000
+    #: ... and the longest it waits on 429s in all. A busy public homeserver answers
+    #: a burst from many tasks of one account with 429 again and again (each waiter
+    #: wakes with the others and most lose the race): what counts is the time, not
+    #: the tries. matrix-nio's own requests wait without a limit.
+    rate_limit_budget: float = 600.0
     #: The longest single wait a 429 may ask for; longer asks are cut to this.
     max_wait: float = 30.0
     #: Tries of an idempotent request on 502/503/504 or a dropped connection.
@@ -79,6 +84,27 @@ class Unreachable(Exception):
         super().__init__(detail)
         self.detail = detail
         self.timed_out = timed_out
+
+
+class RateLimitWaits:
+    """One request's waits on 429 under a :class:`RetryPolicy` (the media up- and
+    downloads, which run their own loops): ``await waits(body, headers)`` sleeps what the
+    server asks and returns True, or False once the policy's tries or time are spent."""
+
+    def __init__(self, policy: RetryPolicy | None = None) -> None:
+        self.policy = policy or DEFAULT_RETRY
+        self.tries = 0
+        self.waited = 0.0
+
+    async def __call__(self, body: Any, headers: Mapping[str, str] | None = None) -> bool:
+        p = self.policy
+        delay = min(p.max_wait, retry_after_seconds(body, headers))
+        self.tries += 1
+        if self.tries >= p.rate_limit_attempts or self.waited + delay > p.rate_limit_budget:
+            return False
+        self.waited += delay
+        await asyncio.sleep(delay)
+        return True
 
 
 def retry_after_seconds(body: Any, headers: Mapping[str, str] | None = None) -> float:
@@ -163,6 +189,7 @@ class JsonHttp:
         session = self.session()
         per_try = aiohttp.ClientTimeout(total=timeout) if timeout is not None else session.timeout
         rate_limited = failed = 0
+        waited_429 = 0.0
         backoff = policy.backoff
         extra: dict[str, Any] = {}
         if self._tls_host is not None:
@@ -191,9 +218,13 @@ class JsonHttp:
             else:
                 if answer.status == 429:
                     rate_limited += 1
-                    if rate_limited >= policy.rate_limit_attempts:
-                        return answer
                     delay = min(policy.max_wait, retry_after_seconds(body, answer.headers))
+                    if (
+                        rate_limited >= policy.rate_limit_attempts
+                        or waited_429 + delay > policy.rate_limit_budget
+                    ):
+                        return answer
+                    waited_429 += delay
                     log.info(
                         "rate limited; retrying",
                         extra={"path": path.split("?", 1)[0], "delay_s": delay},

@@ -7,7 +7,6 @@ total timeout, only a read timeout, so it may take as long as it takes while it 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -16,12 +15,11 @@ from urllib.parse import quote
 
 import aiohttp
 
-from datarooms._transport.http import matrix_error, retry_after_seconds
+from datarooms._transport.http import RateLimitWaits, matrix_error
 from datarooms.errors import HomeserverError
 
 log = logging.getLogger(__name__)
 
-MAX_RATE_LIMIT_RETRIES = 8
 UPLOAD_PATH = "/_matrix/media/v3/upload"
 
 
@@ -159,16 +157,18 @@ async def download_response(
     """The successful response for the media at ``path`` (``mxc`` names it in errors),
     after any 429 retries (authenticated media, ``/_matrix/client/v1/media/download``)."""
     url = base_url.rstrip("/") + path
-    for _attempt in range(MAX_RATE_LIMIT_RETRIES):
+    waits = RateLimitWaits()
+    while True:
         try:
             async with http.get(
                 url, headers=auth(access_token), timeout=timeout(read_timeout)
             ) as resp:
                 if resp.status == 429:
-                    delay = retry_after_seconds(await error_body(resp))
-                    log.info("download rate limited; retrying", extra={"delay_s": delay})
-                    await asyncio.sleep(delay)
-                    continue
+                    body = await error_body(resp)
+                    log.info("download rate limited; retrying", extra={"mxc": mxc})
+                    if await waits(body, resp.headers):
+                        continue
+                    break
                 if resp.status == 404:
                     answer = await error_body(resp)
                     err = homeserver_error(f"downloading {mxc}", 404, answer)

@@ -39,7 +39,7 @@ import aiohttp
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from datarooms._transport import media
-from datarooms._transport.http import retry_after_seconds
+from datarooms._transport.http import RateLimitWaits
 from datarooms.errors import DataroomsError, HomeserverError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ IV_SIZE = 16
 SHA256_SIZE = 32
 DEFAULT_CHUNK_SIZE = 1 << 20
 
-media.MAX_RATE_LIMIT_RETRIES = 8
 _CTR_WRAP_BYTES = (1 << 64) * 16  # bytes a 64-bit block counter covers before it wraps
 _MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -494,7 +493,8 @@ async def upload_encrypted(
         if limit is not None and total > limit:
             raise media.too_large(total, limit)
 
-        for _attempt in range(media.MAX_RATE_LIMIT_RETRIES):
+        waits = RateLimitWaits()
+        while True:
             # A fresh key and IV for every attempt: nothing is ever encrypted twice
             # under the same key, even if a refused attempt left data behind.
             enc = AttachmentEncryptor()
@@ -510,10 +510,10 @@ async def upload_encrypted(
                 read_timeout=read_timeout,
             )
             if status == 429:
-                delay = retry_after_seconds(answer)
-                log.info("upload rate limited; retrying", extra={"delay_s": delay})
-                await asyncio.sleep(delay)
-                continue
+                log.info("upload rate limited; retrying", extra={"bytes": total})
+                if await waits(answer):
+                    continue
+                break
             errcode = answer.get("errcode") if isinstance(answer, dict) else None
             if status == 413 or errcode == "M_TOO_LARGE":
                 raise media.too_large(total, limit)

@@ -77,6 +77,10 @@ async def test_sign_in_and_a_live_twin(homeserver, open_client, page: Page) -> N
 
     page.open(f"/room/{room.room_id}/twin")
     page.wait(lambda _d: len(page.all("#twin tbody tr")) == 2)
+    # The room's size, as the dashboard's device holds it (docs/operations.md).
+    sizes = {r["room_id"]: r for r in page.fetch("GET", "/api/rooms")["body"]["rooms"]}
+    assert (sizes[room.room_id]["keys"], sizes[room.room_id]["versions"]) == (2, 2)
+    assert sizes[room.room_id]["bytes"] > 0
     assert '"celsius":20.5' in page.text('#twin tr[data-key="temperature"]')
     assert "1200" in page.text('#twin tr[data-key="rpm"]')
 

@@ -305,10 +305,13 @@ def _routes(app: FastAPI, dash: Dashboard) -> None:
     async def rooms(request: Request) -> dict[str, Any]:
         client = device_of(request).client
         joined = set(client.rooms.joined_ids())
+        # How big each room is, as this user's dashboard device holds it (sdk/usage.py).
+        sizes = {u.room_id: u for u in client.rooms.usage()}
         out = []
         for room in client.rooms.list():
             if room.room_id not in joined:
                 continue
+            size = sizes.get(room.room_id)
             out.append(
                 {
                     "room_id": room.room_id,
@@ -319,6 +322,11 @@ def _routes(app: FastAPI, dash: Dashboard) -> None:
                     "purpose": room.purpose,
                     "encrypted": client.rooms.is_encrypted(room.room_id),
                     "members": len(client.rooms.members(room.room_id)),
+                    "keys": size.keys if size else 0,
+                    "versions": size.versions if size else 0,
+                    "files": size.files if size else 0,
+                    "telemetry_samples": size.telemetry_samples if size else 0,
+                    "bytes": size.total_bytes if size else 0,
                 }
             )
         out.sort(key=lambda r: str(r["name"] or r["room_id"]).lower())

@@ -152,6 +152,13 @@
     return data;
   }
 
+  function bytes(n) {
+    if (n >= 1e9) return (n / 1e9).toFixed(2) + " GB";
+    if (n >= 1e6) return (n / 1e6).toFixed(2) + " MB";
+    if (n >= 1e3) return (n / 1e3).toFixed(1) + " kB";
+    return n + " B";
+  }
+
   async function renderHome() {
     const rows = state.rooms.map((r) =>
       h("tr", {},
@@ -159,12 +166,15 @@
         h("td", { text: r.kind || "" }),
         h("td", { class: "mono", text: r.did || "" }),
         h("td", { text: String(r.members) }),
-        h("td", { text: r.encrypted ? "encrypted" : "NOT encrypted" })));
+        h("td", { text: r.encrypted ? "encrypted" : "NOT encrypted" }),
+        h("td", { class: "num", text: r.keys + " keys, " + r.versions + " versions" }),
+        h("td", { class: "num", text: r.files + " files" }),
+        h("td", { class: "num", text: bytes(r.bytes) })));
     view.replaceChildren(
       h("h1", { text: "Your rooms" }),
       rows.length
         ? h("table", { id: "room-table" },
-          h("thead", {}, h("tr", {}, ["Room", "Kind", "DID", "Members", "Encryption"].map((t) => h("th", { text: t })))),
+          h("thead", {}, h("tr", {}, ["Room", "Kind", "DID", "Members", "Encryption", "Records", "Files", "Size"].map((t) => h("th", { text: t })))),
           h("tbody", {}, rows))
         : h("p", { class: "muted", text: "You are in no rooms yet." }));
   }

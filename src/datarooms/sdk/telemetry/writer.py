@@ -171,6 +171,9 @@ class TelemetryWriter:
         self._changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight: dict[int, asyncio.Task[None]] = {}
+        # Batches acknowledged in the outbox whose stats are not recorded yet: flush()
+        # counts them as unacknowledged, so it never returns between the two.
+        self._recording: set[int] = set()
         self._blocked: dict[str, tuple[float, str]] = {}  # room -> (retry at, why)
         self._flush_upto = 0
         self._last_error: str | None = None
@@ -258,7 +261,11 @@ class TelemetryWriter:
             async with self._changed:
                 await self._changed.wait_for(
                     lambda: (
-                        min(self.outbox.unacked_seqs(), default=target_seq + 1) > target_seq
+                        min(
+                            [*self.outbox.unacked_seqs(), *self._recording],
+                            default=target_seq + 1,
+                        )
+                        > target_seq
                         or self._raise_blocked()
                     )
                 )
@@ -404,7 +411,15 @@ class TelemetryWriter:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, cfg.retry_max_s)
         self._blocked.pop(batch.room_id, None)
-        origins = await asyncio.to_thread(self.outbox.ack, batch.seq)
+        self._recording.add(batch.seq)
+        try:
+            origins = await asyncio.to_thread(self.outbox.ack, batch.seq)
+            self._record(batch, origins, media)
+        finally:
+            self._recording.discard(batch.seq)
+        await self._notify_changed()
+
+    def _record(self, batch: SealedBatch, origins: list[tuple[float, int]], media: bool) -> None:
         now = time.time()
         st = self.stats
         st.acked_batches += 1
@@ -415,7 +430,6 @@ class TelemetryWriter:
         else:
             st.inline_batches += 1
         st.latencies.extend((max(0.0, now - at), n) for at, n in origins)
-        await self._notify_changed()
 
     async def _upload(self, batch: SealedBatch) -> str:
         """Upload the payload as encrypted media and remember the file in the outbox."""

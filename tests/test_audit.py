@@ -171,7 +171,7 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
         # (The CLI against the chain's RPC: tests/test_cli_evidence.py.)
         path = tmp_path / "bundle.json"
         path.write_text(json.dumps(bundle))
-        key = (await chain.identity())["validator_pub_key"]
+        key = (await chain.identity())["validators"][0]["pub_key"]["value"]
     # The chain is gone, so is the homeserver as far as this check goes: offline.
     pinned = cli("audit", "verify", str(path), "--validator-key", key)
     assert pinned.returncode == 0, pinned.stdout + pinned.stderr
@@ -293,18 +293,18 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
     assert brk["layer"] == "anchors" and "Merkle root" in brk["detail"]
 
     def header(b: dict) -> None:  # type: ignore[type-arg]
-        h = b["anchors"][1]["proof"]["header"]
-        h["time"] = _flip(h["time"], 3)
+        h = b["anchors"][1]["proof"]["signed_header"]["header"]
+        h["app_hash"] = "00" * 32
 
     brk = tampered(header)
-    assert brk["layer"] == "anchors" and "committed block" in brk["detail"]
+    assert brk["layer"] == "anchors" and "[bad_header_hash]" in brk["detail"]
 
     def signature(b: dict) -> None:  # type: ignore[type-arg]
-        p = b["anchors"][0]["proof"]
-        p["signature"] = base64.b64encode(bytes(64)).decode()
+        c = b["anchors"][0]["proof"]["signed_header"]["commit"]
+        c["signatures"][0]["signature"] = base64.b64encode(bytes(64)).decode()
 
     brk = tampered(signature)
-    assert brk["layer"] == "anchors" and "validator" in brk["detail"]
+    assert brk["layer"] == "anchors" and "[forged_signature]" in brk["detail"]
 
     def dropped_anchor(b: dict) -> None:  # type: ignore[type-arg]
         del b["anchors"][0]

@@ -42,8 +42,8 @@ __all__ = [
     "anchor_tx",
     "bundle_anchor_check",
     "check_inclusion",
-    "trusted_set_hash",
     "decode_anchor_tx",
+    "trusted_set_hash",
 ]
 
 MSG_ANCHOR_AUDIT = "/datarooms.audit.v1.MsgAnchorAudit"

@@ -94,11 +94,13 @@ def _canonical_classes() -> tuple[Any, Any]:
     def msg(name: str, *fields: tuple[str, int, int, str | None]) -> None:
         m = f.message_type.add(name=name)
         for fname, num, ftype, tname in fields:
-            fd = m.field.add(name=fname, number=num, type=ftype, label=opt)  # type: ignore[arg-type]
+            fd = m.field.add(name=fname, number=num, type=ftype, label=opt)
             if tname:
                 fd.type_name = tname
 
-    msg("CanonicalPartSetHeader", ("total", 1, F.TYPE_UINT32, None), ("hash", 2, F.TYPE_BYTES, None))
+    msg(
+        "CanonicalPartSetHeader", ("total", 1, F.TYPE_UINT32, None), ("hash", 2, F.TYPE_BYTES, None)
+    )
     msg(
         "CanonicalBlockID",
         ("hash", 1, F.TYPE_BYTES, None),
@@ -162,7 +164,7 @@ def canonical_vote_sign_bytes(
         vote.block_id.part_set_header.hash = parts_hash
     vote.timestamp.seconds = seconds
     vote.timestamp.nanos = nanos
-    body = vote.SerializeToString(deterministic=True)
+    body = bytes(vote.SerializeToString(deterministic=True))
     return _varint(len(body)) + body
 
 
@@ -294,7 +296,7 @@ def header_hash(header: dict[str, Any]) -> bytes:
             )
         ),
     ]
-    return merkle_root([m.SerializeToString(deterministic=True) for m in fields])
+    return merkle_root([bytes(m.SerializeToString(deterministic=True)) for m in fields])
 
 
 def _validator_key(v: dict[str, Any]) -> bytes:
@@ -376,7 +378,9 @@ def verify_tx_inclusion(
         proved_tx = _b64(proof["data"])
         data_hash = _hex(header["data_hash"])
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise LightCheckError(f"the light-client evidence is malformed ({exc})", "bad_proof") from None
+        raise LightCheckError(
+            f"the light-client evidence is malformed ({exc})", "bad_proof"
+        ) from None
     # 1. The tx is in the block's data.
     if proved_tx != tx:
         raise LightCheckError("the tx proof is for another transaction", "bad_tx_proof")
@@ -401,7 +405,11 @@ def verify_tx_inclusion(
         raise LightCheckError(
             "the header does not hash to the block id the commit signs", "bad_header_hash"
         )
-    if header.get("chain_id") != chain_id or int(header["height"]) != height or commit_height != height:
+    if (
+        header.get("chain_id") != chain_id
+        or int(header["height"]) != height
+        or commit_height != height
+    ):
         raise LightCheckError(
             f"the block is not height {height} of chain {chain_id}", "wrong_chain"
         )

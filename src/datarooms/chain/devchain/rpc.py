@@ -43,8 +43,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from datarooms.chain.devchain.node import COMETBFT_VERSION, DevChain, IndexedTx, Subscriber
 from datarooms.chain.devchain.comet import NO_BLOCK_ID, CometView
+from datarooms.chain.devchain.node import COMETBFT_VERSION, DevChain, IndexedTx, Subscriber
 from datarooms.chain.errors import ChainError
 from datarooms.chain.query import Query
 from datarooms.errors import PortInUseError

@@ -312,6 +312,20 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
     brk = tampered(dropped_anchor)
     assert brk["layer"] == "anchors" and "missing" in brk["detail"]
 
+    # A bundle exported before the light-client check (the devchain's own header proof).
+    old = copy.deepcopy(bundle)
+    old["chain"] = {"chain_id": bundle["chain"]["chain_id"], "validator_pub_key": key}
+    old["anchors"][0]["proof"] = {
+        "height": old["anchors"][0]["height"],
+        "tx_hashes": [],
+        "header": {},
+        "block_hash": "",
+        "signature": "",
+    }
+    stale = verify_bundle(old, check_anchor=bundle_anchor_check(old["chain"]))
+    assert stale.verdict == "incomplete", stale.to_json()
+    assert any("not supported" in u and "re-export" in u for u in stale.unverified)
+
     # Not a bundle at all, or cut short: a verdict, never a crash.
     assert verify_bundle({"format": "x"}).breaks[0]["layer"] == "format"
     assert verify_bundle([1, 2]).verdict == "broken"

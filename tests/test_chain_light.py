@@ -322,7 +322,7 @@ async def test_devchain_evidence_checks_as_a_light_client(tmp_path: Path) -> Non
     assert forged(lambda p: p["signed_header"]["commit"].update(signatures=[])) == (
         "too_little_power"
     )
-    # A set of another key, consistent with a rebuilt header: not the trusted set.
+    # Another key's set given as the block's: not the set the header names.
     other = _validator(Ed25519PrivateKey.generate(), 10)
     assert forged(lambda p: p.update(validators=[other])) == "bad_validators_hash"
     # An old devchain proof (before the light-client check): re-export.

@@ -7,7 +7,7 @@ Served, with the same JSON shapes as a CometBFT 0.38 node:
 ``GET /status``            node_info, sync_info (latest height/hash/time), validator_info
 ``GET /block?height=``     block_id and block (header, data.txs, last_commit)
 ``GET /commit?height=``    signed_header (CometBFT header + the validator's precommit)
-``GET /validators``         the validator set (address, ed25519 pub_key, voting_power)
+``GET /validators``        the validator set (address, ed25519 pub_key, voting_power)
 ``GET /tx?hash=0x..``      one ``ResultTx`` (``prove=true``: with its Merkle ``proof``)
 ``GET /tx_search``         ``query``, ``page``, ``per_page`` (max 100), ``order_by``
 ``/broadcast_tx_sync``     CheckTx, then the tx waits in the mempool

@@ -314,7 +314,6 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
 
     # A bundle exported before the light-client check (the devchain's own header proof).
     old = copy.deepcopy(bundle)
-    old["chain"] = {"chain_id": bundle["chain"]["chain_id"], "validator_pub_key": key}
     old["anchors"][0]["proof"] = {
         "height": old["anchors"][0]["height"],
         "tx_hashes": [],

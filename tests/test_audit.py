@@ -171,11 +171,16 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
         # (The CLI against the chain's RPC: tests/test_cli_evidence.py.)
         path = tmp_path / "bundle.json"
         path.write_text(json.dumps(bundle))
-        key = (await chain.identity())["validators"][0]["pub_key"]["value"]
+        identity = await chain.identity()
+        key = identity["validators"][0]["pub_key"]["value"]
     # The chain is gone, so is the homeserver as far as this check goes: offline.
     pinned = cli("audit", "verify", str(path), "--validator-key", key)
     assert pinned.returncode == 0, pinned.stdout + pinned.stderr
     assert pinned.stderr.startswith("VERIFIED: ")
+    by_hash = cli("audit", "verify", str(path), "--validators-hash", identity["validators_hash"])
+    assert by_hash.returncode == 0, by_hash.stdout + by_hash.stderr
+    other_set = cli("audit", "verify", str(path), "--validators-hash", "AB" * 32)
+    assert other_set.returncode == 1 and "unknown_validator_set" in other_set.stdout
     forged_key = base64.b64encode(bytes(32)).decode()
     forged = cli("audit", "verify", str(path), "--validator-key", forged_key)
     assert forged.returncode == 1 and "validator" in forged.stdout

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nacl.signing import VerifyKey
 
 from datarooms.chain import light
 from datarooms.chain.anchor import ChainAnchor, anchor_tx, bundle_anchor_check
@@ -281,6 +282,13 @@ async def test_devchain_evidence_checks_as_a_light_client(tmp_path: Path) -> Non
     assert all(p["signed_header"]["commit"]["signatures"][0]["block_id_flag"] == 2 for p in proofs)
     assert "datarooms" not in proofs[0]["signed_header"]
     assert any(p["tx_proof"]["proof"]["aunts"] for p in proofs), "one block holds several txs"
+    # The devchain's precommit verifies with libsodium (PyNaCl), over the sign bytes.
+    commit = proofs[0]["signed_header"]["commit"]
+    sig = commit["signatures"][0]
+    VerifyKey(base64.b64decode(identity["validators"][0]["pub_key"]["value"])).verify(
+        light.vote_sign_bytes(identity["chain_id"], commit, sig),
+        base64.b64decode(sig["signature"]),
+    )
     check = bundle_anchor_check(identity)
     anchors = [{"height": h, "proof": p} for h, p in zip(heights, proofs, strict=True)]
     for t, a in zip(txs, anchors, strict=True):

@@ -17,21 +17,29 @@ Everything runs against a real embedded Synapse and a real devchain:
    ``records.get``.
 3. audit verify: a bundle of N entries (full and quick 10,000; smoke 500), every event a
    real Megolm-encrypted record (vodozemac), 1 in 100 a signed claim citing a record,
-   anchored in 100 ranges on the devchain (signed block headers in the bundle);
+   anchored in 100 ranges on the devchain (CometBFT light-client evidence in the bundle);
    ``verify_bundle`` offline: verify_s and verify_entries_per_s, vs the baseline of the
-   hash chain alone (chain_only_entries_per_s). A real room's exported bundle is
-   verified too (bundle_real_entries).
+   hash chain alone (chain_only_entries_per_s). Per anchor: the light-client check
+   (anchor_check_ms_light_p50) side by side with the old devchain check's work
+   (anchor_check_ms_old_devchain_p50), and fetching its evidence over RPC
+   (anchor_proof_fetch_ms_p50). A real room's exported bundle is verified too
+   (bundle_real_entries).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import hashlib
 import json
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from _common import bench_args, emit, machine, median, percentile, with_homeserver
 from datarooms import Credentials, DataroomsClient
@@ -269,9 +277,13 @@ async def bench_verify(
     bundle, ranges = synthetic_bundle(entries_n, anchors_n, client.claims)
     build_s = time.perf_counter() - t0
     room_hash = bundle["room_hash"]
+    fetch_ms: list[float] = []
     for first, last, root, head in ranges:
         tx = chain.anchor_tx(room_hash, first, last, root, head)
         height = await chain.broadcast(tx)
+        t0 = time.perf_counter()
+        proof = await chain.inclusion_proof(tx, height)
+        fetch_ms.append(_ms(t0))
         bundle["anchors"].append(
             {
                 "first_seq": first,
@@ -279,12 +291,13 @@ async def bench_verify(
                 "root": root,
                 "height": height,
                 "tx": base64.b64encode(tx).decode(),
-                "proof": await chain.inclusion_proof(tx, height),
+                "proof": proof,
             }
         )
     bundle["chain"] = await chain.identity()
     size_mb = len(json.dumps(bundle)) / 1e6
     check = bundle_anchor_check(bundle["chain"])
+    light_ms, old_ms = _anchor_check_costs(bundle, check)
     runs: list[float] = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -305,7 +318,34 @@ async def bench_verify(
         "verify_s": verify_s,
         "verify_entries_per_s": entries_n / verify_s,
         "chain_only_entries_per_s": entries_n / chain_s,
+        # Per anchor: the CometBFT light-client check vs the old devchain check's work
+        # (SHA-256 of a JSON header + one ed25519 verify), and fetching the evidence.
+        "anchor_check_ms_light_p50": median(light_ms),
+        "anchor_check_ms_old_devchain_p50": median(old_ms),
+        "anchor_check_light_vs_old_ratio": median(light_ms) / median(old_ms),
+        "anchor_proof_fetch_ms_p50": median(fetch_ms),
     }
+
+
+def _anchor_check_costs(bundle: dict[str, Any], check: Any) -> tuple[list[float], list[float]]:
+    """Each anchor's light-client check (ms), and the old devchain check's work (ms)."""
+    key = Ed25519PrivateKey.generate()
+    light_ms, old_ms = [], []
+    for a in bundle["anchors"]:
+        tx = base64.b64decode(a["tx"])
+        t0 = time.perf_counter()
+        check(tx, a)
+        light_ms.append(_ms(t0))
+        header = a["proof"]["signed_header"]["header"]
+        sig = key.sign(b"x" * 32)
+        t0 = time.perf_counter()
+        digest = hashlib.sha256(hashlib.sha256(tx).digest()).hexdigest()
+        bhash = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).digest()
+        with contextlib.suppress(InvalidSignature):
+            key.public_key().verify(sig, bhash)
+        old_ms.append(_ms(t0))
+        assert digest
+    return light_ms, old_ms
 
 
 def _chain_only(bundle: dict[str, Any]) -> bool:
@@ -379,6 +419,12 @@ def main() -> None:
         f"{r['bundle_claims']} claims ({r['bundle_mb']:.1f} MB): {r['verify_s']:.2f} s, "
         f"{r['verify_entries_per_s']:,.0f} entries/s (hash chain alone "
         f"{r['chain_only_entries_per_s']:,.0f}/s)"
+    )
+    print(
+        f"anchor check p50: light client {r['anchor_check_ms_light_p50']:.3f} ms vs old "
+        f"devchain check {r['anchor_check_ms_old_devchain_p50']:.3f} ms "
+        f"(x{r['anchor_check_light_vs_old_ratio']:.2f}); evidence fetch "
+        f"{r['anchor_proof_fetch_ms_p50']:.1f} ms"
     )
     emit(r)
 

@@ -171,11 +171,16 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
         # (The CLI against the chain's RPC: tests/test_cli_evidence.py.)
         path = tmp_path / "bundle.json"
         path.write_text(json.dumps(bundle))
-        key = (await chain.identity())["validator_pub_key"]
+        identity = await chain.identity()
+        key = identity["validators"][0]["pub_key"]["value"]
     # The chain is gone, so is the homeserver as far as this check goes: offline.
     pinned = cli("audit", "verify", str(path), "--validator-key", key)
     assert pinned.returncode == 0, pinned.stdout + pinned.stderr
     assert pinned.stderr.startswith("VERIFIED: ")
+    by_hash = cli("audit", "verify", str(path), "--validators-hash", identity["validators_hash"])
+    assert by_hash.returncode == 0, by_hash.stdout + by_hash.stderr
+    other_set = cli("audit", "verify", str(path), "--validators-hash", "AB" * 32)
+    assert other_set.returncode == 1 and "unknown_validator_set" in other_set.stdout
     forged_key = base64.b64encode(bytes(32)).decode()
     forged = cli("audit", "verify", str(path), "--validator-key", forged_key)
     assert forged.returncode == 1 and "validator" in forged.stdout
@@ -293,24 +298,37 @@ async def test_bundle_verifies_offline_and_each_tamper_fails_at_its_layer(  # ty
     assert brk["layer"] == "anchors" and "Merkle root" in brk["detail"]
 
     def header(b: dict) -> None:  # type: ignore[type-arg]
-        h = b["anchors"][1]["proof"]["header"]
-        h["time"] = _flip(h["time"], 3)
+        h = b["anchors"][1]["proof"]["signed_header"]["header"]
+        h["app_hash"] = "00" * 32
 
     brk = tampered(header)
-    assert brk["layer"] == "anchors" and "committed block" in brk["detail"]
+    assert brk["layer"] == "anchors" and "[bad_header_hash]" in brk["detail"]
 
     def signature(b: dict) -> None:  # type: ignore[type-arg]
-        p = b["anchors"][0]["proof"]
-        p["signature"] = base64.b64encode(bytes(64)).decode()
+        c = b["anchors"][0]["proof"]["signed_header"]["commit"]
+        c["signatures"][0]["signature"] = base64.b64encode(bytes(64)).decode()
 
     brk = tampered(signature)
-    assert brk["layer"] == "anchors" and "validator" in brk["detail"]
+    assert brk["layer"] == "anchors" and "[forged_signature]" in brk["detail"]
 
     def dropped_anchor(b: dict) -> None:  # type: ignore[type-arg]
         del b["anchors"][0]
 
     brk = tampered(dropped_anchor)
     assert brk["layer"] == "anchors" and "missing" in brk["detail"]
+
+    # A bundle exported before the light-client check (the devchain's own header proof).
+    old = copy.deepcopy(bundle)
+    old["anchors"][0]["proof"] = {
+        "height": old["anchors"][0]["height"],
+        "tx_hashes": [],
+        "header": {},
+        "block_hash": "",
+        "signature": "",
+    }
+    stale = verify_bundle(old, check_anchor=bundle_anchor_check(old["chain"]))
+    assert stale.verdict == "incomplete", stale.to_json()
+    assert any("not supported" in u and "re-export" in u for u in stale.unverified)
 
     # Not a bundle at all, or cut short: a verdict, never a crash.
     assert verify_bundle({"format": "x"}).breaks[0]["layer"] == "format"

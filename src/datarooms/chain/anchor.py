@@ -15,24 +15,23 @@ Cosmos chain the same message is a protobuf ``MsgAnchorAudit`` in a signed ``TxR
 (docs/evidence.md); the lookup then goes by the event ``audit_anchored.merkle_root``.
 
 :class:`ChainAnchor` implements :class:`datarooms.sdk.audit.AnchorChain`;
-:func:`inclusion_proof` / :func:`check_inclusion` give and check the evidence that a tx
-is in a committed block (for the devchain: the block's signed header and its tx hashes).
+:meth:`ChainAnchor.inclusion_proof` / :func:`check_inclusion` give and check the
+evidence that a tx is in a committed block: CometBFT's signed header, validator set and
+tx Merkle proof, checked as a light client does (:mod:`datarooms.chain.light`) against a
+validator set the auditor trusts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from datarooms.chain.errors import ChainError, RpcError
+from datarooms.chain.light import LightCheckError, validators_hash, verify_tx_inclusion
 from datarooms.chain.rpc import CometRpc, tx_hash
 
 __all__ = [
@@ -41,12 +40,16 @@ __all__ = [
     "AnchorCheckError",
     "ChainAnchor",
     "anchor_tx",
+    "bundle_anchor_check",
     "check_inclusion",
     "decode_anchor_tx",
+    "trusted_set_hash",
 ]
 
 MSG_ANCHOR_AUDIT = "/datarooms.audit.v1.MsgAnchorAudit"
 AUDIT_ANCHORED_EVENT = "datarooms.audit.v1.AuditAnchored"
+#: The shape of ``inclusion_proof``'s evidence (CometBFT light-client evidence).
+PROOF_FORMAT = "cometbft-light/1"
 _HEX64 = frozenset("0123456789abcdef")
 
 
@@ -182,81 +185,109 @@ class ChainAnchor:
         raise ChainError("the anchor was broadcast but not committed in time; run anchor again")
 
     async def inclusion_proof(self, tx: bytes, height: int) -> dict[str, Any]:
-        """What shows offline that ``tx`` is in the committed block at ``height``."""
+        """The light-client evidence that ``tx`` is in the committed block at ``height``:
+        CometBFT's signed header, the validator set and the tx's Merkle proof, as the
+        chain's RPC gives them (:mod:`datarooms.chain.light` checks them offline)."""
         async with CometRpc(self.url) as rpc:
             commit = await rpc.call("commit", height=height)
-            block = await rpc.block(height)
-        txs = [base64.b64decode(t) for t in block["block"]["data"]["txs"] or []]
-        header = (commit.get("datarooms") or {}).get("header")
-        if header is None:
-            raise ChainError(
-                "this node gives no devchain header; a real chain's proof is the light "
-                "client's signed header (docs/evidence.md)"
+            validators = await rpc.call("validators", height=height, per_page=100)
+            found = await rpc.call_jsonrpc(
+                "tx", {"hash": base64.b64encode(bytes.fromhex(tx_hash(tx))).decode(), "prove": True}
             )
+        if int(found.get("height", 0)) != height:
+            raise ChainError(f"the anchor tx is at height {found.get('height')}, not {height}")
         return {
+            "format": PROOF_FORMAT,
             "height": height,
-            "tx_hashes": [hashlib.sha256(t).hexdigest().upper() for t in txs],
-            "header": header,
-            "block_hash": commit["datarooms"]["hash"],
-            "signature": commit["datarooms"]["signature"],
+            "signed_header": commit["signed_header"],
+            "validators": validators["validators"],
+            "tx_proof": found["proof"],
         }
 
-    async def identity(self) -> dict[str, str]:
-        """The chain id and the validator key that signs the devchain's blocks."""
+    async def identity(self) -> dict[str, Any]:
+        """The chain id and its genesis validator set (the set an auditor trusts)."""
         async with CometRpc(self.url) as rpc:
             status = await rpc.status()
+            genesis = await rpc.call("validators", height=1, per_page=100)
+        validators = genesis["validators"]
         return {
             "chain_id": str(status["node_info"]["network"]),
-            "validator_pub_key": str(status["validator_info"]["pub_key"]["value"]),
+            "validators": validators,
+            "validators_hash": validators_hash(validators).hex().upper(),
         }
 
 
 def check_inclusion(
-    tx: bytes, proof: dict[str, Any], *, chain_id: str, validator_pub_key: str
+    tx: bytes, proof: dict[str, Any], *, chain_id: str, trusted_validators_hash: str
 ) -> None:
-    """Check that ``tx`` is in a block signed by the validator; raise AnchorCheckError."""
+    """Check that ``tx`` is in a block the trusted validators committed (a CometBFT
+    light-client check, :func:`datarooms.chain.light.verify_tx_inclusion`)."""
+    if "signed_header" not in proof and ("block_hash" in proof or "tx_hashes" in proof):
+        raise AnchorCheckError(
+            "proof format not supported (a devchain proof from before the light-client "
+            "check); re-export the bundle with `datarooms audit export`",
+            "unsupported_proof",
+        )
     try:
-        header = proof["header"]
-        hashes = [str(h).upper() for h in proof["tx_hashes"]]
-        block_hash = str(proof["block_hash"])
-        signature = base64.b64decode(proof["signature"])
         height = int(proof["height"])
     except (KeyError, TypeError, ValueError):
         raise AnchorCheckError("the inclusion proof is malformed", "bad_proof") from None
-    if tx_hash(tx) not in hashes:
-        raise AnchorCheckError("the anchor tx is not among the block's txs", "not_in_block")
-    digest = hashlib.sha256()
-    for h in hashes:
-        digest.update(bytes.fromhex(h))
-    if digest.hexdigest().upper() != header.get("data_hash"):
-        raise AnchorCheckError("the block's tx hashes do not match its data_hash", "bad_proof")
-    if hashlib.sha256(_canonical(header)).hexdigest().upper() != block_hash:
-        raise AnchorCheckError("the block header does not hash to the block hash", "bad_proof")
-    if header.get("height") != height or header.get("chain_id") != chain_id:
-        raise AnchorCheckError(
-            f"the block is not height {height} of chain {chain_id}", "wrong_chain"
-        )
     try:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(validator_pub_key))
-        key.verify(signature, bytes.fromhex(block_hash))
-    except (InvalidSignature, ValueError):
-        raise AnchorCheckError(
-            "the block is not signed by the chain's validator (a forged anchor)",
-            "bad_block_signature",
-        ) from None
+        verify_tx_inclusion(
+            tx,
+            proof,
+            chain_id=chain_id,
+            height=height,
+            trusted_validators_hash=trusted_validators_hash,
+        )
+    except LightCheckError as exc:
+        raise AnchorCheckError(str(exc), exc.reason) from None
+
+
+def trusted_set_hash(
+    chain: dict[str, Any],
+    *,
+    validators_hash_: str | None = None,
+    validator_pub_keys: Sequence[str] = (),
+) -> str:
+    """The validator-set hash the auditor trusts (docs/evidence.md, "Trust").
+
+    ``validators_hash_`` (hex, from the chain's genesis) wins. Else the bundle's pinned
+    genesis set, and with ``validator_pub_keys`` only if every one of its validators
+    holds one of those keys. "" (nothing trusted) if the bundle pins no valid set.
+    """
+    if validators_hash_:
+        return validators_hash_.strip().upper()
+    pinned = chain.get("validators")
+    if not isinstance(pinned, list) or not pinned:
+        return ""
+    try:
+        computed = validators_hash(pinned).hex().upper()
+        keys = {str(v["pub_key"]["value"]) for v in pinned}
+    except (KeyError, TypeError, ValueError):
+        return ""
+    if validator_pub_keys and not keys <= set(validator_pub_keys):
+        return ""
+    return computed
 
 
 def bundle_anchor_check(
-    chain: dict[str, Any], *, validator_pub_key: str | None = None
+    chain: dict[str, Any],
+    *,
+    validators_hash_: str | None = None,
+    validator_pub_keys: Sequence[str] = (),
 ) -> Callable[[bytes, dict[str, Any]], None]:
     """An anchor check for :func:`datarooms.sdk.audit_bundle.verify_bundle` from the
-    bundle's chain identity and each anchor's ``proof`` (the signed block header).
+    bundle's chain identity and each anchor's ``proof`` (light-client evidence).
 
-    ``validator_pub_key`` pins the validator key the auditor trusts (from the chain's
-    genesis); without it the key the bundle names is used, and the report should say so.
+    The trusted set is :func:`trusted_set_hash`: without ``validators_hash_`` or
+    ``validator_pub_keys`` it is the set the bundle itself pins, and the report
+    should say so.
     """
     chain_id = str(chain.get("chain_id", ""))
-    key = validator_pub_key or str(chain.get("validator_pub_key", ""))
+    trusted = trusted_set_hash(
+        chain, validators_hash_=validators_hash_, validator_pub_keys=validator_pub_keys
+    )
 
     def check(tx: bytes, anchor: dict[str, Any]) -> None:
         proof = anchor.get("proof")
@@ -266,8 +297,8 @@ def bundle_anchor_check(
             raise AnchorCheckError(str(proof["unreachable"]), "unreachable")
         if "missing" in proof:
             raise AnchorCheckError(str(proof["missing"]), "not_on_chain")
-        if int(proof.get("height", -1)) != anchor.get("height"):
+        if proof.get("height") != anchor.get("height"):
             raise AnchorCheckError("the proof is for another height", "bad_proof")
-        check_inclusion(tx, proof, chain_id=chain_id, validator_pub_key=key)
+        check_inclusion(tx, proof, chain_id=chain_id, trusted_validators_hash=trusted)
 
     return check

@@ -209,8 +209,15 @@ def audit_verify(
         typer.Option("--rpc", help="Check the anchors against this chain's RPC, not the bundle"),
     ] = None,
     validator_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A genesis validator's public key (base64) to trust; repeat for each. "
+            "The bundle's pinned validator set is used only if all its keys are given"
+        ),
+    ] = None,
+    validators_hash: Annotated[
         str | None,
-        typer.Option(help="The validator's public key (base64) to trust, from the genesis"),
+        typer.Option(help="The trusted validator set's hash (hex), from the chain's genesis"),
     ] = None,
 ) -> None:
     """Verify a bundle offline (no homeserver): exit 0 verified, 1 broken, 2 incomplete."""
@@ -227,13 +234,17 @@ def audit_verify(
     chain = bundle.get("chain") if isinstance(bundle.get("chain"), dict) else {}
     if rpc:
         chain = run(_proofs_from_rpc(bundle, rpc, notes)) or chain
-    check = bundle_anchor_check(chain or {}, validator_pub_key=validator_key)
+    check = bundle_anchor_check(
+        chain or {}, validators_hash_=validators_hash, validator_pub_keys=validator_key or ()
+    )
     report = verify_bundle(bundle, check_anchor=check)
     report.unverified.extend(notes)
-    if not rpc and not validator_key and report.layers.get("anchors", {}).get("checked"):
+    pinned = validator_key or validators_hash
+    if not rpc and not pinned and report.layers.get("anchors", {}).get("checked"):
         report.unverified.append(
-            "the validator key came from the bundle: pin it with --validator-key or check "
-            "against the chain with --rpc"
+            "the validator keys to trust came from the bundle: pin them with --validator-key "
+            "or --validators-hash (from the chain's genesis), or check against the chain "
+            "with --rpc"
         )
     print_json(report.to_json())
     sys.stderr.write(_summary(report.to_json()) + "\n")
@@ -260,7 +271,7 @@ def _summary(report: dict[str, Any]) -> str:
     return f"VERIFIED: {report['entries']} entries of {report['room']} (checked: {counts})"
 
 
-async def _proofs_from_rpc(bundle: dict[str, Any], url: str, notes: list[str]) -> dict[str, str]:
+async def _proofs_from_rpc(bundle: dict[str, Any], url: str, notes: list[str]) -> dict[str, Any]:
     """Replace each anchor's proof with the chain's own; the chain's identity (or {})."""
     import base64
 

@@ -408,10 +408,13 @@ def _check_anchors(
             check_anchor(tx, anchor)
         except Exception as exc:
             reason = getattr(exc, "reason", "")
-            if reason in ("unreachable",):
-                report.unverified.append(f"anchor {n}: {exc}")
+            code = f" [{reason}]" if reason else ""
+            if reason in ("unreachable", "unsupported_proof"):
+                report.unverified.append(f"anchor {n}: {exc}{code}")
             else:
-                report.fail("anchors", f"the anchor is not in a committed block: {exc}", anchor=n)
+                report.fail(
+                    "anchors", f"the anchor is not in a committed block: {exc}{code}", anchor=n
+                )
             continue
         report.passed("anchors")
     if expected_first <= len(entries):

@@ -852,6 +852,12 @@ class DevChain:
             )
         return self.blocks[height - 1]
 
+    def sign(self, data: bytes) -> bytes:
+        """The validator's ed25519 signature of ``data`` (its precommit votes)."""
+        if self._key is None:
+            raise ChainError("this devchain copy has no validator key: it cannot sign")
+        return self._key.sign(data)
+
     def tx(self, hash_hex: str) -> IndexedTx:
         itx = self._by_hash.get(hash_hex.upper())
         if itx is None:

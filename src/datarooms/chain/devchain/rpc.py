@@ -6,7 +6,9 @@ Served, with the same JSON shapes as a CometBFT 0.38 node:
 ``GET /health``            ``{}``
 ``GET /status``            node_info, sync_info (latest height/hash/time), validator_info
 ``GET /block?height=``     block_id and block (header, data.txs, last_commit)
-``GET /tx?hash=0x..``      one ``ResultTx``
+``GET /commit?height=``    signed_header (CometBFT header + the validator's precommit)
+``GET /validators``        the validator set (address, ed25519 pub_key, voting_power)
+``GET /tx?hash=0x..``      one ``ResultTx`` (``prove=true``: with its Merkle ``proof``)
 ``GET /tx_search``         ``query``, ``page``, ``per_page`` (max 100), ``order_by``
 ``/broadcast_tx_sync``     CheckTx, then the tx waits in the mempool
 ``/broadcast_tx_commit``   CheckTx, then wait for the block: check_tx, tx_result, height
@@ -43,6 +45,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from datarooms.chain.devchain.comet import NO_BLOCK_ID, CometView
 from datarooms.chain.devchain.node import COMETBFT_VERSION, DevChain, IndexedTx, Subscriber
 from datarooms.chain.errors import ChainError
 from datarooms.chain.query import Query
@@ -138,6 +141,7 @@ class DevChainServer:
         allowed_origins: frozenset[str] = frozenset(),
     ) -> None:
         self.chain = chain
+        self.comet = CometView(chain)
         self.allowed_origins = allowed_origins
         self.host = host
         self.port = port
@@ -151,6 +155,7 @@ class DevChainServer:
             "status": (self._status, ()),
             "block": (self._block, ("height",)),
             "commit": (self._commit, ("height",)),
+            "validators": (self._validators, ("height", "page", "per_page")),
             "tx": (self._tx, ("hash", "prove")),
             "tx_search": (self._tx_search, ("query", "prove", "page", "per_page", "order_by")),
             "broadcast_tx_sync": (self._broadcast_sync, ("tx",)),
@@ -317,110 +322,61 @@ class DevChainServer:
             },
         }
 
-    async def _block(self, params: dict[str, Any], uri: bool) -> Any:
-        c = self.chain
+    def _height(self, params: dict[str, Any]) -> int:
         height = _int_param(params, "height")
         if height is None:
-            height = c.height
+            height = self.chain.height
         if height < 1:
             raise _internal(f"height must be greater than 0, but got {height}")
-        block = c.block(height)
-        prev = c.blocks[height - 2] if height > 1 else None
-        h = block.header
-        parts = {"total": 1, "hash": hashlib.sha256(block.hash.encode()).hexdigest().upper()}
-        signatures = []
-        if prev is not None:
-            signatures.append(
-                {
-                    "block_id_flag": 2,
-                    "validator_address": c.validator_address,
-                    "timestamp": h["time"],
-                    "signature": base64.b64encode(prev.signature).decode(),
-                }
-            )
-        validators_hash = hashlib.sha256(c.validator_pub_key.encode()).hexdigest().upper()
-        empty = hashlib.sha256(b"").hexdigest().upper()
+        return height
+
+    async def _block(self, params: dict[str, Any], uri: bool) -> Any:
+        height = self._height(params)
+        block = self.chain.block(height)
+        comet = self.comet.get(height)
+        last_commit = (
+            self.comet.get(height - 1).commit
+            if height > 1
+            else {"height": "0", "round": 0, "block_id": NO_BLOCK_ID, "signatures": []}
+        )
         return {
-            "block_id": {"hash": block.hash, "parts": parts},
+            "block_id": comet.block_id,
             "block": {
-                "header": {
-                    "version": {"block": "11", "app": "0"},
-                    "chain_id": h["chain_id"],
-                    "height": str(height),
-                    "time": h["time"],
-                    "last_block_id": {
-                        "hash": h["last_block_hash"],
-                        "parts": {
-                            "total": 1 if prev else 0,
-                            "hash": hashlib.sha256(prev.hash.encode()).hexdigest().upper()
-                            if prev
-                            else "",
-                        },
-                    },
-                    "last_commit_hash": hashlib.sha256(prev.signature).hexdigest().upper()
-                    if prev
-                    else empty,
-                    "data_hash": h["data_hash"],
-                    "validators_hash": validators_hash,
-                    "next_validators_hash": validators_hash,
-                    "consensus_hash": empty,
-                    "app_hash": "",
-                    "last_results_hash": prev.header["results_hash"] if prev else empty,
-                    "evidence_hash": empty,
-                    "proposer_address": h["proposer_address"],
-                },
+                "header": comet.header,
                 "data": {"txs": [base64.b64encode(t).decode() for t in block.txs]},
                 "evidence": {"evidence": []},
-                "last_commit": {
-                    "height": str(height - 1),
-                    "round": 0,
-                    "block_id": {
-                        "hash": h["last_block_hash"],
-                        "parts": {"total": 1 if prev else 0, "hash": ""},
-                    },
-                    "signatures": signatures,
-                },
+                "last_commit": last_commit,
             },
         }
 
     async def _commit(self, params: dict[str, Any], uri: bool) -> Any:
-        """CometBFT's ``/commit`` shape (the header and the validator's signature), plus
-        ``datarooms``: the devchain's own signed header, which is what an auditor checks
-        offline (docs/evidence.md): SHA-256 of its canonical JSON is the block hash, and
-        the validator's ed25519 signature covers that hash."""
-        c = self.chain
-        height = _int_param(params, "height")
-        if height is None:
-            height = c.height
-        if height < 1:
-            raise _internal(f"height must be greater than 0, but got {height}")
-        block = c.block(height)
-        shaped = (await self._block({"height": str(height)}, True))["block"]["header"]
-        signature = base64.b64encode(block.signature).decode()
+        """CometBFT's ``/commit``: the block's header and the validators' precommits."""
+        comet = self.comet.get(self._height(params))
         return {
-            "signed_header": {
-                "header": shaped,
-                "commit": {
-                    "height": str(height),
-                    "round": 0,
-                    "block_id": {"hash": block.hash},
-                    "signatures": [
-                        {
-                            "block_id_flag": 2,
-                            "validator_address": c.validator_address,
-                            "timestamp": block.header["time"],
-                            "signature": signature,
-                        }
-                    ],
-                },
-            },
+            "signed_header": {"header": comet.header, "commit": comet.commit},
             "canonical": True,
-            "datarooms": {"header": block.header, "hash": block.hash, "signature": signature},
+        }
+
+    async def _validators(self, params: dict[str, Any], uri: bool) -> Any:
+        """CometBFT's ``/validators`` (one page: the devchain has one validator)."""
+        height = self._height(params)
+        self.chain.block(height)  # past the tip: the same error as CometBFT's
+        validators = self.comet.validators()
+        return {
+            "block_height": str(height),
+            "validators": validators,
+            "count": str(len(validators)),
+            "total": str(len(validators)),
         }
 
     async def _tx(self, params: dict[str, Any], uri: bool) -> Any:
         raw = _bytes_param(params, "hash", uri=uri)
-        return self.chain.tx(raw.hex()).result_tx()
+        itx = self.chain.tx(raw.hex())
+        out = itx.result_tx()
+        prove = params.get("prove")
+        if prove is True or (isinstance(prove, str) and prove.lower() == "true"):
+            out["proof"] = self.comet.tx_proof(itx.height, itx.index)
+        return out
 
     async def _tx_search(self, params: dict[str, Any], uri: bool) -> Any:
         text = _str_param(params, "query", required=True)

@@ -125,6 +125,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "group",
         "Inbound webhooks into rooms: add, list, rotate (the secret), remove.",
     ),
+    "forward": (
+        "datarooms.cli.automation",
+        "forward_app",
+        "group",
+        "Notifications out of Matrix (a trust boundary): targets, declarations, status.",
+    ),
 }
 
 

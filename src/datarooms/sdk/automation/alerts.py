@@ -168,10 +168,16 @@ class AlertWatcher:
                     },
                 }
                 event_id = await self.client.send(room_id, "m.room.message", content)
-                if self.on_alert is not None:
+                if self.on_alert is not None and (rule is None or rule.forward != "none"):
                     try:
                         self.on_alert(
-                            room_id, str(content["body"]), {"rule": name, "status": status}
+                            room_id,
+                            str(content["body"]),
+                            {
+                                "rule": name,
+                                "status": status,
+                                "severity": rule.severity if rule else "warning",
+                            },
                         )
                     except Exception:
                         log.exception("forwarding an alert failed", extra={"room": room_id})

@@ -113,6 +113,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "command",
         "Bring a platform back from a backup into --data-dir (new or empty).",
     ),
+    "prometheus-config": (
+        "datarooms.cli.ops",
+        "prometheus_config",
+        "command",
+        "Print a Prometheus scrape config for every running service's /metrics.",
+    ),
     "agents": (
         "datarooms.cli.mcp",
         "agents_app",

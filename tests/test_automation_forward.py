@@ -126,7 +126,24 @@ async def test_forwarding_needs_an_admin_declaration_sends_the_summary_and_retri
         assert shown["pager"]["kind"] == "ntfy" and shown["pager"]["secret"] is True
         bad = cli("forward", "add", room, "x y", ntfy_url, data_dir=data, env=env)
         assert bad.returncode != 0 and "forward id" in bad.stderr + bad.stdout
-        await declare(alice, room, "pager", "ntfy", ntfy_url)
+        # Another admin declares it with the CLI (its own device, its own data dir).
+        ops = await homeserver.new_user("ops")
+        await alice.rooms.grant(room, ops.user_id, "admin")
+        ops_env = clean_env(
+            DATAROOMS_HOMESERVER_MODE="external",
+            DATAROOMS_HOMESERVER_URL=homeserver.base_url,
+            DATAROOMS_ACCOUNT_USER_ID=ops.user_id,
+            DATAROOMS_ACCOUNT_ACCESS_TOKEN=ops.access_token,
+        )
+        ops_dir = tmp_path / "ops"
+        joined = cli("room", "join", room, data_dir=ops_dir, env=ops_env)
+        assert joined.returncode == 0, joined.stderr
+        said = cli(
+            "forward", "declare", room, "pager", ntfy_url, "--kind", "ntfy",
+            data_dir=ops_dir, env=ops_env,
+        )  # fmt: skip
+        assert said.returncode == 0, said.stderr
+        assert "to 127.0.0.1:" in said.stdout and "boiler-alerts" not in said.stdout
         content = await declare(alice, room, "ops", "slack", url)
         assert content["forwards"]["ops"]["destination"] == f"127.0.0.1:{port}"
         assert "hook" not in str(content)  # the URL's path (its secret part) is not in state

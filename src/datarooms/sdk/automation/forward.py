@@ -89,8 +89,7 @@ async def declare(
         events[FORWARDING] = ADMIN
         pl["events"] = events
         await _put_state(client, room_id, "m.room.power_levels", pl)
-    current = client.index.state(room_id, FORWARDING) or {}
-    forwards = dict(current.get("forwards") or {})
+    forwards = await _current_forwards(client, room_id)
     forwards[forward_id] = {"kind": kind, "destination": destination(url), "summary_only": True}
     content = {"forwards": forwards}
     await _put_state(client, room_id, FORWARDING, content)
@@ -98,10 +97,23 @@ async def declare(
 
 
 async def undeclare(client: DataroomsClient, room_id: str, forward_id: str) -> None:
-    current = client.index.state(room_id, FORWARDING) or {}
-    forwards = dict(current.get("forwards") or {})
+    await client.ensure_room(room_id)
+    forwards = await _current_forwards(client, room_id)
+    if forward_id not in forwards:
+        raise ValidationError(f"{room_id} declares no forward {forward_id!r}")
     forwards.pop(forward_id, None)
     await _put_state(client, room_id, FORWARDING, {"forwards": forwards})
+
+
+async def _current_forwards(client: DataroomsClient, room_id: str) -> dict[str, Any]:
+    """The declaration as the homeserver has it now (another admin's change may not have
+    synced here yet; writing a stale copy would drop it)."""
+    resp = await client.nio.room_get_state_event(room_id, FORWARDING)
+    content = getattr(resp, "content", None)
+    if not isinstance(content, dict):  # none yet (M_NOT_FOUND)
+        return {}
+    forwards = content.get("forwards")
+    return dict(forwards) if isinstance(forwards, dict) else {}
 
 
 async def _put_state(client: DataroomsClient, room_id: str, kind: str, content: Any) -> None:

@@ -7,12 +7,16 @@ its rules are written by matrix-js-sdk, a client no one here wrote."""
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from datarooms import DataroomsClient
 from datarooms.errors import AccessDeniedError
+from datarooms.events import MODERATION
 from datarooms.sdk.automation.moderation import (
     POLICY_ROOM_TYPE,
     create_policy_list,
@@ -23,8 +27,10 @@ from datarooms.sdk.automation.moderation import (
     remove_rule,
     subscribe,
 )
+from datarooms.sdk.rooms import state_path
 from datarooms.testing import TestHomeserver
 from tests._automation import room_with_bot, start_service
+from tests._cli import clean_env, cli
 from tests._wait import until
 from tests.interop.jsclient import JsClient, ensure_js_deps
 
@@ -54,6 +60,48 @@ async def test_our_policy_rules_are_the_specs_events(  # type: ignore[no-untyped
     assert (rule.kind, rule.bans, rule.matches("a.evil.example")) == ("server", True, True)
     await remove_rule(alice, lst, "server", "*.evil.example")
     assert policy_rules(alice, lst) == []
+
+
+async def test_moderation_cli(homeserver: TestHomeserver, tmp_path: Path) -> None:
+    ops = await homeserver.new_user("ops")
+    env = clean_env(
+        DATAROOMS_HOMESERVER_MODE="external",
+        DATAROOMS_HOMESERVER_URL=homeserver.base_url,
+        DATAROOMS_ACCOUNT_USER_ID=ops.user_id,
+        DATAROOMS_ACCOUNT_ACCESS_TOKEN=ops.access_token,
+    )
+
+    def run(*args: str) -> str:
+        done = cli(*args, data_dir=tmp_path / "cli", env=env)
+        assert done.returncode == 0, done.stderr + done.stdout
+        return done.stdout
+
+    def state(room: str, event_type: str, key: str = "") -> Any:
+        url = f"{homeserver.base_url}{state_path(room, event_type, key)}"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {ops.access_token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    lst = run("moderation", "create-list", "coc").strip()
+    run("moderation", "ban", lst, "@spam*:example.org", "--reason", "spam")
+    assert state(lst, "m.policy.rule.user", "rule:@spam*:example.org") == {
+        "entity": "@spam*:example.org",
+        "recommendation": "m.ban",
+        "reason": "spam",
+    }
+    (shown,) = json.loads(run("moderation", "rules", lst, "--json"))
+    assert (shown["kind"], shown["entity"]) == ("user", "@spam*:example.org")
+    room = run("room", "create", "project", "--name", "p").split()[0]
+    run("moderation", "subscribe", room, "--list", lst, "--flood", "10/30s", "--redact")
+    assert state(room, MODERATION) == {
+        "policy_lists": [lst],
+        "redact": True,
+        "flood": {"max_messages": 10, "per_seconds": 30, "action": "mute"},
+    }
+    bad = cli(
+        "moderation", "subscribe", room, "--flood", "lots", data_dir=tmp_path / "cli", env=env
+    )
+    assert bad.returncode != 0 and "--flood is N/SECONDSs" in bad.stderr + bad.stdout
 
 
 @pytest.fixture(scope="module")

@@ -383,7 +383,8 @@ MODERATION_SCHEMA: dict[str, Any] = {
             "required": ["max_messages", "per_seconds"],
             "properties": {
                 "max_messages": {"type": "integer", "minimum": 1, "maximum": 10000},
-                "per_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+                # Whole seconds: Matrix events carry no floats (canonical JSON).
+                "per_seconds": {"type": "integer", "minimum": 1, "maximum": 86400},
                 "action": {"enum": ["mute", "redact", "mute_and_redact"]},
             },
         },

@@ -113,6 +113,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "command",
         "Bring a platform back from a backup into --data-dir (new or empty).",
     ),
+    "moderation": (
+        "datarooms.cli.automation",
+        "moderation_app",
+        "group",
+        "Moderation: Matrix policy lists (bans by glob) and flood control of data rooms.",
+    ),
     "prometheus-config": (
         "datarooms.cli.ops",
         "prometheus_config",

@@ -334,3 +334,149 @@ def forward_undeclare(
         console.print(f"{rid} no longer forwards via {forward_id}", markup=False)
 
     with_client(ctx, go)
+
+
+# -- datarooms moderation: policy lists and flood control ------------------------------
+
+moderation_app = typer.Typer(
+    help="Moderation: Matrix policy lists (bans by glob) and flood control of data rooms.",
+    no_args_is_help=True,
+)
+KindOpt = Annotated[
+    str, typer.Option("--kind", "-k", help="What the rule is about: user, server or room")
+]
+
+
+def _with_client(ctx: typer.Context, fn: Any) -> Any:
+    from datarooms.cli.data import with_client
+
+    return with_client(ctx, fn)
+
+
+@moderation_app.command("create-list")
+def moderation_create_list(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The list's name")]
+) -> None:
+    """Create a policy list room (not encrypted: rules are state, meant to be shared)."""
+    from datarooms.sdk.automation.moderation import create_policy_list
+
+    async def go(c: Any) -> None:
+        console.print(await create_policy_list(c, name), markup=False, highlight=False)
+
+    _with_client(ctx, go)
+
+
+@moderation_app.command("ban")
+def moderation_ban(
+    ctx: typer.Context,
+    policy_list: Annotated[str, typer.Argument(help="The policy list room")],
+    entity: Annotated[str, typer.Argument(help="A user id, server name or room id; globs * and ?")],
+    kind: KindOpt = "user",
+    reason: Annotated[str, typer.Option("--reason", help="Why (shown in every ban)")] = "",
+) -> None:
+    """Add an m.ban rule (m.policy.rule.<kind>) to a policy list."""
+    from datarooms.sdk.automation.moderation import put_rule
+
+    async def go(c: Any) -> None:
+        rid = await c.rooms.resolve(policy_list)
+        key = await put_rule(c, rid, kind, entity, reason)
+        console.print(f"{rid}: m.policy.rule.{kind} {key}", markup=False, highlight=False)
+
+    _with_client(ctx, go)
+
+
+@moderation_app.command("unban")
+def moderation_unban(
+    ctx: typer.Context,
+    policy_list: Annotated[str, typer.Argument(help="The policy list room")],
+    entity: Annotated[str, typer.Argument(help="The rule's entity, as `rules` shows it")],
+    kind: KindOpt = "user",
+) -> None:
+    """Withdraw a rule (bans already made stay; unban in the rooms themselves)."""
+    from datarooms.sdk.automation.moderation import remove_rule
+
+    async def go(c: Any) -> None:
+        rid = await c.rooms.resolve(policy_list)
+        await remove_rule(c, rid, kind, entity)
+        console.print(f"{rid}: withdrew the {kind} rule {entity}", markup=False)
+
+    _with_client(ctx, go)
+
+
+@moderation_app.command("rules")
+def moderation_rules(
+    ctx: typer.Context,
+    policy_list: Annotated[str, typer.Argument(help="The policy list room")],
+    as_json: JsonOpt = False,
+) -> None:
+    """The rules of a policy list (any list: ours, Draupnir's, Mjolnir's)."""
+    from datarooms.sdk.automation.moderation import policy_rules
+
+    async def go(c: Any) -> None:
+        rid = await c.rooms.resolve(policy_list)
+        await c.ensure_room(rid)
+        rules = policy_rules(c, rid)
+        if as_json:
+            print_json([
+                {"kind": r.kind, "entity": r.entity, "recommendation": r.recommendation,
+                 "reason": r.reason, "state_key": r.state_key} for r in rules
+            ])  # fmt: skip
+            return
+        for r in rules:
+            console.print(
+                f"{r.kind:<7} {r.entity}  {r.recommendation}  {r.reason}",
+                markup=False,
+                highlight=False,
+            )
+
+    _with_client(ctx, go)
+
+
+def _flood(spec: str, action: str) -> dict[str, Any] | None:
+    if not spec:
+        return None
+    count, sep, seconds = spec.partition("/")
+    try:
+        if not sep or not seconds.endswith("s"):
+            raise ValueError
+        return {"max_messages": int(count), "per_seconds": int(seconds[:-1]), "action": action}
+    except ValueError:
+        raise ValidationError(f"--flood is N/SECONDSs, e.g. 10/30s, got {spec!r}") from None
+
+
+@moderation_app.command("subscribe")
+def moderation_subscribe(
+    ctx: typer.Context,
+    room: Annotated[str, typer.Argument(help="The data room (you must be its admin)")],
+    lists: Annotated[
+        list[str] | None, typer.Option("--list", "-l", help="A policy list room (repeat)")
+    ] = None,
+    redact: Annotated[
+        bool, typer.Option("--redact", help="Also redact a banned user's recent events")
+    ] = False,
+    flood: Annotated[
+        str, typer.Option("--flood", help="Flood control: at most N events per S seconds, N/Ss")
+    ] = "",
+    flood_action: Annotated[
+        str, typer.Option("--flood-action", help="mute, redact or mute_and_redact")
+    ] = "mute",
+) -> None:
+    """As a room admin: make the room follow policy lists and flood control; the
+    automation service (an admin of the room) applies them."""
+    from datarooms.sdk.automation.moderation import subscribe
+
+    flood_cfg = _flood(flood, flood_action)
+
+    async def go(c: Any) -> None:
+        rid = await c.rooms.resolve(room)
+        ids = [await c.rooms.resolve(x) for x in lists or []]
+        content = await subscribe(c, rid, ids, redact=redact, flood=flood_cfg)
+        console.print(
+            f"{rid} follows {len(ids)} policy list(s)"
+            + (", redacting banned users' events" if redact else "")
+            + (f"; flood control {flood} -> {flood_action}" if "flood" in content else ""),
+            markup=False,
+            highlight=False,
+        )
+
+    _with_client(ctx, go)

@@ -181,12 +181,18 @@ async def _put_state(
 # -- the data room's side (its admins subscribe) ----------------------------------------
 
 
+_validator: Any = None
+
+
 def check_config(content: dict[str, Any]) -> dict[str, Any]:
-    from jsonschema import Draft202012Validator
+    global _validator
+    if _validator is None:
+        from jsonschema import Draft202012Validator
 
-    from datarooms.events import MODERATION_SCHEMA
+        from datarooms.events import MODERATION_SCHEMA
 
-    errors = list(Draft202012Validator(MODERATION_SCHEMA).iter_errors(content))
+        _validator = Draft202012Validator(MODERATION_SCHEMA)
+    errors = list(_validator.iter_errors(content))
     if errors:
         raise ValidationError(f"not a valid moderation config: {errors[0].message}")
     return content
@@ -390,19 +396,23 @@ class Moderator:
         config = moderation(self.client, room_id)
         if config is None:
             return 0
+        own = server_host(server_of(self.client.user_id))
         rules: list[PolicyRule] = []
         for list_room in config.get("policy_lists", ()):
-            if await self._join_list(list_room):
-                rules += [r for r in policy_rules(self.client, list_room) if r.bans]
+            if not await self._join_list(list_room):
+                continue
+            for r in policy_rules(self.client, list_room):
+                if r.kind == "server" and r.matches(own):
+                    # Never shut the room's own homeserver (and all its users) out.
+                    log.warning("moderation: a rule names our own server", extra={"rule": r.entity})
+                elif r.bans:
+                    rules.append(r)
         done = 0
         acl = self.client.rooms.server_acl(room_id)
         for rule in rules:
             if rule.kind != "server":
                 continue
             if acl is not None and rule.entity in acl.deny:
-                continue
-            if rule.matches(server_host(server_of(self.client.user_id))):
-                log.warning("moderation: a rule names our own server", extra={"rule": rule.entity})
                 continue
             await self.client.rooms.deny_server(room_id, rule.entity)
             acl = self.client.rooms.server_acl(room_id)
@@ -481,6 +491,11 @@ class Moderator:
                     "moderation: flood control failed",
                     extra={"room": room_id, "user": user, "error": exc.message},
                 )
+            finally:
+                # Acted once per flood: the next flood (after an admin restored the
+                # sender's access, say) is counted afresh.
+                self._recent.pop((room_id, user), None)
+                self._flooded.discard((room_id, user))
 
     async def _record(
         self, room_id: str, action: str, target: str, why: str, *, notice: bool = True

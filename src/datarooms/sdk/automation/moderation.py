@@ -408,15 +408,7 @@ class Moderator:
                 elif r.bans:
                     rules.append(r)
         done = 0
-        acl = self.client.rooms.server_acl(room_id)
-        for rule in rules:
-            if rule.kind != "server":
-                continue
-            if acl is not None and rule.entity in acl.deny:
-                continue
-            await self.client.rooms.deny_server(room_id, rule.entity)
-            acl = self.client.rooms.server_acl(room_id)
-            done += await self._record(room_id, "deny_server", rule.entity, _why(rule))
+        # Bans first (a ban outlasts the ACL), then the ACL for the servers.
         for member in self.client.rooms.members(room_id):
             user = member.user_id
             if user == self.client.user_id or (room_id, user) in self._banned:
@@ -443,6 +435,15 @@ class Moderator:
             done += 1
             if config.get("redact"):
                 done += await self._redact_recent(room_id, user, _why(hit))
+        acl = self.client.rooms.server_acl(room_id)
+        for rule in rules:
+            if rule.kind != "server":
+                continue
+            if acl is not None and rule.entity in acl.deny:
+                continue
+            await self.client.rooms.deny_server(room_id, rule.entity)
+            acl = self.client.rooms.server_acl(room_id)
+            done += await self._record(room_id, "deny_server", rule.entity, _why(rule))
         return done
 
     async def _ban(self, room_id: str, user: str, why: str) -> None:

@@ -205,3 +205,46 @@ async def test_forwarding_needs_an_admin_declaration_sends_the_summary_and_retri
 
 class _Empty:
     rules: dict[str, Any] = {}
+
+
+def test_what_each_kind_sends_and_its_secret() -> None:
+    from email.header import decode_header as decode
+
+    from datarooms.sdk.automation import SIGNATURE_HEADER, SignatureError, verify_signed
+    from datarooms.sdk.automation.forward import outbound_request
+
+    data = {"rule": "hot", "status": "firing", "severity": "page"}
+    body, headers = outbound_request("json", "!r", "🔥 [FIRING] hot", data, "s3cret")
+    assert json.loads(body) == {"room_id": "!r", "text": "🔥 [FIRING] hot", **data}
+    verify_signed("s3cret", body, headers[SIGNATURE_HEADER], window=60)  # the receiver's check
+    with pytest.raises(SignatureError):
+        verify_signed("other", body, headers[SIGNATURE_HEADER], window=60)
+    _, unsigned = outbound_request("json", "!r", "x", data, "")
+    assert SIGNATURE_HEADER not in unsigned
+    text, ntfy = outbound_request("ntfy", "!r", "line", {**data, "rule": "température"}, "tk")
+    assert (text, ntfy["Priority"], ntfy["Authorization"]) == (b"line", "5", "Bearer tk")
+    ((title, charset),) = decode(ntfy["Title"])  # non-ASCII: RFC 2047, as ntfy reads it
+    assert isinstance(title, bytes) and title.decode(charset or "utf-8").startswith(
+        "datarooms: température"
+    )
+
+
+def test_forward_targets_refuse_bad_input(tmp_path: Path) -> None:
+    from datarooms.errors import ValidationError
+    from datarooms.sdk.automation.forward import ForwardTargets
+
+    t = ForwardTargets(tmp_path / "forward.db")
+    try:
+        for args, msg in [
+            (("x", "!r", "ntfy", "https://ntfy.sh/"), "topic"),
+            (("x", "!r", "slack", "https://hooks.example/x", "s"), "no secret"),
+            (("x", "!r", "sms", "https://a.example/x"), "kind"),
+            (("x", "!r", "json", "ftp://a.example/x"), "http"),
+            (("x", "room", "json", "https://a.example/x"), "room id"),
+        ]:
+            with pytest.raises(ValidationError, match=msg):
+                t.add(*args)
+        with pytest.raises(ValidationError, match="no forwarding target"):
+            t.remove("nope")
+    finally:
+        t.close()

@@ -123,7 +123,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "datarooms.cli.ops",
         "prometheus_config",
         "command",
-        "Print a Prometheus scrape config for every running service's /metrics.",
+        "Print (or write) a Prometheus scrape config for every running service's /metrics.",
     ),
     "agents": (
         "datarooms.cli.mcp",

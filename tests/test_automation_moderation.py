@@ -98,6 +98,9 @@ async def test_moderation_cli(homeserver: TestHomeserver, tmp_path: Path) -> Non
         "redact": True,
         "flood": {"max_messages": 10, "per_seconds": 30, "action": "mute"},
     }
+    shown = run("room", "members", room)  # what every member sees
+    assert "moderation: follows 1 policy list(s), redacts banned users' events" in shown
+    assert "over 10 events in 30 s -> mute" in shown and lst in shown
     bad = cli(
         "moderation", "subscribe", room, "--flood", "lots", data_dir=tmp_path / "cli", env=env
     )

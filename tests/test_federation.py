@@ -393,3 +393,41 @@ async def test_matrix_js_sdk_on_another_server_reads_and_writes(orgs, device) ->
         ][:3]
         await js.send_event(rid, RECORD, {"key": "from-js", "value": {"ok": 1}, "txn": "js-1"})
         await _sees(alice, rid, "from-js", {"ok": 1})
+
+
+async def test_a_policy_list_bans_a_federated_members_server(  # type: ignore[no-untyped-def]
+    orgs, device, tmp_path: Path
+) -> None:
+    """Issue 16: a policy list's server rule shuts a federated server out of a data room:
+    its member is banned and the room's server ACL denies the server."""
+    from datarooms.ids import server_host
+    from datarooms.sdk.automation.moderation import create_policy_list, put_rule, subscribe
+    from tests._automation import room_with_bot, start_service
+
+    _ctx, svc, _ = await start_service(orgs["a"], tmp_path / "auto")
+    assert svc.bot is not None
+    bot = svc.bot.client
+    try:
+        alice = await device(orgs["a"], "alice")
+        bob = await device(orgs["b"], "bob")
+        room = await room_with_bot(alice, svc)
+        await alice.rooms.allow_server(room, orgs.server_names["b"])
+        await alice.rooms.grant(room, bot.user_id, "admin")
+        await alice.rooms.grant(room, bob.user_id, "write")
+        await _accept(bob, room)
+        policy = await create_policy_list(alice, "federation bans")
+        await alice.nio.room_invite(policy, bot.user_id)
+        b_host = server_host(orgs.server_names["b"])
+        await put_rule(alice, policy, "server", b_host, "compromised")
+        await subscribe(alice, room, [policy])
+        await until(lambda: bot.rooms.view(room).membership(bob.user_id) == "ban", 60, "bob banned")
+        await until(
+            lambda: b_host in getattr(bot.rooms.server_acl(room), "deny", ()),
+            30,
+            "the ACL to deny b",
+        )
+        final = bot.rooms.server_acl(room)
+        assert final is not None and not final.allows(orgs.server_names["b"])
+        assert final.allows(orgs.server_names["a"])
+    finally:
+        await svc.stop()

@@ -348,7 +348,7 @@ FORWARDING_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "required": ["kind", "destination"],
                 "properties": {
-                    "kind": {"enum": ["json", "slack"]},
+                    "kind": {"enum": ["json", "slack", "ntfy"]},
                     "destination": {"type": "string", "minLength": 1, "maxLength": 255},
                     "summary_only": {"type": "boolean"},
                 },
@@ -357,8 +357,43 @@ FORWARDING_SCHEMA: dict[str, Any] = {
     },
 }
 
+#: A room's moderation: the Matrix policy lists it follows and its flood control (state
+#: event, state_key ""; docs/automation.md, "Moderation").
+MODERATION = "io.datarooms.moderation"
+MODERATION_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://datarooms.io/schemas/io.datarooms.moderation.json",
+    "title": "io.datarooms.moderation (state event, not encrypted)",
+    "description": "Set by a room admin: the automation service applies the m.ban rules of "
+    "these policy list rooms (m.policy.rule.user / .server / .room) to the room, bans and "
+    "server ACL denials, redacting a banned user's recent events when redact is true; and "
+    "flood control: more than max_messages events of one sender within per_seconds mutes "
+    "the sender (power levels) and/or redacts the flood. It counts only when its sender is "
+    "an admin and the room requires admin power for this event type.",
+    "type": "object",
+    "properties": {
+        "policy_lists": {
+            "type": "array",
+            "items": {"type": "string", "pattern": "^!"},
+            "maxItems": 50,
+        },
+        "redact": {"type": "boolean"},
+        "flood": {
+            "type": "object",
+            "required": ["max_messages", "per_seconds"],
+            "properties": {
+                "max_messages": {"type": "integer", "minimum": 1, "maximum": 10000},
+                # Whole seconds: Matrix events carry no floats (canonical JSON).
+                "per_seconds": {"type": "integer", "minimum": 1, "maximum": 86400},
+                "action": {"enum": ["mute", "redact", "mute_and_redact"]},
+            },
+        },
+    },
+}
+
 ALL_SCHEMAS = {
     FORWARDING: FORWARDING_SCHEMA,
+    MODERATION: MODERATION_SCHEMA,
     RECORD: RECORD_SCHEMA,
     ROOM_INFO: ROOM_INFO_SCHEMA,
     SCHEMA: SCHEMA_EVENT_SCHEMA,

@@ -403,6 +403,21 @@ class JsClient:
         )
         return str(res["room_id"])
 
+    async def create_plain_room(self, name: str = "js plain room", room_type: str = "") -> str:
+        """A room that is not encrypted (``room_type``: its ``m.room.create`` type)."""
+        res = await self.request("create_plain_room", name=name, room_type=room_type, timeout=60)
+        return str(res["room_id"])
+
+    async def send_state(
+        self, room_id: str, type: str, content: dict[str, Any], state_key: str = ""
+    ) -> str:
+        """Send a state event with matrix-js-sdk's ``sendStateEvent``; its event id."""
+        res = await self.request(
+            "send_state", room_id=room_id, type=type, content=content, state_key=state_key,
+            timeout=60,
+        )  # fmt: skip
+        return str(res["event_id"])
+
     async def invite(self, room_id: str, user_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
         return await self.request("invite", room_id=room_id, user_id=user_id, timeout=timeout)
 

@@ -113,6 +113,18 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "command",
         "Bring a platform back from a backup into --data-dir (new or empty).",
     ),
+    "moderation": (
+        "datarooms.cli.automation",
+        "moderation_app",
+        "group",
+        "Moderation: Matrix policy lists (bans by glob) and flood control of data rooms.",
+    ),
+    "prometheus-config": (
+        "datarooms.cli.ops",
+        "prometheus_config",
+        "command",
+        "Print (or write) a Prometheus scrape config for every running service's /metrics.",
+    ),
     "agents": (
         "datarooms.cli.mcp",
         "agents_app",
@@ -124,6 +136,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "hook_app",
         "group",
         "Inbound webhooks into rooms: add, list, rotate (the secret), remove.",
+    ),
+    "forward": (
+        "datarooms.cli.automation",
+        "forward_app",
+        "group",
+        "Notifications out of Matrix (a trust boundary): targets, declarations, status.",
     ),
 }
 

@@ -158,6 +158,7 @@ def room_members(ctx: typer.Context, room: RoomArg) -> None:
         console.print(table)
         _print_servers(c, rid)
         _print_forwarding(c, rid)
+        _print_moderation(c, rid)
 
     with_client(ctx, go)
 
@@ -417,6 +418,29 @@ def _print_forwarding(c: DataroomsClient, rid: str) -> None:
     )
     for fid, f in sorted(forwards.items()):
         echo(f"  {fid}: {f.get('kind')} to {f.get('destination')}")
+
+
+def _print_moderation(c: DataroomsClient, rid: str) -> None:
+    """The policy lists and flood control the room follows (io.datarooms.moderation)."""
+    from datarooms.sdk.automation.moderation import moderation
+
+    config = moderation(c, rid)
+    if config is None:
+        return
+    lists = config.get("policy_lists") or []
+    flood = config.get("flood")
+    echo(
+        f"moderation: follows {len(lists)} policy list(s)"
+        + (", redacts banned users' events" if config.get("redact") else "")
+        + (
+            f"; flood control: over {flood['max_messages']} events in "
+            f"{flood['per_seconds']} s -> {flood.get('action', 'mute')}"
+            if flood
+            else ""
+        )
+    )
+    for lst in lists:
+        echo(f"  {lst}")
 
 
 def _print_servers(c: DataroomsClient, rid: str) -> None:

@@ -79,3 +79,35 @@ def restore(
         f"in {report.seconds:.1f} s; start it with `datarooms --data-dir {report.data_dir} up`",
         highlight=False,
     )
+
+
+def prometheus_config(
+    ctx: typer.Context,
+    interval: Annotated[
+        str, typer.Option("--interval", help="Prometheus scrape_interval (15s, 500ms, 1m)")
+    ] = "15s",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write it to this file (else stdout)")
+    ] = None,
+) -> None:
+    """Print (or write) a Prometheus scrape config for every running service's /metrics."""
+    from datarooms.cli._common import run
+    from datarooms.errors import NotRunningError
+    from datarooms.services.platform import platform_status
+    from datarooms.services.prometheus import scrape_config
+
+    settings = state(ctx).settings()
+    st = run(platform_status(settings))
+    if not st.running or st.info is None:
+        raise NotRunningError(
+            f"datarooms is not running on {settings.data_dir}: start it with `datarooms up` "
+            "(it also writes run/prometheus.yml)"
+        )
+    text = scrape_config(st.info, interval=interval)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from datarooms._fs import atomic_write
+
+    atomic_write(output, text)
+    console.print(f"wrote {output}", markup=False)

@@ -63,6 +63,8 @@ GENESIS = "00" * 32
 BUNDLE_FORMAT = "datarooms.audit.bundle.v1"
 _PAGE = 500
 _FILE_TYPES = ("m.file", "m.image", "m.video", "m.audio")
+#: Where automation puts an alert in its message (``sdk.automation.formats.ALERT_KEY``).
+_ALERT_KEY = "io.datarooms.alert"
 
 
 def _sha256(data: bytes) -> str:
@@ -132,6 +134,10 @@ def act_of(event_type: str, content: dict[str, Any], sender: str, state_key: str
     if event_type == ev.TELEMETRY_BATCH:
         return "telemetry"
     if event_type == "m.room.message":
+        alert = content.get(_ALERT_KEY)
+        if isinstance(alert, dict) and isinstance(alert.get("status"), str):
+            # An alert posted by automation (fired, re-notified, resolved, acknowledged).
+            return "alert.repeat" if alert.get("repeat") else f"alert.{alert['status']}"
         return "file" if content.get("msgtype") in _FILE_TYPES else "message"
     if event_type == "m.room.redaction":
         return "redaction"

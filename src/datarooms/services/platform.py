@@ -441,6 +441,10 @@ class Platform:
         return stored
 
     def _write_state(self, info: PlatformInfo) -> None:
+        from datarooms.services.prometheus import scrape_config
+
+        # The scrape config first: state.json is what scripts wait on.
+        atomic_write(self.settings.run_dir / "prometheus.yml", scrape_config(asdict(info)))
         atomic_write(self.state_file, json.dumps(asdict(info), indent=2))
 
 

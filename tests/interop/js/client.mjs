@@ -9,7 +9,8 @@
 // stdout carries ONLY protocol lines. Every log line (ours, matrix-js-sdk's,
 // the Rust crypto tracing output) goes to stderr.
 //
-// Commands: ping, login, join, wait_event, send_event, download_decrypt,
+// Commands: ping, login, join, wait_event, send_event, send_state, create_plain_room,
+// download_decrypt,
 // ydoc_catch_up, ydoc_edit, ydoc_snapshot (Yjs documents in IXO's matrix-crdt format),
 // upload_encrypted, bootstrap_cross_signing, device_status, stop; key backup:
 // restore_backup_with_recovery_key, cross_signing_from_secret_storage, setup_key_backup,
@@ -491,6 +492,26 @@ const handlers = {
     },
 
     // {room_id, type, content, timeout_ms?} -> {event_id, encrypted, recipient_devices}
+    // {room_id, type, content, state_key?} -> {event_id}: a state event, as matrix-js-sdk
+    // sends it (e.g. a moderation policy rule, m.policy.rule.user).
+    async send_state(p) {
+        need(p, "room_id", "type", "content");
+        const c = requireClient();
+        await waitJoined(p.room_id, p.timeout_ms ?? 30000);
+        const res = await c.sendStateEvent(p.room_id, p.type, p.content, p.state_key ?? "");
+        return { event_id: res.event_id };
+    },
+
+    // {name?, room_type?} -> {room_id}: a room that is not encrypted (a policy list:
+    // its rules are state, never encrypted, and meant to be shared).
+    async create_plain_room(p) {
+        const c = requireClient();
+        const opts = { name: p.name ?? "js plain room" };
+        if (p.room_type) opts.creation_content = { type: p.room_type };
+        const res = await c.createRoom(opts);
+        await waitJoined(res.room_id, p.timeout_ms ?? 30000);
+        return { room_id: res.room_id };
+    },
     async send_event(p) {
         need(p, "room_id", "type", "content");
         const c = requireClient();

@@ -1,7 +1,16 @@
 """Running alert rules in rooms: :class:`AlertWatcher` reads a room's rules (records
 ``alert_rule.*``), evaluates them on the room's telemetry as it arrives, and posts
 alerts into the room, encrypted: firing, re-notified, resolved. A reaction to an
-alert, or a reply to it, by a member acknowledges it: it is not re-notified again.
+alert, or a reply to it, by a member acknowledges it: it is not re-notified again, and
+the watcher says so in the room (an ``acked`` notice, replying to the alert). A record
+``alert_silence.<rule>`` (``{"rule", "until_ms", "series"?}``) silences a rule.
+
+Every alert, fired, re-notified, resolved or acknowledged, is an event of the room, so
+it is an entry of the room's audit trail (``datarooms.sdk.audit``; its act is
+``alert.<status>``).
+
+For members and agents: :func:`list_alerts`, :func:`ack_alert`, :func:`silence_rule`
+and :func:`put_rule` (what the MCP alert tools call).
 
 Transitions of one evaluation are grouped per rule and status into one message; the
 structured alert is under :data:`~datarooms.sdk.automation.formats.ALERT_KEY` with
@@ -18,10 +27,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from datarooms.errors import DataroomsError
+from datarooms.errors import AccessDeniedError, DataroomsError, NotFoundError, ValidationError
 from datarooms.events import RECORD
 from datarooms.sdk.automation.formats import ALERT_KEY
-from datarooms.sdk.automation.rules import RULE_KEY_PREFIX, Rule, RuleEngine, Transition
+from datarooms.sdk.automation.rules import (
+    RULE_KEY_PREFIX,
+    Rule,
+    RuleEngine,
+    Transition,
+    rule_schema,
+)
 from datarooms.sdk.hooks import RoomEventReceived, Subscription
 
 if TYPE_CHECKING:
@@ -30,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _ICON = {"firing": "🔥 [FIRING", "repeat": "🔁 [STILL FIRING", "resolved": "✅ [RESOLVED"}
+SILENCE_KEY_PREFIX = "alert_silence."
+#: The reaction :func:`ack_alert` sends.
+ACK_REACTION = "👀"
 
 
 def alert_text(rule: Rule | None, name: str, status: str, items: list[Transition]) -> str:
@@ -66,6 +84,7 @@ class AlertWatcher:
         self._ticker: asyncio.Task[None] | None = None
         self._hook: Subscription | None = None
         self._post_lock = asyncio.Lock()
+        self._acking: set[asyncio.Task[None]] = set()
         #: ``(room_id, text, alert)`` after each alert posted (the forwarding out).
         self.on_alert = on_alert
 
@@ -92,7 +111,7 @@ class AlertWatcher:
         engine = self.engines.setdefault(room_id, RuleEngine())
         twin = await self.client.records.twin(room_id)
         for key, value in twin.items():
-            if key.startswith(RULE_KEY_PREFIX):
+            if key.startswith((RULE_KEY_PREFIX, SILENCE_KEY_PREFIX)):
                 self._load(room_id, engine, key, value)
         if room_id not in self._tasks:
             self._tasks[room_id] = asyncio.create_task(
@@ -101,6 +120,15 @@ class AlertWatcher:
         return len(engine.rules)
 
     def _load(self, room_id: str, engine: RuleEngine, key: str, value: Any) -> None:
+        if key.startswith(SILENCE_KEY_PREFIX):
+            if isinstance(value, dict) and isinstance(value.get("until_ms"), int):
+                series = value.get("series")
+                engine.silence(
+                    key[len(SILENCE_KEY_PREFIX) :],
+                    int(value["until_ms"]),
+                    series if isinstance(series, str) else None,
+                )
+            return
         name = key[len(RULE_KEY_PREFIX) :]
         if value is None:
             engine.remove(name)
@@ -168,10 +196,16 @@ class AlertWatcher:
                     },
                 }
                 event_id = await self.client.send(room_id, "m.room.message", content)
-                if self.on_alert is not None:
+                if self.on_alert is not None and (rule is None or rule.forward != "none"):
                     try:
                         self.on_alert(
-                            room_id, str(content["body"]), {"rule": name, "status": status}
+                            room_id,
+                            str(content["body"]),
+                            {
+                                "rule": name,
+                                "status": status,
+                                "severity": rule.severity if rule else "warning",
+                            },
                         )
                     except Exception:
                         log.exception("forwarding an alert failed", extra={"room": room_id})
@@ -184,7 +218,7 @@ class AlertWatcher:
             return
         if ev.type == RECORD and isinstance(ev.content.get("key"), str):
             key = ev.content["key"]
-            if key.startswith(RULE_KEY_PREFIX):
+            if key.startswith((RULE_KEY_PREFIX, SILENCE_KEY_PREFIX)):
                 self._load(ev.room_id, self.engines[ev.room_id], key, ev.content.get("value"))
             return
         rel = ev.relates_to
@@ -195,9 +229,150 @@ class AlertWatcher:
             target = (rel.get("m.in_reply_to") or {}).get("event_id")
         if not isinstance(target, str) or target not in self.alerts:
             return
-        room_id, name, series = self.alerts[target]
+        room_id, name, series = self.alerts.pop(target)
         engine = self.engines[room_id]
         for s in series:
             engine.ack(name, s)
         self.acks.append((room_id, name, ev.sender))
         log.info("alert acknowledged", extra={"room": room_id, "rule": name, "by": ev.sender})
+        task = asyncio.create_task(
+            self._post_ack(room_id, target, name, ev.sender, ev.event_id), name="alerts-ack"
+        )
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
+
+    async def _post_ack(self, room_id: str, alert: str, name: str, by: str, via: str) -> None:
+        """Say in the room who acknowledged the alert (an audit-trail entry of its own)."""
+        content = {
+            "msgtype": "m.notice",
+            "body": f"👀 [ACKED] {name} by {by}",
+            "m.relates_to": {"m.in_reply_to": {"event_id": alert}},
+            ALERT_KEY: {
+                "source": "rule",
+                "rule": name,
+                "status": "acked",
+                "by": by,
+                "alert_event": alert,
+                "ack_event": via,
+            },
+        }
+        try:
+            async with self._post_lock:
+                await self.client.send(room_id, "m.room.message", content)
+        except DataroomsError as exc:
+            log.warning("could not post an acknowledgement", extra={"error": exc.message})
+
+
+# -- for members and agents -----------------------------------------------------------
+
+
+def _summary(content: dict[str, Any]) -> str:
+    body = content.get("body")
+    return body.splitlines()[0] if isinstance(body, str) and body else ""
+
+
+async def list_alerts(
+    client: DataroomsClient, room_id: str, *, limit: int = 200, status: str | None = None
+) -> list[dict[str, Any]]:
+    """The alerts among the room's last ``limit`` events, newest first: rule alerts and
+    Alertmanager's, each with who acknowledged it (a reaction, a reply, or the
+    automation service's ``acked`` notice)."""
+    if status not in (None, "firing", "resolved"):
+        raise ValidationError(f"status must be firing or resolved, got {status!r}")
+    events = await client.messages.recent(room_id, limit)
+    alerts: dict[str, dict[str, Any]] = {}
+    acked: dict[str, set[str]] = defaultdict(set)
+    for e in events:
+        alert = e.content.get(ALERT_KEY) if e.type == "m.room.message" else None
+        if isinstance(alert, dict) and alert.get("status") == "acked":
+            if isinstance(alert.get("alert_event"), str) and isinstance(alert.get("by"), str):
+                acked[alert["alert_event"]].add(alert["by"])
+            continue
+        if isinstance(alert, dict):
+            alerts[e.event_id] = {
+                "event_id": e.event_id,
+                "source": alert.get("source", "alertmanager"),
+                "rule": alert.get("rule") or (alert.get("group_labels") or {}).get("alertname"),
+                "status": alert.get("status"),
+                "repeat": bool(alert.get("repeat")),
+                "severity": alert.get("severity"),
+                "summary": _summary(e.content),
+                "ts": e.ts,
+                "sender": e.sender,
+            }
+            continue
+        rel = e.relates_to
+        target = None
+        if e.type == "m.reaction" and rel.get("rel_type") == "m.annotation":
+            target = rel.get("event_id")
+        elif e.type == "m.room.message":
+            target = (rel.get("m.in_reply_to") or {}).get("event_id")
+        if isinstance(target, str):
+            acked[target].add(e.sender)
+    out = []
+    for event_id, a in reversed(alerts.items()):
+        if status is not None and a["status"] != status:
+            continue
+        a["acked_by"] = sorted(acked.get(event_id, set()) - {a["sender"]})
+        out.append(a)
+    return out
+
+
+async def read_alert(client: DataroomsClient, room_id: str, event_id: str) -> dict[str, Any]:
+    """One alert: its text and its whole structured content (series and values, or
+    Alertmanager's alerts with labels and annotations)."""
+    event = await client.messages.event(room_id, event_id)
+    alert = event.content.get(ALERT_KEY) if event.type == "m.room.message" else None
+    if not isinstance(alert, dict) or alert.get("status") == "acked":
+        raise NotFoundError(f"{event_id} is not an alert in {room_id}")
+    return {"event_id": event_id, "ts": event.ts, "sender": event.sender,
+            "text": event.content.get("body", ""), "alert": alert}  # fmt: skip
+
+
+async def ack_alert(
+    client: DataroomsClient, room_id: str, event_id: str, note: str | None = None
+) -> str:
+    """Acknowledge an alert: a reply with ``note``, or the reaction :data:`ACK_REACTION`
+    (either stops its re-notification). The event it sent."""
+    await read_alert(client, room_id, event_id)  # an alert, or NotFoundError
+    if note:
+        return str(await client.messages.reply(room_id, event_id, note))
+    return str(await client.messages.react(room_id, event_id, ACK_REACTION))
+
+
+async def silence_rule(
+    client: DataroomsClient,
+    room_id: str,
+    rule: str,
+    until_ms: int,
+    *,
+    series: str | None = None,
+) -> None:
+    """No notifications of ``rule`` (or one of its series) until ``until_ms``: the
+    record ``alert_silence.<rule>`` the automation service reads."""
+    if not rule or len(rule) > 100:
+        raise ValidationError("a rule name is 1-100 characters")
+    value: dict[str, Any] = {"rule": rule, "until_ms": int(until_ms)}
+    if series:
+        value["series"] = series
+    await client.records.put(room_id, SILENCE_KEY_PREFIX + rule, value)
+
+
+async def put_rule(client: DataroomsClient, room_id: str, value: dict[str, Any]) -> Rule:
+    """Create or replace an alert rule (checked first; the schema is published in the
+    room if it is not there yet)."""
+    rule = Rule.from_value(value)
+    name, schema = rule_schema()
+    try:
+        await client.records.schema(room_id, name)
+    except NotFoundError:
+        try:
+            await client.records.publish_schema(room_id, name, schema)
+        except AccessDeniedError:
+            raise AccessDeniedError(
+                f"{room_id} does not publish the alert rule schema {name!r} and only an "
+                "admin may: an admin publishes it first (records.publish_schema(room, "
+                "*rule_schema()))"
+            ) from None
+    await client.records.put(room_id, RULE_KEY_PREFIX + rule.name, dict(value), schema=name)
+    return rule

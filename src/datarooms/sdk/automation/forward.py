@@ -16,14 +16,19 @@ requiring admin power for the declaration. Only a summary line leaves (the first
 of the alert), never the record or the samples. Sends are retried with backoff
 (:class:`Notifier`); failures stay visible in its outbox.
 
-Kinds: ``json`` (``{"room_id", "rule", "status", "text"}``) and ``slack`` (the
-incoming-webhook shape ``{"text": ...}`` that Slack, Mattermost and Discord's
-``/slack`` endpoint accept).
+Kinds: ``json`` (``{"room_id", "rule", "status", "severity", "text"}``, signed with
+the target's secret when it has one: ``X-Datarooms-Signature``, as inbound ``hmac``
+hooks), ``slack`` (the incoming-webhook shape ``{"text": ...}`` that Slack, Mattermost
+and Discord's ``/slack`` endpoint accept; the URL is its secret) and ``ntfy`` (ntfy's
+publish API: ``POST`` the line to ``https://server/<topic>`` with ``Title``,
+``Priority`` and ``Tags`` headers; the target's secret, an ntfy access token, as
+``Authorization: Bearer``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -37,13 +42,18 @@ import aiohttp
 from datarooms._sqlite import open_store, transaction
 from datarooms.errors import AccessDeniedError, HomeserverError, ValidationError
 from datarooms.events import FORWARDING
+from datarooms.sdk.automation.signatures import SIGNATURE_HEADER, sign
 
 if TYPE_CHECKING:
     from datarooms.sdk.client import DataroomsClient
 
 log = logging.getLogger(__name__)
 
-KINDS = ("json", "slack")
+KINDS = ("json", "slack", "ntfy")
+#: ntfy priorities (1 min .. 5 max) by alert severity; a resolve is "default".
+NTFY_PRIORITY = {"page": 5, "warning": 4, "info": 3}
+#: ntfy tags (shown as emoji by ntfy's apps) by alert status.
+NTFY_TAGS = {"firing": "rotating_light", "repeat": "repeat", "resolved": "white_check_mark"}
 ADMIN = 100
 
 
@@ -79,8 +89,7 @@ async def declare(
         events[FORWARDING] = ADMIN
         pl["events"] = events
         await _put_state(client, room_id, "m.room.power_levels", pl)
-    current = client.index.state(room_id, FORWARDING) or {}
-    forwards = dict(current.get("forwards") or {})
+    forwards = await _current_forwards(client, room_id)
     forwards[forward_id] = {"kind": kind, "destination": destination(url), "summary_only": True}
     content = {"forwards": forwards}
     await _put_state(client, room_id, FORWARDING, content)
@@ -88,10 +97,23 @@ async def declare(
 
 
 async def undeclare(client: DataroomsClient, room_id: str, forward_id: str) -> None:
-    current = client.index.state(room_id, FORWARDING) or {}
-    forwards = dict(current.get("forwards") or {})
+    await client.ensure_room(room_id)
+    forwards = await _current_forwards(client, room_id)
+    if forward_id not in forwards:
+        raise ValidationError(f"{room_id} declares no forward {forward_id!r}")
     forwards.pop(forward_id, None)
     await _put_state(client, room_id, FORWARDING, {"forwards": forwards})
+
+
+async def _current_forwards(client: DataroomsClient, room_id: str) -> dict[str, Any]:
+    """The declaration as the homeserver has it now (another admin's change may not have
+    synced here yet; writing a stale copy would drop it)."""
+    resp = await client.nio.room_get_state_event(room_id, FORWARDING)
+    content = getattr(resp, "content", None)
+    if not isinstance(content, dict):  # none yet (M_NOT_FOUND)
+        return {}
+    forwards = content.get("forwards")
+    return dict(forwards) if isinstance(forwards, dict) else {}
 
 
 async def _put_state(client: DataroomsClient, room_id: str, kind: str, content: Any) -> None:
@@ -149,48 +171,89 @@ _MIGRATIONS = [
         error      TEXT,
         created_ms INTEGER NOT NULL
     )
-    """
+    """,
+    # Per-target secrets (an ntfy access token, the json kind's signing key).
+    "ALTER TABLE forwards ADD COLUMN secret TEXT NOT NULL DEFAULT ''",
 ]
 
 
-class Notifier:
-    """Forwarding targets (``<data_dir>/automation/forward.db``, mode 0600) and the
-    outbound queue: :meth:`notify` queues a summary for each agreed forward of a room;
-    a task posts them, retrying with backoff, ``max_attempts`` times, then marks them
-    failed (visible in :meth:`status`)."""
+def _header_value(text: str) -> str:
+    """A header value ntfy reads: ASCII as is, else RFC 2047 (``=?UTF-8?B?...?=``),
+    which ntfy decodes."""
+    text = " ".join(text.split())[:200]
+    if text.isascii():
+        return text
+    return "=?UTF-8?B?" + base64.b64encode(text.encode()).decode() + "?="
 
-    def __init__(
-        self,
-        client: DataroomsClient,
-        path: Path | str,
-        *,
-        max_attempts: int = 6,
-        first_backoff: float = 0.5,
-        max_backoff: float = 30.0,
-    ) -> None:
-        self.client = client
+
+def outbound_request(
+    kind: str, room_id: str, line: str, data: dict[str, Any], secret: str
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers one notification is sent with (what leaves Matrix)."""
+    if kind == "slack":
+        return json.dumps({"text": line}).encode(), {"Content-Type": "application/json"}
+    if kind == "ntfy":
+        status = str(data.get("status", "firing"))
+        severity = str(data.get("severity", "warning"))
+        headers = {
+            "Content-Type": "text/plain; charset=utf-8",
+            "Title": _header_value(f"datarooms: {data.get('rule', 'alert')} {status}"),
+            "Priority": str(3 if status == "resolved" else NTFY_PRIORITY.get(severity, 4)),
+            "Tags": NTFY_TAGS.get(status, "bell"),
+        }
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
+        return line.encode(), headers
+    body = json.dumps({"room_id": room_id, "text": line, **data}).encode()
+    headers = {"Content-Type": "application/json"}
+    if secret:
+        headers[SIGNATURE_HEADER] = sign(secret, body)
+    return body, headers
+
+
+class ForwardTargets:
+    """The operator's side of forwarding: targets (full URL, kind, secret) and the
+    outbound queue's state, in ``<data_dir>/automation/forward.db`` (mode 0600). The
+    CLI (``datarooms forward add/list/remove``) and the service open the same file."""
+
+    def __init__(self, path: Path | str) -> None:
         self._db = open_store(path, _MIGRATIONS)
-        self._max_attempts = max_attempts
-        self._first, self._max = first_backoff, max_backoff
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._http: aiohttp.ClientSession | None = None
 
-    # -- targets (the operator's side) ---------------------------------------------------
+    @property
+    def db(self) -> Any:
+        return self._db
 
-    def add(self, forward_id: str, room_id: str, kind: str, url: str) -> None:
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, forward_id: str, room_id: str, kind: str, url: str, secret: str = "") -> None:
+        check_forward_id(forward_id)
         if kind not in KINDS:
             raise ValidationError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if not room_id.startswith("!") or len(room_id) > 255:
+            raise ValidationError(f"a forward needs a room id (!...), got {room_id!r}")
         destination(url)
+        if kind == "ntfy" and not urlsplit(url).path.strip("/"):
+            raise ValidationError("an ntfy target is the topic's URL: https://ntfy.sh/<topic>")
+        if kind == "slack" and secret:
+            raise ValidationError("a slack target has no secret (its URL is the secret)")
         with transaction(self._db) as db:
             db.execute(
-                "INSERT OR REPLACE INTO forwards VALUES (?, ?, ?, ?, ?)",
-                (forward_id, room_id, kind, url, int(time.time() * 1000)),
+                "INSERT OR REPLACE INTO forwards"
+                " (forward_id, room_id, kind, url, created_ms, secret) VALUES (?, ?, ?, ?, ?, ?)",
+                (forward_id, room_id, kind, url, int(time.time() * 1000), secret),
             )
 
     def remove(self, forward_id: str) -> None:
         with transaction(self._db) as db:
-            db.execute("DELETE FROM forwards WHERE forward_id = ?", (forward_id,))
+            gone = db.execute("DELETE FROM forwards WHERE forward_id = ?", (forward_id,))
+            if not gone.rowcount:
+                raise ValidationError(f"no forwarding target {forward_id!r}")
+            db.execute(
+                "UPDATE outbound SET state = 'failed', error = 'target removed'"
+                " WHERE forward_id = ? AND state = 'pending'",
+                (forward_id,),
+            )
 
     def targets(self, room_id: str) -> list[tuple[str, str, str]]:
         return [
@@ -199,6 +262,33 @@ class Notifier:
                 "SELECT forward_id, kind, url FROM forwards WHERE room_id = ?", (room_id,)
             ).fetchall()
         ]
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every target without its URL's path or its secret (both are secrets)."""
+        rows = self._db.execute(
+            "SELECT forward_id, room_id, kind, url, secret != '' FROM forwards ORDER BY forward_id"
+        ).fetchall()
+        out = []
+        for fid, room, kind, url, has_secret in rows:
+            counts = dict(
+                self._db.execute(
+                    "SELECT state, count(*) FROM outbound WHERE forward_id = ? GROUP BY state",
+                    (fid,),
+                ).fetchall()
+            )
+            out.append(
+                {
+                    "forward_id": fid,
+                    "room_id": room,
+                    "kind": kind,
+                    "destination": destination(url),
+                    "secret": bool(has_secret),
+                    "sent": int(counts.get("sent", 0)),
+                    "pending": int(counts.get("pending", 0)),
+                    "failed": int(counts.get("failed", 0)),
+                }
+            )
+        return out
 
     def status(self) -> dict[str, Any]:
         counts = dict(self._db.execute("SELECT state, count(*) FROM outbound GROUP BY state"))
@@ -211,10 +301,61 @@ class Notifier:
         ]
         return {"counts": {str(k): int(v) for k, v in counts.items()}, "errors": errors}
 
+
+def check_forward_id(forward_id: str) -> None:
+    if (
+        not forward_id
+        or len(forward_id) > 64
+        or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in forward_id)
+    ):
+        raise ValidationError(
+            f"a forward id is 1-64 letters, digits, '-', '_' or '.', got {forward_id!r}"
+        )
+
+
+class Notifier:
+    """The service's side: :meth:`notify` queues a summary for each agreed forward of
+    a room (in :class:`ForwardTargets`' outbound queue); a task posts them, retrying
+    with backoff, ``max_attempts`` times, then marks them failed (visible in
+    :meth:`status`)."""
+
+    def __init__(
+        self,
+        client: DataroomsClient,
+        path: Path | str,
+        *,
+        max_attempts: int = 6,
+        first_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.client = client
+        self.store = ForwardTargets(path)
+        self._db = self.store.db
+        self._max_attempts = max_attempts
+        self._first, self._max = first_backoff, max_backoff
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    # -- targets (the operator's side) ---------------------------------------------------
+
+    def add(self, forward_id: str, room_id: str, kind: str, url: str, secret: str = "") -> None:
+        self.store.add(forward_id, room_id, kind, url, secret)
+
+    def remove(self, forward_id: str) -> None:
+        self.store.remove(forward_id)
+
+    def targets(self, room_id: str) -> list[tuple[str, str, str]]:
+        return self.store.targets(room_id)
+
+    def status(self) -> dict[str, Any]:
+        return self.store.status()
+
     # -- sending ------------------------------------------------------------------------
 
     def notify(self, room_id: str, text: str, data: dict[str, Any]) -> int:
-        """Queue ``text`` (one line: the summary) for every agreed forward of the room."""
+        """Queue ``text``'s first line (the summary: all that leaves) for every agreed
+        forward of the room."""
         agreed = declared(self.client, room_id)
         line = text.splitlines()[0][:500] if text else ""
         n = 0
@@ -222,11 +363,7 @@ class Notifier:
             for forward_id, kind, _url in self.targets(room_id):
                 if forward_id not in agreed or agreed[forward_id].get("kind") != kind:
                     continue
-                body = (
-                    {"text": line}
-                    if kind == "slack"
-                    else {"room_id": room_id, "text": line, **data}
-                )
+                body = {"room_id": room_id, "text": line, **data}
                 db.execute(
                     "INSERT INTO outbound (forward_id, body, created_ms) VALUES (?, ?, ?)",
                     (forward_id, json.dumps(body), int(time.time() * 1000)),
@@ -256,8 +393,9 @@ class Notifier:
         while True:
             self._wake.clear()
             rows = self._db.execute(
-                "SELECT o.seq, o.body, o.attempts, f.url FROM outbound o JOIN forwards f"
-                " USING (forward_id) WHERE o.state = 'pending' ORDER BY o.seq LIMIT 100"
+                "SELECT o.seq, o.body, o.attempts, f.url, f.kind, f.secret FROM outbound o"
+                " JOIN forwards f USING (forward_id) WHERE o.state = 'pending'"
+                " ORDER BY o.seq LIMIT 100"
             ).fetchall()
             if not rows:
                 with contextlib.suppress(TimeoutError):
@@ -265,17 +403,20 @@ class Notifier:
                 continue
             # One at a time per loop; a receiver that is down never blocks the rooms
             # (alerts are posted in Matrix first; this is a queue of its own).
-            for seq, body, attempts, url in rows:
-                await self._send(seq, body, attempts, url)
+            for seq, queued, attempts, url, kind, secret in rows:
+                item = json.loads(queued)
+                room_id, line = str(item.pop("room_id", "")), str(item.pop("text", ""))
+                body, headers = outbound_request(kind, room_id, line, item, secret)
+                await self._send(seq, body, headers, attempts, url)
 
-    async def _send(self, seq: int, body: str, attempts: int, url: str) -> None:
+    async def _send(
+        self, seq: int, body: bytes, headers: dict[str, str], attempts: int, url: str
+    ) -> None:
         assert self._http is not None
         error: str | None = None
         while True:
             try:
-                async with self._http.post(
-                    url, data=body, headers={"Content-Type": "application/json"}
-                ) as r:
+                async with self._http.post(url, data=body, headers=headers) as r:
                     if 200 <= r.status < 300:
                         error = None
                     else:

@@ -60,6 +60,7 @@ RULE_SCHEMA: dict[str, Any] = {
         "repeat_seconds": {"type": "number", "minimum": 0},
         "summary": {"type": "string", "maxLength": 500},
         "severity": {"enum": ["info", "warning", "page"]},
+        "forward": {"enum": ["summary", "none"]},
     },
 }
 
@@ -81,6 +82,8 @@ class Rule:
     repeat_seconds: float = 3600.0
     summary: str = ""
     severity: str = "warning"
+    #: What leaves Matrix for the room's declared forwards: the summary line, or nothing.
+    forward: str = "summary"
 
     @classmethod
     def from_value(cls, value: Mapping[str, Any]) -> Rule:

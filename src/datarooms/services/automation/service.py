@@ -22,6 +22,7 @@ from datarooms.ids import server_of
 from datarooms.sdk.automation import Deliverer, HookOutbox, HookRegistry, OutboxRow
 from datarooms.sdk.automation.alerts import AlertWatcher
 from datarooms.sdk.automation.forward import Notifier
+from datarooms.sdk.automation.moderation import Moderator
 from datarooms.sdk.automation.registry import hook_url, registry_path
 from datarooms.sdk.client import DataroomsClient
 from datarooms.sdk.hooks import MembershipChanged, Subscription
@@ -70,6 +71,8 @@ class AutomationBot:
             max_attempts=self.config.notify_attempts,
         )
         self.alerts = AlertWatcher(client, on_alert=self.notifier.notify)
+        #: Policy lists and flood control of the rooms that subscribe (docs/automation.md).
+        self.moderator = Moderator(client)
         self.app: FastAPI
         self.app, self._asgi = build_asgi(
             registry,
@@ -114,6 +117,7 @@ class AutomationBot:
             self.deliverer.start()
             self.alerts.start()
             self.notifier.start()
+            self.moderator.start()
             await self._http.start(sock)
         except BaseException:
             sock.close()
@@ -141,6 +145,7 @@ class AutomationBot:
             await asyncio.wait(tasks, timeout=5)
         await self._http.stop()
         await self.alerts.stop()
+        await self.moderator.stop()
         await self.notifier.stop()
         await self.deliverer.stop()
         if self._own_client:

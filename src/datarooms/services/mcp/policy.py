@@ -85,6 +85,13 @@ TOOLS: dict[str, ToolSpec] = {
     # collaborative documents (CRDT, IXO matrix-crdt format)
     "read_document": ToolSpec("read"),
     "edit_document": ToolSpec("write"),
+    # alerts (automation): reading is read access; acknowledging, silencing and making
+    # rules change what people are told, so each must be granted by name.
+    "list_alerts": ToolSpec("read"),
+    "read_alert": ToolSpec("read"),
+    "ack_alert": ToolSpec("write", explicit=True),
+    "silence_alert": ToolSpec("write", explicit=True),
+    "create_alert_rule": ToolSpec("write", explicit=True),
 }
 
 

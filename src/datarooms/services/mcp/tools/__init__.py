@@ -1,5 +1,5 @@
 """The MCP tools: thin over the SDK (``client.rooms``, ``.records``, ``.state``, ``.files``,
-``.messages``, ``.telemetry``, ``.claims``, ``.docs``), one module per feature.
+``.messages``, ``.telemetry``, ``.claims``, ``.docs``, automation's alerts), one module per feature.
 
 Every tool is a method of :class:`AgentTools`; its name is the method's name,
 its description the docstring, its JSON Schema the signature. The server registers
@@ -11,6 +11,7 @@ capability (access level, allow-list) before a tool runs; each tool checks its r
 from __future__ import annotations
 
 from datarooms.services.mcp.tools._common import _DESTRUCTIVE, _READ, _WRITE, ANNOTATIONS
+from datarooms.services.mcp.tools.alerts import AlertTools
 from datarooms.services.mcp.tools.claims import ClaimTools
 from datarooms.services.mcp.tools.documents import DocumentTools
 from datarooms.services.mcp.tools.files import FileTools, file_uri
@@ -36,6 +37,7 @@ class AgentTools(
     TelemetryTools,
     ClaimTools,
     DocumentTools,
+    AlertTools,
 ):
     """The tools one agent calls; ``rt`` holds its device and policy."""
 

@@ -275,7 +275,8 @@ def _alert_items(alert: dict[str, Any]) -> list[tuple[str, str, str, str, float 
         for a in alert.get("alerts") or []:
             if not isinstance(a, dict):
                 continue
-            labels = a.get("labels") if isinstance(a.get("labels"), dict) else {}
+            raw = a.get("labels")
+            labels: dict[str, Any] = raw if isinstance(raw, dict) else {}
             ident = str(a.get("fingerprint") or "") or ",".join(
                 f"{k}={v}" for k, v in sorted(labels.items())
             )

@@ -321,6 +321,8 @@ def test_homeserver_outage_banner_recovers_without_reload(page: Page, tmp_path: 
                 assert own.driver.execute_script("return window.__sameDocument") is True
             finally:
                 loop.run(writer.close())
+        # The page of the stopped dashboard would go on polling it: leave it first.
+        own.driver.get("about:blank")
         own.console_errors()  # failed requests during the outage are logged, as they should
 
 

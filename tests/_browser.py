@@ -15,6 +15,9 @@ import subprocess
 import threading
 
 CHROMIUM_PACKAGES = ("chromium", "chromium-driver")
+#: The emoji the SAS view shows (and the docs' screenshots) need a colour emoji font.
+EMOJI_FONT_PACKAGE = "fonts-noto-color-emoji"
+EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 _lock = threading.Lock()
 
 
@@ -24,9 +27,22 @@ def _found() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
+def _ensure_emoji_font() -> None:
+    """Install the emoji font when it is missing and we are root; without it the page
+    still works (the emoji's names are shown beside them), so no failure otherwise."""
+    if os.path.exists(EMOJI_FONT) or os.geteuid() != 0:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", EMOJI_FONT_PACKAGE]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True)
+        subprocess.run(install, env=env, capture_output=True)
+
+
 def ensure_chromium() -> tuple[str, str]:
     """``(chromium, chromedriver)`` executables, installing them first if need be."""
     with _lock:
+        _ensure_emoji_font()
         found = _found()
         if found:
             return found

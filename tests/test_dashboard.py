@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -320,4 +321,208 @@ def test_homeserver_outage_banner_recovers_without_reload(page: Page, tmp_path: 
                 assert own.driver.execute_script("return window.__sameDocument") is True
             finally:
                 loop.run(writer.close())
+        # The page of the stopped dashboard would go on polling it: leave it first.
+        own.driver.get("about:blank")
         own.console_errors()  # failed requests during the outage are logged, as they should
+
+
+async def test_evidence_claims_verified_and_the_audit_trail(
+    homeserver, open_client, page: Page
+) -> None:  # type: ignore[no-untyped-def]
+    owner = await homeserver.new_user("gina")
+    page.sign_in(owner.user_id, owner.password)
+    laptop = await open_client(owner)
+    room = (await laptop.rooms.create("verification", name="Audit")).room_id
+    report = await laptop.files.put(room, b"inspection report", filename="report.txt")
+    reading = await laptop.records.put(room, "meter/1", {"kwh": 12})
+    good = await laptop.claims.issue(
+        room, "did:ixo:entity:pump7", "Inspected", {"ok": True}, evidence=[report]
+    )
+    gone = await laptop.claims.issue(
+        room, "did:ixo:entity:pump7", "Metered", {"kwh": 12}, evidence=[reading]
+    )
+    await laptop.messages.redact(room, reading.event_id)  # the evidence is gone
+    wait_for_room(page, room)
+
+    page.open(f"/room/{room}/evidence")
+    page.wait(lambda _d: len(page.all("#claims tbody tr")) == 2, timeout=30)
+    ok_row = page.css(f'#claims tr[data-cid="{good.cid}"]')
+    assert ok_row.get_attribute("data-ok") == "true"
+    assert "✓ valid" in ok_row.text and "✓ file report.txt" in ok_row.text
+    bad_row = page.css(f'#claims tr[data-cid="{gone.cid}"]')
+    assert bad_row.get_attribute("data-ok") == "false"
+    assert bad_row.get_attribute("data-reason") == "evidence_missing"
+    assert "✓ valid" in bad_row.text and "could not be found" in bad_row.text
+    # The trail: every event of the room, its hash chain checked on the dashboard.
+    assert page.css("#chain").get_attribute("data-ok") == "true"
+    assert "hash chain intact" in page.text("#chain")
+    laptop_added = await laptop.audit.update(room)
+    rows = page.all("#trail tbody tr")
+    assert len(rows) >= min(laptop_added, 100) - 1 >= 8  # the redaction may come after
+    newest = int(rows[0].get_attribute("data-seq"))
+    assert [int(r.get_attribute("data-seq")) for r in rows] == list(
+        range(newest, newest - len(rows), -1)
+    )
+    # The same chain as the laptop's own trail of the room (any member reproduces it).
+    theirs = {e.seq: e.hash for e in laptop.audit.entries(room)}
+    first = rows[-1]
+    assert theirs[int(first.get_attribute("data-seq"))].startswith(
+        first.find_element("css selector", "td.mono").get_attribute("title")[:16]
+    )
+    assert page.all("#no-anchors")
+    page.screenshot("evidence")
+    assert page.console_errors() == []
+
+
+async def test_alerts_open_and_acknowledged_from_the_page(
+    homeserver, open_client, page: Page
+) -> None:  # type: ignore[no-untyped-def]
+    from datarooms.sdk.automation.alerts import AlertWatcher
+    from datarooms.sdk.automation.rules import RULE_KEY_PREFIX, rule_schema
+    from tests._rooms import shared_room
+    from tests._wait import until
+
+    owner = await homeserver.new_user("hank")
+    page.sign_in(owner.user_id, owner.password)
+    laptop = await open_client(owner)
+    # The alert rules run on another account's device (as the automation service does).
+    bot = await open_client(await homeserver.new_user("alertbot"))
+    room = await shared_room(laptop, bot, "write")
+    name, schema = rule_schema()
+    await laptop.records.publish_schema(room, name, schema)
+    rule = {"name": "hot", "kind": "threshold", "metric": "temp", "above": 80, "clear": 70}
+    await laptop.records.put(
+        room, RULE_KEY_PREFIX + "hot", {**rule, "summary": "too hot"}, schema=name
+    )
+    posted: list[str] = []
+    watcher = AlertWatcher(bot, on_alert=lambda _room, _text, alert: posted.append(alert["status"]))
+    watcher.start()
+    try:
+        await bot.sync_once()
+        assert await watcher.watch(room) == 1
+        await laptop.telemetry.append(room, "temp", 91.5)
+        await laptop.telemetry.flush()
+        await until(lambda: watcher.alerts, 30, "the alert to be posted")
+        [alert_event] = list(watcher.alerts)
+        wait_for_room(page, room)
+
+        page.open(f"/room/{room}/alerts")
+        page.wait(lambda _d: page.all(f'#alerts tr[data-event="{alert_event}"]'), timeout=30)
+        row = page.css(f'#alerts tr[data-event="{alert_event}"]')
+        assert "hot" in row.text and "temp" in row.text and "91.5" in row.text
+        assert row.get_attribute("data-acked") == "false"
+        # A forged acknowledgement (no CSRF token) is refused and acknowledges nothing.
+        forged = page.fetch(
+            "POST", f"/api/rooms/{room}/alerts/ack", {"event_id": alert_event}, csrf=False
+        )
+        assert forged["status"] == 403
+        # Not an alert: a clear error.
+        wrong = page.fetch("POST", f"/api/rooms/{room}/alerts/ack", {"event_id": "$nope"})
+        assert wrong["status"] == 404 and "not an open alert" in wrong["body"]["error"]
+        page.screenshot("alerts")
+        row.find_element("css selector", "button.ack").click()
+        page.wait(
+            lambda _d: (
+                page.css(f'#alerts tr[data-event="{alert_event}"]').get_attribute("data-acked")
+                == "true"
+            )
+        )
+        assert owner.user_id in page.text(f'#alerts tr[data-event="{alert_event}"] td.acked')
+        # The watcher took it as an acknowledgement, as it takes any member's reaction.
+        await until(lambda: watcher.acks, 30, "the watcher to see the ack")
+        assert watcher.acks == [(room, "hot", owner.user_id)]
+
+        # Resolved: no longer open.
+        await laptop.telemetry.append(room, "temp", 60.0)
+        await laptop.telemetry.flush()
+        await until(lambda: "resolved" in posted, 30, "the alert to resolve")
+        page.wait(
+            lambda _d: page.fetch("GET", f"/api/rooms/{room}/alerts")["body"]["alerts"] == [],
+            timeout=30,
+        )
+        page.driver.refresh()
+        page.wait(lambda _d: page.all("#no-alerts"))
+    finally:
+        await watcher.stop()
+    assert page.console_errors(expected=("404 (Not Found)", "403 (Forbidden)")) == []
+
+
+async def until_page(page: Page, cond: Any, timeout: float = 30.0) -> None:
+    """Like ``page.wait``, but the test's event loop runs meanwhile (its SDK devices
+    answer the dashboard while the browser is watched)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cond():
+                return
+        except (NoSuchElementException, StaleElementReferenceException):
+            pass
+        assert time.monotonic() < deadline, f"the page did not get there in {timeout} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_sas_verification_from_the_page(homeserver, open_client, page: Page) -> None:  # type: ignore[no-untyped-def]
+    from datarooms.sdk.keys import VerificationCancelled
+    from tests._rooms import shared_room
+
+    owner = await homeserver.new_user("ivy")
+    page.sign_in(owner.user_id, owner.password)
+    laptop = await open_client(owner)
+    bob = await open_client(await homeserver.new_user("bob"))
+    room = await shared_room(laptop, bob, "write")
+    wait_for_room(page, room)
+    me = page.fetch("GET", "/api/me")["body"]
+    button = f'#access tr[data-user="{bob.user_id}"] div[data-device="{bob.device_id}"] button'
+
+    # Only for members of the room, with the page's CSRF token.
+    stranger = await homeserver.new_user("stranger")
+    refused = page.fetch(
+        "POST", f"/api/rooms/{room}/verify", {"user": stranger.user_id, "device": "X"}
+    )
+    assert refused["status"] == 400 and "not a joined member" in refused["body"]["error"]
+    forged = page.fetch(
+        "POST",
+        f"/api/rooms/{room}/verify",
+        {"user": bob.user_id, "device": bob.device_id},
+        csrf=False,
+    )
+    assert forged["status"] == 403
+
+    async def bob_answers() -> Any:
+        inc = await bob.keys.verification.wait_request(owner.user_id, timeout=60)
+        assert inc.other_device == me["device_id"]
+        await inc.accept()
+        await inc.wait_for_sas(60)
+        return inc
+
+    # The emoji differ (says the page's user): cancelled on both sides, nothing verified.
+    page.open(f"/room/{room}/access")
+    page.wait(lambda _d: page.all(button))
+    page.css(button).click()
+    inc = await bob_answers()
+    await until_page(page, lambda: len(page.all("#sas-emojis li")) == 7)
+    page.css("#sas-mismatch").click()
+    with pytest.raises(VerificationCancelled) as err:
+        await inc.done(60)
+    assert err.value.code == "m.mismatched_sas" and not err.value.by_us
+    page.wait(lambda _d: page.css("#sas").get_attribute("data-state") == "cancelled")
+    assert "did not match" in page.text("#sas-state")
+
+    # They match: both devices verified.
+    page.css(button).click()
+    inc = await bob_answers()
+    await until_page(page, lambda: len(page.all("#sas-emojis li")) == 7)
+    shown = [li.text.split("\n")[0] for li in page.all("#sas-emojis li .emoji")]
+    assert shown == [e.symbol for e in inc.emojis()]  # the same 7 emoji on both screens
+    page.screenshot("verify")
+    page.css("#sas-match").click()
+    await inc.confirm()
+    await inc.done(60)
+    assert inc.verified
+    await until_page(page, lambda: "Verified" in page.text("#access-result"))
+    assert "— verified" in page.text(f'#access tr[data-user="{bob.user_id}"]')
+    [seen] = [d for d in await bob.keys.devices(owner.user_id) if d.device_id == me["device_id"]]
+    assert seen.verified
+    assert page.console_errors(expected=("400 (Bad Request)", "403 (Forbidden)")) == []

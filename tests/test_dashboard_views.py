@@ -71,3 +71,77 @@ async def test_sign_in_checks_the_password_and_limits_attempts(homeserver, tmp_p
     with pytest.raises(TooManyAttemptsError, match="too many sign-in attempts"):
         await devices.sign_in(user.user_id, user.password)  # even the right one, for now
     assert devices.get(user.user_id) is None and not (tmp_path / "devices").exists()
+
+
+def test_check_trail_finds_a_break_and_checks_each_anchor() -> None:
+    from datarooms.sdk.audit import GENESIS, entry_for, entry_hash, merkle_root
+    from datarooms.sdk.audit_bundle import check_trail
+
+    room = "!r:x"
+    entries, prev = [], GENESIS
+    for n in range(1, 6):
+        raw = {"event_id": f"$e{n}", "type": "m.room.message", "sender": "@a:x", "content": {}}
+        entry = entry_for(room, n, prev, raw)
+        prev = entry_hash(entry)
+        entries.append({**entry, "hash": prev})
+    root = merkle_root([e["hash"] for e in entries[:3]])
+    anchors = [
+        {"first_seq": 1, "last_seq": 3, "root": root, "tx_hash": "T1", "height": 7},
+        {"first_seq": 4, "last_seq": 5, "root": root, "tx_hash": "T2", "height": None},
+        {"first_seq": 4, "last_seq": 9, "root": root, "tx_hash": "T3", "height": None},
+    ]
+    out = check_trail(room, entries, anchors)
+    assert out["chain"] == {
+        "ok": True,
+        "checked": 5,
+        "detail": "5 entries link up",
+        "seq": None,
+    }
+    assert [a["status"] for a in out["anchors"]] == [
+        "committed",
+        "root_mismatch",
+        "missing_entries",
+    ]
+    good = merkle_root([e["hash"] for e in entries[3:]])
+    pending = check_trail(room, entries, [{**anchors[1], "root": good}])["anchors"][0]
+    assert pending["status"] == "pending"
+    # An entry altered in place: the chain breaks at it.
+    entries[2] = {**entries[2], "sender": "@mallory:x"}
+    broken = check_trail(room, entries, [])["chain"]
+    assert not broken["ok"] and broken["seq"] == 3 and "altered" in broken["detail"]
+
+
+def test_alert_items_of_rules_and_alertmanager() -> None:
+    from datarooms.sdk.automation.alerts import _alert_items
+
+    rule = {
+        "source": "rule",
+        "rule": "hot",
+        "status": "firing",
+        "series": [
+            {"series": "temp{site=a}", "value": 91.5, "ts": 1},
+            {"series": "temp{site=b}", "value": None},
+        ],
+    }
+    assert _alert_items(rule) == [
+        ("rule:hot:temp{site=a}", "firing", "hot", "temp{site=a}", 91.5),
+        ("rule:hot:temp{site=b}", "firing", "hot", "temp{site=b}", None),
+    ]
+    am = {
+        "source": "alertmanager",
+        "group_key": "g",
+        "alerts": [
+            {
+                "status": "resolved",
+                "labels": {"alertname": "Disk", "host": "h1"},
+                "fingerprint": "f1",
+            },
+            {"status": "firing", "labels": {"alertname": "Disk", "host": "h2"}},
+            "junk",
+        ],
+    }
+    assert _alert_items(am) == [
+        ("alertmanager:g:f1", "resolved", "Disk", "host=h1", None),
+        ("alertmanager:g:alertname=Disk,host=h2", "firing", "Disk", "host=h2", None),
+    ]
+    assert _alert_items({"source": "github"}) == []

@@ -46,7 +46,7 @@ from datarooms.sdk.audit import (
 )
 from datarooms.sdk.claims import check_claim, record_bytes
 
-__all__ = ["LAYERS", "BundleReport", "verify_bundle"]
+__all__ = ["LAYERS", "BundleReport", "check_trail", "verify_bundle"]
 
 LAYERS = ("format", "events", "chain", "megolm", "senders", "claims", "anchors")
 
@@ -160,6 +160,42 @@ def _check_events(report: BundleReport, entries: list[Any], events: list[Any]) -
                 report.fail("events", "the event's content does not hash to the entry's", seq=seq)
                 continue
         report.passed("events")
+
+
+def check_trail(
+    room: str, entries: list[dict[str, Any]], anchors: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A device's own trail, checked as an auditor checks a bundle's (no event bodies):
+    the hash chain of ``entries`` (each with its ``hash``, from
+    :meth:`~datarooms.sdk.audit.Audit.entries`) and, for each of this device's
+    ``anchors`` (:meth:`~datarooms.sdk.audit.Anchor.to_json`), whether its Merkle root
+    is that of its entries and whether its transaction is committed (``height``).
+
+    ``{"chain": {"ok", "checked", "detail", "seq"}, "anchors": [{..., "status"}]}``,
+    ``status`` one of ``committed``, ``pending`` (broadcast not confirmed yet),
+    ``root_mismatch``, ``missing_entries``."""
+    report = BundleReport(room=room, entries=len(entries))
+    _check_chain(report, room, entries)
+    broken = report.breaks[0] if report.breaks else None
+    chain = {
+        "ok": broken is None,
+        "checked": report.layers.get("chain", {}).get("checked", 0),
+        "detail": broken["detail"] if broken else f"{len(entries)} entries link up",
+        "seq": broken.get("seq") if broken else None,
+    }
+    hashes = {int(e.get("seq", 0)): str(e.get("hash")) for e in entries}
+    out = []
+    for a in anchors:
+        first, last = int(a["first_seq"]), int(a["last_seq"])
+        span = [hashes.get(n) for n in range(first, last + 1)]
+        if any(h is None for h in span):
+            status = "missing_entries"
+        elif merkle_root([h for h in span if h is not None]) != a.get("root"):
+            status = "root_mismatch"
+        else:
+            status = "committed" if a.get("height") is not None else "pending"
+        out.append({**a, "status": status})
+    return {"chain": chain, "anchors": out}
 
 
 def _check_chain(report: BundleReport, room: str, entries: list[Any]) -> None:

@@ -12,6 +12,11 @@ it is an entry of the room's audit trail (``datarooms.sdk.audit``; its act is
 For members and agents: :func:`list_alerts`, :func:`ack_alert`, :func:`silence_rule`
 and :func:`put_rule` (what the MCP alert tools call).
 
+What is open in a room is read from the room itself (:func:`open_alerts`: the alerts
+posted, firing and not resolved since, with who acknowledged them), and a person
+acknowledges one with :func:`acknowledge` (a reaction to the alert, which the watcher
+takes as an ack like any other member's reaction).
+
 Transitions of one evaluation are grouped per rule and status into one message; the
 structured alert is under :data:`~datarooms.sdk.automation.formats.ALERT_KEY` with
 ``source: "rule"``. A rule record changed in the room is picked up as it arrives.
@@ -25,6 +30,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from datarooms.errors import AccessDeniedError, DataroomsError, NotFoundError, ValidationError
@@ -44,9 +50,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How far back :func:`open_alerts` reads a room's timeline by default.
+ALERT_SCAN = 5000
+
 _ICON = {"firing": "🔥 [FIRING", "repeat": "🔁 [STILL FIRING", "resolved": "✅ [RESOLVED"}
 SILENCE_KEY_PREFIX = "alert_silence."
-#: The reaction :func:`ack_alert` sends.
+#: The reaction :func:`ack_alert` and :func:`acknowledge` send.
 ACK_REACTION = "👀"
 
 
@@ -376,3 +385,157 @@ async def put_rule(client: DataroomsClient, room_id: str, value: dict[str, Any])
             ) from None
     await client.records.put(room_id, RULE_KEY_PREFIX + rule.name, dict(value), schema=name)
     return rule
+
+
+# -- the alert state of a room, read from the room -----------------------------------------
+
+
+@dataclass
+class OpenAlert:
+    """One alert firing in a room and not resolved since (as its messages say).
+
+    ``key`` names it: ``rule:<rule>:<series>`` for the alert rules,
+    ``alertmanager:<group_key>:<fingerprint or labels>`` for Alertmanager's.
+    ``event_id`` is its newest notification (what :func:`acknowledge` reacts to);
+    ``acked_by`` the members who reacted or replied to one of its notifications.
+    """
+
+    key: str
+    source: str
+    name: str
+    series: str
+    severity: str
+    value: float | None
+    since_ts: int
+    last_ts: int
+    event_id: str
+    summary: str
+    acked_by: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "source": self.source,
+            "name": self.name,
+            "series": self.series,
+            "severity": self.severity,
+            "value": self.value,
+            "since_ts": self.since_ts,
+            "last_ts": self.last_ts,
+            "event_id": self.event_id,
+            "summary": self.summary,
+            "acked": bool(self.acked_by),
+            "acked_by": list(self.acked_by),
+        }
+
+
+def _alert_items(alert: dict[str, Any]) -> list[tuple[str, str, str, str, float | None]]:
+    """``(key, status, name, series, value)`` of each alert one message announces."""
+    out: list[tuple[str, str, str, str, float | None]] = []
+    if alert.get("source") == "rule":
+        name = str(alert.get("rule", ""))
+        status = str(alert.get("status", ""))
+        for s in alert.get("series") or []:
+            if not isinstance(s, dict):
+                continue
+            series = str(s.get("series", ""))
+            value = s.get("value")
+            num = float(value) if isinstance(value, int | float) else None
+            out.append((f"rule:{name}:{series}", status, name, series, num))
+    elif alert.get("source") == "alertmanager":
+        group = str(alert.get("group_key", ""))
+        for a in alert.get("alerts") or []:
+            if not isinstance(a, dict):
+                continue
+            raw = a.get("labels")
+            labels: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            ident = str(a.get("fingerprint") or "") or ",".join(
+                f"{k}={v}" for k, v in sorted(labels.items())
+            )
+            name = str(labels.get("alertname") or "alert")
+            series = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "alertname")
+            out.append(
+                (f"alertmanager:{group}:{ident}", str(a.get("status", "")), name, series, None)
+            )
+    return out
+
+
+async def open_alerts(
+    client: DataroomsClient, room_id: str, *, max_scan: int = ALERT_SCAN
+) -> list[OpenAlert]:
+    """The alerts firing in ``room_id`` and not resolved since, newest first, from the
+    room's last ``max_scan`` events (the alert messages and the reactions and replies
+    to them that this device can decrypt)."""
+    await client.ensure_room(room_id)
+    events = [e async for e in client.messages.backwards(room_id, max_scan=max_scan)]
+    state: dict[str, OpenAlert] = {}
+    by_event: dict[str, list[str]] = {}
+    acks: list[tuple[str, str]] = []  # (target event, by)
+    for e in reversed(events):  # oldest first
+        if not e.decrypted:
+            continue
+        rel = e.relates_to
+        if e.type == "m.reaction" and rel.get("rel_type") == "m.annotation":
+            if isinstance(rel.get("event_id"), str):
+                acks.append((rel["event_id"], e.sender))
+            continue
+        if e.type != "m.room.message":
+            continue
+        reply = (rel.get("m.in_reply_to") or {}).get("event_id")
+        if isinstance(reply, str):
+            acks.append((reply, e.sender))
+        alert = e.content.get(ALERT_KEY)
+        if not isinstance(alert, dict):
+            continue
+        severity = str(
+            alert.get("severity") or (alert.get("common_labels") or {}).get("severity") or "warning"
+        )
+        summary = str(e.content.get("body", "")).split("\n", 1)[0][:300]
+        for key, status, name, series, value in _alert_items(alert):
+            if status == "resolved":
+                state.pop(key, None)
+                continue
+            if status != "firing":
+                continue
+            current = state.get(key)
+            if current is None:
+                current = state[key] = OpenAlert(
+                    key,
+                    str(alert.get("source")),
+                    name,
+                    series,
+                    severity,
+                    value,
+                    e.ts,
+                    e.ts,
+                    e.event_id,
+                    summary,
+                )
+            current.last_ts, current.event_id, current.value = e.ts, e.event_id, value
+            current.severity, current.summary = severity, summary
+            current.events.append(e.event_id)
+            by_event.setdefault(e.event_id, []).append(key)
+    for target, by in acks:
+        for key in by_event.get(target, []):
+            found = state.get(key)
+            if found is not None and target in found.events and by not in found.acked_by:
+                found.acked_by.append(by)
+    return sorted(state.values(), key=lambda a: (a.last_ts, a.key), reverse=True)
+
+
+async def acknowledge(
+    client: DataroomsClient, room_id: str, event_id: str, *, max_scan: int = ALERT_SCAN
+) -> OpenAlert:
+    """Acknowledge the open alert whose notification is ``event_id``: react to it (the
+    same ack as a member's reaction in any client: the watcher stops re-notifying it).
+    Refused, with a clear error, for an event that is not an open alert of the room."""
+    if not isinstance(event_id, str) or not event_id.startswith("$") or len(event_id) > 255:
+        raise ValidationError("not an event id ($...)")
+    for alert in await open_alerts(client, room_id, max_scan=max_scan):
+        if event_id in alert.events:
+            await client.messages.react(room_id, event_id, ACK_REACTION)
+            if client.user_id not in alert.acked_by:
+                alert.acked_by.append(client.user_id)
+            return alert
+    raise NotFoundError(f"{event_id} is not an open alert of {room_id} (resolved, or not an alert)")

@@ -41,6 +41,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Scope
 
 from datarooms.errors import NotFoundError, ValidationError
+from datarooms.sdk.audit_bundle import check_trail
+from datarooms.sdk.automation.alerts import acknowledge, open_alerts
+from datarooms.sdk.keys import Verification
 from datarooms.services.dashboard import views
 from datarooms.services.dashboard.devices import UserDevice
 from datarooms.services.dashboard.sessions import (
@@ -193,6 +196,15 @@ class GrantBody(BaseModel):
 
 class RevokeBody(BaseModel):
     user: str = Field(max_length=255)
+
+
+class AckBody(BaseModel):
+    event_id: str = Field(min_length=2, max_length=255)
+
+
+class VerifyBody(BaseModel):
+    user: str = Field(min_length=1, max_length=255)
+    device: str = Field(min_length=1, max_length=255)
 
 
 class PutBody(BaseModel):
@@ -348,6 +360,7 @@ def _routes(app: FastAPI, dash: Dashboard) -> None:
             "purpose": info.purpose,
             "encrypted": client.rooms.is_encrypted(room_id),
             "me": client.user_id,
+            "my_device": client.device_id,
             "my_access": client.rooms.view(room_id).access(client.user_id),
             "members": [
                 {
@@ -606,6 +619,100 @@ def _routes(app: FastAPI, dash: Dashboard) -> None:
         room_id = device.joined(room)
         await device.client.rooms.revoke(room_id, body.user.strip())
         return {"revoked": body.user.strip()}
+
+    # -- evidence: claims and the audit trail ---------------------------------------
+
+    @app.get("/api/rooms/{room}/claims")
+    async def claims(
+        request: Request, room: str, limit: int = Query(50, ge=1, le=200)
+    ) -> dict[str, Any]:
+        """The room's claims, newest first, each verified now: signature, its CID and
+        every evidence item's bytes, fetched from the room and decrypted here."""
+        device = device_of(request)
+        room_id = device.joined(room)
+        client = device.client
+        out = []
+        for saved in await client.claims.list(room_id, limit=limit):
+            verdict = await client.claims.verify(room_id, saved.cid, collection=saved.collection)
+            out.append(views.claim_json(saved, verdict))
+        return {"room_id": room_id, "claims": out}
+
+    @app.get("/api/rooms/{room}/audit")
+    async def audit(
+        request: Request, room: str, limit: int = Query(100, ge=1, le=1000)
+    ) -> dict[str, Any]:
+        """The room's audit trail (brought up to date from the room), its hash chain
+        checked, and this device's anchors of it with their status."""
+        device = device_of(request)
+        room_id = device.joined(room)
+        trail = device.client.audit
+        await trail.update(room_id)
+        entries = [{**e.entry, "hash": e.hash} for e in trail.entries(room_id)]
+        checked = check_trail(room_id, entries, [a.to_json() for a in trail.anchors(room_id)])
+        return {
+            "room_id": room_id,
+            "count": len(entries),
+            "entries": entries[::-1][:limit],
+            **checked,
+        }
+
+    # -- alerts ----------------------------------------------------------------------
+
+    @app.get("/api/rooms/{room}/alerts")
+    async def alerts(request: Request, room: str) -> dict[str, Any]:
+        device = device_of(request)
+        room_id = device.joined(room)
+        found = await open_alerts(device.client, room_id)
+        return {"room_id": room_id, "alerts": [a.to_json() for a in found]}
+
+    @app.post("/api/rooms/{room}/alerts/ack")
+    async def ack(request: Request, room: str, body: AckBody) -> dict[str, Any]:
+        device = device_of(request)
+        room_id = device.joined(room)
+        alert = await acknowledge(device.client, room_id, body.event_id)
+        return alert.to_json()
+
+    # -- device verification (SAS) of a room's members ----------------------------
+
+    def member_flow(device: UserDevice, room_id: str, flow_id: str) -> Verification:
+        for flow in device.client.keys.verification.flows():
+            if flow.flow_id == flow_id and not flow.incoming:
+                if not device.client.rooms.view(room_id).is_joined(flow.other_user):
+                    break
+                return flow
+        raise NotFoundError(f"no verification {flow_id!r} of a member of {room_id}")
+
+    @app.post("/api/rooms/{room}/verify")
+    async def verify(request: Request, room: str, body: VerifyBody) -> dict[str, Any]:
+        """Ask a member's device to verify with this dashboard device (emoji SAS)."""
+        device = device_of(request)
+        room_id = device.joined(room)
+        user = body.user.strip()
+        if not device.client.rooms.view(room_id).is_joined(user):
+            raise ValidationError(f"{user} is not a joined member of {room_id}")
+        flow = await device.client.keys.verification.request(user, body.device.strip())
+        return views.verification_json(flow)
+
+    @app.get("/api/rooms/{room}/verify/{flow_id}")
+    async def verification(request: Request, room: str, flow_id: str) -> dict[str, Any]:
+        device = device_of(request)
+        return views.verification_json(member_flow(device, device.joined(room), flow_id))
+
+    @app.post("/api/rooms/{room}/verify/{flow_id}/{answer}")
+    async def answer(
+        request: Request, room: str, flow_id: str, answer: Literal["confirm", "mismatch", "cancel"]
+    ) -> dict[str, Any]:
+        """The user compared the emoji: ``confirm`` (they match), ``mismatch`` (they
+        differ: cancelled, nothing verified) or ``cancel``."""
+        device = device_of(request)
+        flow = member_flow(device, device.joined(room), flow_id)
+        if answer == "confirm":
+            await flow.confirm()
+        elif answer == "mismatch":
+            await flow.mismatch()
+        else:
+            await flow.cancel()
+        return views.verification_json(flow)
 
 
 def _sse(item: dict[str, Any]) -> bytes:

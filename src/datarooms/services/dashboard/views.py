@@ -7,6 +7,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from datarooms.errors import DataroomsError
+from datarooms.sdk.claims import ClaimVerdict, SavedClaim
+from datarooms.sdk.keys import Verification, VerificationState
 from datarooms.sdk.records import Record
 from datarooms.sdk.telemetry import Bucket, Sample
 
@@ -97,11 +100,79 @@ def bucket_points(buckets: list[Bucket], step: int) -> dict[str, Any]:
     }
 
 
+def claim_json(saved: SavedClaim, verdict: ClaimVerdict) -> dict[str, Any]:
+    """A claim and its verification: what each check said (signature, CID, evidence)."""
+    cred = saved.credential
+    types = [t for t in cred.get("type", []) if t != "VerifiableCredential"]
+    subject = cred.get("credentialSubject")
+    issuer = cred.get("issuer")
+    evidence = [
+        {
+            "cid": item.get("cid"),
+            "event": item.get("event"),
+            "kind": "record" if item.get("record") else "file",
+            "name": item.get("record") or item.get("name"),
+            "ok": any(c == f"evidence[{n}] {item.get('cid')}" for c in verdict.checked),
+        }
+        for n, item in enumerate(cred.get("evidence", []) or [])
+        if isinstance(item, dict)
+    ]
+    checks = " ".join(verdict.checked)
+    return {
+        "cid": saved.cid,
+        "collection": saved.collection,
+        "event_id": saved.event_id,
+        "sender": saved.sender,
+        "ts": saved.ts,
+        "type": types[0] if types else "",
+        "subject": subject.get("id") if isinstance(subject, dict) else None,
+        "issuer": issuer.get("id") if isinstance(issuer, dict) else issuer,
+        "data": {k: v for k, v in subject.items() if k != "id"}
+        if isinstance(subject, dict)
+        else None,
+        "evidence": evidence,
+        "verdict": verdict.to_json(),
+        "signature_ok": "signature by " in checks,
+        "cid_ok": f"cid {saved.cid}" in verdict.checked,
+    }
+
+
+def verification_json(flow: Verification) -> dict[str, Any]:
+    """A verification flow as the page shows it: its state, and the 7 emoji (and the
+    3 numbers) to compare once the keys are exchanged."""
+    emojis: list[dict[str, Any]] = []
+    decimals: list[int] = []
+    shows = flow.state in (VerificationState.KEYS_EXCHANGED, VerificationState.CONFIRMED)
+    if shows:
+        try:
+            emojis = [
+                {"symbol": e.symbol, "description": e.description, "number": e.number}
+                for e in flow.emojis()
+            ]
+            decimals = list(flow.decimals())
+        except DataroomsError:
+            emojis, decimals = [], []
+    return {
+        "flow_id": flow.flow_id,
+        "state": flow.state.value,
+        "other_user": flow.other_user,
+        "other_device": flow.other_device,
+        "emojis": emojis,
+        "decimals": decimals,
+        "verified": flow.verified,
+        "cancel_code": flow.cancel_code,
+        "cancel_reason": flow.cancel_reason,
+        "cancelled_by_us": flow.cancelled_by_us,
+    }
+
+
 __all__ = [
     "bucket_points",
     "bucket_step",
     "changes",
+    "claim_json",
     "history_json",
     "raw_points",
     "record_json",
+    "verification_json",
 ]

@@ -180,7 +180,8 @@
   }
 
   const TABS = [["overview", "Overview"], ["twin", "Twin"], ["telemetry", "Telemetry"],
-    ["files", "Files"], ["messages", "Messages"], ["access", "Access"]];
+    ["files", "Files"], ["messages", "Messages"], ["access", "Access"], ["evidence", "Evidence"],
+    ["alerts", "Alerts"]];
 
   async function renderRoom(room, tab, query) {
     state.room = room;
@@ -189,7 +190,7 @@
       h("a", { href: roomUrl(room, id), "aria-current": id === tab ? "page" : null, text: label })));
     const body = h("section", { id: "tab-" + tab });
     view.replaceChildren(h("h1", { text: info.name || room }), tabs, body);
-    const renderers = { overview, twin, history, telemetry, files, messages, access };
+    const renderers = { overview, twin, history, telemetry, files, messages, access, evidence, alerts };
     await (renderers[tab] || overview)(room, info, body, query);
   }
 
@@ -446,8 +447,11 @@
         h("thead", {}, h("tr", {}, ["Member", "Membership", "Access", "Devices (verification)", "Last active", ""].map((t) => h("th", { text: t })))),
         h("tbody", {}, data.members.map((m) => h("tr", { "data-user": m.user_id },
           h("td", { class: "mono", text: m.user_id }), h("td", { text: m.membership }), h("td", { class: "access", text: m.access }),
-          h("td", {}, m.devices.length ? m.devices.map((d) => h("div", { class: d.verified ? "ok" : "warn" },
-            h("span", { class: "mono", text: d.device_id }), " " + (d.display_name || "") + " — " + (d.verified ? "verified" : "not verified"))) : "none"),
+          h("td", {}, m.devices.length ? m.devices.map((d) => h("div", { class: d.verified ? "ok" : "warn", "data-device": d.device_id },
+            h("span", { class: "mono", text: d.device_id }), " " + (d.display_name || "") + " — " + (d.verified ? "verified" : "not verified"),
+            !d.verified && m.membership === "join" && !(m.user_id === info.me && d.device_id === info.my_device)
+              ? [" ", h("button", { type: "button", class: "link verify-device", onclick: () => startSas(room, m.user_id, d.device_id) }, "Verify with emoji")]
+              : null)) : "none"),
           h("td", { text: fmtTime(m.last_active_ts) }),
           h("td", {}, info.my_access === "admin" && m.user_id !== info.me
             ? h("button", { type: "button", class: "revoke", onclick: () => act("/access/revoke", { user: m.user_id }, "Revoked " + m.user_id) }, "Revoke")
@@ -457,7 +461,140 @@
         act("/access", { user: user.value, access: level.value }, "Granted " + level.value + " to " + user.value);
       } }, h("label", { for: "grant-user", text: "Grant access" }), user, level, h("button", { type: "submit", text: "Grant" })),
       done,
+      h("section", { id: "sas", class: "sas no-print", "aria-live": "polite", hidden: true }),
       h("button", { type: "button", class: "no-print", onclick: () => window.print() }, "Print this review"));
+    if (state.sasDone && state.sasDone.room === room) {
+      document.getElementById("access-result").textContent = state.sasDone.text;
+    }
+  }
+
+  // -- device verification (emoji SAS) --------------------------------------------------
+  const SAS_TEXT = {
+    requested: "Waiting for the other device to accept…",
+    ready: "Accepted; exchanging keys…",
+    started: "Exchanging keys…",
+    accepted: "Exchanging keys…",
+    keys_exchanged: "Compare these emoji with the other device's screen, in this order:",
+    confirmed: "You confirmed; waiting for the other device…",
+    done: "Verified.",
+    cancelled: "Cancelled.",
+  };
+
+  async function startSas(room, user, device) {
+    showError("");
+    state.sasDone = null;
+    let flow;
+    try { flow = await api("POST", apiRoom(room, "/verify"), { user, device }); } catch (e) { showError(e.message); return; }
+    const path = apiRoom(room, "/verify/" + encodeURIComponent(flow.flow_id));
+    const answer = async (what) => {
+      try { drawSas(room, await api("POST", path + "/" + what, {}), answer); } catch (e) { showError(e.message); }
+    };
+    drawSas(room, flow, answer);
+    while (document.getElementById("sas") && state.route && state.route.parts[1] === room) {
+      if (flow.state === "done" || flow.state === "cancelled") break;
+      await new Promise((r) => setTimeout(r, 250));
+      try { flow = await api("GET", path); } catch (e) { showError(e.message); return; }
+      drawSas(room, flow, answer);
+    }
+    if (flow.state === "done") {
+      state.sasDone = { room, text: "Verified " + flow.other_user + "'s device " + flow.other_device + " with emoji." };
+      await render();
+    }
+  }
+
+  function drawSas(room, flow, answer) {
+    const box = document.getElementById("sas");
+    if (!box || box.dataset.state === flow.state && flow.state !== "keys_exchanged") return;
+    if (box.dataset.state === "keys_exchanged" && flow.state === "keys_exchanged") return;
+    box.hidden = false;
+    box.dataset.state = flow.state;
+    box.dataset.flow = flow.flow_id;
+    const why = flow.state === "cancelled"
+      ? " " + (flow.cancel_code === "m.mismatched_sas" ? "The emoji did not match: nothing was verified." : (flow.cancel_reason || "")) +
+        (flow.cancelled_by_us ? "" : " (by the other device)")
+      : "";
+    const parts = [
+      h("h2", {}, "Verify ", h("span", { class: "mono", text: flow.other_user }), " / ", h("span", { class: "mono", text: flow.other_device || "" })),
+      h("p", { id: "sas-state", text: SAS_TEXT[flow.state] + why }),
+      flow.emojis.length && flow.state === "keys_exchanged"
+        ? [h("ol", { id: "sas-emojis", class: "emojis" }, flow.emojis.map((e) =>
+            h("li", { "data-number": e.number }, h("span", { class: "emoji", "aria-hidden": "true", text: e.symbol }), h("span", { class: "desc", text: e.description })))),
+          h("div", { class: "inline" },
+            h("button", { type: "button", id: "sas-match", onclick: () => answer("confirm") }, "They match"),
+            h("button", { type: "button", id: "sas-mismatch", class: "revoke", onclick: () => answer("mismatch") }, "They don't match"))]
+        : null,
+      flow.state !== "done" && flow.state !== "cancelled"
+        ? h("button", { type: "button", id: "sas-cancel", class: "verify", onclick: () => answer("cancel") }, "Cancel")
+        : null];
+    box.replaceChildren(...parts.flat().filter((p) => p));
+    if (flow.state === "keys_exchanged") document.getElementById("sas-match").focus();
+  }
+
+  // -- evidence: claims and the audit trail ------------------------------------------------
+  const short = (s) => (s && s.length > 20 ? s.slice(0, 10) + "…" + s.slice(-8) : s || "");
+
+  async function evidence(room, _info, body) {
+    const [claims, trail] = await Promise.all([api("GET", apiRoom(room, "/claims")), api("GET", apiRoom(room, "/audit"))]);
+    const mark = (ok, yes, no) => h("span", { class: ok ? "ok" : "bad", text: (ok ? "✓ " : "✗ ") + (ok ? yes : no) });
+    body.append(
+      h("h2", { text: "Claims" }),
+      claims.claims.length
+        ? h("table", { id: "claims" },
+          h("thead", {}, h("tr", {}, ["Claim", "Subject", "Issuer", "Signature", "CID", "Evidence", "Verdict"].map((t) => h("th", { text: t })))),
+          h("tbody", {}, claims.claims.map((c) => h("tr", { "data-cid": c.cid, "data-ok": String(c.verdict.ok), "data-reason": c.verdict.reason },
+            h("td", {}, h("strong", { text: c.type }), h("div", { class: "mono muted", text: fmtTime(c.ts) + " · " + c.collection })),
+            h("td", { class: "mono", text: c.subject || "" }),
+            h("td", { class: "mono", title: c.issuer, text: short(c.issuer) }),
+            h("td", {}, mark(c.signature_ok, "valid", "not checked")),
+            h("td", { class: "mono", title: c.cid }, mark(c.cid_ok, short(c.cid), short(c.cid))),
+            h("td", {}, c.evidence.length ? c.evidence.map((e) => h("div", { class: "evidence" },
+              mark(e.ok, e.kind + " " + (e.name || ""), e.kind + " " + (e.name || "")), " ", h("span", { class: "mono muted", title: e.cid, text: short(e.cid) }))) : "none"),
+            h("td", { class: "verdict" }, mark(c.verdict.ok, "verified", c.verdict.reason), h("div", { class: "muted", text: c.verdict.detail }))))))
+        : h("p", { class: "muted", text: "No claims in this room." }),
+      h("h2", { text: "Audit trail" }),
+      h("p", { id: "chain", "data-ok": String(trail.chain.ok) }, mark(trail.chain.ok, "hash chain intact", "hash chain broken"),
+        " — " + trail.chain.detail + (trail.chain.seq ? " (entry " + trail.chain.seq + ")" : "") + "; " + trail.count + " entries."),
+      h("h3", { text: "Anchors (this device's)" }),
+      trail.anchors.length
+        ? h("table", { id: "anchors" },
+          h("thead", {}, h("tr", {}, ["Entries", "Merkle root", "Transaction", "Status"].map((t) => h("th", { text: t })))),
+          h("tbody", {}, trail.anchors.map((a) => h("tr", { "data-status": a.status },
+            h("td", { text: a.first_seq + "–" + a.last_seq }), h("td", { class: "mono", text: short(a.root) }),
+            h("td", { class: "mono", text: short(a.tx_hash) }),
+            h("td", { class: a.status === "committed" ? "ok" : "warn", text: a.status === "committed" ? "committed at height " + a.height : a.status.replace("_", " ") })))))
+        : h("p", { id: "no-anchors", class: "muted", text: "This device has not anchored the trail (datarooms audit anchor)." }),
+      h("table", { id: "trail" },
+        h("thead", {}, h("tr", {}, ["#", "Hash", "Type", "Sender", "Time (UTC)"].map((t) => h("th", { text: t })))),
+        h("tbody", {}, trail.entries.map((e) => h("tr", { "data-seq": e.seq },
+          h("td", { class: "num", text: String(e.seq) }), h("td", { class: "mono", title: e.hash, text: short(e.hash) }),
+          h("td", { class: "mono", text: e.type }), h("td", { class: "mono", text: e.sender }), h("td", { text: fmtTime(e.ts) }))))),
+      trail.count > trail.entries.length ? h("p", { class: "muted", text: "The newest " + trail.entries.length + " of " + trail.count + " entries." }) : null);
+  }
+
+  // -- alerts -------------------------------------------------------------------------------
+  async function alerts(room, _info, body) {
+    const data = await api("GET", apiRoom(room, "/alerts"));
+    const ack = async (ev, alert) => {
+      showError("");
+      ev.target.disabled = true;
+      try {
+        await api("POST", apiRoom(room, "/alerts/ack"), { event_id: alert.event_id });
+        await render();
+      } catch (e) { ev.target.disabled = false; showError(e.message); }
+    };
+    body.append(
+      h("p", { class: "muted", text: "Alerts firing in this room and not resolved. Acknowledging one reacts to it in the room, as a reaction in any client does: it is not re-notified." }),
+      data.alerts.length
+        ? h("table", { id: "alerts" },
+          h("thead", {}, h("tr", {}, ["Alert", "Series", "Severity", "Value", "Since (UTC)", "Last notified", "Acknowledged", ""].map((t) => h("th", { text: t })))),
+          h("tbody", {}, data.alerts.map((a) => h("tr", { "data-key": a.key, "data-event": a.event_id, "data-acked": String(a.acked), class: "sev-" + a.severity },
+            h("td", {}, h("strong", { text: a.name }), h("div", { class: "muted", text: a.summary })),
+            h("td", { class: "mono", text: a.series }), h("td", { text: a.severity }),
+            h("td", { class: "num", text: a.value === null ? "" : String(a.value) }),
+            h("td", { text: fmtTime(a.since_ts) }), h("td", { text: fmtTime(a.last_ts) }),
+            h("td", { class: "acked", text: a.acked ? "by " + a.acked_by.join(", ") : "no" }),
+            h("td", {}, a.acked ? null : h("button", { type: "button", class: "ack", onclick: (ev) => ack(ev, a) }, "Acknowledge"))))))
+        : h("p", { id: "no-alerts", class: "muted", text: "No open alerts." }));
   }
 
   // -- start --------------------------------------------------------------------------

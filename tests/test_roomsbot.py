@@ -29,6 +29,7 @@ from datarooms.homeserver.admin import RegisteredUser
 from datarooms.homeserver.embedded import free_port
 from datarooms.sdk.rooms import ENCRYPTION
 from datarooms.services.roomsbot import ENTITY_EVENT, RoomsBot, RoomsBotSettings, write_registration
+from datarooms.services.roomsbot.entity_rooms import entity_content
 from datarooms.services.roomsbot.registration import load_registration
 from datarooms.services.roomsbot.store import EntityFacts
 from tests._roomsbot import (
@@ -135,7 +136,10 @@ async def test_a_chain_entity_gets_an_encrypted_room_and_a_space_on_request(env:
     assert room[("m.room.history_visibility", "")]["history_visibility"] == "shared"
     assert ("m.room.guest_access", "") not in room  # no guest access, and no event for it
     assert room[("io.datarooms.room", "")] == {"kind": "entity", "version": 1, "did": did}
-    entity = room[(ENTITY_EVENT, "")]
+    # The facts are in the create event's content (no event of their own until they change).
+    assert (ENTITY_EVENT, "") not in room
+    entity = room[("m.room.create", "")][ENTITY_EVENT]
+    assert entity_content(room) == entity
     assert entity["did"] == did and entity["type"] == "asset/device"
     assert entity["controllers"] == [ctl_did] and entity["source"] == "chain"
     assert entity["chain_id"] == env.chain.chain.chain_id and entity["height"] >= 1
@@ -144,15 +148,15 @@ async def test_a_chain_entity_gets_an_encrypted_room_and_a_space_on_request(env:
     assert room[("m.room.canonical_alias", "")]["alias"] == f"#{did.replace(':', '-')}:localhost"
     assert room[("m.room.name", "")]["name"] and ("m.room.topic", "") not in room
     # Every event the homeserver made for the entity: create, the bot's join, power
-    # levels, join rule, history visibility, canonical alias, encryption, the two
-    # io.datarooms states, the name, the controller's invite (docs/roomsbot.md).
+    # levels, join rule, history visibility, canonical alias, encryption, io.datarooms.room,
+    # the name, the controller's invite (docs/roomsbot.md).
     async with MatrixHttp(env.hs.base_url, env.as_token) as http:
         timeline = await http.request(
             "GET",
             f"/_matrix/client/v3/rooms/{quote(record.room_id)}/messages",
             params={"dir": "b", "limit": "50"},
         )
-    assert len(timeline["chunk"]) == 11, [e["type"] for e in timeline["chunk"]]
+    assert len(timeline["chunk"]) == 10, [e["type"] for e in timeline["chunk"]]
 
     # A client asks for the space by its alias: the bot makes it then, listing the room.
     space_alias = f"#space.{did.replace(':', '-')}:localhost"
@@ -163,7 +167,7 @@ async def test_a_chain_entity_gets_an_encrypted_room_and_a_space_on_request(env:
     space = await state_of(env.hs, env.as_token, record.space.room_id)
     assert space[("m.room.create", "")]["type"] == "m.space"
     assert ("m.space.child", record.room_id) in space
-    assert space[(ENTITY_EVENT, "")]["did"] == did
+    assert space[("m.room.create", "")][ENTITY_EVENT]["did"] == did
     assert space[("m.room.power_levels", "")]["users"][ctl.user_id] == 100
     assert space[("m.room.member", ctl.user_id)]["membership"] == "invite"
 
@@ -220,7 +224,8 @@ async def test_an_entity_created_on_request_is_completed_by_the_chain(env: Env) 
     record = env.bot.store.get(did)
     assert record is not None and record.room_id == room_id
     assert record.facts.source == "request" and record.members == ()
-    assert (await state_of(env.hs, env.as_token, room_id))[(ENTITY_EVENT, "")]["type"] is None
+    facts = entity_content(await state_of(env.hs, env.as_token, room_id))
+    assert facts is not None and facts["type"] is None
 
     # Then the chain reports the entity (a crafted IXO event for this DID): the controller
     # is invited with admin power and the facts are recorded, in the same rooms.

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -123,6 +123,19 @@ def _state(etype: str, content: dict[str, Any], key: str = "") -> dict[str, Any]
 def _name(did: str, kind: str) -> str:
     name = did if kind == SPACE else f"{did} · {kind}"
     return name if len(name) <= _MAX_NAME else name[: _MAX_NAME - 1] + "…"
+
+
+def entity_content(state: Mapping[tuple[Any, Any], Any]) -> dict[str, Any] | None:
+    """The ``io.datarooms.entity`` facts of a room, from its state (``{(type, state_key):
+    content}``): the state event once the facts changed, else what the room was created
+    with (under that key in the ``m.room.create`` content, which costs no event)."""
+    for key in ((ENTITY_EVENT, ""), ("m.room.create", "")):
+        content = state.get(key)
+        if key[0] == "m.room.create" and isinstance(content, dict):
+            content = content.get(ENTITY_EVENT)
+        if isinstance(content, dict) and content:
+            return content
+    return None
 
 
 class _Unusable(Exception):
@@ -362,11 +375,13 @@ class EntityRooms:
                 _state("m.room.join_rules", {"join_rule": "invite"}),
                 _state("m.room.encryption", dict(ENCRYPTION)),
                 _state(ev.ROOM_INFO, {"kind": kind, "version": 1, "did": facts.did}),
-                _state(ENTITY_EVENT, facts.content()),
             ],
         }
         if self.recipe == "baseline":
             body["topic"] = KIND_TOPICS.get(kind, KIND_TOPICS["entity"]).format(did=facts.did)
+            body["initial_state"].append(_state(ENTITY_EVENT, facts.content()))
+        else:
+            body["creation_content"] = {ENTITY_EVENT: facts.content()}
         return body
 
     def _space_body(
@@ -394,7 +409,7 @@ class EntityRooms:
             )
             for i, ref in enumerate(rooms.values())
         ]
-        return {
+        body: dict[str, Any] = {
             "visibility": "private",
             "preset": "public_chat",
             "name": _name(facts.did, SPACE),
@@ -402,12 +417,13 @@ class EntityRooms:
             "creation_content": {"type": "m.space"},
             "invite": list(users),
             "power_level_content_override": power,
-            "initial_state": [
-                _state("m.room.join_rules", {"join_rule": "invite"}),
-                _state(ENTITY_EVENT, facts.content()),
-                *children,
-            ],
+            "initial_state": [_state("m.room.join_rules", {"join_rule": "invite"}), *children],
         }
+        if self.recipe == "baseline":
+            body["initial_state"].insert(1, _state(ENTITY_EVENT, facts.content()))
+        else:
+            body["creation_content"][ENTITY_EVENT] = facts.content()
+        return body
 
     # -- convergence (rooms found by alias, and updates) ---------------------------
 
@@ -421,7 +437,8 @@ class EntityRooms:
         """Bring a room found by its alias to what it should be (cheap when it already is)."""
         state = await self._state_when_ready(room_id)
         by_key = {(e.get("type"), e.get("state_key")): e.get("content") or {} for e in state}
-        owner = by_key.get((ENTITY_EVENT, ""), {}).get("did")
+        recorded = entity_content(by_key)
+        owner = (recorded or {}).get("did")
         if owner not in (None, facts.did):
             raise ValidationError(
                 f"the room {room_id} belongs to {owner}, not to {facts.did}: the two DIDs map "
@@ -439,7 +456,7 @@ class EntityRooms:
                 await self._invite(room_id, u)
         merged = facts
         if owner == facts.did:
-            current = by_key.get((ENTITY_EVENT, ""), {})
+            current = recorded or {}
             merged = EntityFacts(
                 facts.did,
                 facts.type or current.get("type"),
@@ -449,7 +466,7 @@ class EntityRooms:
                 facts.height,
                 facts.tx_hash,
             )
-        if by_key.get((ENTITY_EVENT, "")) != merged.content():
+        if recorded != merged.content():
             await self._put_state(room_id, ENTITY_EVENT, merged.content())
         for i, ref in enumerate((children or {}).values()):
             if ("m.space.child", ref.room_id) not in by_key:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import tempfile
 import time
@@ -162,15 +163,19 @@ async def bench_space_on_request(
     }
 
 
-async def main(quick: bool, smoke: bool = False) -> None:
+async def main(quick: bool, smoke: bool = False, synapse_config: str = "") -> None:
     n = 5 if smoke else 100 if quick else 1000
     work = Path(tempfile.mkdtemp(prefix="bench-roomsbot-"))
     port = free_port()
     reg = write_registration(
         work / "registration.yaml", server_name="localhost", url=f"http://127.0.0.1:{port}"
     )
+    extra = json.loads(synapse_config) if synapse_config else {}
+    if not isinstance(extra, dict):
+        raise SystemExit("--synapse-config takes a JSON object")
     hs = TestHomeserver(
-        work / "synapse", extra_config={"app_service_config_files": [str(reg.path)]}
+        work / "synapse",
+        extra_config={**extra, "app_service_config_files": [str(reg.path)]},
     )
     await hs.synapse.start()
     try:
@@ -218,6 +223,7 @@ async def main(quick: bool, smoke: bool = False) -> None:
         **spaces,
         "target_s_per_1000": 120,
         "target_cpu_ms_per_entity": 120,
+        "synapse_config": extra,
         "bot_rss_mb": rss,
         "synapse_rss_mb": synapse_rss,
         **machine(),
@@ -243,5 +249,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 entities instead of 1,000")
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    parser.add_argument(
+        "--synapse-config",
+        default="",
+        metavar="JSON",
+        help="extra Synapse settings for this run's homeserver, e.g. "
+        "'{\"federation_sender_instances\": []}' (what the embedded homeserver would save "
+        "without federation); the default is the embedded homeserver as `datarooms up` runs it",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.quick, args.smoke))
+    asyncio.run(main(args.quick, args.smoke, args.synapse_config))

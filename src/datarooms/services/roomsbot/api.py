@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Scope
 from datarooms.errors import (
     AccessDeniedError,
     DataroomsError,
+    HomeserverError,
     NotFoundError,
     UnauthorizedError,
     ValidationError,
@@ -283,7 +284,8 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         body: IxoSourceRequest, who: Annotated[str, Depends(caller)]
     ) -> dict[str, Any]:
         record, _ = await source(who, body.did, body.userMatrixId, False)
-        assert record.space is not None  # source() asks for it
+        if record.space is None:  # source() asks for it: never so
+            raise HomeserverError(f"the space of {record.did} could not be made")
         return {"roomId": record.room_id, "spaceId": record.space.room_id}
 
     @app.get(

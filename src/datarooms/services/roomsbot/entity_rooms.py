@@ -8,12 +8,13 @@ For an entity DID the bot creates:
 2. its **space**, alias ``#space.did-...``, whose ``m.space.child`` state lists the rooms,
    **when someone asks for it** (``ensure(space=True)``: the REST API, an alias query for
    ``#space.did-...``), not for every entity the chain registers: a space costs a second
-   ``createRoom`` (11 events), as much as the data room itself.
+   ``createRoom`` (10 events), as much as the data room itself.
 
 The controllers' Matrix users are invited to every one of them with admin power (100).
-Each room carries ``io.datarooms.entity`` (DID, type, controllers, where the facts came
-from) and each data room ``io.datarooms.room`` (its kind and the DID), so any room tells
-which entity it belongs to.
+Each room carries the entity's facts, ``io.datarooms.entity`` (DID, type, controllers,
+where the facts came from): in its ``m.room.create`` content, and as a state event once
+they change (:func:`entity_content` reads either); each data room also carries
+``io.datarooms.room`` (its kind and the DID), so any room tells which entity it belongs to.
 
 **Few events.** Everything goes into the ``createRoom`` call (power levels, join rule,
 encryption, state, invites): no state is sent afterwards. The ``public_chat`` preset with
@@ -21,7 +22,7 @@ an ``invite`` join rule in ``initial_state`` avoids the ``m.room.guest_access`` 
 ``private_chat`` would add (no guest access is the default). Child rooms carry no
 ``m.space.parent`` (optional in the spec), which would cost an event per room, and no
 ``m.room.topic`` (the name and ``io.datarooms.room`` say what a room is). An entity room
-is 11 events with one controller (see docs/roomsbot.md); ``recipe="baseline"`` keeps the
+is 10 events with one controller (see docs/roomsbot.md); ``recipe="baseline"`` keeps the
 earlier layout (topics, and the space made with every entity: 23 events) for
 ``bench/roomsbot.py``'s side-by-side run.
 

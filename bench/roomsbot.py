@@ -4,29 +4,29 @@ Run from the repo root: python bench/roomsbot.py [--quick | --smoke]
 
 Everything is real: an embedded Synapse that loaded the bot's appservice registration,
 the devchain, and the rooms bot watching it (the bot and the devchain share this
-process, as under `datarooms up`).
+process, as under `datarooms up`). Two phases on the same homeserver, one after the other:
 
-1. ours: register N entities on the devchain (full 1,000, quick 100), as fast as the
-   chain takes them, each with one controller; time from the first registration until
-   every entity has its space and its entity room (the bot's store; then every alias
-   is checked against the homeserver's directory, outside the timing).
-   rooms_per_s counts rooms and spaces (2 per entity).
-2. baseline, on a sample (full 30, quick 10): the naive path a plain client takes for
-   the same layout: createRoom with a preset, then one request per state event
-   (encryption, room info, entity info, power levels), a space the same way plus its
-   child, and the invites; sequential, as a simple bot would; rate limits lifted (as
-   the embedded homeserver's config does), or it would wait a minute a room (Synapse's default
-   rc_room_creation: 0.016 rooms/s after a burst of 10; that rate is reported as
-   default_limit_entities_per_s).
+1. baseline: the bot's earlier recipe (``EntityRooms(recipe="baseline")``: a topic on
+   every room, and the entity's space made with its room: 23 events an entity with one
+   controller); N entities (full 1,000, quick 100, smoke 5);
+2. ours (``recipe="lean"``): no topics, the space made only when someone asks for it;
+   the same N, registered after the baseline's (so on a homeserver with more rooms).
 
-Also: events per entity (ours and naive), and Synapse's CPU time per entity: the
-homeserver's CPU is what bounds this on a small machine.
+Each phase registers its N entities on the devchain as fast as the chain takes them, each
+with one controller, and times from the first registration until every entity's rooms
+are in the bot's store (then every alias is checked against the homeserver's directory,
+outside the timing). Per phase: wall time, entities/s, events per entity (counted in the
+rooms' timelines), and Synapse's CPU time (utime + stime of its process, /proc/<pid>/stat)
+per entity: the homeserver's CPU is what bounds this on a small machine. Then, for a few
+of ours, a client resolves the ``#space.`` alias, and the cost of a space made on request
+is reported too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import tempfile
 import time
@@ -45,8 +45,8 @@ from datarooms.chain import (
     parse_tx_events,
 )
 from datarooms.homeserver.embedded import free_port
-from datarooms.sdk.rooms import ENCRYPTION, power_levels
-from datarooms.services.roomsbot import ENTITY_EVENT, RoomsBot, RoomsBotSettings
+from datarooms.services.roomsbot import RoomsBot, RoomsBotSettings
+from datarooms.services.roomsbot.entity_rooms import SPACE, Recipe
 from datarooms.services.roomsbot.registration import write_registration
 from datarooms.testing import TestHomeserver
 
@@ -74,8 +74,25 @@ async def register_all(url: str, n: int) -> list[str]:
     return [d for batch in done for d in batch]
 
 
-async def bench_ours(hs: TestHomeserver, bot: RoomsBot, chain_url: str, n: int) -> dict[str, Any]:
-    target = bot.store.count() + n  # the store holds the warm-up entities too
+async def events_in(http: MatrixHttp, room_ids: list[str]) -> int:
+    """Every event the homeserver made in these rooms (their timelines, state included)."""
+    total = 0
+    for rid in room_ids:
+        msgs = await http.request(
+            "GET",
+            f"/_matrix/client/v3/rooms/{quote(rid)}/messages",
+            params={"dir": "b", "limit": "200"},
+        )
+        total += len(msgs["chunk"])
+    return total
+
+
+async def bench_phase(
+    hs: TestHomeserver, bot: RoomsBot, chain_url: str, n: int, recipe: Recipe
+) -> dict[str, Any]:
+    """N entities registered on the chain to their rooms ready, with ``recipe``."""
+    bot.rooms.recipe = recipe
+    target = bot.store.count() + n  # the store holds earlier entities too
     cpu0 = cpu_seconds(hs.synapse.pid or 0)
     bot_cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -86,136 +103,79 @@ async def bench_ours(hs: TestHomeserver, bot: RoomsBot, chain_url: str, n: int) 
         if time.perf_counter() - progress_at > 15:
             progress_at = time.perf_counter()
             print(
-                f"  ... {bot.store.count()}/{n} entities ready after {progress_at - t0:.0f} s",
+                f"  ... {recipe}: {bot.store.count() - target + n}/{n} entities ready "
+                f"after {progress_at - t0:.0f} s",
                 flush=True,
             )
     seconds = time.perf_counter() - t0
-    dids = await registering
-    registered_s = None
     synapse_cpu = cpu_seconds(hs.synapse.pid or 0) - cpu0
     process_cpu = time.process_time() - bot_cpu0
+    dids = await registering
     # Outside the timing: the homeserver's directory agrees, for every entity.
     async with MatrixHttp(hs.base_url, bot.registration.as_token) as http:
         for did in dids:
             record = bot.store.get(did)
             assert record is not None, did
-            for ref in (record.rooms["entity"], record.space):
+            assert (record.space is not None) == (recipe == "baseline"), record
+            for ref in record.refs():
                 got = await http.request(
                     "GET", f"/_matrix/client/v3/directory/room/{quote(ref.alias)}"
                 )
                 assert got["room_id"] == ref.room_id, ref
-        record = bot.store.get(dids[0])
-        assert record is not None
-        events = 0
-        for rid in (record.room_id, record.space.room_id):
-            events += len(await http.request("GET", f"/_matrix/client/v3/rooms/{quote(rid)}/state"))
+        first = bot.store.get(dids[0])
+        assert first is not None
+        events = await events_in(http, [r.room_id for r in first.refs()])
     return {
         "entities": n,
         "seconds": seconds,
-        "rooms_per_s": 2 * n / seconds,
         "entities_per_s": n / seconds,
         "events_per_entity": events,
         "synapse_cpu_ms_per_entity": synapse_cpu * 1000 / n,
         "bot_and_chain_cpu_ms_per_entity": process_cpu * 1000 / n,
-        "registered_in_s": registered_s,
+        "dids": dids,
     }
 
 
-async def bench_naive(hs: TestHomeserver, n: int) -> dict[str, Any]:
-    """The same layout, the way a plain client makes it: one request per state event."""
-    user = await hs.new_user("naive")  # the embedded homeserver's rate limits are lifted
-    ctl = f"@did-ixo-{CONTROLLER.rsplit(':', 1)[1]}:localhost"
-    events = 0
+async def bench_space_on_request(
+    hs: TestHomeserver, bot: RoomsBot, dids: list[str]
+) -> dict[str, Any]:
+    """A client resolves ``#space.did-...`` of entities that have no space yet."""
+    user = await hs.new_user("spaces")
     cpu0 = cpu_seconds(hs.synapse.pid or 0)
     t0 = time.perf_counter()
     async with MatrixHttp(hs.base_url, user.access_token) as http:
-
-        async def create(body: dict[str, Any]) -> str:
-            return str(
-                (await http.request("POST", "/_matrix/client/v3/createRoom", json=body))["room_id"]
-            )
-
-        async def put(rid: str, etype: str, content: dict[str, Any], key: str = "") -> None:
-            await http.request(
-                "PUT",
-                f"/_matrix/client/v3/rooms/{quote(rid)}/state/{etype}/{quote(key)}",
-                json=content,
-            )
-
-        for i in range(n):
-            did = f"did:ixo:entity:naive{uuid.uuid4().hex}"
-            facts = {
-                "did": did,
-                "type": "asset/device",
-                "controllers": [CONTROLLER],
-                "source": "chain",
-                "version": 1,
-            }
-            rid = await create(
-                {
-                    "preset": "private_chat",
-                    "name": f"{did} · entity",
-                    "topic": "Records, twin state and files.",
-                    "room_alias_name": f"naive-{i}-{uuid.uuid4().hex[:6]}",
-                }
-            )
-            await put(rid, "m.room.encryption", dict(ENCRYPTION))
-            await put(rid, "io.datarooms.room", {"kind": "entity", "version": 1, "did": did})
-            await put(rid, ENTITY_EVENT, facts)
-            power = power_levels("entity", {ctl: 100})
-            await put(rid, "m.room.power_levels", power)
-            await http.request(
-                "POST", f"/_matrix/client/v3/rooms/{quote(rid)}/invite", json={"user_id": ctl}
-            )
-            sid = await create(
-                {
-                    "preset": "private_chat",
-                    "name": did,
-                    "topic": "Its rooms.",
-                    "creation_content": {"type": "m.space"},
-                    "room_alias_name": f"naive-space-{i}-{uuid.uuid4().hex[:6]}",
-                }
-            )
-            await put(sid, ENTITY_EVENT, facts)
-            await put(sid, "m.room.power_levels", {**power, "events_default": 100})
-            await put(sid, "m.space.child", {"via": ["localhost"]}, rid)
-            await http.request(
-                "POST", f"/_matrix/client/v3/rooms/{quote(sid)}/invite", json={"user_id": ctl}
-            )
-            if i == 0:
-                for r in (rid, sid):
-                    events += len(
-                        await http.request("GET", f"/_matrix/client/v3/rooms/{quote(r)}/state")
-                    )
-                    # State PUTs replace earlier events of the same type: count the
-                    # timeline too (every event the homeserver had to create).
-                    msgs = await http.request(
-                        "GET",
-                        f"/_matrix/client/v3/rooms/{quote(r)}/messages",
-                        params={"dir": "b", "limit": "100"},
-                    )
-                    events += len(msgs["chunk"]) - len(
-                        await http.request("GET", f"/_matrix/client/v3/rooms/{quote(r)}/state")
-                    )
+        for did in dids:
+            alias = bot.rooms.alias(did, SPACE)
+            got = await http.request("GET", f"/_matrix/client/v3/directory/room/{quote(alias)}")
+            record = bot.store.get(did)
+            assert record is not None and record.space is not None
+            assert got["room_id"] == record.space.room_id
     seconds = time.perf_counter() - t0
+    cpu = cpu_seconds(hs.synapse.pid or 0) - cpu0
+    async with MatrixHttp(hs.base_url, bot.registration.as_token) as http:
+        record = bot.store.get(dids[0])
+        assert record is not None and record.space is not None
+        events = await events_in(http, [record.space.room_id])
     return {
-        "naive_entities": n,
-        "naive_entities_per_s": n / seconds,
-        "naive_events_per_entity": events,
-        "naive_synapse_cpu_ms_per_entity": (cpu_seconds(hs.synapse.pid or 0) - cpu0) * 1000 / n,
+        "space_on_request_ms": seconds * 1000 / len(dids),
+        "space_on_request_synapse_cpu_ms": cpu * 1000 / len(dids),
+        "space_events": events,
     }
 
 
-async def main(quick: bool, smoke: bool = False) -> None:
+async def main(quick: bool, smoke: bool = False, synapse_config: str = "") -> None:
     n = 5 if smoke else 100 if quick else 1000
-    sample = 1 if smoke else 10 if quick else 30
     work = Path(tempfile.mkdtemp(prefix="bench-roomsbot-"))
     port = free_port()
     reg = write_registration(
         work / "registration.yaml", server_name="localhost", url=f"http://127.0.0.1:{port}"
     )
+    extra = json.loads(synapse_config) if synapse_config else {}
+    if not isinstance(extra, dict):
+        raise SystemExit("--synapse-config takes a JSON object")
     hs = TestHomeserver(
-        work / "synapse", extra_config={"app_service_config_files": [str(reg.path)]}
+        work / "synapse",
+        extra_config={**extra, "app_service_config_files": [str(reg.path)]},
     )
     await hs.synapse.start()
     try:
@@ -234,47 +194,68 @@ async def main(quick: bool, smoke: bool = False) -> None:
                 await register_all(server.url, 5)
                 while bot.store.count() < 5:
                     await asyncio.sleep(0.05)
-                base = bot.store.count()
-                ours = await bench_ours(hs, bot, server.url, n) if base == 5 else {}
+                base = await bench_phase(hs, bot, server.url, n, "baseline")
+                print(f"baseline: {summary(base)}", flush=True)
+                ours = await bench_phase(hs, bot, server.url, n, "lean")
+                print(f"ours:     {summary(ours)}", flush=True)
+                spaces = await bench_space_on_request(hs, bot, ours["dids"][: min(n, 10)])
                 rss = rss_mb(os.getpid())
                 synapse_rss = rss_mb(hs.synapse.pid or 0)
             finally:
                 await bot.stop()
-        naive = await bench_naive(hs, sample)
     finally:
         await hs.synapse.stop()
-    default_limit = 0.016 / 2  # rc_room_creation, two rooms an entity
-    result = {
+    result: dict[str, Any] = {
         "bench": "roomsbot",
-        **ours,
-        **naive,
-        "ratio": ours["entities_per_s"] / naive["naive_entities_per_s"],
-        "default_limit_entities_per_s": default_limit,
-        "target_s": 60,
+        "entities": n,
+        "seconds": ours["seconds"],
+        "entities_per_s": ours["entities_per_s"],
+        "events_per_entity": ours["events_per_entity"],
+        "synapse_cpu_ms_per_entity": ours["synapse_cpu_ms_per_entity"],
+        "bot_and_chain_cpu_ms_per_entity": ours["bot_and_chain_cpu_ms_per_entity"],
+        "baseline_seconds": base["seconds"],
+        "baseline_entities_per_s": base["entities_per_s"],
+        "baseline_events_per_entity": base["events_per_entity"],
+        "baseline_synapse_cpu_ms_per_entity": base["synapse_cpu_ms_per_entity"],
+        "baseline_bot_and_chain_cpu_ms_per_entity": base["bot_and_chain_cpu_ms_per_entity"],
+        "speedup": base["seconds"] / ours["seconds"],
+        "cpu_ratio": ours["synapse_cpu_ms_per_entity"] / base["synapse_cpu_ms_per_entity"],
+        **spaces,
+        "target_s_per_1000": 120,
+        "target_cpu_ms_per_entity": 120,
+        "synapse_config": extra,
         "bot_rss_mb": rss,
         "synapse_rss_mb": synapse_rss,
         **machine(),
     }
-    result.pop("registered_in_s", None)
     print(
-        f"ours:  {n} entities ({2 * n} rooms) ready in {ours['seconds']:.1f} s: "
-        f"{ours['entities_per_s']:.2f} entities/s, {ours['rooms_per_s']:.2f} rooms/s; "
-        f"{ours['events_per_entity']} events and "
-        f"{ours['synapse_cpu_ms_per_entity']:.0f} ms of Synapse CPU an entity"
-    )
-    print(
-        f"naive: {naive['naive_entities_per_s']:.2f} entities/s, "
-        f"{naive['naive_events_per_entity']} events and "
-        f"{naive['naive_synapse_cpu_ms_per_entity']:.0f} ms of Synapse CPU an entity; "
-        f"ratio {result['ratio']:.2f}; Synapse's default room-creation limit would allow "
-        f"{default_limit * 3600:.0f} entities an hour"
+        f"ours/baseline: {result['speedup']:.2f}x faster, Synapse CPU x{result['cpu_ratio']:.2f}; "
+        f"a space on request: {spaces['space_on_request_synapse_cpu_ms']:.0f} ms of Synapse "
+        f"CPU, {spaces['space_events']} events"
     )
     emit(result)
+
+
+def summary(r: dict[str, Any]) -> str:
+    return (
+        f"{r['entities']} entities ready in {r['seconds']:.1f} s "
+        f"({r['entities_per_s']:.2f}/s); {r['events_per_entity']} events and "
+        f"{r['synapse_cpu_ms_per_entity']:.0f} ms of Synapse CPU an entity "
+        f"(bot and chain: {r['bot_and_chain_cpu_ms_per_entity']:.0f} ms)"
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 entities instead of 1,000")
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    parser.add_argument(
+        "--synapse-config",
+        default="",
+        metavar="JSON",
+        help="extra Synapse settings for this run's homeserver, e.g. "
+        "'{\"federation_sender_instances\": []}' (what the embedded homeserver would save "
+        "without federation); the default is the embedded homeserver as `datarooms up` runs it",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.quick, args.smoke))
+    asyncio.run(main(args.quick, args.smoke, args.synapse_config))

@@ -29,6 +29,7 @@ from datarooms.homeserver.admin import RegisteredUser
 from datarooms.homeserver.embedded import free_port
 from datarooms.sdk.rooms import ENCRYPTION
 from datarooms.services.roomsbot import ENTITY_EVENT, RoomsBot, RoomsBotSettings, write_registration
+from datarooms.services.roomsbot.entity_rooms import entity_content
 from datarooms.services.roomsbot.registration import load_registration
 from datarooms.services.roomsbot.store import EntityFacts
 from tests._roomsbot import (
@@ -121,12 +122,13 @@ async def call(
 # -- rooms from the chain ------------------------------------------------------------
 
 
-async def test_a_chain_entity_gets_an_encrypted_room_and_a_space(env: Env) -> None:
+async def test_a_chain_entity_gets_an_encrypted_room_and_a_space_on_request(env: Env) -> None:
     ctl, ctl_did = await new_controller(env.ashs)
     [did] = await register(env.chain.url, controllers=[ctl_did], entity_type="asset/device")
     await until(lambda: env.bot.store.get(did) is not None, what="the entity's rooms")
     record = env.bot.store.get(did)
     assert record is not None and record.members == (ctl.user_id,)
+    assert record.space is None  # made when someone asks for it, not for every entity
 
     room = await state_of(env.hs, env.as_token, record.room_id)
     assert room[("m.room.encryption", "")]["algorithm"] == ENCRYPTION["algorithm"]
@@ -134,19 +136,38 @@ async def test_a_chain_entity_gets_an_encrypted_room_and_a_space(env: Env) -> No
     assert room[("m.room.history_visibility", "")]["history_visibility"] == "shared"
     assert ("m.room.guest_access", "") not in room  # no guest access, and no event for it
     assert room[("io.datarooms.room", "")] == {"kind": "entity", "version": 1, "did": did}
-    entity = room[(ENTITY_EVENT, "")]
+    # The facts are in the create event's content (no event of their own until they change).
+    assert (ENTITY_EVENT, "") not in room
+    entity = room[("m.room.create", "")][ENTITY_EVENT]
+    assert entity_content(room) == entity
     assert entity["did"] == did and entity["type"] == "asset/device"
     assert entity["controllers"] == [ctl_did] and entity["source"] == "chain"
     assert entity["chain_id"] == env.chain.chain.chain_id and entity["height"] >= 1
     assert room[("m.room.power_levels", "")]["users"][ctl.user_id] == 100
     assert room[("m.room.member", ctl.user_id)]["membership"] == "invite"
     assert room[("m.room.canonical_alias", "")]["alias"] == f"#{did.replace(':', '-')}:localhost"
-    assert room[("m.room.name", "")]["name"] and room[("m.room.topic", "")]["topic"]
+    assert room[("m.room.name", "")]["name"] and ("m.room.topic", "") not in room
+    # Every event the homeserver made for the entity: create, the bot's join, power
+    # levels, join rule, history visibility, canonical alias, encryption, io.datarooms.room,
+    # the name, the controller's invite (docs/roomsbot.md).
+    async with MatrixHttp(env.hs.base_url, env.as_token) as http:
+        timeline = await http.request(
+            "GET",
+            f"/_matrix/client/v3/rooms/{quote(record.room_id)}/messages",
+            params={"dir": "b", "limit": "50"},
+        )
+    assert len(timeline["chunk"]) == 10, [e["type"] for e in timeline["chunk"]]
 
+    # A client asks for the space by its alias: the bot makes it then, listing the room.
+    space_alias = f"#space.{did.replace(':', '-')}:localhost"
+    space_id = await resolve(env.hs, ctl.access_token, space_alias)
+    record = env.bot.store.get(did)
+    assert record is not None and record.space is not None
+    assert record.space.room_id == space_id and record.space.alias == space_alias
     space = await state_of(env.hs, env.as_token, record.space.room_id)
     assert space[("m.room.create", "")]["type"] == "m.space"
     assert ("m.space.child", record.room_id) in space
-    assert space[(ENTITY_EVENT, "")]["did"] == did
+    assert space[("m.room.create", "")][ENTITY_EVENT]["did"] == did
     assert space[("m.room.power_levels", "")]["users"][ctl.user_id] == 100
     assert space[("m.room.member", ctl.user_id)]["membership"] == "invite"
 
@@ -166,9 +187,9 @@ async def test_a_chain_entity_gets_an_encrypted_room_and_a_space(env: Env) -> No
 async def test_the_same_entity_twice_yields_the_same_rooms(env: Env, tmp_path: Path) -> None:
     _ctl, ctl_did = await new_controller(env.ashs)
     facts = EntityFacts("did:ixo:entity:" + "ab" * 16, "dao", (ctl_did,), "chain")
-    first, created = await env.bot.rooms.ensure(facts)
-    again, created_again = await env.bot.rooms.ensure(facts)
-    assert created and not created_again and again == first
+    first, created = await env.bot.rooms.ensure(facts, space=True)
+    again, created_again = await env.bot.rooms.ensure(facts, space=True)
+    assert created and not created_again and again == first and first.space is not None
 
     # A second bot with an empty store (a lost store, another replica) finds the rooms by
     # their aliases and creates nothing.
@@ -180,13 +201,16 @@ async def test_the_same_entity_twice_yields_the_same_rooms(env: Env, tmp_path: P
     try:
         await other.rooms.prepare()
         found, created_by_other = await other.rooms.ensure(facts)
+        assert found.space is None  # not asked for: not looked for either
+        with_space, _ = await other.rooms.ensure(facts, space=True)
     finally:
         await other.http.close()
         other.store.close()
-    assert not created_by_other
-    assert (found.room_id, found.space.room_id) == (first.room_id, first.space.room_id)
-    assert other.metrics.rooms_created.labels("entity")._value.get() == 0
-    assert other.metrics.rooms_recovered.labels("entity")._value.get() == 1
+    assert not created_by_other and found.room_id == first.room_id
+    assert with_space.space == first.space
+    for kind in ("entity", "space"):
+        assert other.metrics.rooms_created.labels(kind)._value.get() == 0
+        assert other.metrics.rooms_recovered.labels(kind)._value.get() == 1
 
 
 async def test_an_entity_created_on_request_is_completed_by_the_chain(env: Env) -> None:
@@ -194,13 +218,14 @@ async def test_an_entity_created_on_request_is_completed_by_the_chain(env: Env) 
     did = "did:ixo:entity:" + "cd" * 16
     # Someone made the entity's rooms on request (POST /rooms/source) before the chain
     # had it; an ordinary client finds them by alias.
-    await env.bot.rooms.ensure(EntityFacts(did))
+    await env.bot.rooms.ensure(EntityFacts(did), space=True)
     user = await env.hs.new_user("client")
     room_id = await resolve(env.hs, user.access_token, f"#{did.replace(':', '-')}:localhost")
     record = env.bot.store.get(did)
     assert record is not None and record.room_id == room_id
     assert record.facts.source == "request" and record.members == ()
-    assert (await state_of(env.hs, env.as_token, room_id))[(ENTITY_EVENT, "")]["type"] is None
+    facts = entity_content(await state_of(env.hs, env.as_token, room_id))
+    assert facts is not None and facts["type"] is None
 
     # Then the chain reports the entity (a crafted IXO event for this DID): the controller
     # is invited with admin power and the facts are recorded, in the same rooms.
@@ -219,7 +244,7 @@ async def test_an_entity_created_on_request_is_completed_by_the_chain(env: Env) 
         what="the update from the chain",
     )
     updated = env.bot.store.get(did)
-    assert updated is not None and updated.room_id == room_id
+    assert updated is not None and updated.room_id == room_id and updated.space is not None
     for rid in (room_id, updated.space.room_id):
         state = await state_of(env.hs, env.as_token, rid)
         assert state[(ENTITY_EVENT, "")]["type"] == "protocol"
@@ -229,7 +254,8 @@ async def test_an_entity_created_on_request_is_completed_by_the_chain(env: Env) 
 
 async def test_an_alias_the_homeserver_lost_is_made_again(env: Env) -> None:
     did = "did:ixo:entity:" + "9a" * 16
-    record, _ = await env.bot.rooms.ensure(EntityFacts(did))
+    record, _ = await env.bot.rooms.ensure(EntityFacts(did), space=True)
+    assert record.space is not None
     alias = record.rooms["entity"].alias
     async with MatrixHttp(env.hs.base_url, env.as_token) as http:
         await http.request("DELETE", f"/_matrix/client/v3/directory/room/{quote(alias)}")
@@ -238,7 +264,7 @@ async def test_an_alias_the_homeserver_lost_is_made_again(env: Env) -> None:
     room_id = await resolve(env.hs, user.access_token, alias)
     again = env.bot.store.get(did)
     assert again is not None and again.room_id == room_id != record.room_id
-    assert again.space.room_id == record.space.room_id
+    assert again.space == record.space
     space = await state_of(env.hs, env.as_token, record.space.room_id)
     assert ("m.space.child", room_id) in space
 
@@ -270,7 +296,7 @@ async def test_alias_queries_for_other_names_find_nothing(env: Env) -> None:
     (did,) = await register(env.chain.url)
     space_id = await resolve(env.hs, user.access_token, f"#space.{did.replace(':', '-')}:localhost")
     record = env.bot.store.get(did)
-    assert record is not None and record.space.room_id == space_id
+    assert record is not None and record.space is not None and record.space.room_id == space_id
 
 
 async def test_malformed_and_impossible_chain_entities_are_skipped(env: Env) -> None:

@@ -1,5 +1,7 @@
 """Exactly once, across crashes: entities registered while the rooms bot is SIGKILLed and
-restarted at random moments end up with exactly one space and one room each.
+restarted at random moments end up with exactly one room each (and no space: spaces are
+made when asked for); then clients asking at once for some entities' spaces get exactly
+one space each, listing the entity's room.
 
 The bot runs as a separate OS process (``python -m datarooms.cli roomsbot``), so a
 kill is a real SIGKILL: no cleanup, requests in flight, store writes cut short. Each kill
@@ -48,6 +50,7 @@ ENTITIES = int(
     )
 )
 KILLS = 5
+SPACES = 5
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("appservice")]
 
@@ -201,21 +204,48 @@ async def test_exactly_once_across_sigkills(ashs: AppserviceHomeserver, tmp_path
                     on_chain += [
                         e.did for e in parse_tx_events(tx.height, tx.hash, tx.events).entities
                     ]
+        # Spaces for some entities, asked for by two clients at once each (through the
+        # homeserver's alias lookup), with the bot running again.
+        with_space = on_chain[:SPACES]
+        bot = BotProcess(ashs, chain.url, log)
+        try:
+            await bot.wait_healthy()
+            clients = [await ashs.hs.new_user("client") for _ in range(2)]
+            async with (
+                MatrixHttp(ashs.hs.base_url, clients[0].access_token) as c0,
+                MatrixHttp(ashs.hs.base_url, clients[1].access_token) as c1,
+            ):
+                answers = await asyncio.gather(
+                    *(
+                        c.request(
+                            "GET",
+                            "/_matrix/client/v3/directory/room/"
+                            + quote(f"#{alias_localpart(did, 'space')}:localhost"),
+                        )
+                        for did in with_space
+                        for c in (c0, c1)
+                    )
+                )
+            pairs = zip(answers[::2], answers[1::2], strict=True)
+            assert all(a["room_id"] == b["room_id"] for a, b in pairs)
+        finally:
+            bot.stop()
     assert sorted(on_chain) == sorted(registered) and len(set(on_chain)) == ENTITIES
     assert health["entities"] == ENTITIES and health["skipped_events"] == 0
 
-    # What the homeserver says exists: exactly one space and one room per entity.
+    # What the homeserver says exists: exactly one room per entity, one space for each
+    # entity whose space was asked for.
     rooms = [r for r in await _bot_rooms(ashs, admin.access_token) if r["room_id"] not in before]
     live = [r for r in rooms if r.get("joined_local_members", 0) > 0]
     by_alias = Counter(r.get("canonical_alias") for r in live)
-    expected = {
-        f"#{alias_localpart(d, k)}:localhost" for d in on_chain for k in ("entity", "space")
+    expected = {f"#{alias_localpart(d, 'entity')}:localhost" for d in on_chain} | {
+        f"#{alias_localpart(d, 'space')}:localhost" for d in with_space
     }
     assert None not in by_alias, "a room without its alias: a second room for an entity"
     assert set(by_alias) == expected, "rooms missing, or rooms no entity asked for"
     assert all(n == 1 for n in by_alias.values()), "an alias on two rooms"
-    assert len(live) == 2 * ENTITIES
-    assert sum(1 for r in live if r.get("room_type") == "m.space") == ENTITIES
+    assert len(live) == ENTITIES + len(with_space)
+    assert sum(1 for r in live if r.get("room_type") == "m.space") == len(with_space)
 
     # And the directory agrees, and every space lists its entity's room.
     ids = {r["canonical_alias"]: r["room_id"] for r in live}
@@ -223,11 +253,13 @@ async def test_exactly_once_across_sigkills(ashs: AppserviceHomeserver, tmp_path
     async with MatrixHttp(ashs.hs.base_url, token) as http:
         for did in on_chain:
             room_alias = f"#{alias_localpart(did, 'entity')}:localhost"
-            space_alias = f"#{alias_localpart(did, 'space')}:localhost"
             room = await http.request(
                 "GET", f"/_matrix/client/v3/directory/room/{quote(room_alias)}"
             )
             assert room["room_id"] == ids[room_alias]
+        for did in with_space:
+            room_alias = f"#{alias_localpart(did, 'entity')}:localhost"
+            space_alias = f"#{alias_localpart(did, 'space')}:localhost"
             child = await http.request(
                 "GET",
                 f"/_matrix/client/v3/rooms/{quote(ids[space_alias])}/state/"

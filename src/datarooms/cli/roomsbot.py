@@ -182,7 +182,7 @@ def entity_list(
         for e in entities:
             record = store.get(e["did"]) if store else None
             e["room_id"] = record.room_id if record else None
-            e["space_id"] = record.space.room_id if record else None
+            e["space_id"] = record.space.room_id if record and record.space else None
     finally:
         if store is not None:
             store.close()

@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Scope
 from datarooms.errors import (
     AccessDeniedError,
     DataroomsError,
+    HomeserverError,
     NotFoundError,
     UnauthorizedError,
     ValidationError,
@@ -94,7 +95,10 @@ class EntityRoomsOut(BaseModel):
     members: list[str] = Field(description="Matrix users invited with admin power")
     source: str = Field(description="chain, or request (created before the chain was seen)")
     room_id: str = Field(description="The entity room (IXO's alias)")
-    space: RoomOut
+    space: RoomOut | None = Field(
+        description="The entity's space; null until someone asks for it (POST "
+        "/rooms/source, /room/source, or the #space.did-... alias create it)"
+    )
     rooms: list[RoomOut]
 
 
@@ -202,7 +206,11 @@ def create_app(bot: "RoomsBot") -> FastAPI:
             "members": list(record.members),
             "source": f.source,
             "room_id": record.room_id,
-            "space": {"kind": SPACE, "room_id": record.space.room_id, "alias": record.space.alias},
+            "space": (
+                {"kind": SPACE, "room_id": record.space.room_id, "alias": record.space.alias}
+                if record.space
+                else None
+            ),
             "rooms": [
                 {"kind": k, "room_id": r.room_id, "alias": r.alias} for k, r in record.rooms.items()
             ],
@@ -230,7 +238,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
                     f"too many new entities from {who}; retry in {wait:.1f} s",
                     errcode="M_LIMIT_EXCEEDED",
                 ) from None
-        record, created = await bot.rooms.ensure(EntityFacts(did))
+        record, created = await bot.rooms.ensure(EntityFacts(did), space=True)
         if user is not None:
             allowed = (
                 who in bot.settings.operator_ids
@@ -276,6 +284,8 @@ def create_app(bot: "RoomsBot") -> FastAPI:
         body: IxoSourceRequest, who: Annotated[str, Depends(caller)]
     ) -> dict[str, Any]:
         record, _ = await source(who, body.did, body.userMatrixId, False)
+        if record.space is None:  # source() asks for it: never so
+            raise HomeserverError(f"the space of {record.did} could not be made")
         return {"roomId": record.room_id, "spaceId": record.space.room_id}
 
     @app.get(
@@ -493,9 +503,14 @@ async def answer_alias_query(bot: "RoomsBot", alias: str) -> dict[str, Any]:
         facts = bot.facts_of(entity)
     # The homeserver asks only for aliases it does not have: if the store says the rooms
     # exist, it is out of date (say, the homeserver was reset), so check them again.
-    recheck = known and not bot.rooms.busy(did)
+    # (A space not made yet is no sign of that: spaces are made when first asked for.)
+    current = bot.rooms.lookup(did)
+    lazy_space = kind == SPACE and current is not None and current.space is None
+    recheck = known and not lazy_space and not bot.rooms.busy(did)
     try:
-        await asyncio.wait_for(bot.rooms.ensure(facts, recheck=recheck), _ALIAS_QUERY_TIMEOUT_S)
+        await asyncio.wait_for(
+            bot.rooms.ensure(facts, recheck=recheck, space=kind == SPACE), _ALIAS_QUERY_TIMEOUT_S
+        )
     except ValidationError as exc:
         raise not_found(exc.message) from None
     except (DataroomsError, TimeoutError) as exc:

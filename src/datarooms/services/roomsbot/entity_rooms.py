@@ -1,22 +1,30 @@
 """Entity rooms and spaces: created exactly once per entity, even across crashes.
 
-For an entity DID the bot creates, in this order:
+For an entity DID the bot creates:
 
 1. its **data rooms**, one per configured kind (``entity`` always, first): encrypted,
    invite-only, history ``shared``, alias ``#did-...`` for the entity room (IXO's scheme)
    and ``#<kind>.did-...`` for the others;
-2. its **space**, alias ``#space.did-...``, whose ``m.space.child`` state lists the rooms.
+2. its **space**, alias ``#space.did-...``, whose ``m.space.child`` state lists the rooms,
+   **when someone asks for it** (``ensure(space=True)``: the REST API, an alias query for
+   ``#space.did-...``), not for every entity the chain registers: a space costs a second
+   ``createRoom`` (10 events), as much as the data room itself.
 
 The controllers' Matrix users are invited to every one of them with admin power (100).
-Each room carries ``io.datarooms.entity`` (DID, type, controllers, where the facts came
-from) and each data room ``io.datarooms.room`` (its kind and the DID), so any room tells
-which entity it belongs to.
+Each room carries the entity's facts, ``io.datarooms.entity`` (DID, type, controllers,
+where the facts came from): in its ``m.room.create`` content, and as a state event once
+they change (:func:`entity_content` reads either); each data room also carries
+``io.datarooms.room`` (its kind and the DID), so any room tells which entity it belongs to.
 
 **Few events.** Everything goes into the ``createRoom`` call (power levels, join rule,
 encryption, state, invites): no state is sent afterwards. The ``public_chat`` preset with
 an ``invite`` join rule in ``initial_state`` avoids the ``m.room.guest_access`` event
 ``private_chat`` would add (no guest access is the default). Child rooms carry no
-``m.space.parent`` (optional in the spec), which would cost an event per room.
+``m.space.parent`` (optional in the spec), which would cost an event per room, and no
+``m.room.topic`` (the name and ``io.datarooms.room`` say what a room is). An entity room
+is 10 events with one controller (see docs/roomsbot.md); ``recipe="baseline"`` keeps the
+earlier layout (topics, and the space made with every entity: 23 events) for
+``bench/roomsbot.py``'s side-by-side run.
 
 **Exactly once.** The alias is claimed atomically by ``createRoom``: a second creation
 with the same alias fails with ``M_ROOM_IN_USE`` and the bot then resolves the alias and
@@ -30,8 +38,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 from urllib.parse import quote
 
 from datarooms import events as ev
@@ -53,6 +61,11 @@ SPACE = "space"
 MAX_ALIAS_LENGTH = 255
 _MAX_NAME = 255
 _READY_TIMEOUT_S = 30.0
+
+#: How entity rooms are made: ``lean`` (what the bot does) or ``baseline`` (the layout
+#: before issue 18: topics, and the space made with every entity), kept runnable for
+#: ``bench/roomsbot.py``, which measures both in one run.
+Recipe = Literal["lean", "baseline"]
 
 KIND_TOPICS = {
     "entity": "Records, twin state and files of {did}. End-to-end encrypted.",
@@ -113,6 +126,19 @@ def _name(did: str, kind: str) -> str:
     return name if len(name) <= _MAX_NAME else name[: _MAX_NAME - 1] + "…"
 
 
+def entity_content(state: Mapping[tuple[Any, Any], Any]) -> dict[str, Any] | None:
+    """The ``io.datarooms.entity`` facts of a room, from its state (``{(type, state_key):
+    content}``): the state event once the facts changed, else what the room was created
+    with (under that key in the ``m.room.create`` content, which costs no event)."""
+    for key in ((ENTITY_EVENT, ""), ("m.room.create", "")):
+        content = state.get(key)
+        if key[0] == "m.room.create" and isinstance(content, dict):
+            content = content.get(ENTITY_EVENT)
+        if isinstance(content, dict) and content:
+            return content
+    return None
+
+
 class _Unusable(Exception):
     """An alias points at a room the bot cannot use (a creation that never finished)."""
 
@@ -131,6 +157,7 @@ class EntityRooms:
         concurrency: int = 12,
         metrics: Metrics | None = None,
         controller_ok: Callable[[str], bool] | None = None,
+        recipe: Recipe = "lean",
     ) -> None:
         if not kinds or kinds[0] != "entity":
             raise ValueError("the entity room kind must come first")
@@ -146,6 +173,9 @@ class EntityRooms:
         self._calls = asyncio.Semaphore(concurrency)
         self._locks: KeyedLocks[str] = KeyedLocks()
         self._creator_in_power_levels = False
+        if recipe not in ("lean", "baseline"):
+            raise ValueError(f"unknown recipe {recipe!r}")
+        self.recipe: Recipe = recipe
 
     async def prepare(self) -> None:
         """Learn the homeserver's default room version (rooms < v12 list the creator)."""
@@ -212,25 +242,31 @@ class EntityRooms:
     # -- ensure ------------------------------------------------------------------
 
     async def ensure(
-        self, facts: EntityFacts, *, recheck: bool = False
+        self, facts: EntityFacts, *, recheck: bool = False, space: bool = False
     ) -> tuple[EntityRecord, bool]:
         """The entity's rooms, created if missing; True if this call created them.
 
-        With ``recheck``, rooms the store knows are checked on the homeserver again (by
-        their aliases) instead of trusted: for when the homeserver says an alias is gone.
+        With ``space``, its space too (made once, when first asked for; the chain's
+        entities get none until then). With ``recheck``, rooms the store knows are checked
+        on the homeserver again (by their aliases) instead of trusted: for when the
+        homeserver says an alias is gone.
         """
         did = self.check_did(facts.did)
+        space = space or self.recipe == "baseline"
         async with self._locks.hold(did):
             record = self.store.get(did)
             if record is not None and recheck:
                 facts = record.facts.merged(facts)
+                space = space or record.space is not None
                 record = None
             if record is not None:
                 merged = record.facts.merged(facts)
                 users = self.controller_users(merged)
-                if merged == record.facts and set(users) <= set(record.members):
-                    return record, False
-                return await self._update(record, merged, users), False
+                if merged != record.facts or not set(users) <= set(record.members):
+                    record = await self._update(record, merged, users)
+                if space and record.space is None:
+                    return await self._add_space(record), False
+                return record, False
             for kind in (*self.kinds, SPACE):
                 other = self.store.did_for_alias(self.alias(did, kind))
                 if other is not None and other != did:
@@ -239,37 +275,58 @@ class EntityRooms:
                         f"{self.alias(did, kind)} (IXO's alias scheme turns ':' and '-' alike)"
                     )
             started = time.monotonic()
-            record, created = await self._create(facts)
+            record, created = await self._create(facts, space)
             if created:
                 self.metrics.entity_seconds.observe(time.monotonic() - started)
             return record, created
 
-    async def _create(self, facts: EntityFacts) -> tuple[EntityRecord, bool]:
+    async def _create(self, facts: EntityFacts, with_space: bool) -> tuple[EntityRecord, bool]:
         users = self.controller_users(facts)
-        rooms: dict[str, RoomRef] = {}
         created_any = False
-        for kind in self.kinds:
-            rid, created = await self._room(
-                kind, self._room_body(kind, facts, users), facts, users, None
+        made = await asyncio.gather(
+            *(
+                self._room(kind, self._room_body(kind, facts, users), facts, users, None)
+                for kind in self.kinds
             )
+        )
+        rooms: dict[str, RoomRef] = {}
+        for kind, (rid, created) in zip(self.kinds, made, strict=True):
             rooms[kind] = RoomRef(rid, self.alias(facts.did, kind))
             created_any |= created
-        sid, created = await self._room(
-            SPACE, self._space_body(facts, users, rooms), facts, users, rooms
-        )
-        created_any |= created
-        record = EntityRecord(facts, users, RoomRef(sid, self.alias(facts.did, SPACE)), rooms)
+        space: RoomRef | None = None
+        if with_space:
+            space, created = await self._space(facts, users, rooms)
+            created_any |= created
+        # Without: a space made earlier (a lost store) stays unknown to the store until
+        # someone asks for it; then createRoom finds its alias taken and converges it.
+        record = EntityRecord(facts, users, space, rooms)
         self.store.save(record)
         log.info(
             "entity rooms ready",
             extra={
                 "entity": facts.did,
-                "space": sid,
+                "space": space.room_id if space else None,
                 "room": rooms["entity"].room_id,
                 "new": created_any,
             },
         )
         return record, created_any
+
+    async def _space(
+        self, facts: EntityFacts, users: Sequence[str], rooms: dict[str, RoomRef]
+    ) -> tuple[RoomRef, bool]:
+        sid, created = await self._room(
+            SPACE, self._space_body(facts, users, rooms), facts, users, rooms
+        )
+        return RoomRef(sid, self.alias(facts.did, SPACE)), created
+
+    async def _add_space(self, record: EntityRecord) -> EntityRecord:
+        """The space of an entity whose rooms exist (asked for after the chain made them)."""
+        space, _ = await self._space(record.facts, record.members, record.rooms)
+        updated = EntityRecord(record.facts, record.members, space, record.rooms)
+        self.store.save(updated)
+        log.info("entity space ready", extra={"entity": record.did, "space": space.room_id})
+        return updated
 
     async def _room(
         self,
@@ -309,20 +366,24 @@ class EntityRooms:
         power = power_levels(kind, {u: POWER["admin"] for u in users})
         if self._creator_in_power_levels:
             power["users"][self.bot_user_id] = POWER["admin"]
-        return {
+        body: dict[str, Any] = {
             "visibility": "private",
             "preset": "public_chat",
             "name": _name(facts.did, kind),
-            "topic": KIND_TOPICS.get(kind, KIND_TOPICS["entity"]).format(did=facts.did),
             "invite": list(users),
             "power_level_content_override": power,
             "initial_state": [
                 _state("m.room.join_rules", {"join_rule": "invite"}),
                 _state("m.room.encryption", dict(ENCRYPTION)),
                 _state(ev.ROOM_INFO, {"kind": kind, "version": 1, "did": facts.did}),
-                _state(ENTITY_EVENT, facts.content()),
             ],
         }
+        if self.recipe == "baseline":
+            body["topic"] = KIND_TOPICS.get(kind, KIND_TOPICS["entity"]).format(did=facts.did)
+            body["initial_state"].append(_state(ENTITY_EVENT, facts.content()))
+        else:
+            body["creation_content"] = {ENTITY_EVENT: facts.content()}
+        return body
 
     def _space_body(
         self, facts: EntityFacts, users: Sequence[str], rooms: dict[str, RoomRef]
@@ -349,7 +410,7 @@ class EntityRooms:
             )
             for i, ref in enumerate(rooms.values())
         ]
-        return {
+        body: dict[str, Any] = {
             "visibility": "private",
             "preset": "public_chat",
             "name": _name(facts.did, SPACE),
@@ -357,12 +418,13 @@ class EntityRooms:
             "creation_content": {"type": "m.space"},
             "invite": list(users),
             "power_level_content_override": power,
-            "initial_state": [
-                _state("m.room.join_rules", {"join_rule": "invite"}),
-                _state(ENTITY_EVENT, facts.content()),
-                *children,
-            ],
+            "initial_state": [_state("m.room.join_rules", {"join_rule": "invite"}), *children],
         }
+        if self.recipe == "baseline":
+            body["initial_state"].insert(1, _state(ENTITY_EVENT, facts.content()))
+        else:
+            body["creation_content"][ENTITY_EVENT] = facts.content()
+        return body
 
     # -- convergence (rooms found by alias, and updates) ---------------------------
 
@@ -376,7 +438,8 @@ class EntityRooms:
         """Bring a room found by its alias to what it should be (cheap when it already is)."""
         state = await self._state_when_ready(room_id)
         by_key = {(e.get("type"), e.get("state_key")): e.get("content") or {} for e in state}
-        owner = by_key.get((ENTITY_EVENT, ""), {}).get("did")
+        recorded = entity_content(by_key)
+        owner = (recorded or {}).get("did")
         if owner not in (None, facts.did):
             raise ValidationError(
                 f"the room {room_id} belongs to {owner}, not to {facts.did}: the two DIDs map "
@@ -394,7 +457,7 @@ class EntityRooms:
                 await self._invite(room_id, u)
         merged = facts
         if owner == facts.did:
-            current = by_key.get((ENTITY_EVENT, ""), {})
+            current = recorded or {}
             merged = EntityFacts(
                 facts.did,
                 facts.type or current.get("type"),
@@ -404,7 +467,7 @@ class EntityRooms:
                 facts.height,
                 facts.tx_hash,
             )
-        if by_key.get((ENTITY_EVENT, "")) != merged.content():
+        if recorded != merged.content():
             await self._put_state(room_id, ENTITY_EVENT, merged.content())
         for i, ref in enumerate((children or {}).values()):
             if ("m.space.child", ref.room_id) not in by_key:
@@ -420,7 +483,7 @@ class EntityRooms:
     ) -> EntityRecord:
         """New facts for an entity with rooms (say, created on request, then seen on chain)."""
         new_users = [u for u in users if u not in record.members]
-        for ref in [*record.rooms.values(), record.space]:
+        for ref in record.refs():
             if new_users:
                 path = state_path(ref.room_id, "m.room.power_levels")
                 power = await self._call("GET", path)
@@ -448,7 +511,7 @@ class EntityRooms:
         ``power``, raise theirs to it in the data rooms (never lowers it)."""
         if join:
             await self.ensure_user(user_id)
-        for ref in [record.space, *record.rooms.values()]:
+        for ref in record.refs():
             if power > 0 and ref is not record.space:
                 path = f"/_matrix/client/v3/rooms/{quote(ref.room_id)}/state/m.room.power_levels/"
                 levels = await self._call("GET", path)

@@ -113,8 +113,13 @@ class EntityRecord:
     facts: EntityFacts
     #: Matrix users invited with admin power (the controllers that map to a user).
     members: tuple[str, ...]
-    space: RoomRef
+    #: The entity's space, None until someone asks for it (lazily created).
+    space: RoomRef | None
     rooms: dict[str, RoomRef] = field(default_factory=dict)
+
+    def refs(self) -> list[RoomRef]:
+        """The space (if made) and the data rooms."""
+        return [*([self.space] if self.space else []), *self.rooms.values()]
 
     @property
     def did(self) -> str:
@@ -177,7 +182,7 @@ class Store:
             )
         }
         space = rooms.pop("space", None)
-        if space is None or "entity" not in rooms:
+        if "entity" not in rooms:
             return None
         facts = EntityFacts(
             row[0], row[1], tuple(json.loads(row[2])), row[4], row[5], row[6], row[7]
@@ -213,7 +218,8 @@ class Store:
                     now,
                 ),
             )
-            for kind, ref in [("space", record.space), *record.rooms.items()]:
+            spaces = [("space", record.space)] if record.space else []
+            for kind, ref in [*spaces, *record.rooms.items()]:
                 self._db.execute(
                     "INSERT OR REPLACE INTO rooms (did, kind, room_id, alias) VALUES (?,?,?,?)",
                     (f.did, kind, ref.room_id, ref.alias),

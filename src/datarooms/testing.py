@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,7 +46,7 @@ class TestHomeserver:
         extra_config: dict[str, Any] | None = None,
         federation: FederationListener | None = None,
     ) -> None:
-        self.synapse = EmbeddedSynapse(
+        self.synapse: EmbeddedSynapse = EmbeddedSynapse(
             directory,
             server_name=server_name,
             port=free_port(),
@@ -80,6 +81,55 @@ class TestHomeserver:
         return await register_user(
             self.base_url, self.synapse.registration_shared_secret, name, admin=admin
         )
+
+
+def _distinct_free_ports() -> Iterator[int]:
+    seen: set[int] = set()
+    while True:
+        port = free_port()
+        if port not in seen:
+            seen.add(port)
+            yield port
+
+
+class TestScaleHomeserver(TestHomeserver):
+    """The scale profile's homeserver (PostgreSQL, Redis, Synapse workers, nginx) for a
+    test session: each process on a free port, the PostgreSQL cluster removed at the end."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        server_name: str = "localhost",
+        extra_config: dict[str, Any] | None = None,
+        persisters: int = 2,
+    ) -> None:
+        from datarooms.homeserver.scale import ScaleSynapse
+
+        self.scale = ScaleSynapse(
+            directory,
+            server_name=server_name,
+            port=free_port(),
+            start_timeout=180,
+            extra_config={**TEST_SYNAPSE_CONFIG, **(extra_config or {})},
+            persisters=persisters,
+            ports=_distinct_free_ports(),
+        )
+        self.synapse = self.scale
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        from datarooms.homeserver.postgres import PostgresCluster
+
+        asyncio.run(self.scale.stop())
+        if isinstance(self.scale.postgres, PostgresCluster):
+            self.scale.postgres.destroy()
 
 
 class TestFederation:

@@ -1,0 +1,360 @@
+"""The scale profile's homeserver: Synapse on PostgreSQL, with workers, Redis and nginx.
+
+``[homeserver] profile = "scale"``. Everything lives in the Synapse directory
+(``<data_dir>/synapse``) as for the embedded homeserver, plus::
+
+    postgres/          the private PostgreSQL cluster (docs: homeserver/postgres.py)
+    redis/             redis.conf, redis.log (no persistence)
+    workers/<name>.yaml, <name>.log, <name>.log.config   one config file per worker
+    nginx/nginx.conf, access.log, error.log              the reverse proxy
+
+Start order: PostgreSQL and Redis, the main process (it migrates the schema), the
+workers, then nginx; the platform's URL is nginx's. Any failure stops what was started,
+in reverse order, and says which part failed with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from datarooms._fs import atomic_write, private_dir
+from datarooms.errors import PlatformError, SynapseStartError
+from datarooms.homeserver._proc import Child, require_program, tail
+from datarooms.homeserver.embedded import EmbeddedSynapse, _require_synapse, check_port_free
+from datarooms.homeserver.postgres import ExternalPostgres, PostgresCluster
+from datarooms.homeserver.redis import ExternalRedis, RedisServer
+from datarooms.homeserver.workers import Topology, Worker, render_nginx
+
+log = logging.getLogger(__name__)
+
+_NGINX_CANDIDATES = (Path("/usr/sbin/nginx"),)
+
+
+async def http_ok(host: str, port: int, path: str = "/health", timeout: float = 2.0) -> bool:
+    """Whether ``GET path`` on host:port answers 200 (a plain HTTP/1.0 request)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (TimeoutError, OSError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        return line.split(b" ")[1:2] == [b"200"]
+    except (TimeoutError, OSError, IndexError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+def default_ports(base: int, count: int = 16) -> Iterator[int]:
+    return iter(range(base, base + count))
+
+
+class ScaleSynapse(EmbeddedSynapse):
+    """Synapse main + workers on PostgreSQL and Redis behind nginx, at ``host:port``."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        server_name: str = "localhost",
+        host: str = "127.0.0.1",
+        port: int = 8008,
+        max_upload_size: str = "2G",
+        start_timeout: float = 90.0,
+        extra_config: Mapping[str, Any] | None = None,
+        persisters: int = 2,
+        ports: Iterator[int] | None = None,
+        postgres_url: str = "",
+        redis_url: str = "",
+    ) -> None:
+        super().__init__(
+            directory,
+            server_name=server_name,
+            host=host,
+            port=port,
+            max_upload_size=max_upload_size,
+            start_timeout=start_timeout,
+            extra_config=extra_config,
+        )
+        # Internal ports: by default the 16 after homeserver.port + 100 (8108.. for 8008).
+        it = ports if ports is not None else default_ports(port + 100)
+        self.topology = Topology.build(it, persisters=persisters)
+        self.postgres: PostgresCluster | ExternalPostgres = (
+            ExternalPostgres(postgres_url)
+            if postgres_url
+            else PostgresCluster(self.directory / "postgres", port=next(it))
+        )
+        self.redis: RedisServer | ExternalRedis = (
+            ExternalRedis(redis_url)
+            if redis_url
+            else RedisServer(self.directory / "redis", port=next(it))
+        )
+        self._main: Child | None = None
+        self._workers: dict[str, Child] = {}
+        self._nginx: Child | None = None
+
+    # -- paths -------------------------------------------------------------------
+
+    @property
+    def workers_dir(self) -> Path:
+        return self.directory / "workers"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.directory / "nginx"
+
+    @property
+    def access_log(self) -> Path:
+        return self.nginx_dir / "access.log"
+
+    @property
+    def main_url(self) -> str:
+        return f"http://{self.topology.host}:{self.topology.main_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._main.pid if self._main else None
+
+    @property
+    def running(self) -> bool:
+        return self._main is not None and self._main.running
+
+    def synapse_pids(self) -> dict[str, int]:
+        """The pid of every Synapse process that runs: main and each worker."""
+        out = {"main": self._main.pid} if self._main and self._main.pid else {}
+        out.update({n: c.pid for n, c in self._workers.items() if c.running and c.pid})
+        return out
+
+    def worker(self, name: str) -> Worker:
+        for w in self.topology.workers:
+            if w.name == name:
+                return w
+        raise KeyError(name)
+
+    def processes(self) -> dict[str, dict[str, Any]]:
+        """What ``datarooms status`` shows: each process of the homeserver."""
+        out: dict[str, dict[str, Any]] = {
+            "postgresql": {
+                "role": "database",
+                "pid": self.postgres.pid,
+                "where": getattr(self.postgres, "url", None)
+                or str(getattr(self.postgres, "location", "")),
+            },
+            "redis": {
+                "role": "replication bus",
+                "pid": self.redis.pid,
+                "where": f"{self.redis.host}:{self.redis.port}",
+            },
+            "main": {"role": "main", "pid": self.pid, "where": self.main_url},
+        }
+        for w in self.topology.workers:
+            child = self._workers.get(w.name)
+            out[w.name] = {"role": w.role, "pid": child.pid if child else None, "where": w.url}
+        out["nginx"] = {
+            "role": "reverse proxy",
+            "pid": self._nginx.pid if self._nginx else None,
+            "where": self.base_url,
+        }
+        return out
+
+    # -- config ------------------------------------------------------------------
+
+    def _replication_secret(self) -> str:
+        s = self._load_secrets()
+        if "worker_replication_secret" not in s:
+            import secrets as _secrets
+
+            s["worker_replication_secret"] = _secrets.token_urlsafe(32)
+            atomic_write(self.secrets_path, yaml.safe_dump(s), mode=0o600)
+        return s["worker_replication_secret"]
+
+    def render_config(self) -> dict[str, Any]:
+        config = super().render_config()
+        config["listeners"] = self.topology.main_listeners()
+        config["database"] = self.postgres.database_config()
+        config["redis"] = self.redis.synapse_config()
+        config.update(self.topology.shared_config(self._replication_secret()))
+        config.update(self.extra_config)
+        return config
+
+    def prepare(self) -> None:
+        super().prepare()
+        private_dir(self.workers_dir)
+        for w in self.topology.workers:
+            atomic_write(
+                self.workers_dir / f"{w.name}.log.config",
+                yaml.safe_dump(self._worker_log_config(w)),
+            )
+            atomic_write(
+                self.workers_dir / f"{w.name}.yaml",
+                yaml.safe_dump(w.render(self.workers_dir), sort_keys=False),
+            )
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            private_dir(self.nginx_dir / "tmp" / sub)
+        atomic_write(
+            self.nginx_dir / "nginx.conf",
+            render_nginx(
+                self.topology,
+                self.nginx_dir,
+                listen_host=self.host,
+                listen_port=self.port,
+                max_body=self.max_upload_size,
+                as_root=os.geteuid() == 0,
+            ),
+        )
+
+    def _worker_log_config(self, w: Worker) -> dict[str, Any]:
+        config = self._log_config()
+        config["handlers"]["file"]["filename"] = str(self.workers_dir / f"{w.name}.log")
+        return config
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start PostgreSQL, Redis, Synapse main, the workers and nginx, in that order."""
+        if self.running:
+            return
+        _require_synapse()
+        nginx = require_program("nginx", "nginx", candidates=_NGINX_CANDIDATES)
+        if isinstance(self.redis, RedisServer):
+            require_program("redis-server", "redis-server")
+        if isinstance(self.postgres, PostgresCluster):
+            from datarooms.homeserver.postgres import postgres_bin_dir
+
+            postgres_bin_dir()
+        self._check_python_deps()
+        self.prepare()
+        ports = [(self.host, self.port), (self.topology.host, self.topology.main_port)]
+        ports.append((self.topology.host, self.topology.replication_port))
+        ports += [(w.host, w.port) for w in self.topology.workers]
+        for host, port in ports:
+            check_port_free(host, port)
+        began = time.monotonic()
+        try:
+            await asyncio.gather(self.postgres.start(), self.redis.start())
+            self._main = self._synapse_child("main", None)
+            self._main.spawn()
+            log.info("starting synapse (main)", extra={"pid": self._main.pid})
+            await self._wait_synapse(self._main, self.topology.main_port, began)
+            await asyncio.gather(*(self.start_worker(w.name) for w in self.topology.workers))
+            self._nginx = Child(
+                "nginx",
+                [
+                    nginx,
+                    "-p",
+                    str(self.nginx_dir),
+                    "-e",
+                    str(self.nginx_dir / "error.log"),
+                    "-c",
+                    str(self.nginx_dir / "nginx.conf"),
+                ],
+                self.nginx_dir / "nginx.stdout.log",
+                stop_signal=15,
+            )
+            self._nginx.spawn()
+
+            async def proxied() -> bool:
+                return await http_ok(self.host, self.port)
+
+            await self._nginx.wait_ready(proxied, 30, "nginx")
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "synapse (scale profile) healthy",
+            extra={"seconds": round(time.monotonic() - began, 2), "url": self.base_url},
+        )
+
+    def _check_python_deps(self) -> None:
+        import importlib.util
+
+        missing = [m for m in ("psycopg2", "txredisapi") if importlib.util.find_spec(m) is None]
+        if missing:
+            from datarooms.errors import MissingDependencyError
+
+            raise MissingDependencyError(
+                f"the scale profile needs Synapse's PostgreSQL and Redis support "
+                f"({', '.join(missing)} missing): pip install 'matrix-synapse[postgres,redis]'"
+            )
+
+    def _synapse_child(self, name: str, worker: Worker | None) -> Child:
+        argv = [sys.executable, "-m"]
+        if worker is None:
+            argv += ["synapse.app.homeserver", "-c", str(self.config_path)]
+            log_file = self.stdout_path
+        else:
+            argv += [
+                "synapse.app.generic_worker",
+                "-c",
+                str(self.config_path),
+                "-c",
+                str(self.workers_dir / f"{worker.name}.yaml"),
+            ]
+            log_file = self.workers_dir / f"{worker.name}.stdout.log"
+        return Child(name, argv, log_file, cwd=self.directory)
+
+    async def _wait_synapse(self, child: Child, port: int, began: float) -> None:
+        name = child.name
+        log_path = self.log_path if name == "main" else self.workers_dir / f"{name}.log"
+
+        async def ready() -> bool:
+            return await http_ok(self.topology.host, port)
+
+        remaining = max(5.0, self.start_timeout - (time.monotonic() - began))
+        try:
+            await child.wait_ready(ready, remaining, f"Synapse {name}")
+        except PlatformError as exc:
+            raise SynapseStartError(
+                f"{exc}\nLast lines of its Synapse log ({log_path}):\n{tail(log_path)}"
+            ) from None
+
+    async def start_worker(self, name: str) -> None:
+        """Start (or restart, after :meth:`kill_worker`) one worker and wait for its /health."""
+        w = self.worker(name)
+        old = self._workers.get(name)
+        if old is not None and old.running:
+            return
+        child = self._workers[name] = self._synapse_child(name, w)
+        child.spawn()
+        await self._wait_synapse(child, w.port, time.monotonic())
+
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL one worker (a crash), for fault tests and benchmarks."""
+        self._workers[name].kill()
+
+    async def stop(self, timeout: float = 15.0) -> int | None:
+        """Stop nginx, the workers, main, Redis, PostgreSQL; whatever of them runs."""
+        code = None
+        try:
+            if self._nginx is not None:
+                await self._nginx.stop(timeout)
+                self._nginx = None
+            await asyncio.gather(*(c.stop(timeout) for c in self._workers.values()))
+            self._workers.clear()
+            if self._main is not None:
+                code = await self._main.stop(timeout)
+                self._main = None
+        finally:
+            with contextlib.suppress(Exception):
+                await self.redis.stop()
+            await self.postgres.stop()
+            with contextlib.suppress(FileNotFoundError):
+                self.pid_file.unlink()
+        return code
+
+    async def health(self) -> bool:
+        return await http_ok(self.host, self.port)

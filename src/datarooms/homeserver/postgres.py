@@ -106,6 +106,10 @@ class PostgresCluster:
         return self.location / "postgres.log"
 
     @property
+    def where(self) -> str:
+        return f"{self.socket_dir} (port {self.port})"
+
+    @property
     def pid(self) -> int | None:
         return self._child.pid if self._child else None
 
@@ -302,6 +306,12 @@ class ExternalPostgres:
 
     def database_config(self) -> dict[str, Any]:
         return {"name": "psycopg2", "args": {**self.args, "cp_min": 2, "cp_max": 10}}
+
+    @property
+    def where(self) -> str:
+        """host:port/database, without the password."""
+        a = self.args
+        return f"{a['host']}:{a.get('port', 5432)}/{a['database']}"
 
     @property
     def running(self) -> bool:

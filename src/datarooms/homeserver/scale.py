@@ -151,13 +151,14 @@ class ScaleSynapse(EmbeddedSynapse):
             "postgresql": {
                 "role": "database",
                 "pid": self.postgres.pid,
-                "where": getattr(self.postgres, "url", None)
-                or str(getattr(self.postgres, "location", "")),
+                "where": self.postgres.where,
+                "external": isinstance(self.postgres, ExternalPostgres),
             },
             "redis": {
                 "role": "replication bus",
                 "pid": self.redis.pid,
                 "where": f"{self.redis.host}:{self.redis.port}",
+                "external": isinstance(self.redis, ExternalRedis),
             },
             "main": {"role": "main", "pid": self.pid, "where": self.main_url},
         }

@@ -19,6 +19,7 @@ but on a free port, with cheap password hashing so registering users is fast.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +131,31 @@ class TestScaleHomeserver(TestHomeserver):
         asyncio.run(self.scale.stop())
         if isinstance(self.scale.postgres, PostgresCluster):
             self.scale.postgres.destroy()
+
+
+#: ``DATAROOMS_TEST_PROFILE=scale`` runs the tests that use :func:`profile_homeserver`
+#: (this project's ``homeserver`` and ``appservice_hs`` fixtures) against the scale profile.
+PROFILE_ENV = "DATAROOMS_TEST_PROFILE"
+
+
+def test_profile() -> str:
+    """The homeserver profile the tests run against: ``embedded`` (default) or ``scale``."""
+    profile = os.environ.get(PROFILE_ENV, "embedded") or "embedded"
+    if profile not in ("embedded", "scale"):
+        raise ValueError(f"{PROFILE_ENV} must be embedded or scale, got {profile!r}")
+    return profile
+
+
+test_profile.__test__ = False  # type: ignore[attr-defined]
+
+
+def profile_homeserver(
+    directory: Path, *, extra_config: dict[str, Any] | None = None
+) -> TestHomeserver:
+    """A test homeserver of the profile :func:`test_profile` names."""
+    if test_profile() == "scale":
+        return TestScaleHomeserver(directory, extra_config=extra_config)
+    return TestHomeserver(directory, extra_config=extra_config)
 
 
 class TestFederation:

@@ -161,11 +161,13 @@ async def test_event_persister_killed_mid_ingest_loses_and_duplicates_nothing(
 
     puts = asyncio.gather(*(put(i) for i in range(n)))
     await until(lambda: done >= n // 4 or puts.done(), timeout=60, what="a quarter of the puts")
+    restarts = scale.restarts.get(victim, 0)
     scale.kill_worker(victim)  # SIGKILL, puts in flight
     killed_at = done
-    await scale.start_worker(victim)
     await asyncio.wait_for(puts, timeout=120)
     assert killed_at < n
+    # The platform restarted it by itself (its supervisor).
+    assert scale.restarts.get(victim, 0) == restarts + 1
 
     # Zero lost: every record reads back, once; zero duplicated: one event each.
     await bob.sync_once()

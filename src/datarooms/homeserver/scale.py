@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -38,6 +39,7 @@ from datarooms.homeserver.workers import Topology, Worker, render_nginx
 log = logging.getLogger(__name__)
 
 _NGINX_CANDIDATES = (Path("/usr/sbin/nginx"),)
+_SUPERVISE_S = 0.5
 
 
 async def http_ok(host: str, port: int, path: str = "/health", timeout: float = 2.0) -> bool:
@@ -106,6 +108,10 @@ class ScaleSynapse(EmbeddedSynapse):
         self._main: Child | None = None
         self._workers: dict[str, Child] = {}
         self._nginx: Child | None = None
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        #: How often each Synapse process was restarted after it died (by the supervisor).
+        self.restarts: dict[str, int] = {}
 
     # -- paths -------------------------------------------------------------------
 
@@ -275,6 +281,13 @@ class ScaleSynapse(EmbeddedSynapse):
         except BaseException:
             await self.stop()
             raise
+        # A thread of its own: the caller's event loop may end (tests start the
+        # homeserver in one asyncio.run and stop it in another).
+        self._stopping.clear()
+        self._supervisor = threading.Thread(
+            target=lambda: asyncio.run(self._supervise()), name="synapse-supervisor", daemon=True
+        )
+        self._supervisor.start()
         log.info(
             "synapse (scale profile) healthy",
             extra={"seconds": round(time.monotonic() - began, 2), "url": self.base_url},
@@ -333,6 +346,40 @@ class ScaleSynapse(EmbeddedSynapse):
         child.spawn()
         await self._wait_synapse(child, w.port, time.monotonic())
 
+    async def _supervise(self) -> None:
+        """Restart a Synapse worker that died (a crash, the OOM killer): what it was doing
+        is retried by the worker that sent it (replication) or by the client (its
+        transaction id makes the retry idempotent). At most 5 restarts a worker in 10
+        minutes; then it stays down, logged as an error, and `datarooms status` shows it."""
+        recent: dict[str, list[float]] = {}
+        given_up: set[str] = set()
+        while not self._stopping.wait(_SUPERVISE_S):
+            for name, child in list(self._workers.items()):
+                if self._stopping.is_set() or child.running or name in given_up:
+                    continue
+                now = time.monotonic()
+                times = recent[name] = [t for t in recent.get(name, []) if now - t < 600]
+                code = child.proc.returncode if child.proc else None
+                if len(times) >= 5:
+                    given_up.add(name)
+                    log.error(
+                        "synapse worker keeps dying; left stopped",
+                        extra={"worker": name, "code": code, "log": str(child.log_path)},
+                    )
+                    continue
+                log.warning(
+                    "synapse worker died; restarting it", extra={"worker": name, "code": code}
+                )
+                times.append(now)
+                try:
+                    await self.start_worker(name)
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                except Exception as exc:
+                    log.error(
+                        "could not restart a synapse worker",
+                        extra={"worker": name, "error": str(exc)},
+                    )
+
     def kill_worker(self, name: str) -> None:
         """SIGKILL one worker (a crash), for fault tests and benchmarks."""
         self._workers[name].kill()
@@ -340,6 +387,10 @@ class ScaleSynapse(EmbeddedSynapse):
     async def stop(self, timeout: float = 15.0) -> int | None:
         """Stop nginx, the workers, main, Redis, PostgreSQL; whatever of them runs."""
         code = None
+        if self._supervisor is not None:
+            self._stopping.set()
+            await asyncio.to_thread(self._supervisor.join)
+            self._supervisor = None
         try:
             if self._nginx is not None:
                 await self._nginx.stop(timeout)

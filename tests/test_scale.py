@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from datarooms import Credentials, DataroomsClient
-from datarooms.errors import ConfigError, SynapseStartError
+from datarooms.errors import ConfigError, PortInUseError, SynapseStartError
 from datarooms.homeserver.postgres import PostgresCluster
 from datarooms.homeserver.scale import ScaleSynapse
 from datarooms.sdk.telemetry import Telemetry
@@ -241,3 +241,16 @@ def test_missing_package_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setattr(_proc.shutil, "which", lambda _name: None)
     with pytest.raises(MissingDependencyError, match="apt-get install -y redis-server"):
         _proc.require_program("redis-server", "redis-server")
+
+
+async def test_an_internal_port_taken_is_named_and_nothing_starts(tmp_path: Path) -> None:
+    import socket
+
+    scale = TestScaleHomeserver(tmp_path / "taken").scale
+    persister = scale.worker("persister1")
+    with socket.socket() as squatter:
+        squatter.bind((persister.host, persister.port))
+        squatter.listen()
+        with pytest.raises(PortInUseError, match="internal_port_base"):
+            await scale.start()
+    assert not scale.running and not scale.postgres.running and not scale.redis.running

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from datarooms._fs import atomic_write, private_dir
-from datarooms.errors import PlatformError, SynapseStartError
+from datarooms.errors import PlatformError, PortInUseError, SynapseStartError
 from datarooms.homeserver._proc import Child, require_program, tail
 from datarooms.homeserver.embedded import EmbeddedSynapse, _require_synapse, check_port_free
 from datarooms.homeserver.postgres import ExternalPostgres, PostgresCluster
@@ -248,8 +248,20 @@ class ScaleSynapse(EmbeddedSynapse):
         ports = [(self.host, self.port), (self.topology.host, self.topology.main_port)]
         ports.append((self.topology.host, self.topology.replication_port))
         ports += [(w.host, w.port) for w in self.topology.workers]
-        for host, port in ports:
-            check_port_free(host, port)
+        if isinstance(self.redis, RedisServer):
+            ports.append((self.redis.host, self.redis.port))
+        for i, (host, port) in enumerate(ports):
+            try:
+                check_port_free(host, port)
+            except PortInUseError as exc:
+                if i == 0:
+                    raise
+                raise PortInUseError(
+                    f"port {port} on {host}, an internal port of the scale profile (Synapse's "
+                    "processes), is already in use by another program: stop it, or move the "
+                    "internal ports with homeserver.internal_port_base "
+                    f"(DATAROOMS_HOMESERVER_INTERNAL_PORT_BASE) ({exc})"
+                ) from None
         began = time.monotonic()
         try:
             await asyncio.gather(self.postgres.start(), self.redis.start())

@@ -76,6 +76,23 @@ class TestHomeserver:
     ) -> None:
         asyncio.run(self.synapse.stop())
 
+    def sql(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one SQL statement on the homeserver's database (``?`` placeholders), for
+        tests that change what Synapse stored (expire a token); the rows it returns."""
+        import sqlite3
+
+        db = sqlite3.connect(self.synapse.database_path, timeout=30)
+        try:
+            with db:
+                return db.execute(statement, params).fetchall()
+        finally:
+            db.close()
+
+    def database_dump(self) -> bytes:
+        """Everything the homeserver's database holds, as bytes (blindness checks)."""
+        db = self.synapse.database_path
+        return b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+
     async def new_user(self, prefix: str = "user", *, admin: bool = False) -> RegisteredUser:
         """Register a user that no other test has: ``<prefix>-<random>``."""
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
@@ -119,6 +136,30 @@ class TestScaleHomeserver(TestHomeserver):
             ports=_distinct_free_ports(),
         )
         self.synapse = self.scale
+
+    def sql(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        import psycopg2
+
+        args = self.scale.postgres.database_config()["args"]
+        conn = psycopg2.connect(**{k: v for k, v in args.items() if not k.startswith("cp_")})
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(statement.replace("?", "%s"), params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def database_dump(self) -> bytes:
+        """``pg_dump`` of Synapse's database (a private cluster's)."""
+        import subprocess
+
+        from datarooms.homeserver.postgres import SUPERUSER, PostgresCluster, postgres_bin_dir
+
+        pg = self.scale.postgres
+        assert isinstance(pg, PostgresCluster)
+        argv = [str(postgres_bin_dir() / "pg_dump"), "-h", str(pg.socket_dir), "-p", str(pg.port)]
+        argv += ["-U", SUPERUSER, "synapse"]
+        return subprocess.run(argv, capture_output=True, check=True).stdout
 
     def __exit__(
         self,

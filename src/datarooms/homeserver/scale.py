@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,14 @@ async def http_ok(host: str, port: int, path: str = "/health", timeout: float = 
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+async def _all(*steps: Awaitable[None]) -> None:
+    """Run the steps concurrently; once all have finished, raise the first failure."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def default_ports(base: int, count: int = 16) -> Iterator[int]:
@@ -264,12 +272,12 @@ class ScaleSynapse(EmbeddedSynapse):
                 ) from None
         began = time.monotonic()
         try:
-            await asyncio.gather(self.postgres.start(), self.redis.start())
+            await _all(self.postgres.start(), self.redis.start())
             self._main = self._synapse_child("main", None)
             self._main.spawn()
             log.info("starting synapse (main)", extra={"pid": self._main.pid})
             await self._wait_synapse(self._main, self.topology.main_port, began)
-            await asyncio.gather(*(self.start_worker(w.name) for w in self.topology.workers))
+            await _all(*(self.start_worker(w.name) for w in self.topology.workers))
             self._nginx = Child(
                 "nginx",
                 [

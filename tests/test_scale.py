@@ -31,6 +31,9 @@ from tests._wait import until
 
 OpenClient = Callable[[str], Awaitable[DataroomsClient]]
 
+#: One scale-profile homeserver (about 10 processes) for the module: one xdist worker.
+pytestmark = pytest.mark.xdist_group("scale")
+
 
 @pytest.fixture(scope="session")
 def scale_hs(

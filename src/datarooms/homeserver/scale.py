@@ -62,11 +62,22 @@ async def http_ok(host: str, port: int, path: str = "/health", timeout: float = 
 
 
 async def _all(*steps: Awaitable[None]) -> None:
-    """Run the steps concurrently; once all have finished, raise the first failure."""
-    results = await asyncio.gather(*steps, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    """Run the steps concurrently; on the first failure cancel the others, wait for them
+    to end (so the stop that follows sees every process they spawned), and raise it."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        if task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 def default_ports(base: int, count: int = 16) -> Iterator[int]:

@@ -23,7 +23,7 @@ from datarooms.services.roomsbot.registration import (
     load_registration,
     write_registration,
 )
-from datarooms.testing import TestHomeserver
+from datarooms.testing import TestHomeserver, profile_homeserver
 
 
 @dataclass
@@ -47,7 +47,7 @@ def appservice_homeserver(directory: Path) -> Iterator[AppserviceHomeserver]:
         server_name="localhost",
         url=f"http://127.0.0.1:{free_port()}",
     )
-    with TestHomeserver(
+    with profile_homeserver(
         directory / "synapse", extra_config={"app_service_config_files": [str(reg.path)]}
     ) as hs:
         yield AppserviceHomeserver(hs, reg, data_dir)

@@ -7,14 +7,15 @@ from typing import Any
 import pytest
 
 from datarooms.homeserver.admin import RegisteredUser
-from datarooms.testing import TestHomeserver
+from datarooms.testing import TestHomeserver, profile_homeserver
 from tests._roomsbot import AppserviceHomeserver, appservice_homeserver
 
 
 @pytest.fixture(scope="session")
 def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHomeserver]:
-    """One real Synapse for the whole test session."""
-    with TestHomeserver(tmp_path_factory.mktemp("homeserver")) as hs:
+    """One real Synapse for the whole test session (the scale profile's, PostgreSQL and
+    workers, with ``DATAROOMS_TEST_PROFILE=scale``)."""
+    with profile_homeserver(tmp_path_factory.mktemp("homeserver")) as hs:
         yield hs
 
 

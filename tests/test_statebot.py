@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -232,12 +231,7 @@ async def test_forged_expired_and_missing_tokens_are_refused(
 
     # A real token the homeserver has since expired: the bot asks, and refuses.
     token = await openid_token(alice)
-    db = sqlite3.connect(homeserver.synapse.database_path, timeout=30)
-    try:
-        with db:
-            db.execute("UPDATE open_id_tokens SET ts_valid_until_ms = 0 WHERE token = ?", (token,))
-    finally:
-        db.close()
+    homeserver.sql("UPDATE open_id_tokens SET ts_valid_until_ms = 0 WHERE token = ?", (token,))
     status, body = await raw_call(bot, "GET", path, token=token)
     assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
 
@@ -263,10 +257,7 @@ async def test_token_cache_expires(homeserver: TestHomeserver, open_client: Open
         token = await openid_token(alice)
         path = f"/v1/rooms/{room}/state"
         assert (await raw_call(bot, "GET", path, token=token))[0] == 200
-        db = sqlite3.connect(homeserver.synapse.database_path, timeout=30)
-        with db:
-            db.execute("UPDATE open_id_tokens SET ts_valid_until_ms = 0 WHERE token = ?", (token,))
-        db.close()
+        homeserver.sql("UPDATE open_id_tokens SET ts_valid_until_ms = 0 WHERE token = ?", (token,))
         # Nothing cached: the bot asks again and learns the token has expired.
         assert (await raw_call(bot, "GET", path, token=token))[0] == 401
     finally:
@@ -408,10 +399,8 @@ async def test_secure_value_never_reaches_room_state(
     assert "access_token=" not in caplog.text and "Bearer " not in caplog.text
     assert "state set" in caplog.text  # the bot did log the writes (without values)
     # And the homeserver never saw the secret: not in its database.
-    db = homeserver.synapse.database_path
-    for path in (db, db.with_name(db.name + "-wal")):
-        if path.exists():
-            assert secret.encode() not in path.read_bytes()
+    dump = homeserver.database_dump()
+    assert dump and secret.encode() not in dump
 
 
 # -- the local cache follows the room -------------------------------------------------------

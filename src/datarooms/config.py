@@ -60,6 +60,19 @@ class HomeserverSettings:
     max_upload_size: str = "2G"
     #: Seconds to wait for the embedded homeserver to become healthy.
     start_timeout: float = 90.0
+    #: ``embedded``: one Synapse process on SQLite (the default). ``scale``: Synapse on
+    #: PostgreSQL with workers, Redis and nginx in front (docs/scaling.md).
+    profile: Literal["embedded", "scale"] = "embedded"
+    #: Scale profile: event persister workers (the ``events`` stream, sharded by room).
+    event_persisters: int = 2
+    #: Scale profile: a PostgreSQL server you run (``postgresql://user:pw@host:5432/db``)
+    #: instead of the private cluster in the data dir.
+    postgres_url: str = ""
+    #: Scale profile: a Redis you run (``redis://host:6379``) instead of a private one.
+    redis_url: str = ""
+    #: Scale profile: the first of the internal TCP ports (Synapse's processes,
+    #: PostgreSQL's socket, Redis); 0: ``port + 100``.
+    internal_port_base: int = 0
 
     @property
     def base_url(self) -> str:
@@ -829,6 +842,7 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"homeserver.url must start with http:// or https://, got {hs.url!r}")
     if not 0 < hs.port < 65536:
         raise ConfigError(f"homeserver.port must be between 1 and 65535, got {hs.port}")
+    _check_profile(s)
     wanted = {x.strip() for x in s.services.split(",") if x.strip()}
     if not wanted <= {"all", "none", *PLATFORM_SERVICES}:
         raise ConfigError(
@@ -850,6 +864,35 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             "federation.enabled configures the embedded homeserver; an external homeserver "
             "federates as its own config says"
+        )
+
+
+def _check_profile(s: Settings) -> None:
+    hs = s.homeserver
+    if hs.profile != "scale":
+        return
+    if hs.mode != "embedded":
+        raise ConfigError(
+            "homeserver.profile = 'scale' starts Synapse with workers; an external homeserver "
+            "(homeserver.mode = 'external') is scaled as its own operator decides"
+        )
+    if not 1 <= hs.event_persisters <= 16:
+        raise ConfigError(
+            f"homeserver.event_persisters must be between 1 and 16, got {hs.event_persisters}"
+        )
+    base = hs.internal_port_base or hs.port + 100
+    if not 1024 <= base <= 65535 - 32:
+        raise ConfigError(
+            f"homeserver.internal_port_base must be between 1024 and 65503, got {base}"
+        )
+    if hs.postgres_url and not hs.postgres_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("homeserver.postgres_url must start with postgresql://")
+    if hs.redis_url and not hs.redis_url.startswith("redis://"):
+        raise ConfigError("homeserver.redis_url must start with redis://")
+    if s.federation.enabled:
+        raise ConfigError(
+            "federation is not available with homeserver.profile = 'scale' yet: it needs a "
+            "federation reader worker and a TLS listener on nginx (docs/scaling.md)"
         )
 
 

@@ -19,7 +19,9 @@ but on a free port, with cheap password hashing so registering users is fast.
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,7 +47,7 @@ class TestHomeserver:
         extra_config: dict[str, Any] | None = None,
         federation: FederationListener | None = None,
     ) -> None:
-        self.synapse = EmbeddedSynapse(
+        self.synapse: EmbeddedSynapse = EmbeddedSynapse(
             directory,
             server_name=server_name,
             port=free_port(),
@@ -74,12 +76,127 @@ class TestHomeserver:
     ) -> None:
         asyncio.run(self.synapse.stop())
 
+    def sql(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one SQL statement on the homeserver's database (``?`` placeholders), for
+        tests that change what Synapse stored (expire a token); the rows it returns."""
+        import sqlite3
+
+        db = sqlite3.connect(self.synapse.database_path, timeout=30)
+        try:
+            with db:
+                return db.execute(statement, params).fetchall()
+        finally:
+            db.close()
+
+    def database_dump(self) -> bytes:
+        """Everything the homeserver's database holds, as bytes (blindness checks)."""
+        db = self.synapse.database_path
+        return b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+
     async def new_user(self, prefix: str = "user", *, admin: bool = False) -> RegisteredUser:
         """Register a user that no other test has: ``<prefix>-<random>``."""
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
         return await register_user(
             self.base_url, self.synapse.registration_shared_secret, name, admin=admin
         )
+
+
+def _distinct_free_ports() -> Iterator[int]:
+    seen: set[int] = set()
+    while True:
+        port = free_port()
+        if port not in seen:
+            seen.add(port)
+            yield port
+
+
+class TestScaleHomeserver(TestHomeserver):
+    """The scale profile's homeserver (PostgreSQL, Redis, Synapse workers, nginx) for a
+    test session: each process on a free port, the PostgreSQL cluster removed at the end."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        server_name: str = "localhost",
+        extra_config: dict[str, Any] | None = None,
+        persisters: int = 2,
+    ) -> None:
+        from datarooms.homeserver.scale import ScaleSynapse
+
+        self.scale = ScaleSynapse(
+            directory,
+            server_name=server_name,
+            port=free_port(),
+            start_timeout=180,
+            extra_config={**TEST_SYNAPSE_CONFIG, **(extra_config or {})},
+            persisters=persisters,
+            ports=_distinct_free_ports(),
+        )
+        self.synapse = self.scale
+
+    def sql(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        import psycopg2
+
+        args = self.scale.postgres.database_config()["args"]
+        conn = psycopg2.connect(**{k: v for k, v in args.items() if not k.startswith("cp_")})
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(statement.replace("?", "%s"), params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def database_dump(self) -> bytes:
+        """``pg_dump`` of Synapse's database (a private cluster's)."""
+        import subprocess
+
+        from datarooms.homeserver.postgres import SUPERUSER, PostgresCluster, postgres_bin_dir
+
+        pg = self.scale.postgres
+        assert isinstance(pg, PostgresCluster)
+        argv = [str(postgres_bin_dir() / "pg_dump"), "-h", str(pg.socket_dir), "-p", str(pg.port)]
+        argv += ["-U", SUPERUSER, "synapse"]
+        return subprocess.run(argv, capture_output=True, check=True).stdout
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        from datarooms.homeserver.postgres import PostgresCluster
+
+        asyncio.run(self.scale.stop())
+        if isinstance(self.scale.postgres, PostgresCluster):
+            self.scale.postgres.destroy()
+
+
+#: ``DATAROOMS_TEST_PROFILE=scale`` runs the tests that use :func:`profile_homeserver`
+#: (this project's ``homeserver`` and ``appservice_hs`` fixtures) against the scale profile.
+PROFILE_ENV = "DATAROOMS_TEST_PROFILE"
+
+
+def test_profile() -> str:
+    """The homeserver profile the tests run against: ``embedded`` (default) or ``scale``."""
+    profile = os.environ.get(PROFILE_ENV, "embedded") or "embedded"
+    if profile not in ("embedded", "scale"):
+        raise ValueError(f"{PROFILE_ENV} must be embedded or scale, got {profile!r}")
+    return profile
+
+
+test_profile.__test__ = False  # type: ignore[attr-defined]
+
+
+def profile_homeserver(
+    directory: Path, *, extra_config: dict[str, Any] | None = None
+) -> TestHomeserver:
+    """A test homeserver of the profile :func:`test_profile` names."""
+    if test_profile() == "scale":
+        return TestScaleHomeserver(directory, extra_config=extra_config)
+    return TestHomeserver(directory, extra_config=extra_config)
 
 
 class TestFederation:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -369,7 +370,10 @@ def _print_running(info: PlatformInfo) -> None:
 
     table = Table(title="datarooms is running", show_header=False, title_justify="left")
     table.add_row(
-        "homeserver", f"{info.homeserver_url}  ({info.mode}, server name {info.server_name})"
+        "homeserver",
+        f"{info.homeserver_url}  ({info.mode}"
+        f"{', scale profile' if info.homeserver_processes else ''}, "
+        f"server name {info.server_name})",
     )
     if info.federation_url:
         table.add_row(
@@ -380,6 +384,8 @@ def _print_running(info: PlatformInfo) -> None:
     table.add_row("data dir", info.data_dir)
     if info.homeserver_log:
         table.add_row("homeserver log", info.homeserver_log)
+    for name, proc in (info.homeserver_processes or {}).items():
+        table.add_row(f"  {name}", f"{proc['role']}, {proc['where']} (pid {proc['pid']})")
     for name, svc in info.services.items():
         table.add_row(name, ", ".join(f"{k}: {v}" for k, v in svc.items()))
     table.add_row("pid", str(info.pid))
@@ -440,6 +446,14 @@ def status(
         console.print(f"  homeserver  {info.get('homeserver_url', '?')}  {health}")
         if info.get("federation_url"):
             console.print(f"  federation  {info['federation_url']}")
+        for name, proc in (info.get("homeserver_processes") or {}).items():
+            pid = proc.get("pid")
+            alive = (
+                "external"
+                if pid is None and proc.get("external")
+                else (f"pid {pid} running" if _alive(pid) else f"pid {pid} NOT running")
+            )
+            console.print(f"    {name:<19} {proc['role']:<17} {proc['where']}  {alive}")
         for name, svc in (info.get("services") or {}).items():
             console.print(f"  {name:<11} " + ", ".join(f"{k}: {v}" for k, v in svc.items()))
     # Scripts wait on this: 0 only once the platform is up and its homeserver answers.
@@ -450,6 +464,16 @@ def status(
 
 
 # -- users ---------------------------------------------------------------------
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 @user_app.command("add")

@@ -231,7 +231,7 @@ async def _server_stats(
     from datarooms.homeserver import stats
 
     try:
-        if settings.homeserver.mode == "embedded":
+        if settings.homeserver.mode == "embedded" and settings.homeserver.profile != "scale":
             found = stats.sqlite_room_stats(settings.synapse_dir / "homeserver.db")
         else:
             found = await stats.admin_room_stats(c.homeserver_url, c.access_token)

@@ -160,6 +160,9 @@ class PlatformInfo:
     #: The allow-list, as said to users: "any server" or the server names.
     federates_with: str | None = None
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The scale profile: each process of the homeserver (PostgreSQL, Redis, Synapse's
+    #: main and workers, nginx) with its role, pid and address.
+    homeserver_processes: dict[str, dict[str, Any]] | None = None
 
 
 class PlatformLock(ProcessLock):
@@ -298,6 +301,7 @@ class Platform:
                 federation_url=self.homeserver.federation_url if self.homeserver else None,
                 federates_with=_federates_with(s) if s.federation.enabled else None,
                 services={svc.name: results[svc.name] for svc in self.services},
+                homeserver_processes=_processes(self.homeserver),
             )
             self.info = info
             self._write_state(info)
@@ -325,6 +329,24 @@ class Platform:
         t = time.monotonic()
         extra_config = extra() if callable(extra) else extra
         self.timings["homeserver config"] = time.monotonic() - t
+        if hs.profile == "scale":
+            from datarooms.homeserver.scale import ScaleSynapse
+
+            base = hs.internal_port_base or hs.port + 100
+            self.homeserver = ScaleSynapse(
+                s.synapse_dir,
+                server_name=hs.server_name,
+                host=hs.host,
+                port=hs.port,
+                max_upload_size=hs.max_upload_size,
+                start_timeout=hs.start_timeout,
+                extra_config=extra_config,
+                persisters=hs.event_persisters,
+                ports=iter(range(base, base + 32)),
+                postgres_url=hs.postgres_url,
+                redis_url=hs.redis_url,
+            )
+            return self.homeserver
         self.homeserver = EmbeddedSynapse(
             s.synapse_dir,
             server_name=hs.server_name,
@@ -446,6 +468,11 @@ class Platform:
         # The scrape config first: state.json is what scripts wait on.
         atomic_write(self.settings.run_dir / "prometheus.yml", scrape_config(asdict(info)))
         atomic_write(self.state_file, json.dumps(asdict(info), indent=2))
+
+
+def _processes(homeserver: EmbeddedSynapse | None) -> dict[str, dict[str, Any]] | None:
+    processes = getattr(homeserver, "processes", None)
+    return processes() if callable(processes) else None
 
 
 async def _all_or_nothing(tasks: list[asyncio.Task[Any]]) -> None:

@@ -329,34 +329,28 @@ class Platform:
         t = time.monotonic()
         extra_config = extra() if callable(extra) else extra
         self.timings["homeserver config"] = time.monotonic() - t
+        common: dict[str, Any] = {
+            "server_name": hs.server_name,
+            "host": hs.host,
+            "port": hs.port,
+            "max_upload_size": hs.max_upload_size,
+            "start_timeout": hs.start_timeout,
+            "extra_config": extra_config,
+        }
         if hs.profile == "scale":
             from datarooms.homeserver.scale import ScaleSynapse
 
             base = hs.internal_port_base or hs.port + 100
             self.homeserver = ScaleSynapse(
                 s.synapse_dir,
-                server_name=hs.server_name,
-                host=hs.host,
-                port=hs.port,
-                max_upload_size=hs.max_upload_size,
-                start_timeout=hs.start_timeout,
-                extra_config=extra_config,
+                **common,
                 persisters=hs.event_persisters,
                 ports=iter(range(base, base + 32)),
                 postgres_url=hs.postgres_url,
                 redis_url=hs.redis_url,
             )
-            return self.homeserver
-        self.homeserver = EmbeddedSynapse(
-            s.synapse_dir,
-            server_name=hs.server_name,
-            host=hs.host,
-            port=hs.port,
-            max_upload_size=hs.max_upload_size,
-            start_timeout=hs.start_timeout,
-            extra_config=extra_config,
-            federation=listener_for(s),
-        )
+        else:
+            self.homeserver = EmbeddedSynapse(s.synapse_dir, **common, federation=listener_for(s))
         return self.homeserver
 
     async def _start_homeserver(

@@ -1,13 +1,17 @@
 """A real Prometheus (Debian's package) scrapes every service of a running platform that
-serves /metrics, from the scrape config the platform writes (issue 16)."""
+serves /metrics (all six HTTP services), from the scrape config the platform writes, and
+finds each service's request counter (``<service>_requests_total``, from
+``scaffold.http_metrics``) in what it scraped (issue 16)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from datarooms.homeserver.embedded import free_port
 from datarooms.services.prometheus import METRICS_PATHS
@@ -21,6 +25,14 @@ def _targets(port: int) -> list[dict[str, object]]:
         body = json.loads(r.read())
     assert body["status"] == "success"
     return list(body["data"]["activeTargets"])
+
+
+def _query(port: int, promql: str) -> list[dict[str, Any]]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(url, timeout=5) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
 
 
 def test_prometheus_scrapes_every_service(tmp_path: Path) -> None:
@@ -37,7 +49,8 @@ def test_prometheus_scrapes_every_service(tmp_path: Path) -> None:
         services = state["services"]
         assert isinstance(services, dict)
         for name in METRICS_PATHS:
-            assert services[name]["url"].split("//")[1] in written, name
+            # The service's listener (the MCP server's URL ends in /mcp: its endpoint).
+            assert f'"{urllib.parse.urlsplit(services[name]["url"]).netloc}"' in written, name
         printed = cli("prometheus-config", "--interval", "1s", data_dir=data, env=env)
         assert printed.returncode == 0, printed.stderr
         config = tmp_path / "prometheus.yml"
@@ -61,6 +74,27 @@ def test_prometheus_scrapes_every_service(tmp_path: Path) -> None:
             time.sleep(0.3)
         health = {t["labels"]["service"]: (t["health"], t["lastError"]) for t in targets}  # type: ignore[index]
         assert health == {name: ("up", "") for name in METRICS_PATHS}, health
+        # Every service's request counter, as Prometheus scraped it (its own scrapes of
+        # /metrics are requests too, so each has a sample once two scrapes are in).
+        found: dict[str, list[dict[str, Any]]] = {}
+        while time.monotonic() < deadline + 5 and len(found) < len(METRICS_PATHS):
+            for name in METRICS_PATHS:
+                if name not in found:
+                    rows = _query(port, f'{name}_requests_total{{service="{name}"}}')
+                    if rows:
+                        found[name] = rows
+            time.sleep(0.3)
+        assert sorted(found) == sorted(METRICS_PATHS), sorted(found)
+        for name, rows in found.items():
+            for row in rows:
+                labels = row["metric"]
+                assert labels["job"] == f"datarooms_{name}"
+                assert set(labels) == {
+                    "__name__", "instance", "job", "service", "server_name",
+                    "method", "route", "status",
+                }, labels  # fmt: skip
+                # Route templates, never raw paths (no room id, token or user path).
+                assert "!" not in labels["route"] and "@" not in labels["route"], labels
     finally:
         if prom is not None:
             prom.terminate()

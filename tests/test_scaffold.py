@@ -37,6 +37,7 @@ from datarooms.services.scaffold import (
     RequestGuard,
     bearer_token,
     bind,
+    http_metrics,
     install_error_handlers,
     running_url,
     write_run_file,
@@ -136,6 +137,56 @@ async def test_the_guard_authenticates_before_the_body_and_caps_it() -> None:
         status, body = await _call(f"{url}/v1/boom", headers=good)
         assert (status, body["errcode"]) == (500, "M_UNKNOWN")
         assert "secret detail" not in body["error"] and "the test service" in body["error"]
+
+
+async def test_http_metrics_count_route_templates_and_serve_metrics() -> None:
+    """The one request counter and histogram of every service (FastAPI and Starlette
+    apps alike): labelled by method, route template and status, never the raw path."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    fast = FastAPI()
+    install_error_handlers(fast, "the test service")
+
+    @fast.get("/v1/rooms/{room_id}")
+    async def room(room_id: str) -> dict[str, str]:
+        return {"room_id": room_id}
+
+    fast_metrics = http_metrics("testsvc")
+    fast_metrics.install(fast)
+
+    async def hello(_request: Any) -> PlainTextResponse:
+        return PlainTextResponse("hi")
+
+    star_metrics = http_metrics("teststar")
+    star = Starlette(routes=[Route("/hello", hello), star_metrics.route()])
+    cases: list[tuple[Any, Any, str]] = [
+        (fast, fast_metrics, "/v1/rooms/!secret:x"),
+        (star, star_metrics, "/hello"),
+    ]
+    for app, metrics, path in cases:
+        guard = RequestGuard(app, max_body=1024, on_answer=metrics.record)
+        server = EmbeddedServer(guard, name="the test service")
+        await server.start(bind("127.0.0.1", 0, service="the test service", hint="-"))
+        try:
+            url = server.url()
+            async with aiohttp.ClientSession() as s:
+                for method, where in (("GET", path), ("GET", path), ("XJUNK", "/nowhere/42")):
+                    async with s.request(method, url + where) as r:
+                        await r.read()
+                async with s.get(url + "/metrics") as r:
+                    assert r.status == 200
+                    assert r.headers["content-type"].startswith("text/plain; version=")
+                    text = await r.text()
+        finally:
+            await server.stop()
+        p = metrics.prefix
+        route = "/v1/rooms/{room_id}" if app is fast else "/hello"
+        assert f'{p}_requests_total{{method="GET",route="{route}",status="200"}} 2.0' in text
+        assert f'{p}_requests_total{{method="other",route="unmatched",status="404"}} 1.0' in text
+        assert f'{p}_request_duration_seconds_count{{method="GET",route="{route}"}} 2.0' in text
+        assert "secret" not in text and "XJUNK" not in text and "/nowhere" not in text
 
 
 async def test_a_port_in_use_is_a_clear_error() -> None:

@@ -1,5 +1,7 @@
 """A Prometheus scrape config for every service of a running platform that serves
-``/metrics`` (the state bot, the rooms bot, the automation service).
+``/metrics``: all six HTTP services (the state bot, the rooms bot, the claims service,
+the MCP HTTP server, the automation service, the dashboard), each through
+:func:`datarooms.services.scaffold.http_metrics`.
 
 ``datarooms up`` writes it to ``<data_dir>/run/prometheus.yml`` once every service has
 started (their ports may be chosen at start, ``port = 0``); ``datarooms
@@ -21,7 +23,10 @@ from datarooms.errors import ValidationError
 METRICS_PATHS: dict[str, str] = {
     "statebot": "/metrics",
     "roomsbot": "/metrics",
+    "claims": "/metrics",
+    "mcp": "/metrics",
     "automation": "/metrics",
+    "dashboard": "/metrics",
 }
 _INTERVAL = re.compile(r"^[1-9][0-9]*(ms|s|m|h)$")
 

@@ -1,4 +1,5 @@
-"""What every datarooms HTTP service shares, once: the state bot, the rooms bot, MCP.
+"""What every datarooms HTTP service shares, once: the state bot, the rooms bot, the
+automation service, the claims service, MCP over HTTP and the dashboard.
 
 - :func:`bind`: the listening socket (IPv4 or IPv6, TCP_NODELAY-ready), with a clear
   :class:`PortInUseError` naming the setting to change;
@@ -8,6 +9,10 @@
 - :class:`RequestGuard`: ASGI middleware that **authenticates before it reads a
   body**, then reads the body with a cap (``413`` as soon as a streamed body passes
   it, whatever ``Content-Length`` said), and reports every answer for metrics;
+- :func:`http_metrics`: every service's ``<prefix>_requests_total{method,route,status}``
+  and ``<prefix>_request_duration_seconds{method,route}``, recorded from the guard's
+  answers (:meth:`HttpMetrics.record`), and ``GET /metrics`` in Prometheus's text
+  format (:meth:`HttpMetrics.install` / :meth:`HttpMetrics.route`);
 - :func:`write_run_file` / :func:`running_url`: ``<data_dir>/run/<name>.json``, where a
   running service listens, for the CLI and the SDK; :class:`ServiceRun` holds it with
   the service's process lock;
@@ -40,7 +45,16 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from datarooms._fs import ProcessLock, atomic_write
@@ -429,6 +443,85 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+# -- metrics ---------------------------------------------------------------------------
+
+#: Request latency buckets (seconds), the same for every service.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class HttpMetrics:
+    """A service's request counter and latency histogram, in ``registry``, and its
+    ``GET /metrics``. Labels are the method (:func:`metric_method`), the route's
+    *template* (:func:`route_template`: ``/v1/rooms/{room_id}``, never a room id, a
+    token or a user's path) and the status: a caller cannot choose the number of
+    series, and no secret or user data is a label.
+
+    ``/metrics`` is served on the service's own listener, unauthenticated, as the
+    state bot's always was: a service listens on loopback unless configured otherwise
+    (docs/operations.md, docs/security.md)."""
+
+    def __init__(self, prefix: str, registry: CollectorRegistry | None = None) -> None:
+        self.prefix = prefix
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            f"{prefix}_requests",
+            "HTTP requests answered, by method, route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            f"{prefix}_request_duration_seconds",
+            "Time to answer a request, by method and route",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        """An :data:`AnswerHook` for :class:`RequestGuard`."""
+        method, route = metric_method(scope), route_template(scope)
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The registry in Prometheus's text exposition format, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def response(self) -> Response:
+        body, content_type = self.render()
+        return Response(body, media_type=content_type)
+
+    def route(self) -> Route:
+        """``GET /metrics`` for a Starlette app's routes."""
+
+        async def metrics(_request: Request) -> Response:
+            return self.response()
+
+        return Route("/metrics", endpoint=metrics, methods=["GET"])
+
+    def install(self, app: FastAPI, *, tags: list[str] | None = None) -> None:
+        """``GET /metrics`` on a FastAPI app (in its OpenAPI document)."""
+
+        async def metrics() -> Response:
+            return self.response()
+
+        app.add_api_route(
+            "/metrics",
+            metrics,
+            methods=["GET"],
+            response_class=Response,
+            tags=list(tags or ["operations"]),
+            summary=f"Prometheus metrics ({self.prefix}_*)",
+            responses={200: {"content": {"text/plain": {}}}},
+        )
+
+
+def http_metrics(prefix: str, registry: CollectorRegistry | None = None) -> HttpMetrics:
+    """The request counter and latency histogram of the service ``prefix`` (its own
+    registry unless given one): see :class:`HttpMetrics`."""
+    return HttpMetrics(prefix, registry)
+
+
 # -- run files ---------------------------------------------------------------------------
 
 
@@ -526,8 +619,10 @@ class BotService(Generic[B]):
 
 __all__ = [
     "INTERNAL_ERRCODE",
+    "LATENCY_BUCKETS",
     "BotService",
     "EmbeddedServer",
+    "HttpMetrics",
     "Refusal",
     "RequestGuard",
     "ServiceRun",
@@ -536,6 +631,7 @@ __all__ = [
     "bind",
     "error_response",
     "header",
+    "http_metrics",
     "http_url",
     "install_error_handlers",
     "metric_method",

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Scope
 
 from datarooms.sdk.automation import (
@@ -44,8 +44,6 @@ from datarooms.services.scaffold import (
     bearer_token,
     header,
     install_error_handlers,
-    metric_method,
-    route_template,
 )
 
 log = logging.getLogger(__name__)
@@ -78,10 +76,7 @@ def build_asgi(
         counts = await asyncio.to_thread(outbox.counts)
         return {"status": "ok", "user_id": user_id, "outbox": counts}
 
-    @app.get("/metrics", tags=["service"], response_class=Response)
-    async def prometheus() -> Response:
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
+    metrics.http.install(app, tags=["service"])
 
     @app.post("/hooks/{hook_id}", tags=["hooks"], status_code=202)
     async def receive(hook_id: str, request: Request) -> JSONResponse:
@@ -146,14 +141,11 @@ def build_asgi(
             )
         scope["state"]["hook"] = hook
 
-    def count(scope: Scope, status: int, seconds: float) -> None:
-        metrics.requests.labels(metric_method(scope), route_template(scope), str(status)).inc()
-
     guard = RequestGuard(
         app,
         max_body=max_body_bytes,
         authenticate=authenticate,
-        on_answer=count,
+        on_answer=metrics.http.record,
         too_large="[automation] max_body_bytes sets the limit",
     )
     return app, guard

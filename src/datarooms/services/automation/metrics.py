@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from datarooms.services.scaffold import http_metrics
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -22,12 +17,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "automation_requests",
-            "HTTP requests answered, by route and status",
-            ["method", "route", "status"],
-            registry=r,
-        )
+        #: ``automation_requests_total`` and ``automation_request_duration_seconds``.
+        self.http = http_metrics("automation", r)
         self.hooks = Counter(
             "automation_webhooks",
             "Webhook requests by result: queued, duplicate, refused",
@@ -51,6 +42,3 @@ class Metrics:
     def watch(self, pending: Callable[[], float], failed: Callable[[], float]) -> None:
         self.pending.set_function(pending)
         self.failed.set_function(failed)
-
-    def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST

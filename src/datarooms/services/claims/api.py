@@ -28,6 +28,7 @@ from datarooms.services.scaffold import (
     RequestGuard,
     bearer_token,
     header,
+    http_metrics,
     install_error_handlers,
 )
 
@@ -126,6 +127,8 @@ def build_asgi(
     """The app and the ASGI app to serve, behind the guard that authenticates first."""
     app = create_app(handler)
     install_ucan_routes(app, verifier)
+    metrics = http_metrics("claims")
+    metrics.install(app)
 
     async def authenticate(scope: Scope) -> None:
         path = str(scope.get("path", ""))
@@ -140,6 +143,7 @@ def build_asgi(
         app,
         max_body=max_body_bytes,
         authenticate=authenticate,
+        on_answer=metrics.record,
         too_large="a claim is at most 44 KiB; put large evidence in files and cite them",
     )
     return app, guard

@@ -3,7 +3,8 @@ a stream of server-sent events.
 
 Who may ask what is decided before a body is read (:class:`scaffold.RequestGuard`):
 
-- ``/static/*``, ``/login`` (GET), ``/`` and ``/api/health`` are public (``/`` sends a
+- ``/static/*``, ``/login`` (GET), ``/``, ``/api/health`` and ``/metrics`` (Prometheus,
+  ``dashboard_*``, route templates only) are public (``/`` sends a
   signed-out browser to ``/login``);
 - ``POST /login`` must carry the sign-in form's CSRF token (the ``dr_login`` cookie
   and the ``X-CSRF-Token`` header agree);
@@ -56,6 +57,7 @@ from datarooms.services.scaffold import (
     Refusal,
     RequestGuard,
     header,
+    http_metrics,
     install_error_handlers,
 )
 
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
     from datarooms.services.dashboard.service import Dashboard
 
 STATIC = Path(str(resources.files("datarooms.services.dashboard") / "static"))
-_PUBLIC = frozenset({"/", "/login", "/api/health", "/favicon.ico"})
+_PUBLIC = frozenset({"/", "/login", "/api/health", "/metrics", "/favicon.ico"})
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 #: JSON bodies: above the SDK's record limit, so that its own error explains that limit.
 _JSON_BODY = 256 * 1024
@@ -156,11 +158,14 @@ def build_asgi(dash: Dashboard) -> ASGIApp:
             return dash.config.max_upload_bytes
         return _JSON_BODY
 
+    metrics = http_metrics("dashboard")
+    metrics.install(app)
     _routes(app, dash)
     guarded = RequestGuard(
         app,
         max_body=body_limit,
         authenticate=authenticate,
+        on_answer=metrics.record,
     )
     return SecurityHeaders(guarded)
 

@@ -37,6 +37,7 @@ from datarooms.services.scaffold import (
     RequestGuard,
     bearer_token,
     bind,
+    http_metrics,
     http_url,
     send_error,
 )
@@ -210,10 +211,13 @@ def build_http_app(
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "agents": len(servers)})
 
+    metrics = http_metrics("mcp")
+
     app = Starlette(
         routes=[
             Route(MCP_PATH, endpoint=AgentRouter(servers, starting)),
             Route("/health", endpoint=health, methods=["GET"]),
+            metrics.route(),
             *(
                 oauth.routes(
                     oauth.base_url + MCP_PATH,
@@ -226,7 +230,10 @@ def build_http_app(
         lifespan=lifespan,
     )
     return RequestGuard(
-        app, max_body=MAX_BODY_BYTES, authenticate=authenticator(config, ucan, fresh, oauth)
+        app,
+        max_body=MAX_BODY_BYTES,
+        authenticate=authenticator(config, ucan, fresh, oauth),
+        on_answer=metrics.record,
     )
 
 

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
-from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Scope
@@ -54,7 +53,6 @@ from datarooms.services.scaffold import (
     bearer_token,
     header,
     install_error_handlers,
-    route_template,
 )
 
 if TYPE_CHECKING:
@@ -332,14 +330,7 @@ def create_app(bot: "RoomsBot") -> FastAPI:
             "chain": chain,
         }
 
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {}}}},
-    )
-    async def metrics() -> Response:
-        return Response(bot.metrics.render(), media_type="text/plain; version=0.0.4")
+    bot.metrics.http.install(app)
 
     # -- appservice ----------------------------------------------------------------
 
@@ -432,12 +423,9 @@ def build_asgi(bot: "RoomsBot") -> tuple[FastAPI, ASGIApp]:
             _MAX_AS_BODY if str(scope.get("path", "")).startswith("/_matrix/") else _MAX_REST_BODY
         )
 
-    def count(scope: Scope, status: int, _seconds: float) -> None:
-        if not str(scope.get("path", "")).startswith("/_matrix/"):
-            template = route_template(scope)
-            bot.metrics.rest_requests.labels(template, str(status)).inc()
-
-    return app, RequestGuard(app, max_body=limit, authenticate=authenticate, on_answer=count)
+    return app, RequestGuard(
+        app, max_body=limit, authenticate=authenticate, on_answer=bot.metrics.http.record
+    )
 
 
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")

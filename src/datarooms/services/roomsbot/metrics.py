@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from datarooms.chain.watcher import WatcherStatus
+from datarooms.services.scaffold import http_metrics
 
 
 class Metrics:
@@ -50,17 +51,14 @@ class Metrics:
         self.as_events = Counter(
             "roomsbot_as_events_total", "Events received in appservice transactions", registry=r
         )
-        self.rest_requests = Counter(
-            "roomsbot_rest_requests_total", "REST API requests", ["endpoint", "status"], registry=r
-        )
+        #: ``roomsbot_requests_total`` and ``roomsbot_request_duration_seconds`` (the REST
+        #: API and the appservice API alike, by route template).
+        self.http = http_metrics("roomsbot", r)
 
     def watch(
         self, status: Callable[[], WatcherStatus | None], entities: Callable[[], int]
     ) -> None:
         self.registry.register(_StatusCollector(status, entities))
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
 
 
 class _StatusCollector(Collector):

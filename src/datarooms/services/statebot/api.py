@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
-from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.types import ASGIApp, Scope
@@ -29,8 +28,6 @@ from datarooms.services.scaffold import (
     bearer_token,
     header,
     install_error_handlers,
-    metric_method,
-    route_template,
 )
 from datarooms.services.statebot import events as sev
 from datarooms.services.statebot.handler import StateHandler
@@ -314,16 +311,7 @@ def create_app(
             synced=synced(),
         )
 
-    @app.get(
-        "/metrics",
-        tags=["service"],
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
-    )
-    async def prometheus() -> Response:
-        """Prometheus metrics (``statebot_*``)."""
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
+    metrics.http.install(app, tags=["service"])
 
     # -- rooms --
 
@@ -475,17 +463,11 @@ def build_asgi(
                 action_of(str(scope.get("method", "")), str(scope.get("path", ""))),
             )
 
-    def count(scope: Scope, status: int, seconds: float) -> None:
-        template = route_template(scope)
-        method = metric_method(scope)
-        metrics.requests.labels(method, template, str(status)).inc()
-        metrics.latency.labels(method, template).observe(seconds)
-
     guard = RequestGuard(
         app,
         max_body=max_body_bytes,
         authenticate=authenticate,
-        on_answer=count,
+        on_answer=metrics.http.record,
         too_large=_too_large(),
     )
     return app, guard

@@ -5,14 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from datarooms.services.scaffold import http_metrics
 
 #: Room sizes (datarooms.sdk.usage) as gauges, one series a room the bot is in.
 ROOM_SIZES = {
@@ -43,28 +38,14 @@ class _RoomSizes:
             yield family
 
 
-_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
 class Metrics:
     """``statebot_*`` series, served at ``GET /metrics``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "statebot_requests",
-            "HTTP requests answered, by route and status",
-            ["method", "route", "status"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "statebot_request_duration_seconds",
-            "Time to answer a request, by route",
-            ["method", "route"],
-            buckets=_BUCKETS,
-            registry=r,
-        )
+        #: ``statebot_requests_total`` and ``statebot_request_duration_seconds``.
+        self.http = http_metrics("statebot", r)
         self.auth = Counter(
             "statebot_auth",
             "OpenID token checks: cached, verified, rejected, missing, limited",
@@ -92,6 +73,3 @@ class Metrics:
         self.token_cache.set_function(token_cache)
         if room_sizes is not None:
             self.registry.register(_RoomSizes(room_sizes))
-
-    def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST

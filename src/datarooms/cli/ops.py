@@ -1,4 +1,4 @@
-"""Operating a platform: `datarooms backup`, `restore`, `prometheus-config`, `migrate-to-postgres`."""
+"""Operating a platform: backup, restore, prometheus-config, migrate-to-postgres."""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ import yaml
 
 from datarooms._fs import atomic_write
 from datarooms.errors import PlatformError
+from datarooms.homeserver.embedded import EmbeddedSynapse
 from datarooms.homeserver.scale import ScaleSynapse
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,45 @@ def sqlite_server_name(db: Path) -> str | None:
     finally:
         conn.close()
     return str(row[0]).split(":", 1)[1] if row else None
+
+
+def pending_background_updates(db: Path) -> int:
+    """Synapse's background updates not yet run on the SQLite database."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(conn.execute("SELECT count(*) FROM background_updates").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+async def finish_background_updates(
+    embedded: EmbeddedSynapse, db: Path, *, progress: Progress, timeout: float = 300.0
+) -> None:
+    """Run Synapse (on its SQLite) until its background updates are done: synapse_port_db
+    refuses a database with pending ones. ``embedded``'s extra config should disable the
+    sleep between batches (``background_updates: {sleep_enabled: false}``)."""
+    pending = pending_background_updates(db)
+    if not pending:
+        return
+    progress(f"running Synapse until its {pending} pending background updates are done")
+    await embedded.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while pending_background_updates(db):
+            if not embedded.running:
+                raise PlatformError(
+                    f"Synapse stopped while running its background updates:\n{embedded.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise PlatformError(
+                    f"Synapse's background updates did not finish within {timeout:.0f} s; "
+                    "start the platform, let it run a while, stop it and migrate again"
+                )
+            await asyncio.sleep(0.2)
+    finally:
+        await embedded.stop()
 
 
 def _pg_connect(args: dict[str, Any]) -> Any:
@@ -244,6 +284,7 @@ def retire_sqlite(sqlite_db: Path) -> Path:
 
 __all__ = [
     "KEY_TABLES",
+    "finish_background_updates",
     "PortReport",
     "migrated_path",
     "port_sqlite",

@@ -27,7 +27,13 @@ from pathlib import Path
 from datarooms._fs import atomic_write
 from datarooms.config import CONFIG_FILE_NAME, Settings
 from datarooms.errors import ConfigError, PlatformError
-from datarooms.homeserver.migrate import migrated_path, port_sqlite, retire_sqlite
+from datarooms.homeserver.embedded import EmbeddedSynapse
+from datarooms.homeserver.migrate import (
+    finish_background_updates,
+    migrated_path,
+    port_sqlite,
+    retire_sqlite,
+)
 from datarooms.homeserver.scale import ScaleSynapse
 from datarooms.services.platform import PlatformLock
 
@@ -135,6 +141,15 @@ async def migrate_to_postgres(settings: Settings, *, progress: Progress) -> Migr
                 f"no embedded homeserver database at {db}: start the platform once with "
                 '`datarooms up`, or set [homeserver] profile = "scale" for a new one'
             )
+        embedded = EmbeddedSynapse(
+            settings.synapse_dir,
+            server_name=hs.server_name,
+            host=hs.host,
+            port=hs.port,
+            start_timeout=hs.start_timeout,
+            extra_config={"background_updates": {"sleep_enabled": False}},
+        )
+        await finish_background_updates(embedded, db, progress=progress)
         scale = scale_homeserver(settings)
         report = await port_sqlite(scale, db, progress=progress)
         progress(f'switching {cfg} to [homeserver] profile = "scale"')

@@ -55,7 +55,9 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
     payload.write_bytes(os.urandom(200_000))
     digest = hashlib.sha256(payload.read_bytes()).hexdigest()
 
-    def run(*args: str, stdin: str | None = None, d: Path = data_dir, e: dict[str, str] = env) -> str:
+    def run(
+        *args: str, stdin: str | None = None, d: Path = data_dir, e: dict[str, str] = env
+    ) -> str:
         res = cli(*args, data_dir=d, env=e, input=stdin)
         assert res.returncode == 0, f"{args}: {res.stdout}\n{res.stderr}"
         return res.stdout

@@ -284,8 +284,8 @@ def retire_sqlite(sqlite_db: Path) -> Path:
 
 __all__ = [
     "KEY_TABLES",
-    "finish_background_updates",
     "PortReport",
+    "finish_background_updates",
     "migrated_path",
     "port_sqlite",
     "postgres_state",

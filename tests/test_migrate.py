@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 from datarooms.account import read_credentials
 from datarooms.config import load_settings
 from datarooms.homeserver.embedded import free_port
-from tests._cli import clean_env, cli, start_up
+from tests._cli import DATAROOMS, clean_env, cli, pid_alive, start_up
 from tests._system import require_program
 
 #: It starts a scale-profile homeserver (about 10 processes): with the scale tests.
@@ -38,6 +40,26 @@ def _wait_entity_rooms(data_dir: Path, env: dict[str, str], n: int) -> dict[str,
             return rooms
         assert time.monotonic() < deadline, f"entity rooms not made: {rooms}"
         time.sleep(0.3)
+
+
+def _config(data_dir: Path) -> str:
+    path = data_dir / "datarooms.toml"
+    return path.read_text() if path.exists() else ""
+
+
+def _wait_postgres_gone(data_dir: Path) -> None:
+    """The killed migration's PostgreSQL exits on its own (it gets SIGTERM when its parent
+    dies); the rerun starts a new one on the same cluster."""
+    pg = data_dir / "synapse" / "postgres"
+    location = Path((pg / "LOCATION").read_text().strip()) if (pg / "LOCATION").exists() else pg
+    pid_file = location / "data" / "postmaster.pid"
+    deadline = time.monotonic() + 30
+    while pid_file.exists():
+        pid = int(pid_file.read_text().split()[0])
+        if not pid_alive(pid):
+            return
+        assert time.monotonic() < deadline, "the killed migration's PostgreSQL did not exit"
+        time.sleep(0.1)
 
 
 def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
@@ -85,12 +107,35 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
     db = data_dir / "synapse" / "homeserver.db"
     assert db.exists()
 
+    # SIGKILLed mid-port (it and its children, like a power cut): nothing switched.
+    proc = subprocess.Popen(
+        [DATAROOMS, "--data-dir", str(data_dir), "migrate-to-postgres"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        # synapse_port_db's own state line: it has prepared PostgreSQL and starts copying.
+        if "Creating port tables" in line:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert any("porting with synapse_port_db" in ln for ln in seen), seen
+    assert db.exists() and 'profile = "scale"' not in _config(data_dir)
+    _wait_postgres_gone(data_dir)
+
     res = cli("migrate-to-postgres", data_dir=data_dir, env=env, timeout=180)
     assert res.returncode == 0, f"{res.stdout}\n{res.stderr}"
     assert "synapse_port_db" in res.stderr and "row counts match" in res.stderr, res.stderr
     assert not db.exists() and (data_dir / "synapse" / "homeserver.db.migrated").exists()
-    assert 'profile = "scale"' in (data_dir / "datarooms.toml").read_text()
-    config_text = (data_dir / "datarooms.toml").read_text()
+    assert "resuming an interrupted port" in res.stderr or "porting" in res.stderr
+    config_text = _config(data_dir)
+    assert 'profile = "scale"' in config_text
     again = cli("migrate-to-postgres", data_dir=data_dir, env=env)
     assert again.returncode == 0 and "already migrated" in again.stdout, again.stderr
     assert (data_dir / "datarooms.toml").read_text() == config_text

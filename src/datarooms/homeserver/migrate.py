@@ -32,6 +32,7 @@ import yaml
 
 from datarooms._fs import atomic_write
 from datarooms.errors import PlatformError
+from datarooms.homeserver._proc import _die_with_parent
 from datarooms.homeserver.embedded import EmbeddedSynapse
 from datarooms.homeserver.scale import ScaleSynapse
 
@@ -254,6 +255,7 @@ async def _run_port_db(sqlite_db: Path, config_path: Path, batch: int, progress:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_die_with_parent,  # killed with us: never a port running on unattended
     )
     assert proc.stdout is not None
     lines: list[str] = []

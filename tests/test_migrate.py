@@ -173,3 +173,15 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
     finally:
         up2.interrupt()
         up2.kill()
+
+
+def test_profile_switch_keeps_the_rest_of_the_config() -> None:
+    from datarooms.services.migrate import with_scale_profile
+
+    assert with_scale_profile("") == '[homeserver]\nprofile = "scale"\n'
+    text = 'data_dir = "x"\n\n[homeserver]\nport = 8010\nprofile = "embedded"\n\n[mcp]\nport = 1\n'
+    out = with_scale_profile(text)
+    assert out == text.replace('profile = "embedded"', 'profile = "scale"')
+    out = with_scale_profile('[homeserver]  # ours\nport = 8010\n[mcp]\nprofile = "x"\n')
+    assert out == '[homeserver]  # ours\nprofile = "scale"\nport = 8010\n[mcp]\nprofile = "x"\n'
+    assert with_scale_profile("[mcp]\nport = 1\n").endswith('[homeserver]\nprofile = "scale"\n')

@@ -120,6 +120,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "group",
         "Moderation: Matrix policy lists (bans by glob) and flood control of data rooms.",
     ),
+    "migrate-to-postgres": (
+        "datarooms.cli.ops",
+        "migrate_to_postgres",
+        "command",
+        "Move a stopped embedded platform's Synapse (SQLite) into the scale profile's PostgreSQL.",
+    ),
     "prometheus-config": (
         "datarooms.cli.ops",
         "prometheus_config",

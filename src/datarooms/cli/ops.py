@@ -1,4 +1,4 @@
-"""Operating a platform: `datarooms backup` and `datarooms restore`."""
+"""Operating a platform: backup, restore, prometheus-config, migrate-to-postgres."""
 
 from __future__ import annotations
 
@@ -111,3 +111,29 @@ def prometheus_config(
 
     atomic_write(output, text)
     console.print(f"wrote {output}", markup=False)
+
+
+def migrate_to_postgres(ctx: typer.Context) -> None:
+    """Move a stopped embedded platform's Synapse (SQLite) into the scale profile's PostgreSQL."""
+    from datarooms.cli._common import run
+    from datarooms.services.migrate import migrate_to_postgres as run_migrate
+
+    settings = state(ctx).settings()
+
+    def progress(line: str) -> None:
+        err_console.print(line, markup=False, highlight=False)
+
+    report = run(run_migrate(settings, progress=progress))
+    if not report.migrated:
+        console.print(f"already migrated ({report.config_file}): nothing changed", markup=False)
+        return
+    counts = ", ".join(
+        f"{n} {t}" for t, n in report.counts.items() if t in ("users", "rooms", "events")
+    )
+    console.print(
+        f"migrated to PostgreSQL in {report.seconds:.1f} s ({counts}); {report.config_file} now "
+        f'says profile = "scale"; the SQLite database is kept as {report.sqlite_kept}; '
+        "start it with `datarooms up`",
+        markup=False,
+        highlight=False,
+    )

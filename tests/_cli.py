@@ -106,3 +106,21 @@ def pid_alive(pid: int) -> bool:
         return stat.split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def entity_rooms(data_dir: Path, env: dict[str, str]) -> dict[str, str | None]:
+    """The rooms bot's entities and their rooms, from `datarooms entity list --json`."""
+    res = cli("entity", "list", "--json", data_dir=data_dir, env=env)
+    assert res.returncode == 0, res.stderr
+    return {e["did"]: e["room_id"] for e in map(json.loads, res.stdout.splitlines())}
+
+
+def wait_entity_rooms(data_dir: Path, env: dict[str, str], n: int) -> dict[str, str | None]:
+    """Wait until at least ``n`` entities each have their room."""
+    deadline = time.monotonic() + 90
+    while True:
+        rooms = entity_rooms(data_dir, env)
+        if len(rooms) >= n and all(rooms.values()):
+            return rooms
+        assert time.monotonic() < deadline, f"entity rooms not made: {rooms}"
+        time.sleep(0.3)

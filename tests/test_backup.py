@@ -8,31 +8,14 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 
 from datarooms.homeserver.embedded import free_port
-from tests._cli import clean_env, cli, start_up
+from tests._cli import clean_env, cli, entity_rooms, start_up, wait_entity_rooms
 
 PASS = "correct horse battery staple\n"
-
-
-def _entities(data_dir: Path, env: dict[str, str]) -> dict[str, str | None]:
-    res = cli("entity", "list", "--json", data_dir=data_dir, env=env)
-    assert res.returncode == 0, res.stderr
-    return {e["did"]: e["room_id"] for e in map(json.loads, res.stdout.splitlines())}
-
-
-def _wait_entity_rooms(data_dir: Path, env: dict[str, str], n: int) -> dict[str, str | None]:
-    deadline = time.monotonic() + 90
-    while True:
-        rooms = _entities(data_dir, env)
-        if len(rooms) >= n and all(rooms.values()):
-            return rooms
-        assert time.monotonic() < deadline, f"entity rooms not made: {rooms}"
-        time.sleep(0.5)
 
 
 def test_backup_a_running_platform_and_restore_it_elsewhere(tmp_path: Path) -> None:
@@ -55,7 +38,7 @@ def test_backup_a_running_platform_and_restore_it_elsewhere(tmp_path: Path) -> N
             run("put", room, "reading", json.dumps({"i": i}))
         file_event = run("file", "put", room, str(payload)).splitlines()[-1].split()[0]
         run("entity", "register")
-        before = _wait_entity_rooms(data_dir, env, 1)
+        before = wait_entity_rooms(data_dir, env, 1)
 
         # While it runs: a passphrase archive, and one for an age recipient.
         archive = tmp_path / "backups" / "org.tar.age"
@@ -134,10 +117,10 @@ def test_backup_a_running_platform_and_restore_it_elsewhere(tmp_path: Path) -> N
         got = tmp_path / "got.bin"
         run2("file", "get", room, file_event, str(got))
         assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
-        assert _entities(new_dir, env) == before
+        assert entity_rooms(new_dir, env) == before
         # The rooms bot carries on from where it was: a new entity gets its room.
         run2("entity", "register")
-        after = _wait_entity_rooms(new_dir, env, 2)
+        after = wait_entity_rooms(new_dir, env, 2)
         assert {k: v for k, v in after.items() if k in before} == before
     finally:
         up2.interrupt()

@@ -19,27 +19,19 @@ import pytest
 from datarooms.account import read_credentials
 from datarooms.config import load_settings
 from datarooms.homeserver.embedded import free_port
-from tests._cli import DATAROOMS, clean_env, cli, pid_alive, start_up
+from tests._cli import (
+    DATAROOMS,
+    clean_env,
+    cli,
+    entity_rooms,
+    pid_alive,
+    start_up,
+    wait_entity_rooms,
+)
 from tests._system import require_program
 
 #: It starts a scale-profile homeserver (about 10 processes): with the scale tests.
 pytestmark = pytest.mark.xdist_group("scale")
-
-
-def _entities(data_dir: Path, env: dict[str, str]) -> dict[str, str | None]:
-    res = cli("entity", "list", "--json", data_dir=data_dir, env=env)
-    assert res.returncode == 0, res.stderr
-    return {e["did"]: e["room_id"] for e in map(json.loads, res.stdout.splitlines())}
-
-
-def _wait_entity_rooms(data_dir: Path, env: dict[str, str], n: int) -> dict[str, str | None]:
-    deadline = time.monotonic() + 90
-    while True:
-        rooms = _entities(data_dir, env)
-        if len(rooms) >= n and all(rooms.values()):
-            return rooms
-        assert time.monotonic() < deadline, f"entity rooms not made: {rooms}"
-        time.sleep(0.3)
 
 
 def _config(data_dir: Path) -> str:
@@ -92,7 +84,7 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
             run("put", room, "reading", json.dumps({"i": i}))
         file_event = run("file", "put", room, str(payload)).splitlines()[-1].split()[0]
         run("entity", "register")
-        before = _wait_entity_rooms(data_dir, env, 1)
+        before = wait_entity_rooms(data_dir, env, 1)
         out = run("keys", "recovery-key")
         match = re.search(r"((?:[1-9A-HJ-NP-Za-km-z]{4} ){11}[1-9A-HJ-NP-Za-km-z]{1,4})", out)
         assert match, out
@@ -152,7 +144,7 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
         got = tmp_path / "got.bin"
         run("file", "get", room, file_event, str(got))
         assert hashlib.sha256(got.read_bytes()).hexdigest() == digest
-        assert _entities(data_dir, env) == before
+        assert entity_rooms(data_dir, env) == before
         # A fresh device of the same account, restored from key backup.
         phone = tmp_path / "phone"
         penv = clean_env(
@@ -168,7 +160,7 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
         assert hashlib.sha256(got2.read_bytes()).hexdigest() == digest
         # The rooms bot carries on: a new entity gets its room, the old one keeps its own.
         run("entity", "register")
-        after = _wait_entity_rooms(data_dir, env, 2)
+        after = wait_entity_rooms(data_dir, env, 2)
         assert {k: v for k, v in after.items() if k in before} == before
     finally:
         up2.interrupt()

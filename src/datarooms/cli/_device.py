@@ -62,7 +62,6 @@ async def open_client(
     keeps its copy open only while no other process has the device open."""
     from datarooms.sdk.client import DataroomsClient
     from datarooms.services.platform import device_store_dir
-    from datarooms.services.scaffold import running_url
 
     creds = acting_credentials(settings)
     if not creds.user_id:
@@ -81,7 +80,7 @@ async def open_client(
         share_wait=DEVICE_WAIT_S,
     )
     # Entity rooms are the rooms bot's where one runs (datarooms.sdk.roomsbot).
-    client.rooms.roomsbot_url = settings.roomsbot.url or running_url(settings, "roomsbot")
+    client.rooms.roomsbot_url = settings.roomsbot.url or settings.running_url("roomsbot")
     try:
         yield client
     finally:

@@ -333,7 +333,6 @@ class CliDeviceService:
         from datarooms.errors import DeviceBusyError
         from datarooms.sdk.client import DataroomsClient
         from datarooms.services.platform import device_store_dir
-        from datarooms.services.scaffold import running_url
 
         assert self._settings is not None
         try:
@@ -347,8 +346,8 @@ class CliDeviceService:
             )
         except DeviceBusyError:
             raise DeviceBusy("a datarooms process has this device open") from None
-        client.rooms.roomsbot_url = self._settings.roomsbot.url or running_url(
-            self._settings, "roomsbot"
+        client.rooms.roomsbot_url = self._settings.roomsbot.url or self._settings.running_url(
+            "roomsbot"
         )
         self._held[creds.user_id] = _Held(client, key)
         return client

@@ -12,7 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import _forkcli as forkcli
+
 DATAROOMS = shutil.which("datarooms", path=str(Path(sys.executable).parent)) or "datarooms"
+#: Commands run from a warm fork server (tests/_forkcli.py); 0 spawns each one.
+FORK_CLI = os.environ.get("DATAROOMS_TEST_FORK_CLI", "1") != "0"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -42,11 +46,14 @@ def cli(
     cmd = [DATAROOMS]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
+    env = env or clean_env()
+    if FORK_CLI and forkcli.can_run(env):
+        return forkcli.server().run([*cmd, *args], env=env, input=input, timeout=timeout)
     return subprocess.run(
         [*cmd, *args],
         capture_output=True,
         text=True,
-        env=env or clean_env(),
+        env=env,
         input=input,
         timeout=timeout,
         check=False,
@@ -85,12 +92,12 @@ class UpProcess:
 
 
 def start_up(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> UpProcess:
+    argv = [DATAROOMS, "--data-dir", str(data_dir), "up", *args]
+    env = env or clean_env()
+    if FORK_CLI and forkcli.can_run(env):
+        return UpProcess(forkcli.server().start(argv, env=env, stdin=False), data_dir)  # type: ignore[arg-type]
     proc = subprocess.Popen(
-        [DATAROOMS, "--data-dir", str(data_dir), "up", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env or clean_env(),
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     return UpProcess(proc, data_dir)
 

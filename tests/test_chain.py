@@ -10,7 +10,6 @@ import base64
 import json
 import re
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from datarooms.chain import (
 )
 from datarooms.errors import HomeserverError
 from datarooms.homeserver.embedded import free_port
-from tests._cli import clean_env
+from tests._cli import cli as run_cli
 from tests._roomsbot import register, running_devchain
 
 
@@ -377,22 +376,7 @@ async def test_a_slow_client_loses_its_subscription_and_misses_nothing(tmp_path:
 
 
 def verify_cli(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "datarooms.cli",
-            "--data-dir",
-            str(data_dir),
-            "devchain",
-            "--verify",
-        ],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=False,
-    )
+    return run_cli("devchain", "--verify", data_dir=data_dir, timeout=60)
 
 
 def _rewrite_block(path: Path, height: int, change: Any) -> None:
@@ -473,24 +457,7 @@ async def test_cli_registers_and_lists_entities(tmp_path: Path) -> None:
     async with running_devchain(tmp_path / "chain") as srv:
 
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "datarooms.cli",
-                    "--data-dir",
-                    str(tmp_path),
-                    "entity",
-                    *args,
-                    "--rpc",
-                    srv.url,
-                ],
-                capture_output=True,
-                text=True,
-                env=clean_env(),
-                timeout=60,
-                check=False,
-            )
+            return run_cli("entity", *args, "--rpc", srv.url, data_dir=tmp_path, timeout=60)
 
         res = await asyncio.to_thread(
             cli, "register", "--type", "dao", "-c", "did:ixo:ixo1alice", "-n", "2", "--json"

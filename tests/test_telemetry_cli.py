@@ -56,15 +56,7 @@ async def test_push_query_tail(  # type: ignore[no-untyped-def]
     await bob.rooms.join(room)
 
     def run(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*CLI, "--data-dir", str(data_dir), "telemetry", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            input=input,
-            timeout=120,
-            check=False,
-        )
+        return cli("telemetry", *args, data_dir=data_dir, env=env, input=input)
 
     csv_in = "ts,metric,value,site\n" + "".join(
         f"{1_700_000_000_000 + i * 1000},temp,{20 + i / 100},{'a' if i % 2 else 'b'}\n"

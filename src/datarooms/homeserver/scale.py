@@ -333,7 +333,7 @@ class ScaleSynapse(EmbeddedSynapse):
 
             raise MissingDependencyError(
                 f"the scale profile needs Synapse's PostgreSQL and Redis support "
-                f"({', '.join(missing)} missing): pip install 'matrix-synapse[postgres,redis]'"
+                f"({', '.join(missing)} missing): pip install 'datarooms[scale]'"
             )
 
     def _synapse_child(self, name: str, worker: Worker | None) -> Child:

@@ -11,6 +11,25 @@ from datarooms.testing import TestHomeserver, profile_homeserver
 from tests._roomsbot import AppserviceHomeserver, appservice_homeserver
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under ``--dist loadgroup`` every test marked ``xdist_group`` must carry its group in
+    its node id (that is how pytest-xdist keeps a group on one worker); if a pytest or
+    xdist upgrade breaks that, the groups' shared homeservers would be started on every
+    worker, silently. Fail instead."""
+    if not session.config.getoption("loadgroup", default=False):
+        return
+    lost = [
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid
+    ]
+    if lost:
+        raise pytest.UsageError(
+            f"pytest-xdist's loadgroup did not group {len(lost)} tests (e.g. {lost[0]}): "
+            "check the pytest / pytest-xdist versions pinned in pyproject.toml"
+        )
+
+
 @pytest.fixture(scope="session")
 def homeserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHomeserver]:
     """One real Synapse for the whole test session (the scale profile's, PostgreSQL and

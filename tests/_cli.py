@@ -102,6 +102,31 @@ def start_up(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> U
     return UpProcess(proc, data_dir)
 
 
+def free_port_block(n: int = 32) -> int:
+    """The first of ``n`` consecutive free ports, below the kernel's ephemeral range
+    (32768-60999 here), where the local ports of every outgoing connection of the suite
+    come from: a block chosen there (``free_port()`` + 1, + 2, ...) can be taken by a
+    client socket of another test between the check and the bind."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError(f"no block of {n} free ports below 32000")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

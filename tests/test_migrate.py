@@ -24,6 +24,7 @@ from tests._cli import (
     clean_env,
     cli,
     entity_rooms,
+    free_port_block,
     pid_alive,
     start_up,
     wait_entity_rooms,
@@ -63,7 +64,7 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
     env = clean_env(
         DATAROOMS_SERVICES="devchain,roomsbot",
         DATAROOMS_HOMESERVER_EVENT_PERSISTERS="1",
-        DATAROOMS_HOMESERVER_INTERNAL_PORT_BASE=str(free_port()),
+        DATAROOMS_HOMESERVER_INTERNAL_PORT_BASE=str(free_port_block()),
     )
     payload = tmp_path / "report.bin"
     payload.write_bytes(os.urandom(200_000))

@@ -68,6 +68,10 @@ class HomeserverSettings:
     #: Scale profile: a PostgreSQL server you run (``postgresql://user:pw@host:5432/db``)
     #: instead of the private cluster in the data dir.
     postgres_url: str = ""
+    #: Scale profile: the PostgreSQL of our services' stores (the rooms bot's, the
+    #: automation service's hooks and outbox, the MCP audit log), each in its own schema;
+    #: empty: the database ``datarooms`` of the private cluster, or ``postgres_url``'s.
+    services_postgres_url: str = ""
     #: Scale profile: a Redis you run (``redis://host:6379``) instead of a private one.
     redis_url: str = ""
     #: Scale profile: the first of the internal TCP ports (Synapse's processes,
@@ -887,6 +891,10 @@ def _check_profile(s: Settings) -> None:
         )
     if hs.postgres_url and not hs.postgres_url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("homeserver.postgres_url must start with postgresql://")
+    if hs.services_postgres_url and not hs.services_postgres_url.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise ConfigError("homeserver.services_postgres_url must start with postgresql://")
     if hs.redis_url and not hs.redis_url.startswith("redis://"):
         raise ConfigError("homeserver.redis_url must start with redis://")
     if s.federation.enabled:

@@ -36,7 +36,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
 def _registry(ctx: typer.Context) -> tuple[Settings, HookRegistry]:
     settings = state(ctx).settings()
-    return settings, HookRegistry(registry_path(settings))
+    from datarooms.services.stores import store_target
+
+    return settings, HookRegistry(registry_path(settings), store_target(settings))
 
 
 def _base_url(settings: Settings) -> str:
@@ -196,9 +198,10 @@ forward_app = typer.Typer(
 
 def _targets(ctx: typer.Context) -> Any:
     from datarooms.sdk.automation.forward import ForwardTargets
+    from datarooms.services.stores import store_target
 
     settings = state(ctx).settings()
-    return ForwardTargets(settings.automation_dir / "forward.db")
+    return ForwardTargets(settings.automation_dir / "forward.db", store_target(settings))
 
 
 @forward_app.command("add")

@@ -31,6 +31,7 @@ from datarooms.services.roomsbot.service import store_path, write_appservice_reg
 from datarooms.services.roomsbot.settings import roomsbot_dir
 from datarooms.services.roomsbot.store import Store
 from datarooms.services.scaffold import ServiceRun
+from datarooms.services.stores import store_target
 
 T = TypeVar("T")
 # Piped output is read by scripts: do not fold tables to 80 columns (as the main CLI).
@@ -177,7 +178,8 @@ def entity_list(
 
     entities = run(go())
     path = store_path(settings)
-    store = Store(path) if path.exists() else None
+    target = store_target(settings)
+    store = Store(path, target) if target.backend == "postgres" or path.exists() else None
     try:
         for e in entities:
             record = store.get(e["did"]) if store else None
@@ -248,6 +250,7 @@ def roomsbot_command(
         chain_url=watch,
         chain=cs,
         federation=federation_trust(settings),
+        store_target=store_target(settings),
     )
 
     running = ServiceRun(

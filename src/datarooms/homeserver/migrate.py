@@ -23,7 +23,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,10 +168,16 @@ def postgres_state(args: dict[str, Any]) -> tuple[dict[str, int], set[str], bool
 
 
 async def port_sqlite(
-    scale: ScaleSynapse, sqlite_db: Path, *, progress: Progress, batch_size: int = 1000
+    scale: ScaleSynapse,
+    sqlite_db: Path,
+    *,
+    progress: Progress,
+    batch_size: int = 1000,
+    then: Callable[[], Awaitable[None]] | None = None,
 ) -> PortReport:
     """Copy ``sqlite_db`` into ``scale``'s PostgreSQL (started here and stopped after) and
-    check the key tables' row counts. Resumes a port that was interrupted."""
+    check the key tables' row counts. Resumes a port that was interrupted. ``then`` runs
+    after the check, while PostgreSQL still runs (the services' stores)."""
     began = time.monotonic()
     server_name = scale.server_name
     db_config = scale.postgres.database_config()
@@ -232,6 +238,8 @@ async def port_sqlite(
             "row counts match: "
             + ", ".join(f"{t} {source[t]}" for t in ("users", "rooms", "events") if t in source)
         )
+        if then is not None:
+            await then()
         return PortReport(counts=source, seconds=time.monotonic() - began)
     finally:
         await scale.postgres.stop()

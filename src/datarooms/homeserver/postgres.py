@@ -37,6 +37,9 @@ from datarooms.homeserver._proc import Child
 MIN_VERSION = 14
 DATABASE = "synapse"
 ROLE = "synapse"
+#: Our services' stores (datarooms._db), apart from Synapse's database and role.
+SERVICES_DATABASE = "datarooms"
+SERVICES_ROLE = "datarooms_services"
 SUPERUSER = "datarooms"
 _ROOT_HOME = Path("/var/lib/postgresql/datarooms")
 _SOCKET_MAX = 100  # sun_path is 108 bytes, with ".s.PGSQL.<port>"
@@ -133,6 +136,19 @@ class PostgresCluster:
 
     def dsn(self) -> str:
         return f"host={self.socket_dir} port={self.port} user={ROLE} dbname={DATABASE}"
+
+    def services_connect_args(self) -> dict[str, Any]:
+        """psycopg2 arguments for our services' database (``datarooms``, its own role)."""
+        return {
+            "user": SERVICES_ROLE,
+            "database": SERVICES_DATABASE,
+            "host": str(self.socket_dir),
+            "port": self.port,
+        }
+
+    @property
+    def services_where(self) -> str:
+        return f"{self.where}/{SERVICES_DATABASE}"
 
     async def start(self) -> None:
         """initdb on first start, start the server, create the database. Idempotent."""
@@ -287,14 +303,19 @@ class PostgresCluster:
         return await proc.wait() == 0
 
     async def _ensure_database(self, bin_dir: Path) -> None:
-        if not (await self._psql(bin_dir, f"SELECT 1 FROM pg_roles WHERE rolname='{ROLE}'")):  # noqa: S608 - constants
-            await self._psql(bin_dir, f"CREATE ROLE {ROLE} LOGIN")
-        if not (await self._psql(bin_dir, f"SELECT 1 FROM pg_database WHERE datname='{DATABASE}'")):  # noqa: S608
-            await self._psql(
-                bin_dir,
-                f"CREATE DATABASE {DATABASE} OWNER {ROLE} ENCODING 'UTF8' "
-                "LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
-            )
+        """Synapse's database and role, and our services' (neither may enter the other's)."""
+        for role, database in ((ROLE, DATABASE), (SERVICES_ROLE, SERVICES_DATABASE)):
+            if not (await self._psql(bin_dir, f"SELECT 1 FROM pg_roles WHERE rolname='{role}'")):  # noqa: S608 - constants
+                await self._psql(bin_dir, f"CREATE ROLE {role} LOGIN")
+            if not (
+                await self._psql(bin_dir, f"SELECT 1 FROM pg_database WHERE datname='{database}'")  # noqa: S608
+            ):
+                await self._psql(
+                    bin_dir,
+                    f"CREATE DATABASE {database} OWNER {role} ENCODING 'UTF8' "
+                    "LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+                )
+                await self._psql(bin_dir, f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC")
 
 
 class ExternalPostgres:
@@ -318,6 +339,14 @@ class ExternalPostgres:
         return True
 
     pid = None
+
+    def services_connect_args(self) -> dict[str, Any]:
+        """Our services' stores go into the same database, each in its own schema."""
+        return dict(self.args)
+
+    @property
+    def services_where(self) -> str:
+        return self.where
 
     async def start(self) -> None:
         return None

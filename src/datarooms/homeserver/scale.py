@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from datarooms._fs import atomic_write, private_dir
+from datarooms.config import Settings
 from datarooms.errors import PlatformError, PortInUseError, SynapseStartError
 from datarooms.homeserver._proc import Child, require_program, tail
 from datarooms.homeserver.embedded import EmbeddedSynapse, _require_synapse, check_port_free
@@ -441,3 +442,22 @@ class ScaleSynapse(EmbeddedSynapse):
 
     async def health(self) -> bool:
         return await http_ok(self.host, self.port)
+
+
+def scale_homeserver(settings: Settings, **options: Any) -> ScaleSynapse:
+    """The scale profile's homeserver for ``settings``, as ``datarooms up`` builds it (its
+    internal ports from ``internal_port_base``, or ``port + 100``); ``options``: the other
+    :class:`ScaleSynapse` arguments. Nothing starts until :meth:`ScaleSynapse.start`."""
+    hs = settings.homeserver
+    base = hs.internal_port_base or hs.port + 100
+    return ScaleSynapse(
+        settings.synapse_dir,
+        server_name=hs.server_name,
+        host=hs.host,
+        port=hs.port,
+        persisters=hs.event_persisters,
+        ports=iter(range(base, base + 32)),
+        postgres_url=hs.postgres_url,
+        redis_url=hs.redis_url,
+        **options,
+    )

@@ -9,19 +9,24 @@ Steps, each safe to interrupt:
    resumes an interrupted port, checks the key tables' row counts);
 3. switch the config file to ``[homeserver] profile = "scale"`` (one atomic write: the
    commit point; before it the platform still starts embedded on its untouched SQLite);
-4. rename ``homeserver.db`` to ``homeserver.db.migrated`` (kept for a rollback).
+   Before it, while PostgreSQL runs, our services' stores (the rooms bot's, the
+   automation service's hooks, webhook outbox and forwards, the MCP audit log) are copied
+   into the services' PostgreSQL (services/stores.py), each in one transaction that
+   replaces what an interrupted run left;
+4. rename ``homeserver.db`` and the services' SQLite files to ``*.migrated`` (kept for a
+   rollback).
 
 Run again after step 3, it says the platform is already migrated, finishes step 4 if an
-interruption left it undone, and changes nothing else. Our services' own SQLite stores
-stay where they are (services on PostgreSQL are a separate part of issue 18).
+interruption left it undone, and changes nothing else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datarooms._fs import atomic_write
@@ -34,8 +39,9 @@ from datarooms.homeserver.migrate import (
     port_sqlite,
     retire_sqlite,
 )
-from datarooms.homeserver.scale import ScaleSynapse
+from datarooms.homeserver.scale import scale_homeserver
 from datarooms.services.platform import PlatformLock
+from datarooms.services.stores import copy_stores_to_postgres, retire_stores, store_target
 
 Progress = Callable[[str], None]
 
@@ -48,22 +54,6 @@ class MigrationReport:
     sqlite_kept: Path | None
     counts: dict[str, int]
     seconds: float = 0.0
-
-
-def scale_homeserver(settings: Settings) -> ScaleSynapse:
-    """The scale profile's homeserver for these settings, as ``datarooms up`` builds it."""
-    hs = settings.homeserver
-    base = hs.internal_port_base or hs.port + 100
-    return ScaleSynapse(
-        settings.synapse_dir,
-        server_name=hs.server_name,
-        host=hs.host,
-        port=hs.port,
-        persisters=hs.event_persisters,
-        ports=iter(range(base, base + 32)),
-        postgres_url=hs.postgres_url,
-        redis_url=hs.redis_url,
-    )
 
 
 def config_path(settings: Settings) -> Path:
@@ -134,6 +124,8 @@ async def migrate_to_postgres(settings: Settings, *, progress: Progress) -> Migr
                 # Interrupted after the switch: the port was complete and checked.
                 kept = retire_sqlite(db)
                 progress(f"finished an interrupted migration: kept the SQLite file as {kept}")
+            for path in retire_stores(settings):
+                progress(f"finished an interrupted migration: kept {path}")
             progress(f'already migrated: {cfg} says profile = "scale"; nothing to do')
             return MigrationReport(False, cfg, kept if kept.exists() else None, {})
         if not db.exists():
@@ -151,12 +143,21 @@ async def migrate_to_postgres(settings: Settings, *, progress: Progress) -> Migr
         )
         await finish_background_updates(embedded, db, progress=progress)
         scale = scale_homeserver(settings)
-        report = await port_sqlite(scale, db, progress=progress)
+        scaled = replace(settings, homeserver=replace(hs, profile="scale"))
+
+        async def copy_stores() -> None:
+            target = store_target(scaled, scale)
+            progress(f"copying the services' stores into PostgreSQL ({target.where})")
+            await asyncio.to_thread(copy_stores_to_postgres, settings, target, progress)
+
+        report = await port_sqlite(scale, db, progress=progress, then=copy_stores)
         progress(f'switching {cfg} to [homeserver] profile = "scale"')
         old = cfg.read_text() if cfg.is_file() else ""
         atomic_write(cfg, with_scale_profile(old))
         kept = retire_sqlite(db)
         progress(f"kept the SQLite database as {kept} (for a rollback)")
+        for path in retire_stores(settings):
+            progress(f"kept {path} (for a rollback)")
         return MigrationReport(True, cfg, kept, report.counts, report.seconds)
     finally:
         lock.release()

@@ -38,6 +38,7 @@ from datarooms.errors import (
 if TYPE_CHECKING:
     # Imported where used: the CLI imports this module for the run files, and
     # must not pay for the HTTP client and the homeserver's dependencies.
+    from datarooms._db import StoreTarget
     from datarooms.homeserver.embedded import EmbeddedSynapse
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,14 @@ class PlatformContext:
     @property
     def server_name(self) -> str:
         return self.service_account.user_id.split(":", 1)[1]
+
+    @property
+    def stores(self) -> StoreTarget:
+        """Where services keep their stores (SQLite files, or the scale profile's
+        PostgreSQL: services/stores.py)."""
+        from datarooms.services.stores import store_target
+
+        return store_target(self.settings, self.homeserver)
 
     async def checked_service_account(self) -> Credentials:
         """The service account, once the platform has checked (or registered) it."""
@@ -338,16 +347,13 @@ class Platform:
             "extra_config": extra_config,
         }
         if hs.profile == "scale":
-            from datarooms.homeserver.scale import ScaleSynapse
+            from datarooms.homeserver.scale import scale_homeserver
 
-            base = hs.internal_port_base or hs.port + 100
-            self.homeserver = ScaleSynapse(
-                s.synapse_dir,
-                **common,
-                persisters=hs.event_persisters,
-                ports=iter(range(base, base + 32)),
-                postgres_url=hs.postgres_url,
-                redis_url=hs.redis_url,
+            self.homeserver = scale_homeserver(
+                s,
+                max_upload_size=hs.max_upload_size,
+                start_timeout=hs.start_timeout,
+                extra_config=extra_config,
             )
         else:
             self.homeserver = EmbeddedSynapse(s.synapse_dir, **common, federation=listener_for(s))

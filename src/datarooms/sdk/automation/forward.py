@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from datarooms._sqlite import open_store, transaction
+from datarooms._db import SQLITE, Database, StoreTarget
 from datarooms.errors import AccessDeniedError, HomeserverError, ValidationError
 from datarooms.events import FORWARDING
 from datarooms.sdk.automation.signatures import SIGNATURE_HEADER, sign
@@ -216,11 +216,16 @@ class ForwardTargets:
     outbound queue's state, in ``<data_dir>/automation/forward.db`` (mode 0600). The
     CLI (``datarooms forward add/list/remove``) and the service open the same file."""
 
-    def __init__(self, path: Path | str) -> None:
-        self._db = open_store(path, _MIGRATIONS)
+    #: What ``datarooms migrate-to-postgres`` copies (datarooms._db.copy_store).
+    NAME = "automation_forward"
+    MIGRATIONS = _MIGRATIONS
+    SEALED = {"forwards": ("url", "secret"), "outbound": ("body",)}
+
+    def __init__(self, path: Path | str, target: StoreTarget = SQLITE) -> None:
+        self._db: Database = target.open(self.NAME, Path(path), _MIGRATIONS)
 
     @property
-    def db(self) -> Any:
+    def db(self) -> Database:
         return self._db
 
     def close(self) -> None:
@@ -237,15 +242,25 @@ class ForwardTargets:
             raise ValidationError("an ntfy target is the topic's URL: https://ntfy.sh/<topic>")
         if kind == "slack" and secret:
             raise ValidationError("a slack target has no secret (its URL is the secret)")
-        with transaction(self._db) as db:
+        with self._db.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO forwards"
-                " (forward_id, room_id, kind, url, created_ms, secret) VALUES (?, ?, ?, ?, ?, ?)",
-                (forward_id, room_id, kind, url, int(time.time() * 1000), secret),
+                "INSERT INTO forwards"
+                " (forward_id, room_id, kind, url, created_ms, secret) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (forward_id) DO UPDATE SET room_id = excluded.room_id,"
+                " kind = excluded.kind, url = excluded.url, created_ms = excluded.created_ms,"
+                " secret = excluded.secret",
+                (
+                    forward_id,
+                    room_id,
+                    kind,
+                    db.seal(url, "url"),
+                    int(time.time() * 1000),
+                    db.seal(secret, "secret"),
+                ),
             )
 
     def remove(self, forward_id: str) -> None:
-        with transaction(self._db) as db:
+        with self._db.transaction() as db:
             gone = db.execute("DELETE FROM forwards WHERE forward_id = ?", (forward_id,))
             if not gone.rowcount:
                 raise ValidationError(f"no forwarding target {forward_id!r}")
@@ -257,7 +272,7 @@ class ForwardTargets:
 
     def targets(self, room_id: str) -> list[tuple[str, str, str]]:
         return [
-            (str(a), str(b), str(c))
+            (str(a), str(b), self._db.unseal(str(c), "url"))
             for a, b, c in self._db.execute(
                 "SELECT forward_id, kind, url FROM forwards WHERE room_id = ?", (room_id,)
             ).fetchall()
@@ -281,7 +296,7 @@ class ForwardTargets:
                     "forward_id": fid,
                     "room_id": room,
                     "kind": kind,
-                    "destination": destination(url),
+                    "destination": destination(self._db.unseal(url, "url")),
                     "secret": bool(has_secret),
                     "sent": int(counts.get("sent", 0)),
                     "pending": int(counts.get("pending", 0)),
@@ -324,12 +339,13 @@ class Notifier:
         client: DataroomsClient,
         path: Path | str,
         *,
+        target: StoreTarget = SQLITE,
         max_attempts: int = 6,
         first_backoff: float = 0.5,
         max_backoff: float = 30.0,
     ) -> None:
         self.client = client
-        self.store = ForwardTargets(path)
+        self.store = ForwardTargets(path, target)
         self._db = self.store.db
         self._max_attempts = max_attempts
         self._first, self._max = first_backoff, max_backoff
@@ -359,14 +375,14 @@ class Notifier:
         agreed = declared(self.client, room_id)
         line = text.splitlines()[0][:500] if text else ""
         n = 0
-        with transaction(self._db) as db:
+        with self._db.transaction() as db:
             for forward_id, kind, _url in self.targets(room_id):
                 if forward_id not in agreed or agreed[forward_id].get("kind") != kind:
                     continue
                 body = {"room_id": room_id, "text": line, **data}
                 db.execute(
                     "INSERT INTO outbound (forward_id, body, created_ms) VALUES (?, ?, ?)",
-                    (forward_id, json.dumps(body), int(time.time() * 1000)),
+                    (forward_id, db.seal(json.dumps(body), "body"), int(time.time() * 1000)),
                 )
                 n += 1
         if n:
@@ -403,8 +419,10 @@ class Notifier:
                 continue
             # One at a time per loop; a receiver that is down never blocks the rooms
             # (alerts are posted in Matrix first; this is a queue of its own).
-            for seq, queued, attempts, url, kind, secret in rows:
-                item = json.loads(queued)
+            for seq, queued, attempts, sealed_url, kind, sealed_secret in rows:
+                item = json.loads(self._db.unseal(queued, "body"))
+                url = self._db.unseal(sealed_url, "url")
+                secret = self._db.unseal(sealed_secret, "secret")
                 room_id, line = str(item.pop("room_id", "")), str(item.pop("text", ""))
                 body, headers = outbound_request(kind, room_id, line, item, secret)
                 await self._send(seq, body, headers, attempts, url)
@@ -425,14 +443,14 @@ class Notifier:
                 error = type(exc).__name__
             attempts += 1
             if error is None:
-                with transaction(self._db) as db:
+                with self._db.transaction() as db:
                     db.execute(
                         "UPDATE outbound SET state = 'sent', attempts = ? WHERE seq = ?",
                         (attempts, seq),
                     )
                 return
             done = attempts >= self._max_attempts
-            with transaction(self._db) as db:
+            with self._db.transaction() as db:
                 db.execute(
                     "UPDATE outbound SET state = ?, attempts = ?, error = ? WHERE seq = ?",
                     ("failed" if done else "pending", attempts, error, seq),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datarooms._sqlite import open_store, transaction
+from datarooms._db import SQLITE, Database, StoreTarget
 from datarooms.sdk.automation.formats import Delivery
 
 _MIGRATIONS = [
@@ -67,9 +67,14 @@ class OutboxRow:
 class HookOutbox:
     """``<data_dir>/automation/outbox.db``. Thread-safe; call it from a thread."""
 
-    def __init__(self, path: Path | str) -> None:
+    #: What ``datarooms migrate-to-postgres`` copies (datarooms._db.copy_store).
+    NAME = "automation_outbox"
+    MIGRATIONS = _MIGRATIONS
+    SEALED = {"deliveries": ("payload",)}
+
+    def __init__(self, path: Path | str, target: StoreTarget = SQLITE) -> None:
         self.path = Path(path)
-        self._db = open_store(self.path, _MIGRATIONS)
+        self._db: Database = target.open(self.NAME, self.path, _MIGRATIONS)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -88,7 +93,7 @@ class HookOutbox:
         when ``dedupe`` was already received for this hook (nothing stored)."""
         now = int(time.time() * 1000)
         seqs: list[int] = []
-        with self._lock, transaction(self._db) as db:
+        with self._lock, self._db.transaction() as db:
             if (
                 dedupe is not None
                 and db.execute(
@@ -105,18 +110,18 @@ class HookOutbox:
                     ]
                 cur = db.execute(
                     "INSERT INTO deliveries (hook_id, room_id, kind, payload, txn, dedupe,"
-                    " received_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " received_ms) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
                     (
                         hook_id,
                         room_id,
                         d.kind,
-                        json.dumps(payload, separators=(",", ":")),
+                        db.seal(json.dumps(payload, separators=(",", ":")), "payload"),
                         "dr-hook-" + secrets.token_hex(12),
                         None if dedupe is None else f"{dedupe}#{i}",
                         now,
                     ),
                 )
-                seqs.append(int(cur.lastrowid or 0))
+                seqs.append(int(cur.fetchone()[0]))
         return seqs
 
     def pending(self, limit: int = 500) -> list[OutboxRow]:
@@ -126,7 +131,7 @@ class HookOutbox:
                 " event_id, error FROM deliveries WHERE state = ? ORDER BY seq LIMIT ?",
                 (PENDING, limit),
             ).fetchall()
-        return [_row(r) for r in rows]
+        return [self._row(r) for r in rows]
 
     def get(self, seq: int) -> OutboxRow | None:
         with self._lock:
@@ -135,10 +140,10 @@ class HookOutbox:
                 " event_id, error FROM deliveries WHERE seq = ?",
                 (seq,),
             ).fetchone()
-        return _row(r) if r else None
+        return self._row(r) if r else None
 
     def mark_sent(self, seq: int, event_id: str) -> None:
-        with self._lock, transaction(self._db) as db:
+        with self._lock, self._db.transaction() as db:
             db.execute(
                 "UPDATE deliveries SET state = ?, event_id = ?, error = NULL, done_ms = ?,"
                 " attempts = attempts + 1 WHERE seq = ?",
@@ -147,7 +152,7 @@ class HookOutbox:
 
     def mark_failed(self, seq: int, error: str) -> None:
         """A delivery that can never succeed (the room refuses it): kept, visible."""
-        with self._lock, transaction(self._db) as db:
+        with self._lock, self._db.transaction() as db:
             db.execute(
                 "UPDATE deliveries SET state = ?, error = ?, done_ms = ?,"
                 " attempts = attempts + 1 WHERE seq = ?",
@@ -156,7 +161,7 @@ class HookOutbox:
 
     def note_attempt(self, seq: int, error: str) -> None:
         """A failed attempt that will be retried; the error stays visible meanwhile."""
-        with self._lock, transaction(self._db) as db:
+        with self._lock, self._db.transaction() as db:
             db.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, error = ? WHERE seq = ?",
                 (error[:500], seq),
@@ -174,19 +179,22 @@ class HookOutbox:
     def prune(self, older_than_s: float = 86400.0) -> int:
         """Forget sent deliveries older than this (their dedupe keys with them)."""
         cutoff = int((time.time() - older_than_s) * 1000)
-        with self._lock, transaction(self._db) as db:
+        with self._lock, self._db.transaction() as db:
             return db.execute(
                 "DELETE FROM deliveries WHERE state = ? AND done_ms < ?", (SENT, cutoff)
             ).rowcount
 
+    def _row(self, r: tuple[Any, ...]) -> OutboxRow:
+        return _row(r, self._db.unseal(r[4], "payload"))
 
-def _row(r: tuple[Any, ...]) -> OutboxRow:
+
+def _row(r: tuple[Any, ...], payload: str) -> OutboxRow:
     return OutboxRow(
         seq=r[0],
         hook_id=r[1],
         room_id=r[2],
         kind=r[3],
-        payload=json.loads(r[4]),
+        payload=json.loads(payload),
         txn=r[5],
         received_ms=r[6],
         state=r[7],

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datarooms._sqlite import open_store, transaction
+from datarooms._db import SQLITE, Database, StoreTarget
 from datarooms.config import Settings
 from datarooms.errors import NotFoundError, ValidationError
 from datarooms.ids import room_id as check_room_id
@@ -134,9 +133,14 @@ def hook_url(base_url: str, hook_id: str) -> str:
 class HookRegistry:
     """The hooks of one data dir (thread-safe; several processes may open it)."""
 
-    def __init__(self, path: Path | str) -> None:
+    #: What ``datarooms migrate-to-postgres`` copies (datarooms._db.copy_store).
+    NAME = "automation_hooks"
+    MIGRATIONS = _MIGRATIONS
+    SEALED = {"hooks": ("secret",)}
+
+    def __init__(self, path: Path | str, target: StoreTarget = SQLITE) -> None:
         self.path = Path(path)
-        self._db = open_store(self.path, _MIGRATIONS)
+        self._db: Database = target.open(self.NAME, self.path, _MIGRATIONS)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -178,7 +182,7 @@ class HookRegistry:
             created_ms=now,
             rotated_ms=now,
         )
-        with self._lock, transaction(self._db) as db:
+        with self._lock, self._db.transaction() as db:
             db.execute(
                 "INSERT INTO hooks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -187,7 +191,7 @@ class HookRegistry:
                     hook.format,
                     hook.auth,
                     hook.target,
-                    hook.secret,
+                    db.seal(hook.secret, "secret"),
                     hook.template,
                     json.dumps(mapping),
                     hook.name,
@@ -202,20 +206,20 @@ class HookRegistry:
             return None
         with self._lock:
             row = self._db.execute("SELECT * FROM hooks WHERE hook_id = ?", (hook_id,)).fetchone()
-        return _hook(row) if row else None
+        return self._hook(row) if row else None
 
     def list(self) -> list[Hook]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM hooks ORDER BY created_ms").fetchall()
-        return [_hook(r) for r in rows]
+        return [self._hook(r) for r in rows]
 
     def rotate(self, hook_id: str) -> Hook:
         """Give the hook a new secret (the old one stops working at once)."""
         secret = secrets.token_urlsafe(32)
-        with self._lock, transaction(self._db) as db:
+        with self._lock, self._db.transaction() as db:
             cur = db.execute(
                 "UPDATE hooks SET secret = ?, rotated_ms = ? WHERE hook_id = ?",
-                (secret, int(time.time() * 1000), hook_id),
+                (db.seal(secret, "secret"), int(time.time() * 1000), hook_id),
             )
             if cur.rowcount == 0:
                 raise NotFoundError(f"no hook {hook_id!r}; see `datarooms hook list`")
@@ -224,13 +228,16 @@ class HookRegistry:
         return found
 
     def remove(self, hook_id: str) -> None:
-        with self._lock, transaction(self._db) as db:
+        with self._lock, self._db.transaction() as db:
             if db.execute("DELETE FROM hooks WHERE hook_id = ?", (hook_id,)).rowcount == 0:
                 raise NotFoundError(f"no hook {hook_id!r}; see `datarooms hook list`")
 
+    def _hook(self, row: tuple[Any, ...]) -> Hook:
+        return _hook(row, self._db.unseal(row[5], "secret"))
 
-def _hook(row: sqlite3.Row | tuple[Any, ...]) -> Hook:
-    hook_id, room_id, fmt, auth, target, secret, template, mapping, name, created, rotated = row
+
+def _hook(row: tuple[Any, ...], secret: str) -> Hook:
+    hook_id, room_id, fmt, auth, target, _, template, mapping, name, created, rotated = row
     return Hook(
         hook_id=hook_id,
         room_id=room_id,

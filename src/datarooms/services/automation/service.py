@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from datarooms._db import SQLITE, StoreTarget
 from datarooms._fs import ProcessLock
 from datarooms.config import AutomationSettings, Settings
 from datarooms.errors import DataroomsError, PlatformError
@@ -53,6 +54,7 @@ class AutomationBot:
         config: AutomationSettings | None = None,
         own_client: bool = False,
         forward_db: Path | None = None,
+        stores: StoreTarget = SQLITE,
     ) -> None:
         self.client = client
         self.registry = registry
@@ -68,6 +70,7 @@ class AutomationBot:
         self.notifier = Notifier(
             client,
             forward_db or outbox.path.with_name("forward.db"),
+            target=stores,
             max_attempts=self.config.notify_attempts,
         )
         self.alerts = AlertWatcher(client, on_alert=self.notifier.notify)
@@ -233,11 +236,14 @@ class AutomationService(BotService["AutomationBot"]):
         run = ServiceRun(platform.settings, self.name, lock).acquire()
         registry = outbox = None
         try:
-            registry = HookRegistry(registry_path(platform.settings))
-            outbox = HookOutbox(outbox_path(platform.settings))
+            stores = platform.stores
+            registry = HookRegistry(registry_path(platform.settings), stores)
+            outbox = HookOutbox(outbox_path(platform.settings), stores)
             client = await DataroomsClient.open(creds, store, device_name="datarooms automation")
             try:
-                bot = AutomationBot(client, registry, outbox, config=config, own_client=True)
+                bot = AutomationBot(
+                    client, registry, outbox, config=config, own_client=True, stores=stores
+                )
                 url = await bot.start()
             except BaseException:
                 await client.close()

@@ -18,18 +18,23 @@ carry contents):
 ``duration_ms`` how long the call took
 =============  =================================================================
 
-:func:`open_audit_file` adds a JSON-lines file as a second destination.
+:func:`open_audit_file` adds a JSON-lines file as a second destination; in the scale
+profile :func:`open_audit_table` adds the table ``audit`` of the services' PostgreSQL
+(schema ``mcp``, one row per record, the same fields and ``ts``) instead.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datarooms._db import Database, StoreTarget
 from datarooms._fs import PRIVATE_FILE, private_dir, private_file
 from datarooms._logging import JsonFormatter, RedactingFilter
 from datarooms.errors import ConfigError
@@ -141,6 +146,86 @@ def open_audit_file(path: Path) -> logging.Handler:
         ) from None
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter())
+    return _attach(handler)
+
+
+#: The fields of an audit record, as the file's JSON keys and the table's columns.
+FIELDS = (
+    "audit",
+    "agent",
+    "user_id",
+    "tool",
+    "room",
+    "decision",
+    "capability",
+    "outcome",
+    "errcode",
+    "transport",
+    "duration_ms",
+)
+AUDIT_STORE = "mcp"
+AUDIT_MIGRATIONS = [
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        audit TEXT NOT NULL, agent TEXT NOT NULL, user_id TEXT NOT NULL, tool TEXT NOT NULL,
+        room TEXT NOT NULL, decision TEXT NOT NULL, capability TEXT NOT NULL,
+        outcome TEXT NOT NULL, errcode TEXT NOT NULL, transport TEXT NOT NULL,
+        duration_ms REAL NOT NULL
+    );
+    CREATE INDEX audit_ts ON audit (ts)
+    """
+]
+_INSERT = (
+    f"INSERT INTO audit (ts, {', '.join(FIELDS)}) VALUES ({', '.join('?' * (len(FIELDS) + 1))})"  # noqa: S608
+)
+
+
+class _ToTable(logging.Handler):
+    """Writes each audit record as a row (committed before the call's answer)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__()
+        self.db = db
+        self._lock_rows = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        row = [record.created, *(getattr(record, f, "-") for f in FIELDS)]
+        try:
+            with self._lock_rows:
+                self.db.execute(_INSERT, row)
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        with self._lock_rows:
+            self.db.close()
+        super().close()
+
+
+def open_audit_table(target: StoreTarget, sqlite_path: Path) -> logging.Handler:
+    """Append every audit record to the services' store ``mcp`` (a table ``audit``)."""
+    return _attach(_ToTable(target.open(AUDIT_STORE, sqlite_path, AUDIT_MIGRATIONS)))
+
+
+def import_audit_file(path: Path, db: Database) -> int:
+    """The records of a JSON-lines audit file as rows of ``db`` (a migration); the rows."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        if isinstance(rec, dict) and "audit" in rec:
+            rows.append([rec.get("ts", 0.0), *(rec.get(f, "-") for f in FIELDS)])
+    with db.transaction():
+        db.execute("DELETE FROM audit")
+        db.executemany(_INSERT, rows)
+    return len(rows)
+
+
+def _attach(handler: logging.Handler) -> logging.Handler:
     if not any(isinstance(h, _ToProcessLog) for h in log.handlers):
         log.addHandler(_ToProcessLog())
     log.addHandler(handler)
@@ -150,9 +235,10 @@ def open_audit_file(path: Path) -> logging.Handler:
 
 
 def close_audit_file(handler: logging.Handler) -> None:
+    """Detach a destination made by :func:`open_audit_file` or :func:`open_audit_table`."""
     log.removeHandler(handler)
     handler.close()
-    if not any(isinstance(h, logging.FileHandler) for h in log.handlers):
+    if not any(not isinstance(h, _ToProcessLog) for h in log.handlers):
         for h in [h for h in log.handlers if isinstance(h, _ToProcessLog)]:
             log.removeHandler(h)
         log.setLevel(logging.NOTSET)

@@ -76,7 +76,12 @@ class McpService:
         config = load_agents(path, data_dir=data_dir)
         try:
             if config.mcp.audit_log is not None:
-                self._audit_handler = audit.open_audit_file(config.mcp.audit_log)
+                stores = platform.stores
+                self._audit_handler = (
+                    audit.open_audit_table(stores, config.mcp.audit_log)
+                    if stores.backend == "postgres"
+                    else audit.open_audit_file(config.mcp.audit_log)
+                )
             self.watcher = ConfigWatcher(config, data_dir)
             self._platform = platform
             for name, policy in config.agents.items():

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from datarooms._db import SQLITE, StoreTarget
 from datarooms.chain.entity import (
     ENTITY_CREATED_EVENT,
     ENTITY_CREATED_QUERY,
@@ -44,6 +45,7 @@ class RoomsBot:
         chain: ChainSettings | None = None,
         federation: FederationTrust | None = None,
         revocations: RevocationStore | None = None,
+        store_target: StoreTarget = SQLITE,
     ) -> None:
         self.homeserver_url = homeserver_url.rstrip("/")
         self.registration = registration
@@ -51,7 +53,7 @@ class RoomsBot:
         self.chain_settings = chain or ChainSettings()
         self.chain_url = chain_url
         self.metrics = Metrics()
-        self.store = Store(store_path)
+        self.store = Store(store_path, store_target)
         self.http = MatrixApi(self.homeserver_url, registration.as_token, timeout=120)
         self.rooms = EntityRooms(
             self.http,

@@ -142,6 +142,7 @@ class RoomsBotService(BotService["RoomsBot"]):
                 chain=cs,
                 federation=federation_trust(settings),
                 revocations=platform_revocations(settings),
+                store_target=platform.stores,
             )
             await bot.start()
         except BaseException:

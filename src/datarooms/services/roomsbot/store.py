@@ -1,10 +1,14 @@
-"""The rooms bot's own state, in SQLite: entity → rooms, the chain height, seen transactions.
+"""The rooms bot's own state: entity → rooms, the chain height, seen transactions.
+
+A SQLite file (``<data_dir>/roomsbot/store.db``), or the schema ``roomsbot`` of the
+services' PostgreSQL in the scale profile (datarooms._db, services/stores.py).
 
 The homeserver is the source of truth for which rooms exist (an entity's aliases are
 claimed atomically when its rooms are created); this store is what makes the common
 case cheap: an entity already recorded here needs no request to the homeserver.
 
-Schema changes are versioned migrations (``meta.schema_version``).
+Schema changes are versioned migrations (datarooms._db; files made before it kept their
+version in ``meta.schema_version``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datarooms._sqlite import connect as connect_sqlite
+from datarooms import _sqlite
+from datarooms._db import SQLITE, Database, StoreTarget
 from datarooms.chain.entity import SkippedEvent
 
 _MIGRATIONS: list[str] = [
@@ -132,38 +137,28 @@ class EntityRecord:
 
 
 class Store:
-    """One SQLite file. Not shared between processes that write (one bot per data dir)."""
+    """The rooms bot's store. Not shared between processes that write (one bot per data dir)."""
 
-    def __init__(self, path: Path) -> None:
+    #: What ``datarooms migrate-to-postgres`` copies (datarooms._db.copy_store).
+    NAME = "roomsbot"
+    MIGRATIONS = _MIGRATIONS
+    SEALED: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, path: Path, target: StoreTarget = SQLITE) -> None:
         self.path = path
-        self._db = connect_sqlite(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        if target.backend == "sqlite":
+            adopt_meta_version(path)
+        self._db: Database = target.open(
+            self.NAME, path, _MIGRATIONS, synchronous="NORMAL", foreign_keys=True
+        )
         self._txns_recorded = 0
+
+    @property
+    def database(self) -> Database:
+        return self._db
 
     def close(self) -> None:
         self._db.close()
-
-    def _migrate(self) -> None:
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        version = int(row[0]) if row else 0
-        for n, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in script.split(";"):
-                    if stmt.strip():
-                        self._db.execute(stmt)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(n),),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
     # -- entities ----------------------------------------------------------------
 
@@ -196,9 +191,8 @@ class Store:
     def save(self, record: EntityRecord) -> None:
         f = record.facts
         now = time.time()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute(
+        with self._db.transaction() as db:
+            db.execute(
                 "INSERT INTO entities (did, entity_type, controllers, members, source, chain_id,"
                 " height, tx_hash, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(did) DO UPDATE SET entity_type=excluded.entity_type,"
@@ -220,14 +214,12 @@ class Store:
             )
             spaces = [("space", record.space)] if record.space else []
             for kind, ref in [*spaces, *record.rooms.items()]:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO rooms (did, kind, room_id, alias) VALUES (?,?,?,?)",
+                db.execute(
+                    "INSERT INTO rooms (did, kind, room_id, alias) VALUES (?,?,?,?)"
+                    " ON CONFLICT (did, kind) DO UPDATE SET room_id = excluded.room_id,"
+                    " alias = excluded.alias",
                     (f.did, kind, ref.room_id, ref.alias),
                 )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM entities").fetchone()[0])
@@ -250,7 +242,8 @@ class Store:
 
     def record_skip(self, skipped: SkippedEvent) -> None:
         self._db.execute(
-            "INSERT OR IGNORE INTO skipped (tx_hash, reason, height, at) VALUES (?,?,?,?)",
+            "INSERT INTO skipped (tx_hash, reason, height, at) VALUES (?,?,?,?)"
+            " ON CONFLICT DO NOTHING",
             (skipped.tx_hash, skipped.reason[:2000], skipped.height, time.time()),
         )
 
@@ -275,10 +268,31 @@ class Store:
 
     def record_txn(self, txn_id: str, events: int) -> None:
         self._db.execute(
-            "INSERT OR IGNORE INTO as_txns (txn_id, events, at) VALUES (?,?,?)",
+            "INSERT INTO as_txns (txn_id, events, at) VALUES (?,?,?) ON CONFLICT DO NOTHING",
             (txn_id, events, time.time()),
         )
         self._txns_recorded += 1
         if self._txns_recorded % 1000 == 1:
             # Keep a week of transaction ids: the homeserver retries for far less than that.
             self._db.execute("DELETE FROM as_txns WHERE at < ?", (time.time() - 7 * 86400,))
+
+
+def adopt_meta_version(path: Path) -> None:
+    """A store file made before datarooms._db kept its schema version in ``meta``: carry it
+    over to ``PRAGMA user_version``, where the migrations look."""
+    if not path.exists():
+        return
+    db = _sqlite.connect(path)
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0]:
+            return
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if not has_meta:
+            return
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row:
+            db.execute(f"PRAGMA user_version = {int(row[0])}")
+    finally:
+        db.close()

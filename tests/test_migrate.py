@@ -1,7 +1,10 @@
-"""`datarooms migrate-to-postgres`: an embedded platform with records, a file, keys and an
-entity room moves into the scale profile's PostgreSQL (Synapse's synapse_port_db); after
-`up` every record, the file and the entity room read back, on the same device and on a
-fresh device restored from key backup. Refused while running; a second run is a no-op."""
+"""`datarooms migrate-to-postgres`: an embedded platform with records, a file, keys, an
+entity room and a webhook moves into the scale profile's PostgreSQL (Synapse's
+synapse_port_db, and our services' stores); after `up` every record, the file and the
+entity room read back, on the same device and on a fresh device restored from key
+backup; the rooms bot's store and the hook (its secret, its outbox) are the same rows,
+now in PostgreSQL, which holds none of the hook's secret or payloads in clear. Refused
+while running; a second run is a no-op."""
 
 from __future__ import annotations
 
@@ -10,15 +13,20 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from datarooms.account import read_credentials
 from datarooms.config import load_settings
 from datarooms.homeserver.embedded import free_port
+from datarooms.homeserver.postgres import SUPERUSER, postgres_bin_dir
+from datarooms.services.stores import store_target
 from tests._cli import (
     DATAROOMS,
     clean_env,
@@ -55,6 +63,37 @@ def _wait_postgres_gone(data_dir: Path) -> None:
         time.sleep(0.1)
 
 
+def _post_hook(hook: dict[str, Any], body: dict[str, Any]) -> int:
+    req = urllib.request.Request(
+        hook["url"],
+        data=json.dumps(body).encode(),
+        headers={"X-Datarooms-Token": hook["secret"], "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return int(resp.status)
+
+
+def _services_sql(data_dir: Path, env: dict[str, str], sql: str) -> list[tuple[Any, ...]]:
+    import psycopg2
+
+    target = store_target(load_settings(data_dir=data_dir, env=env))
+    conn = psycopg2.connect(**target.connect_args)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def _services_dump(data_dir: Path, env: dict[str, str]) -> bytes:
+    args = store_target(load_settings(data_dir=data_dir, env=env)).connect_args
+    argv = [str(postgres_bin_dir() / "pg_dump"), "-h", args["host"], "-p", str(args["port"])]
+    argv += ["-U", SUPERUSER, args["database"]]
+    return subprocess.run(argv, capture_output=True, check=True).stdout
+
+
 def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
     require_program("redis-server", "redis-server")
     require_program("nginx", "nginx")
@@ -62,9 +101,11 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
     data_dir = tmp_path / "org"
     port = free_port()
     env = clean_env(
-        DATAROOMS_SERVICES="devchain,roomsbot",
+        DATAROOMS_SERVICES="devchain,roomsbot,automation",
         DATAROOMS_HOMESERVER_EVENT_PERSISTERS="1",
         DATAROOMS_HOMESERVER_INTERNAL_PORT_BASE=str(free_port_block()),
+        # The hook's URL stays the same across the restart.
+        DATAROOMS_AUTOMATION_PORT=str(free_port()),
     )
     payload = tmp_path / "report.bin"
     payload.write_bytes(os.urandom(200_000))
@@ -91,6 +132,24 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
         assert match, out
         recovery_key = match.group(1)
         assert "key backup       yes" in run("keys", "status")
+        # A webhook into the room (the automation service writes records with it).
+        run("room", "grant", room, "@automation:localhost", "write")
+        hook = json.loads(
+            run(
+                "hook",
+                "add",
+                room,
+                "--target",
+                "record",
+                "--template",
+                "alarm.${id}",
+                "--mapping",
+                '{"value": "v"}',
+                "--json",
+            )
+        )
+        assert _post_hook(hook, {"id": 1, "v": "coolant-sealed-41"}) == 202
+        _wait_record(run, room, "alarm.1", "coolant-sealed-41")
         # Not while it runs.
         busy = cli("migrate-to-postgres", data_dir=data_dir, env=env)
         assert busy.returncode == 1 and "running" in busy.stderr, busy.stderr
@@ -99,6 +158,9 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
         up.kill()
     db = data_dir / "synapse" / "homeserver.db"
     assert db.exists()
+    with sqlite3.connect(data_dir / "roomsbot" / "store.db") as store:
+        entity_rows = sorted(store.execute("SELECT did, created_at FROM entities"))
+    assert len(entity_rows) == 1
 
     # SIGKILLed mid-port (it and its children, like a power cut): nothing switched.
     proc = subprocess.Popen(
@@ -132,6 +194,9 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
     again = cli("migrate-to-postgres", data_dir=data_dir, env=env)
     assert again.returncode == 0 and "already migrated" in again.stdout, again.stderr
     assert (data_dir / "datarooms.toml").read_text() == config_text
+    for name in ("roomsbot/store.db", "automation/hooks.db", "automation/outbox.db"):
+        assert not (data_dir / name).exists() and (data_dir / f"{name}.migrated").exists()
+    assert "copied the store roomsbot: " in res.stderr, res.stderr
 
     creds = read_credentials(load_settings(data_dir=data_dir, env=env).credentials_file)
     assert creds is not None and creds.password
@@ -163,9 +228,35 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
         run("entity", "register")
         after = wait_entity_rooms(data_dir, env, 2)
         assert {k: v for k, v in after.items() if k in before} == before
+        # Our services' stores are in PostgreSQL: the same rows, not made again.
+        moved = _services_sql(data_dir, env, "SELECT did, created_at FROM roomsbot.entities")
+        assert entity_rows[0] in moved and len(moved) == 2
+        # The hook works with its old secret; its outbox kept the first delivery.
+        assert _post_hook(hook, {"id": 2, "v": "coolant-sealed-42"}) == 202
+        _wait_record(run, room, "alarm.2", "coolant-sealed-42")
+        states = _services_sql(
+            data_dir, env, "SELECT state FROM automation_outbox.deliveries ORDER BY seq"
+        )
+        assert states == [("sent",), ("sent",)]
+        dump = _services_dump(data_dir, env)
+        assert b"automation_hooks.hooks" in dump and b"dr-sealed:v1:" in dump
+        for plain in (hook["secret"], "coolant-sealed-41", "coolant-sealed-42"):
+            assert plain.encode() not in dump, plain
     finally:
         up2.interrupt()
         up2.kill()
+
+
+def _wait_record(run: Any, room: str, key: str, value: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if json.loads(run("get", room, key)) == value:
+                return
+        except AssertionError:
+            pass  # not there yet
+        assert time.monotonic() < deadline, f"{key} did not arrive"
+        time.sleep(0.5)
 
 
 def test_profile_switch_keeps_the_rest_of_the_config() -> None:

@@ -167,6 +167,57 @@ def postgres_state(args: dict[str, Any]) -> tuple[dict[str, int], set[str], bool
         conn.close()
 
 
+#: Synapse's multi-writer streams and their PostgreSQL sequences (``stream_name`` and
+#: ``sequence_name`` of each ``MultiWriterIdGenerator`` in synapse/storage/databases/).
+STREAM_SEQUENCES = {
+    "events": "events_stream_seq",
+    "to_device": "device_inbox_sequence",
+    "account_data": "account_data_sequence",
+    "receipts": "receipts_sequence",
+    "presence_stream": "presence_stream_sequence",
+    "caches": "cache_invalidation_stream_seq",
+    "device_lists_stream": "device_lists_sequence",
+    "e2e_cross_signing_keys": "e2e_cross_signing_keys_sequence",
+    "pushers": "pushers_sequence",
+    "push_rules_stream": "push_rules_stream_sequence",
+    "un_partial_stated_event_stream": "un_partial_stated_event_stream_sequence",
+    "un_partial_stated_room_stream": "un_partial_stated_room_stream_sequence",
+    "thread_subscriptions": "thread_subscriptions_sequence",
+    "sticky_events": "sticky_events_sequence",
+    "profile_updates": "profile_updates_sequence",
+}
+
+
+def align_sequences(args: dict[str, Any]) -> dict[str, int]:
+    """Move each stream's sequence up to the stream's position in ``stream_positions``.
+
+    synapse_port_db restarts a sequence after the largest id left in the stream's tables,
+    but SQLite's ``stream_positions`` (ported as it is) may be further on: delivered
+    to-device messages are deleted, so ``to_device`` is ahead of ``device_inbox``.
+    Synapse then refuses to start ("Postgres sequence 'device_inbox_sequence' is
+    inconsistent with associated stream position"), and a sequence moved back would
+    hand out ids that clients' sync tokens have already passed. The sequences moved."""
+    conn = _pg_connect(args)
+    moved: dict[str, int] = {}
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT sequencename FROM pg_sequences WHERE schemaname = current_schema()")
+            have = {r[0] for r in cur.fetchall()}
+            cur.execute("SELECT stream_name, max(stream_id) FROM stream_positions GROUP BY 1")
+            for stream, position in cur.fetchall():
+                seq = STREAM_SEQUENCES.get(stream)
+                if seq is None or seq not in have or position is None:
+                    continue
+                cur.execute(f"SELECT last_value, is_called FROM {seq}")  # noqa: S608 - constants
+                last, called = cur.fetchone()
+                if not called or last < position:
+                    cur.execute("SELECT setval(%s, %s)", (seq, max(int(position), int(last))))
+                    moved[seq] = int(position)
+    finally:
+        conn.close()
+    return moved
+
+
 async def port_sqlite(
     scale: ScaleSynapse,
     sqlite_db: Path,
@@ -238,6 +289,8 @@ async def port_sqlite(
             "row counts match: "
             + ", ".join(f"{t} {source[t]}" for t in ("users", "rooms", "events") if t in source)
         )
+        for seq, position in (await asyncio.to_thread(align_sequences, db_config["args"])).items():
+            progress(f"moved the sequence {seq} up to its stream's position {position}")
         if then is not None:
             await then()
         return PortReport(counts=source, seconds=time.monotonic() - began)

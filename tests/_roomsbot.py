@@ -38,9 +38,12 @@ class AppserviceHomeserver:
 
 
 @contextlib.contextmanager
-def appservice_homeserver(directory: Path) -> Iterator[AppserviceHomeserver]:
+def appservice_homeserver(
+    directory: Path, *, profile: str | None = None
+) -> Iterator[AppserviceHomeserver]:
     """A real Synapse that loaded the rooms bot's registration (written first, as the
-    platform does), the bot's data dir being ``directory / "data"``."""
+    platform does), the bot's data dir being ``directory / "data"``; of ``profile``
+    (default: the suite's, datarooms.testing.test_profile)."""
     data_dir = directory / "data"
     reg = write_registration(
         data_dir / "roomsbot" / "registration.yaml",
@@ -48,7 +51,9 @@ def appservice_homeserver(directory: Path) -> Iterator[AppserviceHomeserver]:
         url=f"http://127.0.0.1:{free_port()}",
     )
     with profile_homeserver(
-        directory / "synapse", extra_config={"app_service_config_files": [str(reg.path)]}
+        directory / "synapse",
+        extra_config={"app_service_config_files": [str(reg.path)]},
+        profile=profile,
     ) as hs:
         yield AppserviceHomeserver(hs, reg, data_dir)
 

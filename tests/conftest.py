@@ -11,6 +11,16 @@ from datarooms.testing import TestHomeserver, profile_homeserver
 from tests._roomsbot import AppserviceHomeserver, appservice_homeserver
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist names the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that test_scale_core.py imports keep their own marks, but run in its
+    group (their own xdist_group would send them to another group's worker)."""
+    for item in items:
+        group = getattr(getattr(item, "module", None), "GROUP", None)
+        if isinstance(group, str) and item.path.name == "test_scale_core.py":
+            item.add_marker(pytest.mark.xdist_group(group), append=False)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Under ``--dist loadgroup`` every test marked ``xdist_group`` must carry its group in
     its node id (that is how pytest-xdist keeps a group on one worker); if a pytest or

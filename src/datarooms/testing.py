@@ -191,10 +191,10 @@ test_profile.__test__ = False  # type: ignore[attr-defined]
 
 
 def profile_homeserver(
-    directory: Path, *, extra_config: dict[str, Any] | None = None
+    directory: Path, *, extra_config: dict[str, Any] | None = None, profile: str | None = None
 ) -> TestHomeserver:
-    """A test homeserver of the profile :func:`test_profile` names."""
-    if test_profile() == "scale":
+    """A test homeserver of ``profile``, by default the one :func:`test_profile` names."""
+    if (profile or test_profile()) == "scale":
         return TestScaleHomeserver(directory, extra_config=extra_config)
     return TestHomeserver(directory, extra_config=extra_config)
 

@@ -39,8 +39,9 @@ from tests._cli import (
 )
 from tests._system import require_program
 
-#: It starts a scale-profile homeserver (about 10 processes): with the scale tests.
-pytestmark = pytest.mark.xdist_group("scale")
+#: It runs scale-profile platforms of its own (about 10 processes each): a group of its
+#: own, so that it runs beside the scale tests, not after them.
+pytestmark = pytest.mark.xdist_group("migrate")
 
 
 def _config(data_dir: Path) -> str:
@@ -94,6 +95,7 @@ def _services_dump(data_dir: Path, env: dict[str, str]) -> bytes:
     return subprocess.run(argv, capture_output=True, check=True).stdout
 
 
+@pytest.mark.timeout(900)  # three scale-profile starts on a shared machine
 def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
     require_program("redis-server", "redis-server")
     require_program("nginx", "nginx")
@@ -242,9 +244,46 @@ def test_migrate_an_embedded_platform_to_postgres(tmp_path: Path) -> None:
         assert b"automation_hooks.hooks" in dump and b"dr-sealed:v1:" in dump
         for plain in (hook["secret"], "coolant-sealed-41", "coolant-sealed-42"):
             assert plain.encode() not in dump, plain
+        # A backup of the running scale platform: its PostgreSQL databases as dumps.
+        archive = tmp_path / "scale.age"
+        run("backup", str(archive), "--passphrase-stdin", stdin="correct horse\n")
     finally:
         up2.interrupt()
         up2.kill()
+
+    # Restored elsewhere (another data dir, other ports): everything reads back, the hook
+    # opens its sealed secret with the restored key and delivers.
+    restored = tmp_path / "restored"
+    renv = {
+        **env,
+        "DATAROOMS_HOMESERVER_INTERNAL_PORT_BASE": str(free_port_block()),
+        "DATAROOMS_AUTOMATION_PORT": str(free_port()),
+    }
+    res = cli(
+        "restore",
+        str(archive),
+        "--passphrase-stdin",
+        data_dir=restored,
+        env=renv,
+        input="correct horse\n",
+        timeout=180,
+    )
+    assert res.returncode == 0, f"{res.stdout}\n{res.stderr}"
+    assert "PostgreSQL: synapse, datarooms" in res.stdout, res.stdout
+    assert not (restored / "synapse" / "postgres.dump").exists()
+    up3 = start_up(restored, "--port", str(free_port()), env=renv)
+    try:
+        up3.wait_running(timeout=180)
+        assert json.loads(run("get", room, "reading", d=restored, e=renv)) == {"i": 2}
+        assert json.loads(run("get", room, "alarm.2", d=restored, e=renv)) == "coolant-sealed-42"
+        assert entity_rooms(restored, renv) == after
+        port = renv["DATAROOMS_AUTOMATION_PORT"]
+        moved_hook = {**hook, "url": re.sub(r":\d+/hooks/", f":{port}/hooks/", hook["url"])}
+        assert _post_hook(moved_hook, {"id": 3, "v": "coolant-sealed-43"}) == 202
+        _wait_record(lambda *a: run(*a, d=restored, e=renv), room, "alarm.3", "coolant-sealed-43")
+    finally:
+        up3.interrupt()
+        up3.kill()
 
 
 def _wait_record(run: Any, room: str, key: str, value: str) -> None:

@@ -53,6 +53,8 @@ def backup(
     )
     if report.skipped:
         err_console.print(f"gone while copying (left out): {', '.join(report.skipped)}")
+    for note in report.notes:
+        err_console.print(f"not in the backup: {note}", highlight=False)
 
 
 def restore(
@@ -74,9 +76,11 @@ def restore(
     identities = [p.read_text() for p in identity or []]
     phrase = _passphrase() if passphrase_stdin else None
     report = run_restore(archive, data_dir, identities=identities, passphrase=phrase)
+    loaded = f", PostgreSQL: {', '.join(report.databases)}" if report.databases else ""
     console.print(
-        f"restored {report.files} files ({report.bytes / 1e6:.1f} MB) into {report.data_dir} "
-        f"in {report.seconds:.1f} s; start it with `datarooms --data-dir {report.data_dir} up`",
+        f"restored {report.files} files ({report.bytes / 1e6:.1f} MB{loaded}) into "
+        f"{report.data_dir} in {report.seconds:.1f} s; start it with "
+        f"`datarooms --data-dir {report.data_dir} up`",
         highlight=False,
     )
 

@@ -204,6 +204,31 @@ class PostgresCluster:
             await self._child.stop(timeout=30)
             self._child = None
 
+    def dump(self, database: str, into: Path) -> None:
+        """``pg_dump -Fc`` of ``database`` (a consistent snapshot while it is written) into
+        the file ``into``. The cluster must be running."""
+        import subprocess
+
+        argv = [str(postgres_bin_dir() / "pg_dump"), "-Fc", *self._client_args(), "-f"]
+        argv += [str(into), database]
+        res = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise PlatformError(f"pg_dump of {database} failed: {res.stderr.strip()[-2000:]}")
+
+    def load_dump(self, database: str, role: str, dump: Path) -> None:
+        """``pg_restore`` a :meth:`dump` into ``database`` (as made by :meth:`start`), its
+        objects owned by ``role``, in one transaction: all of it or nothing."""
+        import subprocess
+
+        argv = [str(postgres_bin_dir() / "pg_restore"), *self._client_args(), "-d", database]
+        argv += ["--no-owner", f"--role={role}", "--single-transaction", "--exit-on-error"]
+        res = subprocess.run([*argv, str(dump)], capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise PlatformError(f"pg_restore of {database} failed: {res.stderr.strip()[-2000:]}")
+
+    def _client_args(self) -> list[str]:
+        return ["-h", str(self.socket_dir), "-p", str(self.port), "-U", SUPERUSER]
+
     def destroy(self) -> None:
         """Remove the cluster's files (tests): only a stopped cluster."""
         assert not self.running

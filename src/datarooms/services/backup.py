@@ -10,8 +10,18 @@ are. What is not data stays out: ``run/`` (sockets, pids, state of this run),
 lock files, SQLite's ``-wal``/``-shm``/``-journal`` side files (the snapshot holds
 their content) and logs.
 
+With the scale profile Synapse and our services keep their data in PostgreSQL: the
+archive then holds a ``pg_dump -Fc`` of each of the private cluster's databases
+(``synapse``, ``datarooms``) instead of the cluster's raw files, which a running server
+keeps changing (``data/synapse/postgres.dump/<db>.pgdump``). A stopped platform's cluster
+is started for the dump (under the platform's lock) and stopped after. ``restore``
+brings them back into a new cluster (``pg_restore``, one transaction each). A
+PostgreSQL you run (``postgres_url``, ``services_postgres_url``) is yours to back up:
+the report says so.
+
 The archive is a tar stream encrypted with age (pyrage, the bindings of rage),
-streamed: nothing but a SQLite snapshot at a time touches the disk in clear.
+streamed: nothing but a SQLite snapshot (or the PostgreSQL dumps) at a time touches
+the disk in clear, inside ``run/`` (mode 0700).
 
 - ``--recipient age1...`` (one or more): a standard age file; decrypt it with
   ``age -d -i key.txt`` (or ``rage``) anywhere.
@@ -30,6 +40,7 @@ that a platform runs on, or that is not empty.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -71,6 +82,8 @@ class BackupReport:
     databases: int = 0
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    #: What the archive does not hold and why (a PostgreSQL you run).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +92,14 @@ class RestoreReport:
     files: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    #: Databases brought back into PostgreSQL (the scale profile).
+    databases: list[str] = field(default_factory=list)
+
+
+#: Where a scale platform's PostgreSQL dumps go in the archive (under ``data/``).
+PG_DUMPS = PurePosixPath("synapse", "postgres.dump")
+#: The private cluster's own files (``synapse/postgres``): never copied raw.
+PG_CLUSTER = PurePosixPath("synapse", "postgres")
 
 
 def _is_sqlite(path: Path) -> bool:
@@ -89,12 +110,13 @@ def _is_sqlite(path: Path) -> bool:
         return False
 
 
-def _members(data_dir: Path) -> Iterator[tuple[Path, str]]:
+def _members(data_dir: Path, skip: tuple[PurePosixPath, ...] = ()) -> Iterator[tuple[Path, str]]:
     """Every file of the data dir that is data: (path, name in the archive)."""
     for root, dirs, files in os.walk(data_dir):
         rel_root = Path(root).relative_to(data_dir)
         if rel_root == Path("."):
             dirs[:] = [d for d in dirs if d != "run"]
+        dirs[:] = [d for d in dirs if PurePosixPath(*rel_root.parts, d) not in skip]
         dirs.sort()
         for name in sorted(files):
             path = Path(root) / name
@@ -134,12 +156,17 @@ class _Hashing(io.RawIOBase):
 
 
 def _write_tar(
-    data_dir: Path, out: IO[bytes], report: BackupReport, progress: Callable[[str], None]
+    data_dir: Path,
+    out: IO[bytes],
+    report: BackupReport,
+    progress: Callable[[str], None],
+    dumps: list[tuple[Path, str]] | None = None,
 ) -> None:
     manifest: dict[str, Any] = {"format": FORMAT, "created": time.time(), "files": {}}
+    skip = (PG_CLUSTER, PG_DUMPS) if dumps else (PG_DUMPS,)
     with tempfile.TemporaryDirectory(dir=data_dir / "run", prefix="backup-") as tmp:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for path, name in _members(data_dir):
+            for path, name in [*_members(data_dir, skip), *(dumps or [])]:
                 source = path
                 if _is_sqlite(path):
                     source = Path(tmp) / "snapshot.db"
@@ -223,13 +250,22 @@ def backup(
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
 
+    dump_dir = Path(tempfile.mkdtemp(dir=data_dir / "run", prefix="pgdump-"))
+
     def produce() -> None:
         try:
             with os.fdopen(write_fd, "wb") as pipe:
-                _write_tar(data_dir, pipe, report, say)
+                _write_tar(data_dir, pipe, report, say, dumps)
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
 
+    try:
+        dumps = _postgres_dumps(settings, dump_dir, report, say)
+    except BaseException:
+        shutil.rmtree(dump_dir, ignore_errors=True)
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -249,8 +285,97 @@ def backup(
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
         raise
+    finally:
+        shutil.rmtree(dump_dir, ignore_errors=True)
     report.seconds = time.monotonic() - began
     return report
+
+
+def _postgres_dumps(
+    settings: Settings, into: Path, report: BackupReport, say: Callable[[str], None]
+) -> list[tuple[Path, str]]:
+    """The scale profile's PostgreSQL databases dumped into ``into``: (file, archive name)."""
+    hs = settings.homeserver
+    if hs.profile != "scale":
+        return []
+    from datarooms.homeserver.postgres import DATABASE, SERVICES_DATABASE, PostgresCluster
+    from datarooms.homeserver.scale import scale_homeserver
+    from datarooms.services.platform import PlatformLock
+
+    pg = scale_homeserver(settings).postgres
+    if not isinstance(pg, PostgresCluster):
+        report.notes.append(
+            f"Synapse's PostgreSQL at {pg.where} is yours: back it up with pg_dump "
+            "(docs/scaling.md, Backup)"
+        )
+        return []
+    databases = [DATABASE]
+    if hs.services_postgres_url:
+        report.notes.append(
+            "the services' PostgreSQL (homeserver.services_postgres_url) is yours: "
+            "back it up with pg_dump"
+        )
+    else:
+        databases.append(SERVICES_DATABASE)
+    lock = PlatformLock(settings.run_dir / "up.lock")
+    stopped = ProcessLock.holder(lock.path) is None
+    if stopped:
+        lock.acquire()  # no `datarooms up` while we run its PostgreSQL
+    try:
+        if stopped:
+            say("starting the platform's PostgreSQL for the dump")
+            asyncio.run(pg.start())
+        out = []
+        for db in databases:
+            path = into / f"{db}.pgdump"
+            pg.dump(db, path)
+            out.append((path, str(PurePosixPath("data", PG_DUMPS, path.name))))
+            report.databases += 1
+            say(f"dumped the PostgreSQL database {db}")
+        return out
+    finally:
+        if stopped:
+            asyncio.run(pg.stop())
+            lock.release()
+
+
+def _restore_postgres(data_dir: Path, report: RestoreReport) -> None:
+    """A restored scale platform's dumps back into a new private cluster."""
+    dumps = data_dir / PG_DUMPS
+    if not dumps.is_dir():
+        return
+    from datarooms.config import load_settings
+    from datarooms.homeserver.postgres import (
+        DATABASE,
+        ROLE,
+        SERVICES_DATABASE,
+        SERVICES_ROLE,
+        PostgresCluster,
+    )
+    from datarooms.homeserver.scale import scale_homeserver
+
+    pg = scale_homeserver(load_settings(data_dir=data_dir)).postgres
+    if not isinstance(pg, PostgresCluster):
+        raise BackupError(
+            f"the backup holds PostgreSQL dumps ({dumps}) but the restored config names a "
+            "PostgreSQL you run: load them with pg_restore"
+        )
+    if (pg.location / "data" / "PG_VERSION").exists():
+        raise BackupError(
+            f"a PostgreSQL cluster for {data_dir} already exists in {pg.location}: remove it, "
+            f"or load {dumps} with pg_restore yourself"
+        )
+    roles = {DATABASE: ROLE, SERVICES_DATABASE: SERVICES_ROLE}
+    asyncio.run(pg.start())
+    try:
+        for db, role in roles.items():
+            dump = dumps / f"{db}.pgdump"
+            if dump.exists():
+                pg.load_dump(db, role, dump)
+                report.databases.append(db)
+    finally:
+        asyncio.run(pg.stop())
+    shutil.rmtree(dumps)
 
 
 def _decrypt_to(
@@ -411,6 +536,13 @@ def restore(
         consumer.join(timeout=5)
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    try:
+        _restore_postgres(data_dir, report)
+    except Exception as exc:
+        message = exc.message if isinstance(exc, DataroomsError) else str(exc)
+        raise BackupError(
+            f"the files are restored into {data_dir}, but not PostgreSQL's databases: {message}"
+        ) from None
     report.seconds = time.monotonic() - began
     return report
 

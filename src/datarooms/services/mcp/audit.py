@@ -226,6 +226,7 @@ def import_audit_file(path: Path, db: Database) -> int:
 
 
 def _attach(handler: logging.Handler) -> logging.Handler:
+    handler._datarooms_audit = True  # type: ignore[attr-defined]  # one of our destinations
     if not any(isinstance(h, _ToProcessLog) for h in log.handlers):
         log.addHandler(_ToProcessLog())
     log.addHandler(handler)
@@ -238,7 +239,7 @@ def close_audit_file(handler: logging.Handler) -> None:
     """Detach a destination made by :func:`open_audit_file` or :func:`open_audit_table`."""
     log.removeHandler(handler)
     handler.close()
-    if not any(not isinstance(h, _ToProcessLog) for h in log.handlers):
+    if not any(getattr(h, "_datarooms_audit", False) for h in log.handlers):
         for h in [h for h in log.handlers if isinstance(h, _ToProcessLog)]:
             log.removeHandler(h)
         log.setLevel(logging.NOTSET)

@@ -261,37 +261,28 @@ def test_postgres_restart_and_unreachable(cluster: PostgresCluster, tmp_path: Pa
 
 
 def test_the_profile_picks_the_backend(tmp_path: Path) -> None:
-    embedded = load_settings(data_dir=tmp_path, env={})
-    assert store_target(embedded).backend == "sqlite"
-    scale = load_settings(data_dir=tmp_path, env={"DATAROOMS_HOMESERVER_PROFILE": "scale"})
-    private = store_target(scale)
+    def target(**env: str) -> StoreTarget:
+        return store_target(load_settings(data_dir=tmp_path, env=env))
+
+    assert target().backend == "sqlite"
+    scale = {"DATAROOMS_HOMESERVER_PROFILE": "scale"}
+    private = target(**scale)
     assert private.backend == "postgres" and private.connect_args["database"] == "datarooms"
     assert private.connect_args["user"] == "datarooms_services"
     assert private.key_path == tmp_path / "services" / "store.key"
-    external = load_settings(
-        data_dir=tmp_path,
-        env={
-            "DATAROOMS_HOMESERVER_PROFILE": "scale",
-            "DATAROOMS_HOMESERVER_POSTGRES_URL": "postgresql://syn:pw@db.example:5433/synapse",
-        },
+    external = target(
+        **scale,
+        DATAROOMS_HOMESERVER_POSTGRES_URL="postgresql://syn:pw@db.example:5433/synapse",
     )
-    assert store_target(external).connect_args == {
+    assert external.connect_args == {
         "host": "db.example",
         "port": 5433,
         "database": "synapse",
         "user": "syn",
         "password": "pw",
     }
-    apart = load_settings(
-        data_dir=tmp_path,
-        env={
-            "DATAROOMS_HOMESERVER_PROFILE": "scale",
-            "DATAROOMS_HOMESERVER_SERVICES_POSTGRES_URL": "postgresql://svc@db2.example/ours",
-        },
+    assert "pw" not in external.where
+    apart = target(
+        **scale, DATAROOMS_HOMESERVER_SERVICES_POSTGRES_URL="postgresql://svc@db2.example/ours"
     )
-    assert store_target(apart).connect_args == {
-        "host": "db2.example",
-        "database": "ours",
-        "user": "svc",
-    }
-    assert "pw" not in store_target(external).where
+    assert apart.connect_args == {"host": "db2.example", "database": "ours", "user": "svc"}

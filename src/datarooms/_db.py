@@ -208,7 +208,8 @@ class PostgresDatabase(Database):
             where = self._args.get("host", "?")
             raise StoreUnavailableError(
                 f"cannot reach the services' PostgreSQL at {where} "
-                f"(store {self.name}): {str(exc).strip().splitlines()[0]}"
+                f"(store {self.name}): {str(exc).strip().splitlines()[0]}; the scale "
+                "profile's private cluster runs while `datarooms up` does"
             ) from None
         conn.autocommit = True
         # bytea as bytes (not memoryview), sum()/numeric as int or float, like SQLite.

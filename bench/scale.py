@@ -20,7 +20,8 @@ On each, through its public URL (nginx's for the scale profile):
 4. rooms bot provisioning: N entities registered on a devchain, as fast as it takes them;
    the time until the bot's store has every entity's rooms, and Synapse's CPU per entity:
    utime+stime of every Synapse process (main and workers) from /proc, before and after
-   (PostgreSQL's own CPU is reported apart, ``pg_cpu_ms_per_entity_*``).
+   (PostgreSQL's own CPU is reported apart, ``pg_cpu_ms_per_entity_*``; each Synapse
+   process's share in ``cpu_ms_per_entity_by_process_*``).
 
 Sizes: full N=1000, 200 puts, 100,000 samples, 50 deliveries; --quick N=100, 50, 20,000,
 20; --smoke N=5, 10, 2,000, 5, embedded and scale_2p only (the scale_1p figures are null;
@@ -86,10 +87,11 @@ def tree_cpu_seconds(pid: int | None) -> float:
     return total / _TICK
 
 
-def synapse_pids(hs: TestHomeserver) -> list[int]:
+def synapse_pids(hs: TestHomeserver) -> dict[str, int]:
+    """Every Synapse process by name (``main`` and the workers)."""
     if isinstance(hs, TestScaleHomeserver):
-        return list(hs.scale.synapse_pids().values())
-    return [hs.synapse.pid or 0]
+        return hs.scale.synapse_pids()
+    return {"main": hs.synapse.pid or 0}
 
 
 async def register_all(url: str, n: int) -> None:
@@ -161,7 +163,7 @@ async def client_figures(
 
 async def provisioning(
     hs: TestHomeserver, reg: Any, bot_port: int, tmp: Path, n: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     chain = DevChain(tmp / "chain", chain_id=f"bench-{uuid.uuid4().hex[:6]}")
     async with DevChainServer(chain, port=0) as server:
         bot = RoomsBot(
@@ -179,7 +181,8 @@ async def provisioning(
             target = bot.store.count() + n
             pids = synapse_pids(hs)
             pg_pid = hs.scale.postgres.pid if isinstance(hs, TestScaleHomeserver) else None
-            cpu0, pg0 = cpu_seconds(pids), tree_cpu_seconds(pg_pid)
+            by0 = {name: cpu_seconds([pid]) for name, pid in pids.items()}
+            pg0 = tree_cpu_seconds(pg_pid)
             t0 = time.perf_counter()
             registering = asyncio.create_task(register_all(server.url, n))
             shown = t0
@@ -190,18 +193,20 @@ async def provisioning(
                     print(f"  ... {bot.store.count() - target + n}/{n} entities", flush=True)
             seconds = time.perf_counter() - t0
             await registering
-            cpu = cpu_seconds(pids) - cpu0
+            by = {name: cpu_seconds([pid]) - by0[name] for name, pid in pids.items()}
             pg = tree_cpu_seconds(pg_pid) - pg0
         finally:
             await bot.stop()
     return {
         "provision_s": seconds,
-        "cpu_ms_per_entity": cpu * 1000 / n,
+        "cpu_ms_per_entity": sum(by.values()) * 1000 / n,
         "pg_cpu_ms_per_entity": pg * 1000 / n,
+        # Where it goes: each Synapse process's share (ms an entity).
+        "cpu_ms_per_entity_by_process": {k: round(v * 1000 / n, 1) for k, v in by.items()},
     }
 
 
-async def run_profile(name: str, persisters: int, sizes: dict[str, int]) -> dict[str, float]:
+async def run_profile(name: str, persisters: int, sizes: dict[str, int]) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-scale-{name}-"))
     bot_port = free_port()
     reg = write_registration(
@@ -235,6 +240,9 @@ async def run_profile(name: str, persisters: int, sizes: dict[str, int]) -> dict
         f"(+ PostgreSQL {figures['pg_cpu_ms_per_entity']:.0f} ms) an entity",
         flush=True,
     )
+    if persisters:
+        by = figures["cpu_ms_per_entity_by_process"]
+        print(f"{'':>9}  Synapse CPU ms an entity by process: {by}", flush=True)
     return figures
 
 
@@ -283,6 +291,8 @@ async def main(quick: bool, smoke: bool) -> None:
         "start_s_embedded": e["start_s"],
         "start_s_scale": s2["start_s"],
         "provision_ratio_2p_vs_embedded": e["provision_s"] / s2["provision_s"],
+        "cpu_ms_per_entity_by_process_scale": s2["cpu_ms_per_entity_by_process"],
+        "cpu_ms_per_entity_by_process_scale_1p": s1["cpu_ms_per_entity_by_process"],
         "put_samples": sizes["puts"],
         "telemetry_samples": sizes["samples"],
         "runtime_s": time.perf_counter() - started,

@@ -133,6 +133,10 @@ async def test_workers_serve_records_files_telemetry_and_history(
     # The events were persisted by the event persisters, never by main.
     writers = {row[0] for row in _db(scale, "SELECT DISTINCT instance_name FROM events")}
     assert writers and writers <= set(scale.topology.persisters)
+    # No federation on the scale profile (yet): no federation sender runs, which would
+    # work out every new event's destinations for nothing; every other process runs.
+    assert not scale.topology.by_role("federation_sender")
+    assert set(scale.synapse_pids()) == {"main", *(w.name for w in scale.topology.workers)}
 
 
 async def test_event_persister_killed_mid_ingest_loses_and_duplicates_nothing(

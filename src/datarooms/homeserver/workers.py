@@ -11,7 +11,8 @@ another machine is a change of its ``host`` here and in nginx's upstreams):
                        login/register (the regexes of workers.md, but sync)
 ``sync1``              generic worker: ``/sync``, ``/events``, ``/initialSync``
 ``persister1..N``      event persisters: ``stream_writers.events`` sharded by room
-``federation_sender1`` ``federation_sender_instances``
+``federation_sender1`` ``federation_sender_instances``, only with federation (which the
+                       scale profile does not offer yet: without it, no sender runs)
 ``media1``             the media repository (``enable_media_repo: false`` on main)
 ``appservice1``        ``notify_appservices_from_worker``: transactions to the bots
 =====================  ==========================================================
@@ -176,8 +177,15 @@ class Topology:
 
     @classmethod
     def build(
-        cls, ports: Iterator[int], *, persisters: int = 2, host: str = "127.0.0.1"
+        cls,
+        ports: Iterator[int],
+        *,
+        persisters: int = 2,
+        host: str = "127.0.0.1",
+        federation: bool = False,
     ) -> Topology:
+        """The processes and their ports. ``federation``: with a federation sender (its
+        port is reserved either way, so the ports after it never move)."""
         if persisters < 1:
             raise ValueError("the scale profile needs at least one event persister")
         main, replication = next(ports), next(ports)
@@ -188,7 +196,14 @@ class Topology:
                 Worker(f"persister{i}", "event_persister", next(ports), host)
                 for i in range(1, persisters + 1)
             ),
-            Worker("federation_sender1", "federation_sender", next(ports), host),
+        ]
+        # Without federation, a sender would still work out every new event's
+        # destinations (none): a third of an entity's Synapse CPU on the embedded
+        # homeserver (bench/roomsbot.py), as much again here in a process of its own.
+        sender_port = next(ports)
+        if federation:
+            workers.append(Worker("federation_sender1", "federation_sender", sender_port, host))
+        workers += [
             Worker("media1", "media", next(ports), host),
             Worker("appservice1", "appservice", next(ports), host),
         ]

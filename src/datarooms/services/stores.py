@@ -23,7 +23,7 @@ from typing import Any
 
 from datarooms._db import SQLITE, StoreTarget
 from datarooms.config import Settings
-from datarooms.homeserver.postgres import ExternalPostgres, PostgresCluster, parse_postgres_url
+from datarooms.homeserver.postgres import ExternalPostgres, PostgresCluster
 
 
 def key_path(settings: Settings) -> Path:
@@ -38,16 +38,10 @@ def store_target(settings: Settings, homeserver: Any = None) -> StoreTarget:
     hs = settings.homeserver
     if hs.profile != "scale":
         return SQLITE
-    if hs.services_postgres_url:
-        external = ExternalPostgres(hs.services_postgres_url)
-        return StoreTarget(
-            "postgres",
-            parse_postgres_url(hs.services_postgres_url),
-            key_path(settings),
-            external.where,
-        )
     postgres = getattr(homeserver, "postgres", None)
-    if not isinstance(postgres, PostgresCluster | ExternalPostgres):
+    if hs.services_postgres_url:
+        postgres = ExternalPostgres(hs.services_postgres_url)
+    elif not isinstance(postgres, PostgresCluster | ExternalPostgres):
         from datarooms.homeserver.scale import scale_homeserver
 
         postgres = scale_homeserver(settings).postgres

@@ -101,7 +101,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     rounds = 1 if args.smoke else 3 if args.quick else 15
-    bytecode_cache = not args.no_bytecode_cache
+    # A smoke run measures as the environment is: a private cache would start cold.
+    bytecode_cache = not args.no_bytecode_cache and not args.smoke
     tmp = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     data_dir = tmp / "data"
     env = child_env(tmp, bytecode_cache, DATAROOMS_SERVICES="none")

@@ -21,8 +21,23 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 stamp="$venv/.datarooms-installed-$1"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
-  echo "installing datarooms[$1] into $venv (first run takes a minute)" >&2
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root[$1]" >&2
+  echo "installing datarooms[$1] into $venv (first run takes half a minute)" >&2
+  # uv (from PyPI, into the venv) downloads and installs in parallel, about twice as
+  # fast as pip here; pip is the fallback. --compile-bytecode as pip does: where the
+  # environment sets PYTHONDONTWRITEBYTECODE (this machine does) an uncompiled Synapse takes
+  # 7.2 s of CPU to import instead of 2.0 s, at every start.
+  if "$venv/bin/python" -m pip install -q --disable-pip-version-check 'uv>=0.5' >&2 &&
+    "$venv/bin/python" -m uv pip install -q --compile-bytecode --python "$venv/bin/python" \
+      -e "$root[$1]" >&2; then
+    :
+  else
+    echo "uv could not install; falling back to pip" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root[$1]" >&2
+  fi
   touch "$stamp"
 fi
+# Our own modules too (an editable install compiles nothing): 0.3 s of CPU at every
+# start of a process that imports the SDK, under PYTHONDONTWRITEBYTECODE. Only what
+# changed since the last run is compiled again.
+"$venv/bin/python" -m compileall -q -j 0 "$root/src" >/dev/null

@@ -9,6 +9,7 @@ import pytest
 from datarooms.homeserver.admin import RegisteredUser
 from datarooms.testing import TestHomeserver, profile_homeserver
 from tests._roomsbot import AppserviceHomeserver, appservice_homeserver
+from tests._system import require_program
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist names the groups
@@ -55,6 +56,20 @@ def appservice_hs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appservi
     ``pytest.mark.xdist_group("appservice")`` so that they share one worker, and so
     one such Synapse; each takes a data dir of its own (``tests._roomsbot.own_data_dir``)."""
     with appservice_homeserver(tmp_path_factory.mktemp("appservice")) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def scale_core_hs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppserviceHomeserver]:
+    """One scale-profile Synapse (PostgreSQL, Redis, a main process, client, sync, two
+    event persisters, media and appservice workers, behind nginx) that also loaded the
+    rooms bot's registration: for the tests in the ``scale-core`` group (one worker, so
+    one such Synapse, about ten processes): tests/test_scale.py and the core of the suite
+    in tests/test_scale_core.py."""
+    require_program("redis-server", "redis-server")
+    require_program("nginx", "nginx")
+    require_program("pg_ctlcluster", "postgresql")  # /usr/lib/postgresql/<ver>/bin
+    with appservice_homeserver(tmp_path_factory.mktemp("scale-core"), profile="scale") as env:
         yield env
 
 

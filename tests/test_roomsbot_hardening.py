@@ -29,7 +29,8 @@ from tests._roomsbot import (
     state_of,
 )
 
-pytestmark = pytest.mark.timeout(240)
+#: One worker, so the module's homeserver is started once.
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("roomsbot-hardening")]
 
 
 @pytest.fixture(scope="module")

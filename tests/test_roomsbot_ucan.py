@@ -26,6 +26,9 @@ from datarooms.sdk.ucan import (
 from datarooms.services.roomsbot import RoomsBot, RoomsBotSettings
 from tests._roomsbot import AppserviceHomeserver, openid_token, own_data_dir
 
+#: On the session's appservice homeserver, with the other rooms-bot tests: one worker.
+pytestmark = pytest.mark.xdist_group("appservice")
+
 
 @pytest.fixture
 async def bot(appservice_hs: AppserviceHomeserver, tmp_path: Path) -> AsyncIterator[RoomsBot]:

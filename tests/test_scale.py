@@ -13,7 +13,7 @@ import asyncio
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +31,19 @@ from tests._wait import until
 
 OpenClient = Callable[[str], Awaitable[DataroomsClient]]
 
-#: One scale-profile homeserver (about 10 processes) for the module: one xdist worker.
-pytestmark = pytest.mark.xdist_group("scale")
+#: The session's one scale-profile homeserver (about 10 processes), shared with the core
+#: of the suite on the scale profile (tests/test_scale_core.py): one xdist worker.
+pytestmark = pytest.mark.xdist_group("scale-core")
 
 
 @pytest.fixture(scope="session")
-def scale_hs(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TestScaleHomeserver]:
-    """The session's scale-profile homeserver (the ``homeserver`` fixture itself when the
-    suite runs with DATAROOMS_TEST_PROFILE=scale)."""
-    require_program("redis-server", "redis-server")
-    require_program("nginx", "nginx")
-    require_program("pg_ctlcluster", "postgresql")  # /usr/lib/postgresql/<ver>/bin
-    if os.environ.get("DATAROOMS_TEST_PROFILE") == "scale":
-        hs = request.getfixturevalue("homeserver")
-        assert isinstance(hs, TestScaleHomeserver)
-        yield hs
-        return
-    with TestScaleHomeserver(tmp_path_factory.mktemp("scale")) as hs:
-        yield hs
+def scale_hs(request: pytest.FixtureRequest) -> TestScaleHomeserver:
+    """The session's scale-profile homeserver: conftest.py's ``scale_core_hs`` (the
+    ``homeserver`` fixture itself when the suite runs with DATAROOMS_TEST_PROFILE=scale)."""
+    name = "homeserver" if os.environ.get("DATAROOMS_TEST_PROFILE") == "scale" else None
+    hs = request.getfixturevalue(name) if name else request.getfixturevalue("scale_core_hs").hs
+    assert isinstance(hs, TestScaleHomeserver)
+    return hs
 
 
 @pytest.fixture
@@ -210,12 +203,14 @@ def test_config_selects_the_profile_and_checks_it(tmp_path: Path) -> None:
         )
 
 
-async def test_a_worker_that_dies_at_start_stops_everything(
-    scale_hs: TestScaleHomeserver, tmp_path: Path
-) -> None:
+async def test_a_worker_that_dies_at_start_stops_everything(tmp_path: Path) -> None:
     """Another program takes the sync worker's port while Synapse boots: the worker dies
     at start, the error names it with its log, and nothing of the profile is left running."""
     import socket
+
+    require_program("redis-server", "redis-server")
+    require_program("nginx", "nginx")
+    require_program("pg_ctlcluster", "postgresql")
 
     scale = TestScaleHomeserver(tmp_path / "broken").scale
     sync = scale.worker("sync1")

@@ -2,23 +2,19 @@
 sharing, telemetry, the state bot and the rooms bot's exactly-once provisioning.
 
 The same test functions as the embedded run (imported here, nothing copied), with the
-``homeserver`` and ``appservice_hs`` fixtures of this module: one scale-profile Synapse
-(PostgreSQL, Redis, a main process, client, sync, two event persisters, federation
-sender, media and appservice workers, behind nginx) that also loaded the rooms bot's
-registration. They run in the xdist group ``scale-core``: one worker, one such Synapse,
-beside the ``scale`` group's. With ``DATAROOMS_TEST_PROFILE=scale`` the whole suite runs
-on the scale profile and this module adds nothing.
+``homeserver`` and ``appservice_hs`` fixtures of this module: the session's one
+scale-profile Synapse (conftest.py's ``scale_core_hs``), which tests/test_scale.py uses
+too. They run in the xdist group ``scale-core``: one worker, one such Synapse. With
+``DATAROOMS_TEST_PROFILE=scale`` the whole suite runs on the scale profile and this
+module adds nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from datarooms.testing import TestHomeserver, TestScaleHomeserver, test_profile
-from tests._roomsbot import AppserviceHomeserver, appservice_homeserver
-from tests._system import require_program
+from tests._roomsbot import AppserviceHomeserver
 from tests.test_records import *  # noqa: F403
 from tests.test_roomsbot_exactly_once import *  # noqa: F403
 from tests.test_sharing import *  # noqa: F403
@@ -32,15 +28,6 @@ else:
     pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("scale-core")]
 
 GROUP = "scale-core"
-
-
-@pytest.fixture(scope="session")
-def scale_core_hs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppserviceHomeserver]:
-    require_program("redis-server", "redis-server")
-    require_program("nginx", "nginx")
-    require_program("pg_ctlcluster", "postgresql")  # /usr/lib/postgresql/<ver>/bin
-    with appservice_homeserver(tmp_path_factory.mktemp("scale-core"), profile="scale") as env:
-        yield env
 
 
 @pytest.fixture(scope="session")

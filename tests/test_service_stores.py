@@ -42,6 +42,10 @@ from tests._system import require_program
 ROOM = "!abc:localhost"
 
 
+#: One worker, so the module's PostgreSQL cluster is made (initdb) once.
+pytestmark = pytest.mark.xdist_group("service-stores")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
     require_program("pg_ctlcluster", "postgresql")  # /usr/lib/postgresql/<ver>/bin

@@ -4,13 +4,17 @@ Run from the repo root: python bench/roomsbot.py [--quick | --smoke]
 
 Everything is real: an embedded Synapse that loaded the bot's appservice registration,
 the devchain, and the rooms bot watching it (the bot and the devchain share this
-process, as under `datarooms up`). Two phases on the same homeserver, one after the other:
+process, as under `datarooms up`). Two phases, one after the other:
 
 1. baseline: the bot's earlier recipe (``EntityRooms(recipe="baseline")``: a topic on
    every room, and the entity's space made with its room: 23 events an entity with one
    controller); N entities (full 1,000, quick 100, smoke 5);
 2. ours (``recipe="lean"``): no topics, the space made only when someone asks for it;
-   the same N, registered after the baseline's (so on a homeserver with more rooms).
+   the same N.
+
+Each phase has a homeserver, a devchain and a bot of its own, fresh (until 2026-12 ours
+ran second, on the homeserver the baseline had filled with 2,000 rooms, which cost it
+~2x in Synapse CPU an entity).
 
 Each phase registers its N entities on the devchain as fast as the chain takes them, each
 with one controller, and times from the first registration until every entity's rooms
@@ -163,16 +167,16 @@ async def bench_space_on_request(
     }
 
 
-async def main(quick: bool, smoke: bool = False, synapse_config: str = "") -> None:
-    n = 5 if smoke else 100 if quick else 1000
-    work = Path(tempfile.mkdtemp(prefix="bench-roomsbot-"))
+async def run_recipe(
+    work: Path, n: int, recipe: Recipe, extra: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, float]]:
+    """One phase on a homeserver, devchain and bot of its own: N entities with ``recipe``
+    (then, for ours, spaces on request). Fresh for each recipe, so that neither runs on a
+    homeserver the other filled: Synapse's cost per room grows with its database."""
     port = free_port()
     reg = write_registration(
         work / "registration.yaml", server_name="localhost", url=f"http://127.0.0.1:{port}"
     )
-    extra = json.loads(synapse_config) if synapse_config else {}
-    if not isinstance(extra, dict):
-        raise SystemExit("--synapse-config takes a JSON object")
     hs = TestHomeserver(
         work / "synapse",
         extra_config={**extra, "app_service_config_files": [str(reg.path)]},
@@ -194,17 +198,32 @@ async def main(quick: bool, smoke: bool = False, synapse_config: str = "") -> No
                 await register_all(server.url, 5)
                 while bot.store.count() < 5:
                     await asyncio.sleep(0.05)
-                base = await bench_phase(hs, bot, server.url, n, "baseline")
-                print(f"baseline: {summary(base)}", flush=True)
-                ours = await bench_phase(hs, bot, server.url, n, "lean")
-                print(f"ours:     {summary(ours)}", flush=True)
-                spaces = await bench_space_on_request(hs, bot, ours["dids"][: min(n, 10)])
-                rss = rss_mb(os.getpid())
-                synapse_rss = rss_mb(hs.synapse.pid or 0)
+                phase = await bench_phase(hs, bot, server.url, n, recipe)
+                spaces = None
+                if recipe == "lean":
+                    spaces = await bench_space_on_request(hs, bot, phase["dids"][: min(n, 10)])
+                rss = {
+                    "bot_rss_mb": rss_mb(os.getpid()),
+                    "synapse_rss_mb": rss_mb(hs.synapse.pid or 0),
+                }
             finally:
                 await bot.stop()
     finally:
         await hs.synapse.stop()
+    return phase, spaces, rss
+
+
+async def main(quick: bool, smoke: bool = False, synapse_config: str = "") -> None:
+    n = 5 if smoke else 100 if quick else 1000
+    work = Path(tempfile.mkdtemp(prefix="bench-roomsbot-"))
+    extra = json.loads(synapse_config) if synapse_config else {}
+    if not isinstance(extra, dict):
+        raise SystemExit("--synapse-config takes a JSON object")
+    base, _, _ = await run_recipe(work / "baseline", n, "baseline", extra)
+    print(f"baseline: {summary(base)}", flush=True)
+    ours, spaces, rss_figures = await run_recipe(work / "lean", n, "lean", extra)
+    assert spaces is not None
+    print(f"ours:     {summary(ours)}", flush=True)
     result: dict[str, Any] = {
         "bench": "roomsbot",
         "entities": n,
@@ -224,8 +243,7 @@ async def main(quick: bool, smoke: bool = False, synapse_config: str = "") -> No
         "target_s_per_1000": 120,
         "target_cpu_ms_per_entity": 120,
         "synapse_config": extra,
-        "bot_rss_mb": rss,
-        "synapse_rss_mb": synapse_rss,
+        **rss_figures,
         **machine(),
     }
     print(

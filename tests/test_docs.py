@@ -61,7 +61,9 @@ async def test_two_devices_edit_one_document_concurrently(alice_bob) -> None:  #
     a.text("body").insert(0, "2")
     await sending
     await until(lambda: str(b.text("body")).startswith("21"), what="both edits arrive")
-    assert alice.docs.pending_edits(room) == 0
+    # ... and leaves it: bob can see both edits before alice's send of the second has
+    # returned, so wait for her outbox to drain (a stranded edit never would).
+    await until(lambda: alice.docs.pending_edits(room) == 0, what="alice's outbox drained")
 
     # A document of another name in the same room is separate.
     other = await alice.docs.open(room, "notes", batch_ms=0)

@@ -169,10 +169,12 @@ async def bench_space_on_request(
 
 async def run_recipe(
     work: Path, n: int, recipe: Recipe, extra: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, float]]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """One phase on a homeserver, devchain and bot of its own: N entities with ``recipe``
     (then, for ours, spaces on request). Fresh for each recipe, so that neither runs on a
-    homeserver the other filled: Synapse's cost per room grows with its database."""
+    homeserver the other filled: Synapse's cost per room grows with its database.
+
+    Returns the phase's figures and the run's other figures (memory; for ours, spaces)."""
     port = free_port()
     reg = write_registration(
         work / "registration.yaml", server_name="localhost", url=f"http://127.0.0.1:{port}"
@@ -199,18 +201,17 @@ async def run_recipe(
                 while bot.store.count() < 5:
                     await asyncio.sleep(0.05)
                 phase = await bench_phase(hs, bot, server.url, n, recipe)
-                spaces = None
+                others: dict[str, Any] = {}
                 if recipe == "lean":
-                    spaces = await bench_space_on_request(hs, bot, phase["dids"][: min(n, 10)])
-                rss = {
-                    "bot_rss_mb": rss_mb(os.getpid()),
-                    "synapse_rss_mb": rss_mb(hs.synapse.pid or 0),
-                }
+                    dids = phase["dids"][: min(n, 10)]
+                    others.update(await bench_space_on_request(hs, bot, dids))
+                others["bot_rss_mb"] = rss_mb(os.getpid())
+                others["synapse_rss_mb"] = rss_mb(hs.synapse.pid or 0)
             finally:
                 await bot.stop()
     finally:
         await hs.synapse.stop()
-    return phase, spaces, rss
+    return phase, others
 
 
 async def main(quick: bool, smoke: bool = False, synapse_config: str = "") -> None:
@@ -219,10 +220,9 @@ async def main(quick: bool, smoke: bool = False, synapse_config: str = "") -> No
     extra = json.loads(synapse_config) if synapse_config else {}
     if not isinstance(extra, dict):
         raise SystemExit("--synapse-config takes a JSON object")
-    base, _, _ = await run_recipe(work / "baseline", n, "baseline", extra)
+    base, _ = await run_recipe(work / "baseline", n, "baseline", extra)
     print(f"baseline: {summary(base)}", flush=True)
-    ours, spaces, rss_figures = await run_recipe(work / "lean", n, "lean", extra)
-    assert spaces is not None
+    ours, others = await run_recipe(work / "lean", n, "lean", extra)
     print(f"ours:     {summary(ours)}", flush=True)
     result: dict[str, Any] = {
         "bench": "roomsbot",
@@ -239,17 +239,16 @@ async def main(quick: bool, smoke: bool = False, synapse_config: str = "") -> No
         "baseline_bot_and_chain_cpu_ms_per_entity": base["bot_and_chain_cpu_ms_per_entity"],
         "speedup": base["seconds"] / ours["seconds"],
         "cpu_ratio": ours["synapse_cpu_ms_per_entity"] / base["synapse_cpu_ms_per_entity"],
-        **spaces,
+        **others,
         "target_s_per_1000": 120,
         "target_cpu_ms_per_entity": 120,
         "synapse_config": extra,
-        **rss_figures,
         **machine(),
     }
     print(
         f"ours/baseline: {result['speedup']:.2f}x faster, Synapse CPU x{result['cpu_ratio']:.2f}; "
-        f"a space on request: {spaces['space_on_request_synapse_cpu_ms']:.0f} ms of Synapse "
-        f"CPU, {spaces['space_events']} events"
+        f"a space on request: {others['space_on_request_synapse_cpu_ms']:.0f} ms of Synapse "
+        f"CPU, {others['space_events']} events"
     )
     emit(result)
 
